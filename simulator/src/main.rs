@@ -1,0 +1,1 @@
+fn main() { eprintln!("flexmig-sim: not built yet"); std::process::exit(2); }
