@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod inventory;
+pub mod layout;
 pub mod mig;
 
 pub use inventory::{Gpu, Inventory, InventoryError, Leaf};

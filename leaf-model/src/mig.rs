@@ -98,7 +98,20 @@ impl GiProfile {
 }
 
 /// The recorded tables shipped with flexmig, as (file name, contents).
-const TABLES: &[(&str, &str)] = &[("H100-80GB.toml", include_str!("../profiles/H100-80GB.toml"))];
+const TABLES: &[(&str, &str)] = &[
+    ("A30.toml", include_str!("../profiles/A30.toml")),
+    ("A100-40GB.toml", include_str!("../profiles/A100-40GB.toml")),
+    ("A100-80GB.toml", include_str!("../profiles/A100-80GB.toml")),
+    ("H100-80GB.toml", include_str!("../profiles/H100-80GB.toml")),
+    ("H100-94GB.toml", include_str!("../profiles/H100-94GB.toml")),
+    ("H200.toml", include_str!("../profiles/H200.toml")),
+    ("B200.toml", include_str!("../profiles/B200.toml")),
+];
+
+/// The short names of every recorded model, in table order.
+pub fn builtin_model_names() -> Vec<String> {
+    builtin_models().into_iter().map(|m| m.name).collect()
+}
 
 /// Every recorded GPU model.
 pub fn builtin_models() -> Vec<GpuModel> {
