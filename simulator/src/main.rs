@@ -1,1 +1,266 @@
-fn main() { eprintln!("flexmig-sim: not built yet"); std::process::exit(2); }
+//! `flexmig-sim`: does one-to-many MIG pay off on my cluster?
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use flexmig_sim::alloc::{Costs, Mode};
+use flexmig_sim::geometry::{load_model, Geometry};
+use flexmig_sim::report::{write_all, Study};
+use flexmig_sim::sim::{simulate, Config, Scheduler};
+use flexmig_sim::trace::{generate, parse_csv, parse_sacct, to_csv, Distribution, Job, Mix, SacctOptions, Synthetic};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "flexmig-sim", version, about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run one trace under Flex-MIG, Dynamic-MIG and Static-MIG and compare.
+    Compare {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+        /// Print one JSON object {"FM": {...}, "DM": {...}, "SM": {...} or null, ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a synthetic trace in the CSV trace format (to edit, or to feed back with --trace).
+    Generate {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        workload: WorkloadArgs,
+    },
+    /// Regenerate the Figure 7/8-style comparison: every size distribution x job mix x
+    /// scheduler, N traces each; writes table.md, runs.csv and ratios-{fifo,backfill}.svg.
+    Figures {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Traces per cell.
+        #[arg(long, default_value_t = 10)]
+        traces: u64,
+        /// Offered load of the synthetic traces.
+        #[arg(long, default_value_t = 2.0)]
+        load: f64,
+        #[arg(long, default_value = "simulator/results")]
+        out: PathBuf,
+    },
+    /// Time the simulator on large synthetic traces (balanced, mixed, backfill).
+    Bench {
+        /// Job counts to time.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        jobs: Vec<usize>,
+        /// GPU counts to time (8 GPUs per node).
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        gpus: Vec<u32>,
+        #[arg(long, default_value = "A100-40GB")]
+        model: String,
+        #[arg(long, value_enum, default_value = "backfill")]
+        scheduler: Scheduler,
+        /// Offered load (1.0: the cluster is just saturated).
+        #[arg(long, default_value_t = 0.9)]
+        load: f64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct ClusterArgs {
+    /// GPUs in the cluster.
+    #[arg(long, default_value_t = 2)]
+    gpus: u32,
+    /// GPUs per node (a Flex-MIG job stays in one node); default: min(gpus, 8).
+    #[arg(long)]
+    gpus_per_node: Option<u32>,
+    /// GPU model (a recorded table of leaf-model).
+    #[arg(long, default_value = "A100-40GB")]
+    model: String,
+    #[arg(long, value_enum, default_value = "fifo")]
+    scheduler: Scheduler,
+    /// Waiting jobs that backfilling examines per pass.
+    #[arg(long, default_value_t = 14)]
+    backfill_window: usize,
+    /// Dynamic-MIG: seconds to drain and reconfigure a GPU.
+    #[arg(long, default_value_t = 110.0)]
+    reconfig_s: f64,
+    /// Dynamic-MIG: seconds to save a drained job's checkpoint.
+    #[arg(long, default_value_t = 30.0)]
+    ckpt_save_s: f64,
+    /// Dynamic-MIG: seconds to load it again.
+    #[arg(long, default_value_t = 30.0)]
+    ckpt_load_s: f64,
+    /// Flex-MIG: slowdown of a job on 2+ leaves (0.03 = 3% longer).
+    #[arg(long, default_value_t = 0.03)]
+    one_to_many_slowdown: f64,
+    /// Slowdown of a job spread over 2+ GPUs (Flex-MIG and Dynamic-MIG).
+    #[arg(long, default_value_t = 0.02)]
+    cross_gpu_slowdown: f64,
+    /// Flex-MIG: speed-up of a one-leaf job on the double leaf (0.10 = 10% shorter).
+    #[arg(long, default_value_t = 0.10)]
+    double_leaf_speedup: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct WorkloadArgs {
+    #[arg(long, value_enum, default_value = "balanced")]
+    distribution: Distribution,
+    #[arg(long, value_enum, default_value = "mixed")]
+    mix: Mix,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Draw this many jobs with Table 2's proportions (default: exactly Table 2's counts).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Offered load: demanded slice-seconds per second over the cluster's slices.
+    #[arg(long, default_value_t = 2.0)]
+    load: f64,
+    /// Read jobs from a CSV trace (`flexmig-sim generate` writes one) instead.
+    #[arg(long, conflicts_with = "sacct")]
+    trace: Option<PathBuf>,
+    /// Read jobs from `sacct -P -X -o JobID,Submit,Start,End,AllocTRES,ReqTRES,ElapsedRaw,Partition` output instead.
+    #[arg(long)]
+    sacct: Option<PathBuf>,
+    /// sacct: compute slices one whole GPU (gres/gpu) counts as; default: the model's.
+    #[arg(long)]
+    gpu_slices: Option<u32>,
+    /// sacct: jobs of this partition are inference jobs.
+    #[arg(long)]
+    inference_partition: Option<String>,
+}
+
+impl ClusterArgs {
+    fn geometry(&self) -> Result<Geometry> {
+        Geometry::from_model(&load_model(&self.model)?)
+    }
+    fn config(&self) -> Config {
+        Config {
+            scheduler: self.scheduler,
+            backfill_window: self.backfill_window,
+            record: false,
+            costs: Costs {
+                gpus: self.gpus,
+                gpus_per_node: self.gpus_per_node.unwrap_or(self.gpus.min(8)).max(1),
+                reconfig_s: self.reconfig_s,
+                ckpt_save_s: self.ckpt_save_s,
+                ckpt_load_s: self.ckpt_load_s,
+                one_to_many_slowdown: self.one_to_many_slowdown,
+                cross_gpu_slowdown: self.cross_gpu_slowdown,
+                double_leaf_speedup: self.double_leaf_speedup,
+            },
+        }
+    }
+}
+
+impl WorkloadArgs {
+    fn jobs(&self, geo: &Geometry, gpus: u32) -> Result<Vec<Job>> {
+        if let Some(p) = &self.trace {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading trace {}", p.display()))?;
+            return parse_csv(&text).with_context(|| format!("parsing trace {}", p.display()));
+        }
+        if let Some(p) = &self.sacct {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading sacct output {}", p.display()))?;
+            let opt = SacctOptions { gpu_slices: self.gpu_slices.unwrap_or(geo.compute), inference_partition: self.inference_partition.clone() };
+            return parse_sacct(&text, &opt).with_context(|| format!("parsing sacct output {}", p.display()));
+        }
+        Ok(generate(&Synthetic {
+            distribution: self.distribution,
+            mix: self.mix,
+            seed: self.seed,
+            jobs: self.jobs,
+            load: self.load,
+            cluster_slices: geo.compute * gpus,
+        }))
+    }
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("flexmig-sim: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Compare { cluster, workload, json } => {
+            anyhow::ensure!(cluster.gpus > 0, "--gpus must be at least 1");
+            let geo = cluster.geometry()?;
+            let jobs = workload.jobs(&geo, cluster.gpus)?;
+            let out = flexmig_sim::compare(&jobs, &geo, &cluster.config());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print_table(&out, &geo, &cluster);
+            }
+        }
+        Cmd::Generate { cluster, workload } => {
+            let geo = cluster.geometry()?;
+            print!("{}", to_csv(&workload.jobs(&geo, cluster.gpus)?));
+        }
+        Cmd::Figures { cluster, traces, load, out } => {
+            let geo = cluster.geometry()?;
+            let study = Study { traces, load, base: cluster.config() };
+            let table = write_all(&geo, &study, &out)?;
+            println!("{table}");
+            eprintln!("wrote {}/table.md, runs.csv, ratios-fifo.svg, ratios-backfill.svg", out.display());
+        }
+        Cmd::Bench { jobs, gpus, model, scheduler, load } => {
+            let geo = Geometry::from_model(&load_model(&model)?)?;
+            println!("| jobs | GPUs | mode | seconds | makespan (h) | drains |");
+            println!("|---|---|---|---|---|---|");
+            for &g in &gpus {
+                for &n in &jobs {
+                    let trace = generate(&Synthetic {
+                        distribution: Distribution::Balanced,
+                        mix: Mix::Mixed,
+                        seed: 1,
+                        jobs: Some(n),
+                        load,
+                        cluster_slices: geo.compute * g,
+                    });
+                    let cfg = Config {
+                        scheduler,
+                        backfill_window: 14,
+                        record: false,
+                        costs: Costs { gpus: g, gpus_per_node: g.min(8), ..Costs::default() },
+                    };
+                    for mode in [Mode::Fm, Mode::Dm] {
+                        let t0 = Instant::now();
+                        let run = simulate(&trace, &geo, mode, &cfg).map_err(anyhow::Error::msg)?;
+                        let secs = t0.elapsed().as_secs_f64();
+                        println!("| {n} | {g} | {} | {secs:.3} | {:.1} | {} |", mode.key(), run.metrics.makespan_s / 3600.0, run.metrics.reconfigurations);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_table(out: &serde_json::Value, geo: &Geometry, c: &ClusterArgs) {
+    println!("{} x{} ({} scheduler)", geo.model, c.gpus, c.scheduler.as_str());
+    println!("{:<4} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8}", "mode", "makespan_s", "avg_jct_s", "avg_wait_s", "ext_frag_s", "util", "reconf");
+    for m in Mode::ALL {
+        let v = &out[m.key()];
+        if v.is_null() {
+            println!("{:<4} not admissible: {}", m.key(), out["not_admissible"][m.key()].as_str().unwrap_or(""));
+            continue;
+        }
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<4} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>8.3} {:>8}",
+            m.key(),
+            f("makespan_s"),
+            f("avg_jct_s"),
+            f("avg_wait_s"),
+            f("avg_ext_frag_delay_s"),
+            f("utilization"),
+            v["reconfigurations"]
+        );
+    }
+}

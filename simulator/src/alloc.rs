@@ -1,0 +1,621 @@
+//! The three ways of handing MIG capacity to jobs: Flex-MIG (fixed leaves, one-to-many),
+//! Dynamic-MIG (exact instances on demand, draining when the placement tree blocks) and
+//! Static-MIG (fixed 1g + 2g + 4g).
+
+use crate::geometry::{span, Geometry};
+use crate::trace::{Job, Kind};
+use std::collections::HashMap;
+
+const NONE: u32 = u32::MAX;
+
+/// Operating mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Flex-MIG.
+    Fm,
+    /// Dynamic-MIG.
+    Dm,
+    /// Static-MIG.
+    Sm,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Fm, Mode::Dm, Mode::Sm];
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::Fm => "FM",
+            Mode::Dm => "DM",
+            Mode::Sm => "SM",
+        }
+    }
+}
+
+/// Cluster shape and per-mode costs.
+#[derive(Debug, Clone)]
+pub struct Costs {
+    pub gpus: u32,
+    pub gpus_per_node: u32,
+    /// Dynamic-MIG: seconds a drain-and-reconfigure of one GPU takes.
+    pub reconfig_s: f64,
+    /// Dynamic-MIG: checkpoint save and load seconds added to every drained training job.
+    pub ckpt_save_s: f64,
+    pub ckpt_load_s: f64,
+    /// Flex-MIG: relative slowdown of a job running on two or more leaves (one-to-many).
+    pub one_to_many_slowdown: f64,
+    /// Relative slowdown of a job whose ranks span more than one GPU (Flex-MIG and Dynamic-MIG).
+    pub cross_gpu_slowdown: f64,
+    /// Flex-MIG: relative speed-up of a one-leaf job on the double leaf (more memory).
+    pub double_leaf_speedup: f64,
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Costs {
+            gpus: 2,
+            gpus_per_node: 2,
+            reconfig_s: 110.0,
+            ckpt_save_s: 30.0,
+            ckpt_load_s: 30.0,
+            one_to_many_slowdown: 0.03,
+            cross_gpu_slowdown: 0.02,
+            double_leaf_speedup: 0.10,
+        }
+    }
+}
+
+/// What an allocator hands a job.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// Seconds between the decision and the job running (a drain in progress).
+    pub start_delay: f64,
+    /// Multiplier on the job's duration (slowdowns, speed-ups).
+    pub factor: f64,
+    /// Compute slices held.
+    pub slices: u32,
+    /// Running jobs that were drained for this grant (each delayed by `drain_delay`).
+    pub drained: Vec<usize>,
+    /// GPUs drained for this grant.
+    pub drained_gpus: Vec<u32>,
+    /// When the scheduler must look again (a reconfiguring GPU comes back).
+    pub wake_at: Option<f64>,
+}
+
+/// A piece of GPU a job holds: memory slices `start..start+size` of `gpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub gpu: u32,
+    pub start: u32,
+    pub size: u32,
+}
+
+/// One operating mode's bookkeeping of who holds what.
+pub trait Allocator {
+    /// Err(reason) when no state of the cluster could ever run the job.
+    fn admissible(&self, job: &Job) -> Result<(), String>;
+    /// Places job `idx` now, or None when it has to wait.
+    fn place(&mut self, idx: usize, job: &Job, now: f64) -> Option<Grant>;
+    fn release(&mut self, idx: usize);
+    /// What the job holds right now.
+    fn holdings(&self, idx: usize) -> Vec<Hold>;
+    /// Capacity units the job needs, and free units in the whole cluster now (for the
+    /// external-fragmentation delay: enough free in total, but not where it could run).
+    fn demand(&self, job: &Job) -> u32;
+    fn free_for(&self, job: &Job, now: f64) -> u32;
+    /// Extra seconds a drained job loses.
+    fn drain_delay(&self) -> f64 {
+        0.0
+    }
+    fn reconfigurations(&self) -> u64 {
+        0
+    }
+}
+
+/// Builds the allocator of a mode.
+pub fn build(mode: Mode, geo: &Geometry, costs: &Costs, n_jobs: usize) -> Box<dyn Allocator> {
+    match mode {
+        Mode::Fm => Box::new(Flex::new(geo, costs, n_jobs)),
+        Mode::Dm => Box::new(Dynamic::new(geo, costs, n_jobs)),
+        Mode::Sm => Box::new(Static::new(geo, costs, n_jobs)),
+    }
+}
+
+fn node_ranges(costs: &Costs) -> Vec<std::ops::Range<u32>> {
+    let gpn = costs.gpus_per_node.max(1);
+    (0..costs.gpus.div_ceil(gpn)).map(|n| n * gpn..((n + 1) * gpn).min(costs.gpus)).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Flex-MIG
+
+#[derive(Debug, Clone)]
+struct FlexGpu {
+    owner: Vec<u32>,
+    free_small: u32,
+    free_double: u32,
+}
+
+/// Flex-MIG: every GPU keeps its fixed leaves; a job of N leaves takes N of them, spread
+/// round-robin over the GPUs of one node; one-leaf jobs prefer the double leaf, larger
+/// jobs take small leaves only (the size-aware rule of the Slurm filters).
+#[derive(Debug)]
+pub struct Flex {
+    leaves: Vec<crate::geometry::Leaf>,
+    gpus: Vec<FlexGpu>,
+    nodes: Vec<std::ops::Range<u32>>,
+    node_small: Vec<u32>,
+    free_small: u32,
+    free_double: u32,
+    held: Vec<Vec<(u32, u8)>>,
+    rr: u32,
+    costs: Costs,
+}
+
+impl Flex {
+    pub fn new(geo: &Geometry, costs: &Costs, n_jobs: usize) -> Self {
+        let small = geo.leaves.iter().filter(|l| !l.double).count() as u32;
+        let double = geo.leaves.len() as u32 - small;
+        let nodes = node_ranges(costs);
+        Flex {
+            leaves: geo.leaves.clone(),
+            gpus: vec![FlexGpu { owner: vec![NONE; geo.leaves.len()], free_small: small, free_double: double }; costs.gpus as usize],
+            node_small: nodes.iter().map(|r| r.len() as u32 * small).collect(),
+            nodes,
+            free_small: small * costs.gpus,
+            free_double: double * costs.gpus,
+            held: vec![Vec::new(); n_jobs],
+            rr: 0,
+            costs: costs.clone(),
+        }
+    }
+
+    fn take(&mut self, idx: usize, gpu: u32, double: bool) {
+        let g = &mut self.gpus[gpu as usize];
+        let leaf = (0..self.leaves.len())
+            .find(|&l| g.owner[l] == NONE && self.leaves[l].double == double)
+            .expect("counted free leaf exists");
+        g.owner[leaf] = idx as u32;
+        if double {
+            g.free_double -= 1;
+            self.free_double -= 1;
+        } else {
+            g.free_small -= 1;
+            self.free_small -= 1;
+            self.node_small[(gpu / self.costs.gpus_per_node.max(1)) as usize] -= 1;
+        }
+        self.held[idx].push((gpu, leaf as u8));
+    }
+}
+
+impl Allocator for Flex {
+    fn admissible(&self, job: &Job) -> Result<(), String> {
+        let most = self.node_small.iter().copied().max().unwrap_or(0);
+        if job.size >= 2 && job.size > most {
+            return Err(format!("job {} asks for {} leaves; one node has {most} small leaves", job.id, job.size));
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, idx: usize, job: &Job, _now: f64) -> Option<Grant> {
+        let n = self.gpus.len() as u32;
+        if job.size == 1 {
+            let double = self.free_double > 0;
+            if !double && self.free_small == 0 {
+                return None;
+            }
+            let gpu = (0..n)
+                .map(|i| (self.rr + i) % n)
+                .find(|&g| if double { self.gpus[g as usize].free_double > 0 } else { self.gpus[g as usize].free_small > 0 })?;
+            self.take(idx, gpu, double);
+            self.rr = (gpu + 1) % n;
+            let factor = if double { 1.0 - self.costs.double_leaf_speedup } else { 1.0 };
+            return Some(Grant { factor, slices: 1, ..Grant::default() });
+        }
+        if self.free_small < job.size {
+            return None;
+        }
+        // The node that fits most tightly keeps bigger holes for bigger jobs.
+        let node = (0..self.nodes.len()).filter(|&k| self.node_small[k] >= job.size).min_by_key(|&k| self.node_small[k])?;
+        let range = self.nodes[node].clone();
+        let mut spanned = 0;
+        for _ in 0..job.size {
+            // Round-robin: the next leaf comes from the GPU with the most free small leaves.
+            let gpu = range.clone().max_by_key(|&g| (self.gpus[g as usize].free_small, std::cmp::Reverse(g))).expect("node has GPUs");
+            if !self.held[idx].iter().any(|&(h, _)| h == gpu) {
+                spanned += 1;
+            }
+            self.take(idx, gpu, false);
+        }
+        let mut factor = 1.0 + self.costs.one_to_many_slowdown;
+        if spanned > 1 {
+            factor *= 1.0 + self.costs.cross_gpu_slowdown;
+        }
+        Some(Grant { factor, slices: job.size, ..Grant::default() })
+    }
+
+    fn release(&mut self, idx: usize) {
+        for (gpu, leaf) in std::mem::take(&mut self.held[idx]) {
+            let g = &mut self.gpus[gpu as usize];
+            g.owner[leaf as usize] = NONE;
+            if self.leaves[leaf as usize].double {
+                g.free_double += 1;
+                self.free_double += 1;
+            } else {
+                g.free_small += 1;
+                self.free_small += 1;
+                self.node_small[(gpu / self.costs.gpus_per_node.max(1)) as usize] += 1;
+            }
+        }
+    }
+
+    fn holdings(&self, idx: usize) -> Vec<Hold> {
+        self.held[idx]
+            .iter()
+            .map(|&(gpu, l)| Hold { gpu, start: self.leaves[l as usize].start, size: self.leaves[l as usize].size })
+            .collect()
+    }
+
+    fn demand(&self, job: &Job) -> u32 {
+        job.size
+    }
+
+    fn free_for(&self, job: &Job, _now: f64) -> u32 {
+        if job.size == 1 {
+            self.free_small + self.free_double
+        } else {
+            self.free_small
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dynamic-MIG
+
+#[derive(Debug, Clone)]
+struct DynGpu {
+    /// (profile, start, job)
+    insts: Vec<(u8, u32, u32)>,
+    mask: u32,
+    compute_used: u32,
+    inference: u32,
+    locked_until: f64,
+    /// Bit p: a profile-p instance fits now without touching anything.
+    fit: u32,
+    /// Bit p: a profile-p instance fits after repacking everything (a drain).
+    fit_drained: u32,
+}
+
+/// Dynamic-MIG: each job gets the exact instance (a job larger than one GPU gets equal
+/// parts on distinct GPUs of one node); where the placement tree blocks it, a GPU that runs
+/// no inference is drained, repacked and reconfigured.
+#[derive(Debug)]
+pub struct Dynamic {
+    geo: Geometry,
+    gpus: Vec<DynGpu>,
+    nodes: Vec<std::ops::Range<u32>>,
+    held: Vec<Vec<u32>>,
+    inference: Vec<bool>,
+    pack_memo: HashMap<u64, Option<Vec<u32>>>,
+    costs: Costs,
+    reconfigs: u64,
+}
+
+impl Dynamic {
+    pub fn new(geo: &Geometry, costs: &Costs, n_jobs: usize) -> Self {
+        let gpu = DynGpu { insts: Vec::new(), mask: 0, compute_used: 0, inference: 0, locked_until: f64::NEG_INFINITY, fit: 0, fit_drained: 0 };
+        let mut d = Dynamic {
+            geo: geo.clone(),
+            gpus: vec![gpu; costs.gpus as usize],
+            nodes: node_ranges(costs),
+            held: vec![Vec::new(); n_jobs],
+            inference: vec![false; n_jobs],
+            pack_memo: HashMap::new(),
+            costs: costs.clone(),
+            reconfigs: 0,
+        };
+        for g in 0..d.gpus.len() {
+            d.refresh(g);
+        }
+        d
+    }
+
+    /// (profile, parts) of a request.
+    fn shape(&self, size: u32) -> Option<(usize, u32)> {
+        let parts = size.div_ceil(self.geo.compute);
+        let p = self.geo.exact_profile(size.div_ceil(parts))?;
+        Some((p, parts))
+    }
+
+    fn pack(&mut self, profs: &[usize]) -> Option<Vec<u32>> {
+        let mut counts = [0u8; 16];
+        for &p in profs {
+            counts[p.min(15)] += 1;
+        }
+        let key = counts.iter().enumerate().fold(0u64, |k, (i, &c)| k | (u64::from(c) << (4 * i)));
+        let geo = &self.geo;
+        let layout = self.pack_memo.entry(key).or_insert_with(|| {
+            let mut sorted = profs.to_vec();
+            sorted.sort_unstable();
+            // Starts in ascending profile order; handed out per profile below.
+            geo.pack(&sorted)
+        });
+        let layout = layout.clone()?;
+        // Hand out the layout's starts to the requested order, profile by profile.
+        let mut sorted: Vec<usize> = profs.to_vec();
+        sorted.sort_unstable();
+        let mut next: HashMap<usize, usize> = HashMap::new();
+        let first = |p: usize| sorted.iter().position(|&q| q == p).expect("present");
+        Some(
+            profs
+                .iter()
+                .map(|&p| {
+                    let k = next.entry(p).or_insert(0);
+                    let s = layout[first(p) + *k];
+                    *k += 1;
+                    s
+                })
+                .collect(),
+        )
+    }
+
+    fn refresh(&mut self, g: usize) {
+        let (mask, used) = {
+            let gpu = &self.gpus[g];
+            (gpu.mask, gpu.compute_used)
+        };
+        let mut fit = 0;
+        let mut fit_drained = 0;
+        let existing: Vec<usize> = self.gpus[g].insts.iter().map(|i| i.0 as usize).collect();
+        for p in 0..self.geo.profiles.len() {
+            let prof = &self.geo.profiles[p];
+            let count = existing.iter().filter(|&&q| q == p).count() as u32;
+            if used + prof.compute > self.geo.compute || count >= prof.max {
+                continue;
+            }
+            if prof.placements.iter().any(|&s| mask & span(s, prof.mem) == 0) {
+                fit |= 1 << p;
+            } else if !existing.is_empty() {
+                let mut want = existing.clone();
+                want.push(p);
+                if self.pack(&want).is_some() {
+                    fit_drained |= 1 << p;
+                }
+            }
+        }
+        self.gpus[g].fit = fit;
+        self.gpus[g].fit_drained = fit_drained;
+    }
+
+    /// Picks `parts` GPUs in `range` for profile `p`: (gpu, needs drain).
+    fn pick(&self, range: std::ops::Range<u32>, p: usize, parts: u32, now: f64) -> Option<Vec<(u32, bool)>> {
+        let bit = 1u32 << p;
+        let free_after = |g: &DynGpu| self.geo.compute - g.compute_used - self.geo.profiles[p].compute;
+        let mut chosen: Vec<(u32, bool)> = Vec::new();
+        let open = |g: &DynGpu| g.locked_until <= now;
+        if parts == 1 {
+            // Best fit: the GPU left with the fewest free slices.
+            if let Some(g) = range.clone().filter(|&g| open(&self.gpus[g as usize]) && self.gpus[g as usize].fit & bit != 0).min_by_key(|&g| (free_after(&self.gpus[g as usize]), g)) {
+                return Some(vec![(g, false)]);
+            }
+        } else {
+            let mut fits: Vec<u32> = range.clone().filter(|&g| open(&self.gpus[g as usize]) && self.gpus[g as usize].fit & bit != 0).collect();
+            fits.sort_by_key(|&g| (free_after(&self.gpus[g as usize]), g));
+            chosen.extend(fits.into_iter().take(parts as usize).map(|g| (g, false)));
+            if chosen.len() == parts as usize {
+                return Some(chosen);
+            }
+        }
+        // Drain: only GPUs that run no inference; disturb the fewest jobs.
+        let mut drains: Vec<u32> = range
+            .filter(|&g| {
+                let d = &self.gpus[g as usize];
+                open(d) && d.inference == 0 && d.fit_drained & bit != 0 && !chosen.iter().any(|&(c, _)| c == g)
+            })
+            .collect();
+        drains.sort_by_key(|&g| (self.gpus[g as usize].insts.len(), g));
+        for g in drains.into_iter().take(parts as usize - chosen.len()) {
+            chosen.push((g, true));
+        }
+        (chosen.len() == parts as usize).then_some(chosen)
+    }
+
+    fn add_inst(&mut self, g: usize, p: usize, start: u32, idx: usize, inference: bool) {
+        let prof = &self.geo.profiles[p];
+        let gpu = &mut self.gpus[g];
+        debug_assert_eq!(gpu.mask & span(start, prof.mem), 0, "double-booked memory slices");
+        gpu.insts.push((p as u8, start, idx as u32));
+        gpu.mask |= span(start, prof.mem);
+        gpu.compute_used += prof.compute;
+        if inference {
+            gpu.inference += 1;
+        }
+        self.held[idx].push(g as u32);
+    }
+}
+
+impl Allocator for Dynamic {
+    fn admissible(&self, job: &Job) -> Result<(), String> {
+        let (_, parts) = self.shape(job.size).ok_or_else(|| format!("job {}: no MIG profile of {} slices", job.id, job.size))?;
+        let most = self.nodes.iter().map(|r| r.len() as u32).max().unwrap_or(0);
+        if parts > most {
+            return Err(format!("job {} needs {parts} GPUs of one node; nodes have {most}", job.id));
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, idx: usize, job: &Job, now: f64) -> Option<Grant> {
+        let (p, parts) = self.shape(job.size)?;
+        let picked = if parts == 1 {
+            self.pick(0..self.costs.gpus, p, 1, now)
+        } else {
+            // One node; prefer a node where no drain is needed.
+            let mut best: Option<Vec<(u32, bool)>> = None;
+            for r in self.nodes.clone() {
+                if let Some(c) = self.pick(r, p, parts, now) {
+                    let drains = c.iter().filter(|x| x.1).count();
+                    if best.as_ref().map_or(true, |b| drains < b.iter().filter(|x| x.1).count()) {
+                        best = Some(c);
+                    }
+                    if drains == 0 {
+                        break;
+                    }
+                }
+            }
+            best
+        }?;
+        let inference = job.kind == Kind::Inference;
+        self.inference[idx] = inference;
+        let mut grant = Grant { factor: 1.0, slices: self.geo.profiles[p].compute * parts, ..Grant::default() };
+        if parts > 1 {
+            grant.factor = 1.0 + self.costs.cross_gpu_slowdown;
+        }
+        for (g, drain) in picked {
+            let gu = g as usize;
+            if drain {
+                let profs: Vec<usize> = self.gpus[gu].insts.iter().map(|i| i.0 as usize).chain([p]).collect();
+                let starts = self.pack(&profs).expect("fit_drained said it packs");
+                let gpu = &mut self.gpus[gu];
+                gpu.mask = 0;
+                for (inst, &s) in gpu.insts.iter_mut().zip(&starts) {
+                    inst.1 = s;
+                    gpu.mask |= span(s, self.geo.profiles[inst.0 as usize].mem);
+                    if !grant.drained.contains(&(inst.2 as usize)) {
+                        grant.drained.push(inst.2 as usize);
+                    }
+                }
+                gpu.locked_until = now + self.costs.reconfig_s;
+                self.add_inst(gu, p, *starts.last().expect("new instance"), idx, inference);
+                self.reconfigs += 1;
+                grant.drained_gpus.push(g);
+                grant.start_delay = self.costs.reconfig_s;
+                grant.wake_at = Some(now + self.costs.reconfig_s);
+            } else {
+                let s = self.geo.best_start(self.gpus[gu].mask, p).expect("fit said it fits");
+                self.add_inst(gu, p, s, idx, inference);
+            }
+            self.refresh(gu);
+        }
+        Some(grant)
+    }
+
+    fn release(&mut self, idx: usize) {
+        for g in std::mem::take(&mut self.held[idx]) {
+            let gu = g as usize;
+            let geo = &self.geo;
+            let gpu = &mut self.gpus[gu];
+            let mut removed = 0;
+            gpu.insts.retain(|&(p, s, j)| {
+                if j as usize == idx {
+                    gpu.mask &= !span(s, geo.profiles[p as usize].mem);
+                    gpu.compute_used -= geo.profiles[p as usize].compute;
+                    removed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            if self.inference[idx] {
+                gpu.inference -= removed;
+            }
+            self.refresh(gu);
+        }
+    }
+
+    fn holdings(&self, idx: usize) -> Vec<Hold> {
+        self.held[idx]
+            .iter()
+            .flat_map(|&g| {
+                self.gpus[g as usize]
+                    .insts
+                    .iter()
+                    .filter(move |i| i.2 as usize == idx)
+                    .map(move |&(p, start, _)| Hold { gpu: g, start, size: self.geo.profiles[p as usize].mem })
+            })
+            .collect()
+    }
+
+    fn demand(&self, job: &Job) -> u32 {
+        self.shape(job.size).map_or(job.size, |(p, parts)| self.geo.profiles[p].compute * parts)
+    }
+
+    fn free_for(&self, _job: &Job, now: f64) -> u32 {
+        self.gpus.iter().filter(|g| g.locked_until <= now).map(|g| self.geo.compute - g.compute_used).sum()
+    }
+
+    fn drain_delay(&self) -> f64 {
+        self.costs.reconfig_s + self.costs.ckpt_save_s + self.costs.ckpt_load_s
+    }
+
+    fn reconfigurations(&self) -> u64 {
+        self.reconfigs
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Static-MIG
+
+/// Static-MIG: every GPU fixed as 1g + 2g + 4g; a job takes the smallest idle instance
+/// that covers it (a larger one may serve a smaller request).
+#[derive(Debug)]
+pub struct Static {
+    /// (compute, start, memory) per slot, ascending compute.
+    slots: Vec<(u32, u32, u32)>,
+    owner: Vec<Vec<u32>>,
+    free_per_slot: Vec<u32>,
+    free_compute: u32,
+    held: Vec<Option<(u32, u8)>>,
+}
+
+impl Static {
+    pub fn new(geo: &Geometry, costs: &Costs, n_jobs: usize) -> Self {
+        let mut slots: Vec<(u32, u32, u32)> =
+            geo.static_layout.iter().map(|&(p, s)| (geo.profiles[p].compute, s, geo.profiles[p].mem)).collect();
+        slots.sort_unstable();
+        Static {
+            owner: vec![vec![NONE; slots.len()]; costs.gpus as usize],
+            free_per_slot: vec![costs.gpus; slots.len()],
+            free_compute: slots.iter().map(|s| s.0).sum::<u32>() * costs.gpus,
+            slots,
+            held: vec![None; n_jobs],
+        }
+    }
+}
+
+impl Allocator for Static {
+    fn admissible(&self, job: &Job) -> Result<(), String> {
+        let most = self.slots.last().map_or(0, |s| s.0);
+        if job.size > most {
+            return Err(format!("job {} asks for {} slices; the largest static instance has {most}", job.id, job.size));
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, idx: usize, job: &Job, _now: f64) -> Option<Grant> {
+        let slot = (0..self.slots.len()).find(|&k| self.slots[k].0 >= job.size && self.free_per_slot[k] > 0)?;
+        let gpu = self.owner.iter().position(|o| o[slot] == NONE).expect("counted free slot exists");
+        self.owner[gpu][slot] = idx as u32;
+        self.free_per_slot[slot] -= 1;
+        self.free_compute -= self.slots[slot].0;
+        self.held[idx] = Some((gpu as u32, slot as u8));
+        Some(Grant { factor: 1.0, slices: self.slots[slot].0, ..Grant::default() })
+    }
+
+    fn release(&mut self, idx: usize) {
+        if let Some((gpu, slot)) = self.held[idx].take() {
+            self.owner[gpu as usize][slot as usize] = NONE;
+            self.free_per_slot[slot as usize] += 1;
+            self.free_compute += self.slots[slot as usize].0;
+        }
+    }
+
+    fn holdings(&self, idx: usize) -> Vec<Hold> {
+        self.held[idx].iter().map(|&(gpu, slot)| Hold { gpu, start: self.slots[slot as usize].1, size: self.slots[slot as usize].2 }).collect()
+    }
+
+    fn demand(&self, job: &Job) -> u32 {
+        job.size
+    }
+
+    fn free_for(&self, _job: &Job, _now: f64) -> u32 {
+        self.free_compute
+    }
+}
