@@ -1,0 +1,306 @@
+//! `nccl install`: source (tree or tarball) -> version -> patch -> build -> install -> plugstack line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use super::patch::{self, Applicability, Plan};
+use super::status;
+use super::version::{self, NcclVersion};
+
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// NCCL source: a tree (with makefiles/version.mk) or a release tarball (.tar.gz, .tar.xz, .tar).
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Where to install (lib/, include/); required unless --check-only.
+    #[arg(long, required_unless_present = "check_only")]
+    pub prefix: Option<PathBuf>,
+    /// The CUDA toolkit to build with (default: $CUDA_HOME, then nvcc on PATH, then /usr/local/cuda).
+    #[arg(long)]
+    pub cuda_home: Option<PathBuf>,
+    /// GPU architectures to build for, e.g. "90" or "80,90" or "sm_90" or "9.0" (default: the GPUs nvidia-smi lists).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Parallel build jobs (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Where the patched copy of the source is built (default: <prefix>/src/nccl-<version>).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Only detect the version and check that the patch applies; change nothing, build nothing.
+    #[arg(long)]
+    pub check_only: bool,
+}
+
+pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
+    let staging = Staging::new()?;
+    let source = resolve_source(&args.source, &staging)?;
+    let version = version::source_version(&source)?;
+    let plan = patch::select(version)?;
+    println!("nccl install: {} is NCCL {version}", args.source.display());
+
+    if args.check_only {
+        match plan {
+            Plan::Patch(p) => match patch::check_tree(&source, p.diff)? {
+                (Applicability::Applies, files) => {
+                    println!("nccl install: {} applies cleanly ({} files)", p.name, files.len());
+                    for f in files.keys() {
+                        println!("  {}", f.display());
+                    }
+                }
+                (Applicability::AlreadyApplied, _) => println!("nccl install: {} is already applied to this tree", p.name),
+            },
+            Plan::StockMultiRank => println!("{}", stock_note(version)),
+        }
+        return Ok(0);
+    }
+
+    let prefix = absolute(args.prefix.as_deref().context("--prefix is required")?)?;
+    let cuda_home = find_cuda_home(args.cuda_home.as_deref())?;
+    let archs = match &args.arch {
+        Some(list) => parse_arch_list(list)?,
+        None => detect_archs()?,
+    };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4));
+    let work = match &args.work_dir {
+        Some(w) => absolute(w)?,
+        None => prefix.join("src").join(format!("nccl-{version}")),
+    };
+
+    prepare_work_dir(&source, &work)?;
+    match plan {
+        Plan::Patch(p) => match patch::apply_tree(&work, p.diff)? {
+            Applicability::Applies => println!("nccl install: applied {}", p.name),
+            Applicability::AlreadyApplied => println!("nccl install: {} was already applied", p.name),
+        },
+        Plan::StockMultiRank => println!("{}", stock_note(version)),
+    }
+
+    let gencode = gencode_flags(&archs);
+    println!("nccl install: building in {} with {} for {} ({jobs} jobs)", work.display(), cuda_home.display(), gencode);
+    let make_vars = [
+        format!("CUDA_HOME={}", cuda_home.display()),
+        format!("NVCC_GENCODE={gencode}"),
+        format!("PREFIX={}", prefix.display()),
+    ];
+    run_command(Command::new("make").arg("-C").arg(&work).arg(format!("-j{jobs}")).arg("src.build").args(&make_vars), "building NCCL")?;
+    run_command(Command::new("make").arg("-C").arg(&work).arg("src.install").args(&make_vars), "installing NCCL")?;
+
+    let library = prefix.join("lib/libnccl.so.2");
+    let kind = status::classify_file(&library)?;
+    println!("nccl install: {}: {kind}", library.display());
+    if !kind.usable() {
+        bail!("the installed library is not usable for flexmig (see above)");
+    }
+    println!("nccl install: done. Add this argument to the flexmig line of plugstack.conf:");
+    println!("nccl={}", library.display());
+    Ok(0)
+}
+
+fn stock_note(version: NcclVersion) -> String {
+    format!(
+        "nccl install: NCCL {version} needs no flexmig patch: stock NCCL >= {} runs several ranks per GPU \
+         with NCCL_MULTI_RANK_GPU_ENABLE=1, which the flexmig plugin exports",
+        NcclVersion::MULTI_RANK_GPU
+    )
+}
+
+/// A scratch directory for unpacking tarballs, removed on drop.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn new() -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("flexmig-nccl-{}-{nanos}", std::process::id()));
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tree is used as is; a tarball is unpacked into the staging directory.
+fn resolve_source(source: &Path, staging: &Staging) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(source).with_context(|| format!("--source {}", source.display()))?;
+    if meta.is_dir() {
+        return absolute(source);
+    }
+    std::fs::create_dir_all(&staging.0).with_context(|| format!("creating {}", staging.0.display()))?;
+    run_command(Command::new("tar").arg("-xf").arg(source).arg("-C").arg(&staging.0), "unpacking the NCCL tarball")?;
+    find_source_root(&staging.0).with_context(|| format!("{} holds no NCCL source tree (no makefiles/version.mk)", source.display()))
+}
+
+/// The directory holding makefiles/version.mk: `dir` itself or one of its direct children.
+fn find_source_root(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.join("makefiles/version.mk").is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.join("makefiles/version.mk").is_file() {
+            return Ok(path);
+        }
+    }
+    bail!("not found")
+}
+
+const WORK_STAMP: &str = ".flexmig-nccl-work";
+
+/// Copies the pristine source into `work` (replacing an earlier copy that this tool made).
+fn prepare_work_dir(source: &Path, work: &Path) -> anyhow::Result<()> {
+    if work.exists() {
+        if !work.join(WORK_STAMP).exists() {
+            bail!("{} exists and was not made by flexmig-gres-helper; give another --work-dir or remove it", work.display());
+        }
+        std::fs::remove_dir_all(work).with_context(|| format!("removing the old build copy {}", work.display()))?;
+    }
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::write(work.join(WORK_STAMP), "made by flexmig-gres-helper nccl install\n")?;
+    let mut from = source.as_os_str().to_owned();
+    from.push("/.");
+    run_command(Command::new("cp").arg("-a").arg(&from).arg(work), "copying the NCCL source")?;
+    Ok(())
+}
+
+fn run_command(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+/// `--cuda-home`, else $CUDA_HOME, else the toolkit of the nvcc on PATH, else /usr/local/cuda.
+fn find_cuda_home(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = match given {
+        Some(p) => vec![p.to_path_buf()],
+        None => {
+            let mut c = Vec::new();
+            if let Some(h) = std::env::var_os("CUDA_HOME").filter(|v| !v.is_empty()) {
+                c.push(PathBuf::from(h));
+            }
+            if let Some(path) = std::env::var_os("PATH") {
+                for dir in std::env::split_paths(&path) {
+                    if dir.join("nvcc").is_file() {
+                        if let Some(home) = dir.parent() {
+                            c.push(home.to_path_buf());
+                        }
+                        break;
+                    }
+                }
+            }
+            c.push(PathBuf::from("/usr/local/cuda"));
+            c
+        }
+    };
+    for home in &candidates {
+        if home.join("bin/nvcc").is_file() {
+            return absolute(home);
+        }
+    }
+    bail!(
+        "no CUDA toolkit found (looked for bin/nvcc in {}); pass --cuda-home",
+        candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// "90", "sm_90", "9.0", "compute_90", "90a", lists separated by commas or spaces -> ["90", ...].
+pub fn parse_arch_list(list: &str) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for item in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
+        let bare = item.trim_start_matches("sm_").trim_start_matches("compute_");
+        let arch = match bare.split_once('.') {
+            Some((major, minor)) => format!("{major}{minor}"),
+            None => bare.to_string(),
+        };
+        let digits = arch.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        if digits.len() < 2 || !digits.chars().all(|c| c.is_ascii_digit()) || arch.len() - digits.len() > 1 {
+            bail!("bad GPU architecture {item:?}: expected e.g. 90, sm_90 or 9.0");
+        }
+        if !out.contains(&arch) {
+            out.push(arch);
+        }
+    }
+    if out.is_empty() {
+        bail!("--arch is empty");
+    }
+    Ok(out)
+}
+
+/// NVCC flags for `archs`: SASS for each.
+pub fn gencode_flags(archs: &[String]) -> String {
+    archs.iter().map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The compute capabilities of the GPUs present, from nvidia-smi.
+fn detect_archs() -> anyhow::Result<Vec<String>> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
+        .output()
+        .context("running nvidia-smi to find the GPUs' architecture; pass --arch (e.g. --arch 90) on a machine without GPUs")?;
+    if !out.status.success() {
+        bail!("nvidia-smi failed ({}); pass --arch (e.g. --arch 90)", out.status);
+    }
+    parse_arch_list(&String::from_utf8_lossy(&out.stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_lists() {
+        assert_eq!(parse_arch_list("90").unwrap(), vec!["90"]);
+        assert_eq!(parse_arch_list("sm_80, 9.0,90").unwrap(), vec!["80", "90"]);
+        assert_eq!(parse_arch_list("9.0\n9.0\n").unwrap(), vec!["90"]);
+        assert_eq!(parse_arch_list("compute_90a").unwrap(), vec!["90a"]);
+        assert!(parse_arch_list("hopper").is_err());
+        assert!(parse_arch_list("").is_err());
+        assert!(parse_arch_list("9").is_err());
+    }
+
+    #[test]
+    fn gencode() {
+        assert_eq!(
+            gencode_flags(&["80".into(), "90".into()]),
+            "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90"
+        );
+    }
+
+    #[test]
+    fn source_root_in_tarball_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("nccl-2.29.7");
+        std::fs::create_dir_all(tree.join("makefiles")).unwrap();
+        std::fs::write(tree.join("makefiles/version.mk"), "NCCL_MAJOR := 2\nNCCL_MINOR := 29\nNCCL_PATCH := 7\n").unwrap();
+        let root = find_source_root(dir.path()).unwrap();
+        assert_eq!(root, tree);
+        assert_eq!(version::source_version(&root).unwrap(), NcclVersion::new(2, 29, 7));
+        assert!(find_source_root(&tree.join("makefiles")).is_err());
+    }
+
+    #[test]
+    fn work_dir_not_ours_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), "x").unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        assert!(prepare_work_dir(&src, &work).is_err());
+        std::fs::remove_dir_all(&work).unwrap();
+        prepare_work_dir(&src, &work).unwrap();
+        assert_eq!(std::fs::read_to_string(work.join("f")).unwrap(), "x");
+        // Ours now: a second run replaces it.
+        prepare_work_dir(&src, &work).unwrap();
+    }
+}

@@ -1,0 +1,327 @@
+//! The flexmig NCCL patches (embedded, so installing needs no network) and a strict
+//! unified-diff applier: every hunk must match the tree exactly (a line offset is allowed,
+//! fuzz is not), and nothing is written unless every hunk of every file applies.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use super::version::NcclVersion;
+
+/// The string every flexmig patch adds to libnccl (in an INFO format string); `nccl status` looks for it.
+pub const PATCH_MARKER: &str = "flexmig-mig-patch/";
+
+/// One embedded patch: the NCCL release it was made against, and its unified diff (`patch -p1` format).
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedPatch {
+    pub version: NcclVersion,
+    pub name: &'static str,
+    pub diff: &'static str,
+}
+
+/// Every patch flexmig carries, oldest release first.
+pub const PATCHES: &[EmbeddedPatch] = &[
+    EmbeddedPatch {
+        version: NcclVersion::new(2, 28, 9),
+        name: "nccl-2.28.9.patch",
+        diff: include_str!("../../../nccl-patch/nccl-2.28.9.patch"),
+    },
+    EmbeddedPatch {
+        version: NcclVersion::new(2, 29, 7),
+        name: "nccl-2.29.7.patch",
+        diff: include_str!("../../../nccl-patch/nccl-2.29.7.patch"),
+    },
+];
+
+/// What flexmig needs done to an NCCL release.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// Apply this patch.
+    Patch(&'static EmbeddedPatch),
+    /// Stock NCCL >= 2.30.3 already runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1.
+    StockMultiRank,
+}
+
+/// Picks the patch for `version`, or refuses naming what is supported.
+pub fn select(version: NcclVersion) -> anyhow::Result<Plan> {
+    if let Some(p) = PATCHES.iter().find(|p| p.version == version) {
+        return Ok(Plan::Patch(p));
+    }
+    if version >= NcclVersion::MULTI_RANK_GPU {
+        return Ok(Plan::StockMultiRank);
+    }
+    let known: Vec<String> = PATCHES.iter().map(|p| p.version.to_string()).collect();
+    bail!(
+        "no flexmig patch for NCCL {version}: patches exist for {} only, and stock NCCL >= {} needs none \
+         (NCCL_MULTI_RANK_GPU_ENABLE=1); use one of those releases",
+        known.join(", "),
+        NcclVersion::MULTI_RANK_GPU
+    )
+}
+
+/// One hunk: the lines it expects (context and removed) and the lines it leaves (context and added).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hunk {
+    /// 1-based line in the original file, from the `@@ -l,s` header.
+    pub old_start: usize,
+    pub old_lines: Vec<String>,
+    pub new_lines: Vec<String>,
+}
+
+/// The hunks of one file, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePatch {
+    /// Path inside the tree (the `+++ b/...` name with the first component stripped, as `patch -p1`).
+    pub path: PathBuf,
+    pub hunks: Vec<Hunk>,
+}
+
+/// Parses a unified diff as `git diff` writes it.
+pub fn parse_diff(diff: &str) -> anyhow::Result<Vec<FilePatch>> {
+    let mut files: Vec<FilePatch> = Vec::new();
+    let mut lines = diff.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(name) = line.strip_prefix("+++ ") {
+            let name = name.split('\t').next().unwrap_or(name).trim();
+            let stripped = name.split_once('/').map(|(_, rest)| rest).unwrap_or(name);
+            if stripped.is_empty() || stripped.split('/').any(|c| c == "..") {
+                bail!("bad file name in patch: {name:?}");
+            }
+            files.push(FilePatch { path: PathBuf::from(stripped), hunks: Vec::new() });
+        } else if let Some(header) = line.strip_prefix("@@ ") {
+            let file = files.last_mut().context("hunk before any +++ line")?;
+            let (old_start, old_count, new_count) = parse_hunk_header(header)?;
+            let mut hunk = Hunk { old_start, old_lines: Vec::new(), new_lines: Vec::new() };
+            while hunk.old_lines.len() < old_count || hunk.new_lines.len() < new_count {
+                let body = lines.next().with_context(|| format!("{}: hunk at line {old_start} ends early", file.path.display()))?;
+                if body.starts_with('\\') {
+                    continue; // "\ No newline at end of file"
+                }
+                let (tag, text) = body.split_at(body.len().min(1));
+                match tag {
+                    " " | "" => {
+                        hunk.old_lines.push(text.to_string());
+                        hunk.new_lines.push(text.to_string());
+                    }
+                    "-" => hunk.old_lines.push(text.to_string()),
+                    "+" => hunk.new_lines.push(text.to_string()),
+                    _ => bail!("{}: unexpected line in hunk at line {old_start}: {body:?}", file.path.display()),
+                }
+            }
+            file.hunks.push(hunk);
+        }
+    }
+    if files.is_empty() || files.iter().any(|f| f.hunks.is_empty()) {
+        bail!("patch has no files or a file without hunks");
+    }
+    Ok(files)
+}
+
+fn parse_hunk_header(header: &str) -> anyhow::Result<(usize, usize, usize)> {
+    // "-l,s +l,s @@ optional function context"
+    let mut it = header.split_whitespace();
+    let old = it.next().and_then(|s| s.strip_prefix('-')).context("hunk header without -l,s")?;
+    let new = it.next().and_then(|s| s.strip_prefix('+')).context("hunk header without +l,s")?;
+    let range = |s: &str| -> anyhow::Result<(usize, usize)> {
+        let (start, count) = s.split_once(',').unwrap_or((s, "1"));
+        Ok((start.parse().context("hunk start")?, count.parse().context("hunk length")?))
+    };
+    let (old_start, old_count) = range(old)?;
+    let (_, new_count) = range(new)?;
+    Ok((old_start, old_count, new_count))
+}
+
+/// How a patch relates to a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applicability {
+    /// Every hunk matches: the tree is stock and the patch applies.
+    Applies,
+    /// Every hunk's result is already there.
+    AlreadyApplied,
+}
+
+/// Applies `hunks` to `text` (the whole file). Each hunk is looked for at its recorded line first,
+/// then at the nearest line after the previous hunk where its expected lines match exactly.
+pub fn apply_to_text(text: &str, file: &FilePatch) -> anyhow::Result<String> {
+    let ends_with_newline = text.ends_with('\n');
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut floor = 0usize; // hunks apply in order and may not overlap
+    let mut shift: isize = 0; // how far earlier hunks moved the text
+    for (i, hunk) in file.hunks.iter().enumerate() {
+        let want = (hunk.old_start.saturating_sub(1) as isize + shift).max(0) as usize;
+        let at = find_block(&lines, &hunk.old_lines, want, floor).with_context(|| {
+            format!(
+                "{}: hunk {} (original line {}) does not match this tree: expected\n{}",
+                file.path.display(),
+                i + 1,
+                hunk.old_start,
+                hunk.old_lines.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        lines.splice(at..at + hunk.old_lines.len(), hunk.new_lines.iter().cloned());
+        floor = at + hunk.new_lines.len();
+        shift += hunk.new_lines.len() as isize - hunk.old_lines.len() as isize;
+    }
+    let mut out = lines.join("\n");
+    if ends_with_newline {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The start of `block` in `lines` at or after `floor`, nearest to `want`.
+fn find_block(lines: &[String], block: &[String], want: usize, floor: usize) -> Option<usize> {
+    if block.len() > lines.len() {
+        return None;
+    }
+    let last = lines.len() - block.len();
+    let matches = |at: usize| at >= floor && at <= last && lines[at..at + block.len()] == *block;
+    (0..=lines.len()).find_map(|d| {
+        if matches(want + d) {
+            Some(want + d)
+        } else if d <= want && matches(want - d) {
+            Some(want - d)
+        } else {
+            None
+        }
+    })
+}
+
+/// Checks `diff` against the tree at `root` without writing; returns the patched text of every file.
+pub fn check_tree(root: &Path, diff: &str) -> anyhow::Result<(Applicability, BTreeMap<PathBuf, String>)> {
+    let files = parse_diff(diff)?;
+    let mut patched = BTreeMap::new();
+    let mut first_error = None;
+    for file in &files {
+        let path = root.join(&file.path);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        match apply_to_text(&text, file) {
+            Ok(new_text) => {
+                patched.insert(file.path.clone(), new_text);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // Maybe the tree already carries the patch: every hunk's result present, in order.
+        let reversed: Vec<FilePatch> = files.iter().map(reverse).collect();
+        let all_reverse = reversed.iter().all(|file| {
+            std::fs::read_to_string(root.join(&file.path)).map(|t| apply_to_text(&t, file).is_ok()).unwrap_or(false)
+        });
+        if all_reverse {
+            return Ok((Applicability::AlreadyApplied, BTreeMap::new()));
+        }
+        return Err(e.context(format!("the flexmig patch does not apply to {}", root.display())));
+    }
+    Ok((Applicability::Applies, patched))
+}
+
+fn reverse(file: &FilePatch) -> FilePatch {
+    FilePatch {
+        path: file.path.clone(),
+        hunks: file
+            .hunks
+            .iter()
+            .map(|h| Hunk { old_start: h.old_start, old_lines: h.new_lines.clone(), new_lines: h.old_lines.clone() })
+            .collect(),
+    }
+}
+
+/// Applies `diff` to the tree at `root`: all files or none.
+pub fn apply_tree(root: &Path, diff: &str) -> anyhow::Result<Applicability> {
+    let (state, patched) = check_tree(root, diff)?;
+    for (rel, text) in &patched {
+        let path = root.join(rel);
+        let tmp = path.with_extension("flexmig-tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIFF: &str = "diff --git a/src/a.cc b/src/a.cc\n--- a/src/a.cc\n+++ b/src/a.cc\n@@ -2,3 +2,4 @@ fn\n two\n-three\n+THREE\n+three and a half\n four\n@@ -8,2 +9,2 @@\n eight\n-nine\n+NINE\n";
+
+    fn tree(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/a.cc"), text).unwrap();
+        dir
+    }
+
+    const ORIGINAL: &str = "one\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\nten\n";
+
+    #[test]
+    fn parses_files_and_hunks() {
+        let files = parse_diff(DIFF).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, PathBuf::from("src/a.cc"));
+        assert_eq!(files[0].hunks.len(), 2);
+        assert_eq!(files[0].hunks[0].old_lines, vec!["two", "three", "four"]);
+        assert_eq!(files[0].hunks[0].new_lines, vec!["two", "THREE", "three and a half", "four"]);
+    }
+
+    #[test]
+    fn applies_exactly() {
+        let dir = tree(ORIGINAL);
+        assert_eq!(apply_tree(dir.path(), DIFF).unwrap(), Applicability::Applies);
+        let text = std::fs::read_to_string(dir.path().join("src/a.cc")).unwrap();
+        assert_eq!(text, "one\ntwo\nTHREE\nthree and a half\nfour\nfive\nsix\nseven\neight\nNINE\nten\n");
+        // A second run sees its own work.
+        assert_eq!(apply_tree(dir.path(), DIFF).unwrap(), Applicability::AlreadyApplied);
+    }
+
+    #[test]
+    fn applies_with_line_offset() {
+        let dir = tree(&format!("zero\nminus one\n{ORIGINAL}"));
+        assert_eq!(apply_tree(dir.path(), DIFF).unwrap(), Applicability::Applies);
+        let text = std::fs::read_to_string(dir.path().join("src/a.cc")).unwrap();
+        assert!(text.contains("THREE\nthree and a half\n") && text.contains("NINE\nten"));
+    }
+
+    #[test]
+    fn refuses_a_tree_that_differs_and_writes_nothing() {
+        let changed = ORIGINAL.replace("nine", "NEIN");
+        let dir = tree(&changed);
+        let err = apply_tree(dir.path(), DIFF).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("does not apply") && msg.contains("hunk 2"), "{msg}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("src/a.cc")).unwrap(), changed);
+    }
+
+    #[test]
+    fn refuses_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_tree(dir.path(), DIFF).is_err());
+    }
+
+    #[test]
+    fn rejects_path_escape() {
+        assert!(parse_diff("--- a/../x\n+++ b/../x\n@@ -1 +1 @@\n-a\n+b\n").is_err());
+    }
+
+    #[test]
+    fn selection() {
+        assert!(matches!(select(NcclVersion::new(2, 28, 9)).unwrap(), Plan::Patch(p) if p.name == "nccl-2.28.9.patch"));
+        assert!(matches!(select(NcclVersion::new(2, 29, 7)).unwrap(), Plan::Patch(_)));
+        assert!(matches!(select(NcclVersion::new(2, 30, 7)).unwrap(), Plan::StockMultiRank));
+        let err = format!("{:#}", select(NcclVersion::new(2, 27, 3)).unwrap_err());
+        assert!(err.contains("no flexmig patch for NCCL 2.27.3") && err.contains("2.28.9"), "{err}");
+    }
+
+    #[test]
+    fn embedded_patches_parse_and_carry_the_marker() {
+        for p in PATCHES {
+            let files = parse_diff(p.diff).unwrap_or_else(|e| panic!("{}: {e:#}", p.name));
+            assert!(files.iter().any(|f| f.path == Path::new("src/init.cc")), "{}", p.name);
+            assert!(p.diff.contains(PATCH_MARKER), "{} lacks the marker", p.name);
+            assert!(p.diff.contains("NCCL_MIG_ID"), "{}", p.name);
+        }
+    }
+}
