@@ -1,0 +1,420 @@
+//! Which leaf each task gets, and the environment that tells the task about it.
+//! Pure logic over the node inventory and what Slurm put in the job environment; no FFI.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use leaf_model::{Inventory, Leaf};
+
+use crate::config::{Mode, PluginArgs};
+use crate::hostlist;
+
+/// What Slurm tells the plugin about the task being started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    pub job_id: u32,
+    pub step_id: u32,
+    /// True for the batch script's own step.
+    pub is_batch: bool,
+    pub node_id: u32,
+    pub nnodes: u32,
+    pub local_task_id: u32,
+    pub local_task_count: u32,
+    pub global_task_id: u32,
+    pub total_task_count: u32,
+}
+
+/// One change to the task's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvChange {
+    Set(String, String),
+    Unset(String),
+}
+
+/// The variables torch.distributed reads; set only where the user has not set them.
+pub const TORCH_VARS: [&str; 6] = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"];
+
+/// Parses a GRES index list as Slurm writes it (`0,2,4` or `0-2,5`).
+///
+/// # Errors
+/// Anything that is not a comma-separated list of indices or ascending ranges.
+pub fn parse_index_list(s: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let num = |t: &str| t.trim().parse::<u32>().map_err(|_| format!("`{t}` is not a GRES index"));
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a > 4096 {
+                    return Err(format!("`{part}` is not an ascending range"));
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+    }
+    Ok(out)
+}
+
+/// Looks the allocated GRES indices up in the inventory and orders the leaves round-robin
+/// across physical GPUs: leaf k of each GPU (in GPU index order), then leaf k+1, ...
+/// Within a GPU, leaves keep GRES index order.
+///
+/// # Errors
+/// An index with no leaf in the inventory, or an index given twice.
+pub fn balanced_leaves<'a>(inv: &'a Inventory, indices: &[u32], var: &str, list: &str, inventory_path: &str) -> Result<Vec<&'a Leaf>, String> {
+    let mut seen = BTreeSet::new();
+    let mut per_gpu: BTreeMap<u32, Vec<&Leaf>> = BTreeMap::new();
+    for &i in indices {
+        if !seen.insert(i) {
+            return Err(format!(
+                "flexmig: GRES index {i} appears twice in {var}={list}; refusing to bind two ranks to one MIG leaf (report this to the Slurm admin)"
+            ));
+        }
+        let leaf = inv.leaf_by_gres_index(i).ok_or_else(|| {
+            format!(
+                "flexmig: GRES index {i} (from {var}={list}) has no MIG leaf in the node inventory {inventory_path}: \
+                 the inventory and gres.conf disagree; the admin should run `flexmig-gres-helper verify` on this node"
+            )
+        })?;
+        per_gpu.entry(leaf.gpu).or_default().push(leaf);
+    }
+    for leaves in per_gpu.values_mut() {
+        leaves.sort_by_key(|l| l.gres_index);
+    }
+    let rounds = per_gpu.values().map(Vec::len).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(indices.len());
+    for k in 0..rounds {
+        for leaves in per_gpu.values() {
+            if let Some(l) = leaves.get(k) {
+                out.push(*l);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// MASTER_PORT for a step: the same for every task of the step, different for the steps of
+/// one job (and, mostly, of different jobs).
+pub fn master_port(job_id: u32, step_id: u32, (lo, hi): (u16, u16)) -> u16 {
+    let span = u64::from(hi - lo) + 1;
+    // The batch step's id is 0xfffffffb: fold it into the same range as ordinary steps.
+    let key = u64::from(job_id) * 1000 + u64::from(step_id % 1000);
+    lo + (key % span) as u16
+}
+
+/// The LD_PRELOAD value with `lib` in front, unless it is already an entry.
+fn preload_with(lib: &str, existing: Option<&str>) -> Option<String> {
+    match existing.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Some(lib.to_string()),
+        Some(e) if e.split([' ', ':']).any(|x| x == lib) => None,
+        Some(e) => Some(format!("{lib} {e}")),
+    }
+}
+
+/// Everything the plugin decides for one task, given the mode, the plugstack arguments,
+/// the node inventory and the job environment (`env`).
+///
+/// # Errors
+/// A message for the user saying what is wrong and what to do.
+pub fn plan_task(
+    mode: Mode,
+    args: &PluginArgs,
+    inv: &Inventory,
+    task: &TaskView,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<EnvChange>, String> {
+    if mode == Mode::Off {
+        return Ok(Vec::new());
+    }
+    let node = env("SLURMD_NODENAME").unwrap_or_else(|| "this node".into());
+    let var = if task.is_batch { "SLURM_JOB_GPUS" } else { "SLURM_STEP_GPUS" };
+    let list = env(var).filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        format!(
+            "flexmig: no GPUs are allocated to this {} on {node} ({var} is not set): ask for MIG leaves with \
+             --gres=mig:N (or --gres=gpu:<profile>:N) in sbatch/srun, or run without --flexmig",
+            if task.is_batch { "batch script" } else { "step" }
+        )
+    })?;
+    let indices = parse_index_list(&list).map_err(|e| format!("flexmig: cannot read {var}={list} on {node}: {e}"))?;
+    let inv_path = args.inventory.display().to_string();
+    let leaves = balanced_leaves(inv, &indices, var, &list, &inv_path)?;
+    let mut out = Vec::new();
+    let set = |out: &mut Vec<EnvChange>, k: &str, v: String| out.push(EnvChange::Set(k.to_string(), v));
+    let set_default = |out: &mut Vec<EnvChange>, k: &str, v: String| {
+        if env(k).is_none() {
+            out.push(EnvChange::Set(k.to_string(), v));
+        }
+    };
+    let first_node = || {
+        ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"]
+            .iter()
+            .find_map(|v| env(v).and_then(|l| hostlist::first_host(&l)))
+    };
+
+    let node_view = task.is_batch || mode == Mode::Node;
+    if node_view {
+        if !task.is_batch && task.local_task_count > 1 {
+            return Err(format!(
+                "flexmig: --flexmig=node runs one task per node that gets all of the node's leaves, but this step has \
+                 {} tasks on {node}: use `srun --ntasks-per-node=1 --flexmig=node` (or --flexmig for one leaf per task)",
+                task.local_task_count
+            ));
+        }
+        let join = |f: &dyn Fn(&Leaf) -> String| leaves.iter().map(|l| f(l)).collect::<Vec<_>>().join(",");
+        set(&mut out, "CUDA_VISIBLE_DEVICES", join(&|l| l.cuda_device().to_string()));
+        set(&mut out, "FLEXMIG_LEAVES", join(&|l| l.uuid.clone()));
+        set(&mut out, "FLEXMIG_GPUS", join(&|l| l.gpu.to_string()));
+        set(&mut out, "FLEXMIG_PROFILES", join(&|l| l.profile.clone()));
+        set(&mut out, "NCCL_MULTI_RANK_GPU_ENABLE", "1".into());
+        // One process holds several leaves: a single NCCL_MIG_ID would be wrong for its workers.
+        if env("NCCL_MIG_ID").is_some() {
+            out.push(EnvChange::Unset("NCCL_MIG_ID".into()));
+        }
+        if !task.is_batch && args.torch_env {
+            let addr = first_node().ok_or_else(|| format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed"))?;
+            let port = master_port(task.job_id, task.step_id, args.master_ports).to_string();
+            let n = leaves.len().to_string();
+            set_default(&mut out, "MASTER_ADDR", addr.clone());
+            set_default(&mut out, "MASTER_PORT", port.clone());
+            set_default(&mut out, "LOCAL_WORLD_SIZE", n.clone());
+            set_default(&mut out, "NODE_RANK", task.node_id.to_string());
+            // torchrun reads its options from PET_* variables.
+            set_default(&mut out, "PET_NPROC_PER_NODE", n);
+            set_default(&mut out, "PET_NNODES", task.nnodes.to_string());
+            set_default(&mut out, "PET_NODE_RANK", task.node_id.to_string());
+            set_default(&mut out, "PET_MASTER_ADDR", addr);
+            set_default(&mut out, "PET_MASTER_PORT", port);
+        }
+    } else {
+        if task.local_task_count as usize > leaves.len() {
+            return Err(format!(
+                "flexmig: this step has {} tasks on {node} but only {} MIG leaves ({var}={list}), so task {} and up would have no leaf: \
+                 ask for --gres=mig:{} or run at most {} tasks per node (--ntasks-per-node={})",
+                task.local_task_count,
+                leaves.len(),
+                leaves.len(),
+                task.local_task_count,
+                leaves.len(),
+                leaves.len()
+            ));
+        }
+        let leaf = leaves[task.local_task_id as usize];
+        set(&mut out, "CUDA_VISIBLE_DEVICES", leaf.cuda_device().to_string());
+        set(&mut out, "NCCL_MIG_ID", leaf.uuid.clone());
+        set(&mut out, "NCCL_MULTI_RANK_GPU_ENABLE", "1".into());
+        set(&mut out, "FLEXMIG_LEAF", leaf.uuid.clone());
+        set(&mut out, "FLEXMIG_GPU", leaf.gpu.to_string());
+        set(&mut out, "FLEXMIG_PROFILE", leaf.profile.clone());
+        if args.torch_env {
+            let addr = first_node().ok_or_else(|| format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed"))?;
+            set_default(&mut out, "RANK", task.global_task_id.to_string());
+            set_default(&mut out, "WORLD_SIZE", task.total_task_count.to_string());
+            set_default(&mut out, "LOCAL_RANK", task.local_task_id.to_string());
+            set_default(&mut out, "LOCAL_WORLD_SIZE", task.local_task_count.to_string());
+            set_default(&mut out, "MASTER_ADDR", addr);
+            set_default(&mut out, "MASTER_PORT", master_port(task.job_id, task.step_id, args.master_ports).to_string());
+        }
+    }
+    if let Some(lib) = &args.nccl {
+        let lib = lib.display().to_string();
+        if !std::path::Path::new(&lib).is_file() {
+            return Err(format!(
+                "flexmig: the patched NCCL {lib} named by nccl= in plugstack.conf does not exist on {node}: \
+                 install it there (flexmig-gres-helper nccl install) or fix the plugstack.conf line"
+            ));
+        }
+        if let Some(v) = preload_with(&lib, env("LD_PRELOAD").as_deref()) {
+            set(&mut out, "LD_PRELOAD", v);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leaf_model::Gpu;
+    use std::collections::HashMap;
+
+    /// Two GPUs, 7 leaves each, in gres.conf order GPU0 leaves then GPU1 leaves.
+    fn inventory() -> Inventory {
+        let mut inv = Inventory::new();
+        for g in 0..2 {
+            inv.gpus.push(Gpu { index: g, uuid: format!("GPU-{g}"), bus_id: format!("0000:0{g}:00.0"), model: "A100".into() });
+            for k in 0..7 {
+                inv.leaves.push(Leaf {
+                    gres_index: g * 7 + k,
+                    gpu: g,
+                    profile: if k == 6 { "1g.10gb".into() } else { "1g.5gb".into() },
+                    uuid: format!("MIG-{g}-{k}"),
+                    cuda_device: None,
+                });
+            }
+        }
+        inv
+    }
+
+    fn task(local: u32, count: u32) -> TaskView {
+        TaskView { job_id: 42, step_id: 3, is_batch: false, node_id: 0, nnodes: 1, local_task_id: local, local_task_count: count, global_task_id: local, total_task_count: count }
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn as_map(ch: &[EnvChange]) -> HashMap<String, String> {
+        ch.iter().filter_map(|c| match c { EnvChange::Set(k, v) => Some((k.clone(), v.clone())), _ => None }).collect()
+    }
+
+    #[test]
+    fn index_lists() {
+        assert_eq!(parse_index_list("0,2,4").unwrap(), vec![0, 2, 4]);
+        assert_eq!(parse_index_list("3-5,9").unwrap(), vec![3, 4, 5, 9]);
+        assert_eq!(parse_index_list("7").unwrap(), vec![7]);
+        assert!(parse_index_list("").is_err());
+        assert!(parse_index_list("a").is_err());
+        assert!(parse_index_list("5-3").is_err());
+        assert!(parse_index_list("1,,2").is_err());
+        assert!(parse_index_list("-1").is_err());
+    }
+
+    #[test]
+    fn round_robin_alternates_gpus_and_keeps_order_within_a_gpu() {
+        let inv = inventory();
+        let got: Vec<_> = balanced_leaves(&inv, &[0, 1, 2, 7, 8, 9], "V", "", "inv").unwrap().iter().map(|l| l.uuid.as_str()).collect();
+        assert_eq!(got, ["MIG-0-0", "MIG-1-0", "MIG-0-1", "MIG-1-1", "MIG-0-2", "MIG-1-2"]);
+        // Uneven: 3 on GPU0, 1 on GPU1; the order of the index list does not matter.
+        let got: Vec<_> = balanced_leaves(&inv, &[13, 2, 0, 1], "V", "", "inv").unwrap().iter().map(|l| l.gres_index).collect();
+        assert_eq!(got, [0, 13, 1, 2]);
+    }
+
+    #[test]
+    fn unknown_and_repeated_indices_are_refused() {
+        let inv = inventory();
+        let e = balanced_leaves(&inv, &[0, 99], "SLURM_STEP_GPUS", "0,99", "/etc/slurm/flexmig.toml").unwrap_err();
+        assert!(e.contains("GRES index 99") && e.contains("flexmig-gres-helper verify") && e.contains("/etc/slurm/flexmig.toml"), "{e}");
+        let e = balanced_leaves(&inv, &[3, 3], "SLURM_STEP_GPUS", "3,3", "inv").unwrap_err();
+        assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn rank_mode_gives_each_task_its_own_leaf_and_torch_vars() {
+        let inv = inventory();
+        let args = PluginArgs::default();
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,1,2,7,8,9"), ("SLURM_STEP_NODELIST", "gpu[07-08]"), ("SLURMD_NODENAME", "gpu07")]);
+        let mut uuids = BTreeSet::new();
+        for i in 0..6 {
+            let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(i, 6), &env).unwrap());
+            assert_eq!(m["CUDA_VISIBLE_DEVICES"], m["NCCL_MIG_ID"]);
+            assert_eq!(m["FLEXMIG_GPU"], (i % 2).to_string(), "ranks alternate GPUs");
+            assert_eq!(m["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+            assert_eq!(m["RANK"], i.to_string());
+            assert_eq!(m["LOCAL_RANK"], i.to_string());
+            assert_eq!(m["WORLD_SIZE"], "6");
+            assert_eq!(m["LOCAL_WORLD_SIZE"], "6");
+            assert_eq!(m["MASTER_ADDR"], "gpu07");
+            assert_eq!(m["MASTER_PORT"], master_port(42, 3, args.master_ports).to_string());
+            assert_eq!(m["FLEXMIG_PROFILE"], "1g.5gb");
+            assert!(uuids.insert(m["NCCL_MIG_ID"].clone()));
+        }
+    }
+
+    #[test]
+    fn user_set_torch_vars_are_kept_and_torch_env_can_be_off() {
+        let inv = inventory();
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), ("MASTER_PORT", "1234"), ("RANK", "5")]);
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(1, 2), &env).unwrap());
+        assert!(!m.contains_key("MASTER_PORT") && !m.contains_key("RANK"));
+        assert_eq!(m["WORLD_SIZE"], "2");
+        let args = PluginArgs { torch_env: false, ..PluginArgs::default() };
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(1, 2), &env).unwrap());
+        assert!(TORCH_VARS.iter().all(|v| !m.contains_key(*v)), "{m:?}");
+        assert_eq!(m["NCCL_MIG_ID"], "MIG-1-0");
+    }
+
+    #[test]
+    fn cuda_device_override() {
+        let mut inv = inventory();
+        inv.leaves[0].cuda_device = Some("0".into());
+        let env = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1")]);
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap());
+        assert_eq!(m["CUDA_VISIBLE_DEVICES"], "0");
+        assert_eq!(m["NCCL_MIG_ID"], "MIG-0-0");
+    }
+
+    #[test]
+    fn too_many_tasks_and_no_gpus_fail_with_advice() {
+        let inv = inventory();
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,1"), ("SLURM_STEP_NODELIST", "n1"), ("SLURMD_NODENAME", "n1")]);
+        let e = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 3), &env).unwrap_err();
+        assert!(e.contains("3 tasks on n1") && e.contains("--gres=mig:3"), "{e}");
+        let e = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env_of(&[("SLURM_JOB_GPUS", "0")])).unwrap_err();
+        assert!(e.contains("SLURM_STEP_GPUS is not set") && e.contains("--gres=mig:N"), "{e}");
+    }
+
+    #[test]
+    fn off_changes_nothing() {
+        let inv = inventory();
+        assert!(plan_task(Mode::Off, &PluginArgs::default(), &inv, &task(0, 99), &env_of(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn node_mode_gives_all_leaves_in_balanced_order() {
+        let inv = inventory();
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,1,7,8"), ("SLURM_STEP_NODELIST", "n[1-2]"), ("NCCL_MIG_ID", "stale")]);
+        let ch = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap();
+        assert!(ch.contains(&EnvChange::Unset("NCCL_MIG_ID".into())));
+        let m = as_map(&ch);
+        assert_eq!(m["FLEXMIG_LEAVES"], "MIG-0-0,MIG-1-0,MIG-0-1,MIG-1-1");
+        assert_eq!(m["CUDA_VISIBLE_DEVICES"], m["FLEXMIG_LEAVES"]);
+        assert_eq!(m["FLEXMIG_GPUS"], "0,1,0,1");
+        assert_eq!(m["LOCAL_WORLD_SIZE"], "4");
+        assert_eq!(m["PET_NPROC_PER_NODE"], "4");
+        assert_eq!(m["MASTER_ADDR"], "n1");
+        assert!(!m.contains_key("RANK"));
+        let e = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 2), &env).unwrap_err();
+        assert!(e.contains("--ntasks-per-node=1"), "{e}");
+    }
+
+    #[test]
+    fn batch_step_gets_the_node_view_without_torch_vars() {
+        let inv = inventory();
+        let env = env_of(&[("SLURM_JOB_GPUS", "0,7"), ("SLURM_JOB_NODELIST", "n1")]);
+        let t = TaskView { is_batch: true, step_id: 0xffff_fffb, ..task(0, 1) };
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap());
+        assert_eq!(m["FLEXMIG_LEAVES"], "MIG-0-0,MIG-1-0");
+        assert!(TORCH_VARS.iter().all(|v| !m.contains_key(*v)), "{m:?}");
+        assert!(!m.contains_key("NCCL_MIG_ID"));
+    }
+
+    #[test]
+    fn nccl_preload_is_prepended_once_and_must_exist() {
+        let inv = inventory();
+        let dir = std::env::temp_dir().join(format!("flexmig-nccl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("libnccl.so.2");
+        std::fs::write(&lib, b"").unwrap();
+        let args = PluginArgs { nccl: Some(lib.clone()), ..PluginArgs::default() };
+        let l = lib.display().to_string();
+        let env = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1"), ("LD_PRELOAD", "/x/libfoo.so")]);
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap());
+        assert_eq!(m["LD_PRELOAD"], format!("{l} /x/libfoo.so"));
+        let env2 = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1"), ("LD_PRELOAD", &format!("/x/a.so:{l}"))]);
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env2).unwrap());
+        assert!(!m.contains_key("LD_PRELOAD"));
+        std::fs::remove_file(&lib).unwrap();
+        let e = plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap_err();
+        assert!(e.contains("does not exist") && e.contains("nccl="), "{e}");
+    }
+
+    #[test]
+    fn master_port_is_in_range_and_differs_between_steps() {
+        let r = (20000, 32767);
+        let ports: BTreeSet<_> = (0..20).map(|s| master_port(1234, s, r)).collect();
+        assert_eq!(ports.len(), 20);
+        assert!(ports.iter().all(|p| (20000..=32767).contains(p)));
+        assert_eq!(master_port(7, 0xffff_fffb, (30000, 30000)), 30000);
+    }
+}

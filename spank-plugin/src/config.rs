@@ -1,0 +1,186 @@
+//! The plugin's configuration: the plugstack.conf arguments and the `--flexmig[=MODE]` option.
+//! Pure parsing, no FFI.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What `--flexmig[=MODE]` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One leaf per task (the default).
+    Rank,
+    /// One task per node that gets all of the node's leaves (for launchers such as torchrun).
+    Node,
+    /// Do nothing (turns off a `--flexmig` inherited from `sbatch --flexmig`).
+    Off,
+}
+
+impl Mode {
+    /// Parses the option argument; a bare `--flexmig` (None or "") means `rank`.
+    ///
+    /// # Errors
+    /// An unknown mode, with the list of known ones.
+    pub fn parse(arg: Option<&str>) -> Result<Mode, String> {
+        match arg.map(str::trim) {
+            // `sbatch --flexmig` (no argument) exports the option to inner steps as the literal
+            // text "(null)" (SLURM_SPANK__SLURM_SPANK_OPTION_flexmig_flexmig=(null)).
+            None | Some("") | Some("(null)") | Some("rank") => Ok(Mode::Rank),
+            Some("node") => Ok(Mode::Node),
+            Some("off") => Ok(Mode::Off),
+            Some(other) => Err(format!(
+                "flexmig: unknown mode --flexmig={other}: use --flexmig (one MIG leaf per task), \
+                 --flexmig=node (one task per node with all its leaves, for launchers like torchrun) \
+                 or --flexmig=off"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Rank => "rank",
+            Mode::Node => "node",
+            Mode::Off => "off",
+        })
+    }
+}
+
+/// The arguments after the plugin path in plugstack.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginArgs {
+    /// The node inventory (`inventory=PATH`).
+    pub inventory: PathBuf,
+    /// A patched libnccl.so.2 put in front of the task's LD_PRELOAD (`nccl=PATH`).
+    pub nccl: Option<PathBuf>,
+    /// Export RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    /// (`torch_env=yes|no`, default yes).
+    pub torch_env: bool,
+    /// The range MASTER_PORT is drawn from (`master_ports=LO-HI`).
+    pub master_ports: (u16, u16),
+}
+
+impl Default for PluginArgs {
+    fn default() -> Self {
+        PluginArgs {
+            inventory: PathBuf::from(leaf_model::inventory::DEFAULT_PATH),
+            nccl: None,
+            torch_env: true,
+            // Below Linux's ephemeral range (32768-60999), so a listening rendezvous port does
+            // not collide with outgoing connections.
+            master_ports: (20000, 32767),
+        }
+    }
+}
+
+const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI";
+
+impl PluginArgs {
+    /// Parses `key=value` arguments strictly.
+    ///
+    /// # Errors
+    /// An unknown key, a missing `=`, a repeated key, or a bad value; the message names the
+    /// argument and the plugstack.conf line to fix.
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<PluginArgs, String> {
+        let mut out = PluginArgs::default();
+        let mut seen = Vec::new();
+        for raw in args {
+            let raw = raw.as_ref();
+            let bad = |why: String| format!("flexmig: bad argument `{raw}` in plugstack.conf: {why}");
+            let (key, value) = raw.split_once('=').ok_or_else(|| bad(format!("expected key=value; known keys: {KEYS}")))?;
+            if seen.contains(&key) {
+                return Err(bad(format!("`{key}` is given twice")));
+            }
+            seen.push(key);
+            match key {
+                "inventory" => out.inventory = absolute_path(value).map_err(bad)?,
+                "nccl" => out.nccl = Some(absolute_path(value).map_err(bad)?),
+                "torch_env" => out.torch_env = yes_no(value).map_err(bad)?,
+                "master_ports" => out.master_ports = port_range(value).map_err(bad)?,
+                _ => return Err(bad(format!("unknown key `{key}`; known keys: {KEYS}"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn absolute_path(v: &str) -> Result<PathBuf, String> {
+    if v.is_empty() {
+        return Err("the path is empty".into());
+    }
+    if !v.starts_with('/') {
+        return Err(format!("`{v}` is not an absolute path"));
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn yes_no(v: &str) -> Result<bool, String> {
+    match v {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(format!("`{v}` is not yes or no")),
+    }
+}
+
+fn port_range(v: &str) -> Result<(u16, u16), String> {
+    let err = || format!("`{v}` is not a port range LO-HI with 1024 <= LO <= HI <= 65535");
+    let (lo, hi) = v.split_once('-').ok_or_else(err)?;
+    let lo: u16 = lo.parse().map_err(|_| err())?;
+    let hi: u16 = hi.parse().map_err(|_| err())?;
+    if lo < 1024 || lo > hi {
+        return Err(err());
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(Mode::parse(None).unwrap(), Mode::Rank);
+        assert_eq!(Mode::parse(Some("")).unwrap(), Mode::Rank);
+        assert_eq!(Mode::parse(Some("(null)")).unwrap(), Mode::Rank);
+        assert_eq!(Mode::parse(Some("rank")).unwrap(), Mode::Rank);
+        assert_eq!(Mode::parse(Some("node")).unwrap(), Mode::Node);
+        assert_eq!(Mode::parse(Some("off")).unwrap(), Mode::Off);
+        let e = Mode::parse(Some("ranks")).unwrap_err();
+        assert!(e.contains("--flexmig=ranks") && e.contains("--flexmig=node"), "{e}");
+    }
+
+    #[test]
+    fn default_args() {
+        let a = PluginArgs::parse::<&str>(&[]).unwrap();
+        assert_eq!(a, PluginArgs::default());
+        assert_eq!(a.inventory, PathBuf::from("/etc/slurm/flexmig.toml"));
+    }
+
+    #[test]
+    fn all_keys() {
+        let a = PluginArgs::parse(&["inventory=/x/inv.toml", "nccl=/opt/nccl/lib/libnccl.so.2", "torch_env=no", "master_ports=30000-30010"]).unwrap();
+        assert_eq!(a.inventory, PathBuf::from("/x/inv.toml"));
+        assert_eq!(a.nccl, Some(PathBuf::from("/opt/nccl/lib/libnccl.so.2")));
+        assert!(!a.torch_env);
+        assert_eq!(a.master_ports, (30000, 30010));
+    }
+
+    #[test]
+    fn strict_errors_name_the_argument() {
+        for (arg, needle) in [
+            ("inventry=/x", "unknown key `inventry`"),
+            ("inventory", "expected key=value"),
+            ("inventory=relative.toml", "not an absolute path"),
+            ("nccl=", "empty"),
+            ("torch_env=maybe", "not yes or no"),
+            ("master_ports=80-90", "port range"),
+            ("master_ports=3000", "port range"),
+            ("master_ports=4000-3000", "port range"),
+        ] {
+            let e = PluginArgs::parse(&[arg]).unwrap_err();
+            assert!(e.contains(arg) && e.contains(needle), "{arg}: {e}");
+        }
+        let e = PluginArgs::parse(&["torch_env=no", "torch_env=yes"]).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+}

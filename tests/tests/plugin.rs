@@ -1,0 +1,339 @@
+//! The SPANK plugin under a real Slurm: real srun/sbatch/salloc, real slurmstepd, the built
+//! .so loaded from plugstack.conf, emulated MIG leaves as char devices.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::Output;
+
+use flexmig_integration::{Cluster, ClusterConfig, EmulatedLeaf, DEFAULT_PLUGSTACK};
+
+/// The variables a task is checked for.
+const VARS: &[&str] = &[
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_STEP_GPUS",
+    "SLURM_JOB_GPUS",
+    "CUDA_VISIBLE_DEVICES",
+    "NCCL_MIG_ID",
+    "NCCL_MULTI_RANK_GPU_ENABLE",
+    "FLEXMIG_GPU",
+    "FLEXMIG_PROFILE",
+    "FLEXMIG_LEAF",
+    "FLEXMIG_LEAVES",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LD_PRELOAD",
+];
+
+/// A bash snippet that prints `<procid> NAME=value` (or `NAME` alone when unset) per variable.
+fn print_vars() -> String {
+    format!(
+        "for v in {}; do if [ -n \"${{!v+x}}\" ]; then echo \"$SLURM_PROCID $v=${{!v}}\"; else echo \"$SLURM_PROCID $v\"; fi; done",
+        VARS.join(" ")
+    )
+}
+
+/// Task environments by SLURM_PROCID, from [`print_vars`] output (unset variables absent).
+fn parse_tasks(stdout: &str) -> BTreeMap<u32, HashMap<String, String>> {
+    let mut out: BTreeMap<u32, HashMap<String, String>> = BTreeMap::new();
+    for line in stdout.lines() {
+        let Some((id, rest)) = line.split_once(' ') else { continue };
+        let Ok(id) = id.parse::<u32>() else { continue };
+        let m = out.entry(id).or_default();
+        if let Some((k, v)) = rest.split_once('=') {
+            m.insert(k.to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn srun(c: &Cluster, args: &[&str]) -> Output {
+    Cluster::output(c.command("srun").args(args)).unwrap()
+}
+
+fn start(gpus: u32) -> (Cluster, Vec<EmulatedLeaf>) {
+    let (cfg, leaves) = ClusterConfig::emulated(gpus);
+    (Cluster::start(&cfg).unwrap(), leaves)
+}
+
+/// Checks one flexmig step's bindings against the inventory: distinct leaves, CUDA device ==
+/// MIG id == the leaf of an allocated GRES index, FLEXMIG_GPU right, ranks alternating GPUs
+/// where the allocation allows, torch variables right. Returns the leaves used.
+fn check_rank_step(tasks: &BTreeMap<u32, HashMap<String, String>>, leaves: &[EmulatedLeaf], ntasks: u32) -> BTreeSet<String> {
+    assert_eq!(tasks.len() as u32, ntasks, "{tasks:#?}");
+    let by_uuid: HashMap<&str, &EmulatedLeaf> = leaves.iter().map(|l| (l.uuid.as_str(), l)).collect();
+    let mut used = BTreeSet::new();
+    let port = &tasks[&0]["MASTER_PORT"];
+    let mut gpus_in_order = Vec::new();
+    for (rank, t) in tasks {
+        let uuid = &t["NCCL_MIG_ID"];
+        let leaf = by_uuid.get(uuid.as_str()).unwrap_or_else(|| panic!("task {rank}: {uuid} is not an inventory leaf"));
+        assert!(used.insert(uuid.clone()), "leaf {uuid} bound twice: {tasks:#?}");
+        assert_eq!(&t["CUDA_VISIBLE_DEVICES"], uuid, "task {rank}");
+        assert_eq!(t["FLEXMIG_LEAF"], *uuid);
+        assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string(), "task {rank}");
+        assert_eq!(t["FLEXMIG_PROFILE"], leaf.profile);
+        assert_eq!(t["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+        let allocated: Vec<u32> = t["SLURM_STEP_GPUS"].split(',').map(|s| s.parse().unwrap()).collect();
+        assert!(allocated.contains(&leaf.gres_index), "task {rank}: leaf {} not allocated to the step ({allocated:?})", leaf.gres_index);
+        assert_eq!(t["RANK"], rank.to_string());
+        assert_eq!(t["RANK"], t["SLURM_PROCID"]);
+        assert_eq!(t["LOCAL_RANK"], t["SLURM_LOCALID"]);
+        assert_eq!(t["WORLD_SIZE"], ntasks.to_string());
+        assert_eq!(t["LOCAL_WORLD_SIZE"], ntasks.to_string());
+        assert_eq!(t["MASTER_ADDR"], "localhost");
+        assert_eq!(&t["MASTER_PORT"], port, "one MASTER_PORT for the whole step");
+        gpus_in_order.push(leaf.gpu);
+    }
+    // Round-robin: while both GPUs still have allocated leaves, consecutive ranks alternate.
+    let per_gpu = |g: u32| gpus_in_order.iter().filter(|&&x| x == g).count();
+    let balanced = 2 * per_gpu(0).min(per_gpu(1));
+    for w in gpus_in_order[..balanced].windows(2) {
+        assert_ne!(w[0], w[1], "ranks do not alternate GPUs: {gpus_in_order:?}");
+    }
+    used
+}
+
+#[test]
+fn option_is_listed_in_help_of_srun_sbatch_and_salloc() {
+    let (c, _) = start(1);
+    for prog in ["srun", "sbatch", "salloc"] {
+        let o = Cluster::output(c.command(prog).arg("--help")).unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("--flexmig=MODE"), "{prog} --help lacks --flexmig:\n{}", text(&o));
+        assert!(out.contains("Options provided by plugins"), "{prog}");
+    }
+}
+
+#[test]
+fn each_task_gets_its_own_leaf_alternating_gpus() {
+    let (c, leaves) = start(2);
+    let o = srun(&c, &["--flexmig", "-n6", "--gres=gpu:1g.5gb:6", "bash", "-c", &print_vars()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tasks = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    let used = check_rank_step(&tasks, &leaves, 6);
+    assert_eq!(used.len(), 6);
+    // 3 on each GPU, ranks 0,2,4 on one GPU and 1,3,5 on the other.
+    let gpus: Vec<&str> = tasks.values().map(|t| t["FLEXMIG_GPU"].as_str()).collect();
+    assert_eq!(gpus, ["0", "1", "0", "1", "0", "1"]);
+
+    // Explicit --flexmig=rank is the same; a 7-task step over both GPUs mixes in a double leaf.
+    let o = srun(&c, &["--flexmig=rank", "-n7", "--gres=gpu:7", "bash", "-c", &print_vars()]);
+    assert!(o.status.success(), "{}", text(&o));
+    check_rank_step(&parse_tasks(&String::from_utf8_lossy(&o.stdout)), &leaves, 7);
+}
+
+#[test]
+fn fewer_tasks_than_leaves_and_user_set_torch_vars() {
+    let (c, leaves) = start(2);
+    let o = Cluster::output(c.command("srun").env("MASTER_PORT", "4242").args(["--flexmig", "-n2", "--gres=gpu:1g.5gb:4", "bash", "-c", &print_vars()])).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let tasks = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(tasks.len(), 2);
+    for t in tasks.values() {
+        assert_eq!(t["MASTER_PORT"], "4242", "a user's MASTER_PORT is kept");
+    }
+    let gpus: BTreeSet<u32> = tasks.values().map(|t| leaves.iter().find(|l| l.uuid == t["NCCL_MIG_ID"]).unwrap().gpu).collect();
+    assert_eq!(gpus.len(), 2, "two tasks over four leaves still use both GPUs");
+}
+
+#[test]
+fn without_flexmig_nothing_changes() {
+    let (c, _) = start(2);
+    let script = format!("{}; env | grep -E '^(FLEXMIG_|NCCL_|PET_)' | sed 's/^/ENV:/' || true", print_vars());
+    for extra in [None, Some("--flexmig=off")] {
+        let mut args = vec!["-n2", "--gres=gpu:1g.5gb:2"];
+        args.extend(extra);
+        args.extend(["bash", "-c", &script]);
+        let o = srun(&c, &args);
+        assert!(o.status.success(), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("ENV:"), "{extra:?}: plugin touched the step:\n{out}");
+        let tasks = parse_tasks(&out);
+        assert_eq!(tasks.len(), 2);
+        for t in tasks.values() {
+            // Slurm's own value (GRES indices with task/none) is left as it is.
+            assert_eq!(t["CUDA_VISIBLE_DEVICES"], t["SLURM_STEP_GPUS"], "{extra:?}");
+            for v in VARS.iter().copied().filter(|v| !v.starts_with("SLURM_") && *v != "CUDA_VISIBLE_DEVICES") {
+                assert!(!t.contains_key(v), "{extra:?}: {v} set without --flexmig");
+            }
+        }
+    }
+    // A step without GPUs and without --flexmig runs as usual.
+    let o = srun(&c, &["-n1", "true"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn sbatch_flexmig_reaches_inner_steps_and_the_batch_step_gets_the_node_view() {
+    let (c, leaves) = start(2);
+    let out = c.dir().join("job.out");
+    let script = format!(
+        "#!/bin/bash\necho \"batch LEAVES=$FLEXMIG_LEAVES RANK=${{RANK-unset}} CVD=$CUDA_VISIBLE_DEVICES\"\nsrun bash -c '{}'\n",
+        print_vars().replace('\'', "'\\''")
+    );
+    c.write_file("job.sh", &script).unwrap();
+    let o = Cluster::output(c.command("sbatch").args(["--wait", "--flexmig", "-n4", "--gres=gpu:1g.5gb:4", "-o"]).arg(&out).arg(c.dir().join("job.sh"))).unwrap();
+    let log = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(o.status.success(), "{}\njob output:\n{log}", text(&o));
+    let batch = log.lines().find(|l| l.starts_with("batch ")).expect("batch line");
+    let leaves_line: Vec<&str> = batch.split_whitespace().find_map(|w| w.strip_prefix("LEAVES=")).unwrap().split(',').collect();
+    assert_eq!(leaves_line.len(), 4, "{batch}");
+    assert!(batch.contains("RANK=unset"), "the batch step must not get torch variables: {batch}");
+    assert!(batch.contains(&format!("CVD={}", leaves_line.join(","))), "{batch}");
+    let tasks = parse_tasks(&log);
+    let used = check_rank_step(&tasks, &leaves, 4);
+    let batch_set: BTreeSet<String> = leaves_line.iter().map(|s| s.to_string()).collect();
+    assert_eq!(used, batch_set, "inner step binds exactly the job's leaves");
+}
+
+#[test]
+fn node_mode_gives_one_task_all_leaves() {
+    let (c, leaves) = start(2);
+    let o = srun(&c, &["--flexmig=node", "-n1", "--gres=gpu:1g.5gb:4", "bash", "-c", "echo \"$FLEXMIG_LEAVES|$CUDA_VISIBLE_DEVICES|$LOCAL_WORLD_SIZE|$PET_NPROC_PER_NODE|${RANK-unset}|${NCCL_MIG_ID-unset}\""]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let parts: Vec<&str> = line.split('|').collect();
+    let uuids: Vec<&str> = parts[0].split(',').collect();
+    assert_eq!(uuids.len(), 4);
+    assert_eq!(parts[1], parts[0]);
+    assert_eq!(&parts[2..], ["4", "4", "unset", "unset"]);
+    let gpus: Vec<u32> = uuids.iter().map(|u| leaves.iter().find(|l| l.uuid == *u).unwrap().gpu).collect();
+    assert_eq!(gpus, [0, 1, 0, 1], "balanced order");
+    let o = srun(&c, &["--flexmig=node", "-n2", "--gres=gpu:1g.5gb:4", "true"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--ntasks-per-node=1"), "{}", text(&o));
+}
+
+#[test]
+fn a_non_root_user_gets_bindings() {
+    let (c, leaves) = start(2);
+    let o = Cluster::output(c.command_as_user("srun").unwrap().args(["--flexmig", "-n4", "--gres=gpu:1g.5gb:4", "bash", "-c", &format!("id -un; {}", print_vars())])).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().filter(|l| *l == flexmig_integration::TEST_USER).count() == 4, "{out}");
+    check_rank_step(&parse_tasks(&out), &leaves, 4);
+}
+
+/// Each error: the step fails, the user's terminal says what is wrong, and the task's own
+/// command never runs.
+#[test]
+fn errors_fail_cleanly_with_their_message() {
+    let (c, leaves) = start(2);
+    let good_inventory = std::fs::read_to_string(c.dir().join("flexmig.toml")).unwrap();
+    let marker = c.dir().join("task-ran");
+    let run = |args: &[&str]| {
+        let _ = std::fs::remove_file(&marker);
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(["touch".to_string(), marker.display().to_string()]);
+        let o = Cluster::output(c.command("srun").args(&a)).unwrap();
+        assert!(!o.status.success(), "{args:?} should fail:\n{}", text(&o));
+        assert!(!marker.exists(), "{args:?}: the task ran although flexmig failed");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let expect = |args: &[&str], needles: &[&str]| {
+        let err = run(args);
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: stderr lacks `{n}`:\n{err}");
+        }
+    };
+
+    expect(&["--flexmig", "-n3", "--gres=gpu:1g.5gb:2"], &["3 tasks on localhost but only 2 MIG leaves", "--gres=mig:3"]);
+    expect(&["--flexmig", "-n1"], &["no GPUs are allocated", "--gres=mig:N"]);
+    expect(&["--flexmig=bogus", "-n1", "--gres=gpu:1"], &["unknown mode --flexmig=bogus"]);
+
+    std::fs::remove_file(c.dir().join("flexmig.toml")).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["cannot read the node inventory", "flexmig.toml"]);
+    c.write_file("flexmig.toml", "version = 1\n[[leaf]\n").unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["is malformed"]);
+    c.write_file("flexmig.toml", &good_inventory.replace("version = 1", "version = 9")).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["has version 9", "reads version 1"]);
+    c.write_file("flexmig.toml", &good_inventory.replace("gres_index = 0\n", "gres_index = 0\nslot = 1\n")).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["is malformed", "slot"]);
+    // GRES index 0 missing from the inventory.
+    let without_0 = good_inventory.replace("gres_index = 0\n", "gres_index = 99\n");
+    c.write_file("flexmig.toml", &without_0).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1g.5gb:1"], &["GRES index 0", "has no MIG leaf", "flexmig-gres-helper verify"]);
+    // Two GRES indices naming one leaf: refused rather than binding two ranks to it.
+    let dup = good_inventory.replace(&format!("uuid = \"{}\"", leaves[1].uuid), &format!("uuid = \"{}\"", leaves[0].uuid));
+    c.write_file("flexmig.toml", &dup).unwrap();
+    expect(&["--flexmig", "-n2", "--gres=gpu:1g.5gb:2"], &["listed twice", &leaves[0].uuid]);
+    // Unreadable for the user.
+    c.write_file("flexmig.toml", &good_inventory).unwrap();
+    std::fs::set_permissions(c.dir().join("flexmig.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = Cluster::output(c.command_as_user("srun").unwrap().args(["--flexmig", "-n1", "--gres=gpu:1", "true"])).unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{}", text(&o));
+    std::fs::set_permissions(c.dir().join("flexmig.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+
+    // Bad plugstack arguments fail srun at once, naming the argument, with or without --flexmig.
+    c.write_file("plugstack.conf", &DEFAULT_PLUGSTACK.replace("@PLUGIN@", &c.plugin().display().to_string()).replace("inventory=@DIR@/flexmig.toml", "inventry=/etc/x.toml")).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["inventry=/etc/x.toml", "unknown key"]);
+    expect(&["-n1"], &["inventry=/etc/x.toml"]);
+    c.write_file("plugstack.conf", &format!("required {} inventory={}/flexmig.toml nccl=/nonexistent/libnccl.so.2\n", c.plugin().display(), c.dir().display())).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["/nonexistent/libnccl.so.2", "does not exist"]);
+
+    // Everything good again: works.
+    c.write_file("plugstack.conf", &format!("required {} inventory={}/flexmig.toml\n", c.plugin().display(), c.dir().display())).unwrap();
+    let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1", "true"]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn nccl_argument_preloads_the_patched_library() {
+    let (cfg, _) = ClusterConfig::emulated(1);
+    let mut cfg = cfg;
+    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml nccl=@DIR@/libnccl.so.2 torch_env=no\n".into();
+    let c = Cluster::start(&cfg).unwrap();
+    // Any loadable library stands in for the patched NCCL here.
+    let libm = "/lib/x86_64-linux-gnu/libm.so.6";
+    std::fs::copy(libm, c.dir().join("libnccl.so.2")).unwrap();
+    let lib = c.dir().join("libnccl.so.2").display().to_string();
+    let o = Cluster::output(c.command("srun").env("LD_PRELOAD", libm).args(["--flexmig", "-n2", "--gres=gpu:2", "/bin/bash", "-c", "echo \"P=$LD_PRELOAD R=${RANK-unset}\""])).unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.lines().count() == 2, "{}", text(&o));
+    for l in out.lines() {
+        assert_eq!(l, format!("P={lib} {libm} R=unset"), "the user's LD_PRELOAD stays after the patched NCCL; torch_env=no sets no RANK");
+    }
+}
+
+/// 20 steps of one job started at once, each asking for one leaf: all run at the same time and
+/// every one gets a different leaf.
+#[test]
+fn twenty_concurrent_steps_get_disjoint_leaves() {
+    let (c, leaves) = start(3);
+    let script = "#!/bin/bash\nfor i in $(seq 1 20); do\n  srun --exact -n1 --gres=gpu:1 --flexmig bash -c 'echo \"$NCCL_MIG_ID $CUDA_VISIBLE_DEVICES $FLEXMIG_GPU $SLURM_STEP_GPUS $MASTER_PORT $(date +%s.%N)\"; sleep 3; date +%s.%N' > steps.$i.out 2>&1 &\ndone\nwait\n";
+    c.write_file("steps.sh", script).unwrap();
+    let workdir = tempfile::Builder::new().prefix("flexmig-steps-").tempdir().unwrap();
+    let o = Cluster::output(c.command("sbatch").current_dir(workdir.path()).args(["--wait", "-n20", "--gres=gpu:20", "-o", "batch.out"]).arg(c.dir().join("steps.sh"))).unwrap();
+    assert!(o.status.success(), "{}\n{}", text(&o), std::fs::read_to_string(workdir.path().join("batch.out")).unwrap_or_default());
+    let mut seen = BTreeSet::new();
+    let mut ports = BTreeSet::new();
+    let mut windows = Vec::new();
+    for i in 1..=20 {
+        let t = std::fs::read_to_string(workdir.path().join(format!("steps.{i}.out"))).unwrap();
+        let mut lines = t.lines();
+        let f: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(f.len(), 6, "step {i}: {t}");
+        let leaf = leaves.iter().find(|l| l.uuid == f[0]).unwrap_or_else(|| panic!("step {i}: unknown leaf {t}"));
+        assert_eq!(f[1], f[0]);
+        assert_eq!(f[2], leaf.gpu.to_string());
+        assert_eq!(f[3], leaf.gres_index.to_string(), "step {i} got the leaf of its own GRES index");
+        assert!(seen.insert(f[0].to_string()), "leaf {} bound by two steps", f[0]);
+        ports.insert(f[4].to_string());
+        let end: f64 = lines.next().unwrap().trim().parse().unwrap();
+        windows.push((f[5].parse::<f64>().unwrap(), end));
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(ports.len(), 20, "every step its own MASTER_PORT");
+    // They really ran concurrently: the latest start precedes the earliest end.
+    let latest_start = windows.iter().map(|w| w.0).fold(f64::MIN, f64::max);
+    let earliest_end = windows.iter().map(|w| w.1).fold(f64::MAX, f64::min);
+    assert!(latest_start < earliest_end, "steps did not overlap: {windows:?}");
+}
