@@ -82,7 +82,8 @@ impl Geometry {
             leaves: Vec::new(),
             static_layout: Vec::new(),
         };
-        g.leaves = Self::plan_leaves(m).with_context(|| format!("{}: no Flex-MIG leaf layout", m.name))?;
+        g.leaves =
+            Self::plan_leaves(m).with_context(|| format!("{}: no Flex-MIG leaf layout", m.name))?;
         g.static_layout = g.plan_static();
         Ok(g)
     }
@@ -94,7 +95,11 @@ impl Geometry {
         let mut leaves: Vec<Leaf> = layout
             .instances
             .iter()
-            .map(|l| Leaf { start: l.start, size: l.size, double: layout.role(l) == LeafRole::Double })
+            .map(|l| Leaf {
+                start: l.start,
+                size: l.size,
+                double: layout.role(l) == LeafRole::Double,
+            })
             .collect();
         leaves.sort_by_key(|l| l.start);
         Ok(leaves)
@@ -132,7 +137,12 @@ impl Geometry {
         }
         let mut order: Vec<usize> = (0..profs.len()).collect();
         // Largest and least flexible first.
-        order.sort_by_key(|&i| (std::cmp::Reverse(self.profiles[profs[i]].mem), self.profiles[profs[i]].placements.len()));
+        order.sort_by_key(|&i| {
+            (
+                std::cmp::Reverse(self.profiles[profs[i]].mem),
+                self.profiles[profs[i]].placements.len(),
+            )
+        });
         let mut starts = vec![0u32; profs.len()];
         if self.pack_rec(profs, &order, 0, 0, &mut starts) {
             Some(starts)
@@ -141,7 +151,14 @@ impl Geometry {
         }
     }
 
-    fn pack_rec(&self, profs: &[usize], order: &[usize], k: usize, mask: u32, starts: &mut [u32]) -> bool {
+    fn pack_rec(
+        &self,
+        profs: &[usize],
+        order: &[usize],
+        k: usize,
+        mask: u32,
+        starts: &mut [u32],
+    ) -> bool {
         let Some(&i) = order.get(k) else { return true };
         let p = &self.profiles[profs[i]];
         for &s in &p.placements {
@@ -168,7 +185,7 @@ impl Geometry {
                 continue;
             }
             let blocked = self.open_placements(mask) - self.open_placements(mask | m);
-            if best.map_or(true, |(b, _)| blocked < b) {
+            if !matches!(best, Some((b, _)) if blocked >= b) {
                 best = Some((blocked, s));
             }
         }
@@ -218,9 +235,17 @@ mod tests {
     #[test]
     fn static_layout_is_1g_2g_4g() {
         let g = h100();
-        let names: Vec<&str> = g.static_layout.iter().map(|&(p, _)| g.profiles[p].name.as_str()).collect();
+        let names: Vec<&str> = g
+            .static_layout
+            .iter()
+            .map(|&(p, _)| g.profiles[p].name.as_str())
+            .collect();
         assert_eq!(names, ["1g.10gb", "2g.20gb", "4g.40gb"]);
-        let four = g.static_layout.iter().find(|&&(p, _)| g.profiles[p].compute == 4).unwrap();
+        let four = g
+            .static_layout
+            .iter()
+            .find(|&&(p, _)| g.profiles[p].compute == 4)
+            .unwrap();
         assert_eq!(four.1, 0, "4g only goes at 0");
     }
 

@@ -28,7 +28,10 @@ pub fn compare(jobs: &[Job], geo: &Geometry, cfg: &Config) -> Value {
     for mode in Mode::ALL {
         match simulate(jobs, geo, mode, cfg) {
             Ok(run) => {
-                out.insert(mode.key().into(), serde_json::to_value(run.metrics).expect("metrics serialise"));
+                out.insert(
+                    mode.key().into(),
+                    serde_json::to_value(run.metrics).expect("metrics serialise"),
+                );
             }
             Err(reason) => {
                 out.insert(mode.key().into(), Value::Null);

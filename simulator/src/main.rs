@@ -6,12 +6,18 @@ use flexmig_sim::alloc::{Costs, Mode};
 use flexmig_sim::geometry::{load_model, Geometry};
 use flexmig_sim::report::{write_all, Study};
 use flexmig_sim::sim::{simulate, Config, Scheduler};
-use flexmig_sim::trace::{generate, parse_csv, parse_sacct, to_csv, Distribution, Job, Mix, SacctOptions, Synthetic};
+use flexmig_sim::trace::{
+    generate, parse_csv, parse_sacct, to_csv, Distribution, Job, Mix, SacctOptions, Synthetic,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(name = "flexmig-sim", version, about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG")]
+#[command(
+    name = "flexmig-sim",
+    version,
+    about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -158,13 +164,19 @@ impl ClusterArgs {
 impl WorkloadArgs {
     fn jobs(&self, geo: &Geometry, gpus: u32) -> Result<Vec<Job>> {
         if let Some(p) = &self.trace {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading trace {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading trace {}", p.display()))?;
             return parse_csv(&text).with_context(|| format!("parsing trace {}", p.display()));
         }
         if let Some(p) = &self.sacct {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading sacct output {}", p.display()))?;
-            let opt = SacctOptions { gpu_slices: self.gpu_slices.unwrap_or(geo.compute), inference_partition: self.inference_partition.clone() };
-            return parse_sacct(&text, &opt).with_context(|| format!("parsing sacct output {}", p.display()));
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading sacct output {}", p.display()))?;
+            let opt = SacctOptions {
+                gpu_slices: self.gpu_slices.unwrap_or(geo.compute),
+                inference_partition: self.inference_partition.clone(),
+            };
+            return parse_sacct(&text, &opt)
+                .with_context(|| format!("parsing sacct output {}", p.display()));
         }
         Ok(generate(&Synthetic {
             distribution: self.distribution,
@@ -187,7 +199,11 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Compare { cluster, workload, json } => {
+        Cmd::Compare {
+            cluster,
+            workload,
+            json,
+        } => {
             anyhow::ensure!(cluster.gpus > 0, "--gpus must be at least 1");
             let geo = cluster.geometry()?;
             let jobs = workload.jobs(&geo, cluster.gpus)?;
@@ -202,14 +218,32 @@ fn real_main() -> Result<()> {
             let geo = cluster.geometry()?;
             print!("{}", to_csv(&workload.jobs(&geo, cluster.gpus)?));
         }
-        Cmd::Figures { cluster, traces, load, out } => {
+        Cmd::Figures {
+            cluster,
+            traces,
+            load,
+            out,
+        } => {
             let geo = cluster.geometry()?;
-            let study = Study { traces, load, base: cluster.config() };
+            let study = Study {
+                traces,
+                load,
+                base: cluster.config(),
+            };
             let table = write_all(&geo, &study, &out)?;
             println!("{table}");
-            eprintln!("wrote {}/table.md, runs.csv, ratios-fifo.svg, ratios-backfill.svg", out.display());
+            eprintln!(
+                "wrote {}/table.md, runs.csv, ratios-fifo.svg, ratios-backfill.svg",
+                out.display()
+            );
         }
-        Cmd::Bench { jobs, gpus, model, scheduler, load } => {
+        Cmd::Bench {
+            jobs,
+            gpus,
+            model,
+            scheduler,
+            load,
+        } => {
             let geo = Geometry::from_model(&load_model(&model)?)?;
             println!("| jobs | GPUs | mode | seconds | makespan (h) | drains |");
             println!("|---|---|---|---|---|---|");
@@ -227,13 +261,22 @@ fn real_main() -> Result<()> {
                         scheduler,
                         backfill_window: 14,
                         record: false,
-                        costs: Costs { gpus: g, gpus_per_node: g.min(8), ..Costs::default() },
+                        costs: Costs {
+                            gpus: g,
+                            gpus_per_node: g.min(8),
+                            ..Costs::default()
+                        },
                     };
                     for mode in [Mode::Fm, Mode::Dm] {
                         let t0 = Instant::now();
                         let run = simulate(&trace, &geo, mode, &cfg).map_err(anyhow::Error::msg)?;
                         let secs = t0.elapsed().as_secs_f64();
-                        println!("| {n} | {g} | {} | {secs:.3} | {:.1} | {} |", mode.key(), run.metrics.makespan_s / 3600.0, run.metrics.reconfigurations);
+                        println!(
+                            "| {n} | {g} | {} | {secs:.3} | {:.1} | {} |",
+                            mode.key(),
+                            run.metrics.makespan_s / 3600.0,
+                            run.metrics.reconfigurations
+                        );
                     }
                 }
             }
@@ -243,12 +286,24 @@ fn real_main() -> Result<()> {
 }
 
 fn print_table(out: &serde_json::Value, geo: &Geometry, c: &ClusterArgs) {
-    println!("{} x{} ({} scheduler)", geo.model, c.gpus, c.scheduler.as_str());
-    println!("{:<4} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8}", "mode", "makespan_s", "avg_jct_s", "avg_wait_s", "ext_frag_s", "util", "reconf");
+    println!(
+        "{} x{} ({} scheduler)",
+        geo.model,
+        c.gpus,
+        c.scheduler.as_str()
+    );
+    println!(
+        "{:<4} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8}",
+        "mode", "makespan_s", "avg_jct_s", "avg_wait_s", "ext_frag_s", "util", "reconf"
+    );
     for m in Mode::ALL {
         let v = &out[m.key()];
         if v.is_null() {
-            println!("{:<4} not admissible: {}", m.key(), out["not_admissible"][m.key()].as_str().unwrap_or(""));
+            println!(
+                "{:<4} not admissible: {}",
+                m.key(),
+                out["not_admissible"][m.key()].as_str().unwrap_or("")
+            );
             continue;
         }
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);

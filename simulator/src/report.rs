@@ -10,7 +10,11 @@ use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
-pub const DISTRIBUTIONS: [Distribution; 3] = [Distribution::Small, Distribution::Balanced, Distribution::Large];
+pub const DISTRIBUTIONS: [Distribution; 3] = [
+    Distribution::Small,
+    Distribution::Balanced,
+    Distribution::Large,
+];
 pub const MIXES: [Mix; 3] = [Mix::Training, Mix::Inference, Mix::Mixed];
 pub const SCHEDULERS: [Scheduler; 2] = [Scheduler::Fifo, Scheduler::Backfill];
 
@@ -49,7 +53,8 @@ impl Cell {
     /// Mean of `key` over the traces for mode `m`.
     pub fn mean(&self, m: Mode, key: &str) -> Option<f64> {
         let runs = &self.runs[m as usize];
-        (!runs.is_empty()).then(|| runs.iter().map(|r| metric(r, key)).sum::<f64>() / runs.len() as f64)
+        (!runs.is_empty())
+            .then(|| runs.iter().map(|r| metric(r, key)).sum::<f64>() / runs.len() as f64)
     }
     /// Mean of mode `m` over the mean of Dynamic-MIG.
     pub fn ratio(&self, m: Mode, key: &str) -> Option<f64> {
@@ -71,7 +76,10 @@ pub struct Study {
 pub fn run_study(geo: &Geometry, s: &Study) -> Vec<Cell> {
     let mut cells = Vec::new();
     for scheduler in SCHEDULERS {
-        let cfg = Config { scheduler, ..s.base.clone() };
+        let cfg = Config {
+            scheduler,
+            ..s.base.clone()
+        };
         for distribution in DISTRIBUTIONS {
             for mix in MIXES {
                 let mut runs: [Vec<Metrics>; 3] = Default::default();
@@ -90,12 +98,19 @@ pub fn run_study(geo: &Geometry, s: &Study) -> Vec<Cell> {
                         }
                     }
                 }
-                cells.push(Cell { scheduler, distribution, mix, runs });
+                cells.push(Cell {
+                    scheduler,
+                    distribution,
+                    mix,
+                    runs,
+                });
             }
         }
     }
     cells
 }
+
+type CellFilter = Box<dyn Fn(&Cell) -> bool>;
 
 fn pct(r: Option<f64>) -> String {
     r.map_or("n/a".into(), |r| format!("{:+.1}%", (r - 1.0) * 100.0))
@@ -123,7 +138,10 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
     let _ = writeln!(t, "| scheduler | sizes | mix | FM JCT | FM wait | FM makespan | FM util | SM JCT | SM wait | SM makespan | SM util | DM drains/trace | ext-frag delay FM / DM / SM (s) |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cells {
-        let ef = |m: Mode| c.mean(m, "avg_ext_frag_delay_s").map_or("n/a".into(), |v| format!("{v:.0}"));
+        let ef = |m: Mode| {
+            c.mean(m, "avg_ext_frag_delay_s")
+                .map_or("n/a".into(), |v| format!("{v:.0}"))
+        };
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} / {} / {} |",
@@ -145,18 +163,33 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
         );
     }
     let _ = writeln!(t, "\nAverages of the FM/DM ratios over cells:\n");
-    let _ = writeln!(t, "| scheduler | cells | FM JCT | FM wait | FM makespan | FM util |");
+    let _ = writeln!(
+        t,
+        "| scheduler | cells | FM JCT | FM wait | FM makespan | FM util |"
+    );
     let _ = writeln!(t, "|---|---|---|---|---|---|");
-    let groups: [(&str, Box<dyn Fn(&Cell) -> bool>); 5] = [
+    let groups: [(&str, CellFilter); 5] = [
         ("all", Box::new(|_| true)),
-        ("small-dominant", Box::new(|c| c.distribution == Distribution::Small)),
-        ("large-dominant", Box::new(|c| c.distribution == Distribution::Large)),
-        ("small-dominant mixed", Box::new(|c| c.distribution == Distribution::Small && c.mix == Mix::Mixed)),
+        (
+            "small-dominant",
+            Box::new(|c| c.distribution == Distribution::Small),
+        ),
+        (
+            "large-dominant",
+            Box::new(|c| c.distribution == Distribution::Large),
+        ),
+        (
+            "small-dominant mixed",
+            Box::new(|c| c.distribution == Distribution::Small && c.mix == Mix::Mixed),
+        ),
         ("training only", Box::new(|c| c.mix == Mix::Training)),
     ];
     for sched in SCHEDULERS {
         for (name, keep) in &groups {
-            let sel: Vec<&Cell> = cells.iter().filter(|c| c.scheduler == sched && keep(c)).collect();
+            let sel: Vec<&Cell> = cells
+                .iter()
+                .filter(|c| c.scheduler == sched && keep(c))
+                .collect();
             let avg = |key: &str| {
                 let v: Vec<f64> = sel.iter().filter_map(|c| c.ratio(Mode::Fm, key)).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -204,7 +237,9 @@ pub fn csv(cells: &[Cell]) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// One SVG per scheduler: a panel per metric, bars FM/DM and SM/DM per cell, a line at 1.
@@ -216,45 +251,102 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
     let width = pw + left + 30.0;
     let height = top + metrics.len() as f64 * (ph + gap) + 20.0;
     let mut o = String::new();
-    let _ = writeln!(o, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         o,
-        r#"<text x="{left}" y="24" font-size="16" font-weight="bold">{} — FM/DM and SM/DM, {} x{}, {} traces per bar, {} scheduler</text>"#,
-        "Flex-MIG vs Dynamic-MIG vs Static-MIG",
+        r#"<text x="{left}" y="24" font-size="16" font-weight="bold">Flex-MIG vs Dynamic-MIG vs Static-MIG — FM/DM and SM/DM, {} x{}, {} traces per bar, {} scheduler</text>"#,
         esc(&geo.model),
         s.base.costs.gpus,
         s.traces,
         scheduler.as_str()
     );
-    let _ = writeln!(o, r##"<rect x="{left}" y="36" width="12" height="12" fill="#1f77b4"/><text x="{}" y="46">FM / DM</text>"##, left + 16.0);
-    let _ = writeln!(o, r##"<rect x="{}" y="36" width="12" height="12" fill="#ff7f0e"/><text x="{}" y="46">SM / DM (only where admissible)</text>"##, left + 90.0, left + 106.0);
+    let _ = writeln!(
+        o,
+        r##"<rect x="{left}" y="36" width="12" height="12" fill="#1f77b4"/><text x="{}" y="46">FM / DM</text>"##,
+        left + 16.0
+    );
+    let _ = writeln!(
+        o,
+        r##"<rect x="{}" y="36" width="12" height="12" fill="#ff7f0e"/><text x="{}" y="46">SM / DM (only where admissible)</text>"##,
+        left + 90.0,
+        left + 106.0
+    );
     let n = sel.len().max(1) as f64;
     let gw = pw / n;
     for (k, (key, label)) in metrics.iter().enumerate() {
         let y0 = top + k as f64 * (ph + gap);
-        let vals: Vec<f64> = sel.iter().flat_map(|c| [c.ratio(Mode::Fm, key), c.ratio(Mode::Sm, key)]).flatten().collect();
+        let vals: Vec<f64> = sel
+            .iter()
+            .flat_map(|c| [c.ratio(Mode::Fm, key), c.ratio(Mode::Sm, key)])
+            .flatten()
+            .collect();
         let vmax = vals.iter().copied().fold(1.2_f64, f64::max) * 1.1;
         let y = |v: f64| y0 + ph - v / vmax * ph;
-        let _ = writeln!(o, r#"<text x="{left}" y="{}" font-weight="bold">{} (ratio to DM)</text>"#, y0 - 6.0, esc(label));
-        let _ = writeln!(o, r#"<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
+        let _ = writeln!(
+            o,
+            r#"<text x="{left}" y="{}" font-weight="bold">{} (ratio to DM)</text>"#,
+            y0 - 6.0,
+            esc(label)
+        );
+        let _ = writeln!(
+            o,
+            r#"<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+        );
         let mut tick = 0.0;
         while tick <= vmax {
-            let _ = writeln!(o, r##"<line x1="{}" y1="{yy}" x2="{left}" y2="{yy}" stroke="black"/><text x="{}" y="{}" text-anchor="end">{tick:.1}</text>"##, left - 4.0, left - 6.0, y(tick) + 4.0, yy = y(tick));
+            let _ = writeln!(
+                o,
+                r##"<line x1="{}" y1="{yy}" x2="{left}" y2="{yy}" stroke="black"/><text x="{}" y="{}" text-anchor="end">{tick:.1}</text>"##,
+                left - 4.0,
+                left - 6.0,
+                y(tick) + 4.0,
+                yy = y(tick)
+            );
             tick += if vmax > 3.0 { 1.0 } else { 0.2 };
         }
-        let _ = writeln!(o, r##"<line x1="{left}" y1="{yy}" x2="{}" y2="{yy}" stroke="#444" stroke-dasharray="4 3"/>"##, left + pw, yy = y(1.0));
+        let _ = writeln!(
+            o,
+            r##"<line x1="{left}" y1="{yy}" x2="{}" y2="{yy}" stroke="#444" stroke-dasharray="4 3"/>"##,
+            left + pw,
+            yy = y(1.0)
+        );
         for (i, c) in sel.iter().enumerate() {
             let gx = left + i as f64 * gw;
             let bw = gw * 0.32;
-            for (j, (mode, color)) in [(Mode::Fm, "#1f77b4"), (Mode::Sm, "#ff7f0e")].iter().enumerate() {
+            for (j, (mode, color)) in [(Mode::Fm, "#1f77b4"), (Mode::Sm, "#ff7f0e")]
+                .iter()
+                .enumerate()
+            {
                 if let Some(r) = c.ratio(*mode, key) {
                     let x = gx + gw * 0.16 + j as f64 * bw;
-                    let _ = writeln!(o, r#"<rect x="{x:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{color}"><title>{} {:.3}</title></rect>"#, y(r), (y0 + ph - y(r)).max(0.0), mode.key(), r);
-                    let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{r:.2}</text>"#, x + bw / 2.0, y(r) - 3.0);
+                    let _ = writeln!(
+                        o,
+                        r#"<rect x="{x:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{color}"><title>{} {:.3}</title></rect>"#,
+                        y(r),
+                        (y0 + ph - y(r)).max(0.0),
+                        mode.key(),
+                        r
+                    );
+                    let _ = writeln!(
+                        o,
+                        r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{r:.2}</text>"#,
+                        x + bw / 2.0,
+                        y(r) - 3.0
+                    );
                 }
             }
-            let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}/{}</text>"#, gx + gw / 2.0, y0 + ph + 16.0, c.distribution.as_str(), c.mix.as_str());
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}/{}</text>"#,
+                gx + gw / 2.0,
+                y0 + ph + 16.0,
+                c.distribution.as_str(),
+                c.mix.as_str()
+            );
         }
     }
     o.push_str("</svg>\n");
@@ -271,12 +363,16 @@ pub fn write_all(geo: &Geometry, s: &Study, dir: &Path) -> Result<String> {
     let tbl = table(&cells, geo, s);
     let write = |name: &str, text: &str| -> Result<()> {
         let path = dir.join(name);
-        leaf_model::atomic::write_atomic(&path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
+        leaf_model::atomic::write_atomic(&path, text.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", path.display()))
     };
     write("table.md", &tbl)?;
     write("runs.csv", &csv(&cells))?;
     for sched in SCHEDULERS {
-        write(&format!("ratios-{}.svg", sched.as_str()), &svg(&cells, sched, geo, s))?;
+        write(
+            &format!("ratios-{}.svg", sched.as_str()),
+            &svg(&cells, sched, geo, s),
+        )?;
     }
     Ok(tbl)
 }

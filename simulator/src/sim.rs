@@ -77,11 +77,13 @@ pub struct Segment {
     pub to_s: f64,
 }
 
-/// A drain: at `at_s` GPU `gpu` was emptied; `jobs` were running on it.
+/// A drain: at `at_s` GPU `gpu` was emptied to make room for job `for_job`; `jobs` were
+/// running on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Drain {
     pub at_s: f64,
     pub gpu: u32,
+    pub for_job: usize,
     pub jobs: Vec<usize>,
 }
 
@@ -94,9 +96,20 @@ pub struct Run {
     pub drains: Vec<Drain>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+/// Seconds, totally ordered for the event heap.
+#[derive(Debug, Clone, Copy)]
 struct Time(f64);
+impl PartialEq for Time {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
 impl Eq for Time {}
+impl PartialOrd for Time {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for Time {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0)
@@ -147,7 +160,11 @@ impl<'a> Engine<'a> {
             queue: VecDeque::new(),
             out: vec![Outcome::default(); jobs.len()],
             version: vec![0; jobs.len()],
-            open: if cfg.record { vec![Vec::new(); jobs.len()] } else { Vec::new() },
+            open: if cfg.record {
+                vec![Vec::new(); jobs.len()]
+            } else {
+                Vec::new()
+            },
             segments: Vec::new(),
             drains: Vec::new(),
             busy_slice_s: 0.0,
@@ -197,7 +214,12 @@ impl<'a> Engine<'a> {
             });
         }
         let metrics = self.metrics(geo);
-        Run { metrics, outcomes: self.out, segments: self.segments, drains: self.drains }
+        Run {
+            metrics,
+            outcomes: self.out,
+            segments: self.segments,
+            drains: self.drains,
+        }
     }
 
     fn pass(&mut self, t: f64) {
@@ -225,14 +247,22 @@ impl<'a> Engine<'a> {
 
     fn try_start(&mut self, j: usize, t: f64) -> bool {
         let job = &self.jobs[j];
-        let Some(g) = self.alloc.place(j, job, t) else { return false };
+        let Some(g) = self.alloc.place(j, job, t) else {
+            return false;
+        };
         let o = &mut self.out[j];
         o.alloc_s = t;
         o.start_s = t + g.start_delay;
         o.end_s = o.start_s + job.duration_s * g.factor;
         o.slices = g.slices;
         let end = o.end_s;
-        self.heap.push(Reverse((Time(end), Event::End { job: j as u32, version: 0 })));
+        self.heap.push(Reverse((
+            Time(end),
+            Event::End {
+                job: j as u32,
+                version: 0,
+            },
+        )));
         if let Some(w) = g.wake_at {
             self.heap.push(Reverse((Time(w), Event::Wake)));
         }
@@ -243,12 +273,32 @@ impl<'a> Engine<'a> {
             o.drains += 1;
             self.version[d] += 1;
             self.drained_jobs += 1;
-            self.heap.push(Reverse((Time(o.end_s), Event::End { job: d as u32, version: self.version[d] })));
+            self.heap.push(Reverse((
+                Time(o.end_s),
+                Event::End {
+                    job: d as u32,
+                    version: self.version[d],
+                },
+            )));
         }
         if self.cfg.record {
             for &gpu in &g.drained_gpus {
-                let jobs = g.drained.iter().copied().filter(|&d| self.open[d].iter().any(|&s| self.segments[s].hold.gpu == gpu)).collect();
-                self.drains.push(Drain { at_s: t, gpu, jobs });
+                let jobs = g
+                    .drained
+                    .iter()
+                    .copied()
+                    .filter(|&d| {
+                        self.open[d]
+                            .iter()
+                            .any(|&s| self.segments[s].hold.gpu == gpu)
+                    })
+                    .collect();
+                self.drains.push(Drain {
+                    at_s: t,
+                    gpu,
+                    for_job: j,
+                    jobs,
+                });
             }
             for &d in &g.drained {
                 self.close(d, t);
@@ -262,7 +312,12 @@ impl<'a> Engine<'a> {
     fn open_holdings(&mut self, j: usize, t: f64) {
         for hold in self.alloc.holdings(j) {
             self.open[j].push(self.segments.len());
-            self.segments.push(Segment { job: j, hold, from_s: t, to_s: f64::INFINITY });
+            self.segments.push(Segment {
+                job: j,
+                hold,
+                from_s: t,
+                to_s: f64::INFINITY,
+            });
         }
     }
 
@@ -284,10 +339,27 @@ impl<'a> Engine<'a> {
     fn metrics(&self, geo: &Geometry) -> Metrics {
         let n = self.jobs.len();
         if n == 0 {
-            return Metrics { jobs: 0, makespan_s: 0.0, avg_jct_s: 0.0, avg_wait_s: 0.0, avg_ext_frag_delay_s: 0.0, utilization: 0.0, reconfigurations: 0, drained_jobs: 0 };
+            return Metrics {
+                jobs: 0,
+                makespan_s: 0.0,
+                avg_jct_s: 0.0,
+                avg_wait_s: 0.0,
+                avg_ext_frag_delay_s: 0.0,
+                utilization: 0.0,
+                reconfigurations: 0,
+                drained_jobs: 0,
+            };
         }
-        let first = self.jobs.iter().map(|j| j.submit_s).fold(f64::INFINITY, f64::min);
-        let last = self.out.iter().map(|o| o.end_s).fold(f64::NEG_INFINITY, f64::max);
+        let first = self
+            .jobs
+            .iter()
+            .map(|j| j.submit_s)
+            .fold(f64::INFINITY, f64::min);
+        let last = self
+            .out
+            .iter()
+            .map(|o| o.end_s)
+            .fold(f64::NEG_INFINITY, f64::max);
         let makespan = last - first;
         let nf = n as f64;
         let mean = |f: &dyn Fn(usize) -> f64| (0..n).map(f).sum::<f64>() / nf;
@@ -298,7 +370,11 @@ impl<'a> Engine<'a> {
             avg_jct_s: mean(&|i| self.out[i].end_s - self.jobs[i].submit_s),
             avg_wait_s: mean(&|i| self.out[i].start_s - self.jobs[i].submit_s),
             avg_ext_frag_delay_s: mean(&|i| self.out[i].ext_frag_s),
-            utilization: if capacity > 0.0 { self.busy_slice_s / capacity } else { 0.0 },
+            utilization: if capacity > 0.0 {
+                self.busy_slice_s / capacity
+            } else {
+                0.0
+            },
             reconfigurations: self.alloc.reconfigurations(),
             drained_jobs: self.drained_jobs,
         }

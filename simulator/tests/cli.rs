@@ -1,0 +1,154 @@
+//! The fixed `compare --json` interface and the trace inputs, through the real binary.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn sim(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flexmig-sim"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn compare(dist: &str, mix: &str, sched: &str, seed: &str) -> Value {
+    let (ok, out, err) = sim(&[
+        "compare",
+        "--gpus",
+        "2",
+        "--model",
+        "A100-40GB",
+        "--distribution",
+        dist,
+        "--mix",
+        mix,
+        "--scheduler",
+        sched,
+        "--seed",
+        seed,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON object ({e}): {out}"))
+}
+
+fn check_mode(v: &Value) {
+    for key in [
+        "makespan_s",
+        "avg_jct_s",
+        "avg_wait_s",
+        "avg_ext_frag_delay_s",
+        "utilization",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {v}"));
+        assert!(x >= 0.0, "{key} = {x}");
+    }
+    assert!(v["reconfigurations"].is_u64());
+    assert!(v["utilization"].as_f64().unwrap() <= 1.0);
+    assert!(v["avg_jct_s"].as_f64().unwrap() > v["avg_wait_s"].as_f64().unwrap());
+    assert!(v["makespan_s"].as_f64().unwrap() >= 600.0);
+}
+
+#[test]
+fn compare_json_has_fm_dm_and_sm_where_admissible() {
+    for sched in ["fifo", "backfill"] {
+        // Training holds 6- and 8-slice jobs: Static-MIG cannot run them.
+        let v = compare("large", "training", sched, "3");
+        check_mode(&v["FM"]);
+        check_mode(&v["DM"]);
+        assert_eq!(v["FM"]["reconfigurations"], 0);
+        assert!(v["SM"].is_null());
+        assert!(v["not_admissible"]["SM"]
+            .as_str()
+            .unwrap()
+            .contains("slices"));
+        // Inference is 1/2/4 only: all three run.
+        let v = compare("small", "inference", sched, "3");
+        for m in ["FM", "DM", "SM"] {
+            check_mode(&v[m]);
+        }
+        assert_eq!(v["SM"]["reconfigurations"], 0);
+        assert_eq!(v["config"]["scheduler"], sched);
+    }
+    // The same seed gives the same answer; another seed another trace.
+    assert_eq!(
+        compare("balanced", "mixed", "fifo", "5"),
+        compare("balanced", "mixed", "fifo", "5")
+    );
+    assert_ne!(
+        compare("balanced", "mixed", "fifo", "5")["DM"],
+        compare("balanced", "mixed", "fifo", "6")["DM"]
+    );
+}
+
+#[test]
+fn generated_csv_trace_reads_back_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, csv, err) = sim(&[
+        "generate",
+        "--distribution",
+        "small",
+        "--mix",
+        "mixed",
+        "--seed",
+        "4",
+    ]);
+    assert!(ok, "{err}");
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let (ok, from_file, err) = sim(&["compare", "--trace", path.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let (ok, direct, err) = sim(&[
+        "compare",
+        "--distribution",
+        "small",
+        "--mix",
+        "mixed",
+        "--seed",
+        "4",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&from_file).unwrap(),
+        serde_json::from_str(&direct).unwrap(),
+    );
+    assert_eq!(a["FM"], b["FM"]);
+    assert_eq!(a["DM"], b["DM"]);
+}
+
+#[test]
+fn sacct_input_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sacct.txt");
+    std::fs::write(
+        &path,
+        "JobID|Submit|Start|End|AllocTRES|Partition\n\
+         1|2024-05-01T10:00:00|2024-05-01T10:00:00|2024-05-01T11:00:00|cpu=4,gres/mig=6|gpu\n\
+         2|2024-05-01T10:00:00|2024-05-01T10:00:00|2024-05-01T10:30:00|cpu=1,gres/mig=1|serve\n\
+         3|2024-05-01T10:01:00|2024-05-01T11:00:00|2024-05-01T11:20:00|cpu=1,gres/mig:2g.10gb=1|gpu\n",
+    )
+    .unwrap();
+    let (ok, out, err) = sim(&[
+        "compare",
+        "--sacct",
+        path.to_str().unwrap(),
+        "--inference-partition",
+        "serve",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["config"]["jobs"], 3);
+    check_mode(&v["FM"]);
+    assert!(v["SM"].is_null());
+    let (ok, _, err) = sim(&["compare", "--model", "Z100", "--json"]);
+    assert!(!ok);
+    assert!(err.contains("Z100") && err.contains("A100-40GB"), "{err}");
+}
