@@ -25,7 +25,6 @@ fn main() {
         .header("wrapper.h")
         .clang_arg(format!("-I{}", include.display()))
         .allowlist_function("spank_.*")
-        .allowlist_function("slurm_(info|error|debug|debug2|verbose)")
         .allowlist_type("spank_.*")
         .allowlist_var("SLURM_VERSION_NUMBER|ESPANK_SUCCESS")
         .rustified_enum("spank_context")

@@ -20,29 +20,43 @@ const SUCCESS: bindings::spank_err_t = bindings::ESPANK_SUCCESS as bindings::spa
 /// Log levels the plugin writes at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {
-    Error,
-    Info,
-    Verbose,
-    Debug,
-    Debug2,
+    Error = 0,
+    Info = 1,
+    Verbose = 2,
+    Debug = 3,
+    Debug2 = 4,
+}
+
+/// Slurm's printf-like log functions (`slurm_error`, `slurm_info`, ...).
+type LogFn = unsafe extern "C" fn(*const c_char, ...);
+
+/// Looks a log function up in the process (libslurm(full), loaded by srun or slurmstepd
+/// before the plugin). Resolved at run time so the pure parts of the crate can be unit-tested
+/// outside Slurm, where the messages go to stderr instead.
+fn log_fn(level: Level) -> Option<LogFn> {
+    use std::sync::OnceLock;
+    static FNS: OnceLock<[Option<LogFn>; 5]> = OnceLock::new();
+    let fns = FNS.get_or_init(|| {
+        [c"slurm_error", c"slurm_info", c"slurm_verbose", c"slurm_debug", c"slurm_debug2"].map(|name| {
+            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no preconditions.
+            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            // SAFETY: a non-null result is the address of Slurm's variadic log function of
+            // that name, whose C signature is `void f(const char *fmt, ...)`.
+            (!p.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, LogFn>(p) })
+        })
+    });
+    fns[level as usize]
 }
 
 /// Writes one line through Slurm's own logging (slurmstepd's log and, for errors in a task,
 /// the user's terminal).
 pub(crate) fn log(level: Level, msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-    let fmt = c"%s".as_ptr();
-    // SAFETY: the format is "%s" with one NUL-terminated string argument that outlives the
-    // call; these functions are provided by libslurm(full), already loaded by the process
-    // that loaded this plugin.
-    unsafe {
-        match level {
-            Level::Error => bindings::slurm_error(fmt, c.as_ptr()),
-            Level::Info => bindings::slurm_info(fmt, c.as_ptr()),
-            Level::Verbose => bindings::slurm_verbose(fmt, c.as_ptr()),
-            Level::Debug => bindings::slurm_debug(fmt, c.as_ptr()),
-            Level::Debug2 => bindings::slurm_debug2(fmt, c.as_ptr()),
-        }
+    match log_fn(level) {
+        // SAFETY: the format is "%s" with one NUL-terminated string argument that outlives
+        // the call.
+        Some(f) => unsafe { f(c"%s".as_ptr(), c.as_ptr()) },
+        None => eprintln!("{msg}"),
     }
 }
 
@@ -235,4 +249,17 @@ fn check(rc: bindings::spank_err_t, what: &str) -> Result<(), String> {
         if p.is_null() { format!("code {rc}") } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
     };
     Err(format!("flexmig: {what} failed: {text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_maps_ok_err_and_panic() {
+        assert_eq!(guard("t", || Ok(())), 0);
+        assert_eq!(guard("t", || Err("flexmig: bad".into())), -1);
+        assert_eq!(guard("t", || panic!("boom")), -1, "a panic must not unwind into Slurm");
+        assert_eq!(guard("t", || -> Result<(), String> { panic!("{}", String::from("owned")) }), -1);
+    }
 }
