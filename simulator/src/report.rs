@@ -31,6 +31,7 @@ fn metric(m: &Metrics, key: &str) -> f64 {
     match key {
         "avg_jct_s" => m.avg_jct_s,
         "avg_wait_s" => m.avg_wait_s,
+        "avg_run_s" => m.avg_run_s,
         "makespan_s" => m.makespan_s,
         "utilization" => m.utilization,
         "avg_ext_frag_delay_s" => m.avg_ext_frag_delay_s,
@@ -135,8 +136,11 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
         s.base.costs.double_leaf_speedup
     );
     let _ = writeln!(t, "Change of Flex-MIG (FM) and Static-MIG (SM) against Dynamic-MIG (DM), ratio of means over the traces (negative is better for JCT, waiting time and makespan; positive is better for utilization). SM is n/a where a trace holds jobs larger than 4 slices.\n");
-    let _ = writeln!(t, "| scheduler | sizes | mix | FM JCT | FM wait | FM makespan | FM util | SM JCT | SM wait | SM makespan | SM util | DM drains/trace | ext-frag delay FM / DM / SM (s) |");
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(t, "| scheduler | sizes | mix | FM JCT | FM run | FM wait | FM makespan | FM util | SM JCT | SM wait | SM makespan | SM util | DM drains/trace | ext-frag delay FM / DM / SM (s) |");
+    let _ = writeln!(
+        t,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for c in cells {
         let ef = |m: Mode| {
             c.mean(m, "avg_ext_frag_delay_s")
@@ -144,11 +148,12 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} / {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} / {} / {} |",
             c.scheduler.as_str(),
             c.distribution.as_str(),
             c.mix.as_str(),
             pct(c.ratio(Mode::Fm, "avg_jct_s")),
+            pct(c.ratio(Mode::Fm, "avg_run_s")),
             pct(c.ratio(Mode::Fm, "avg_wait_s")),
             pct(c.ratio(Mode::Fm, "makespan_s")),
             pct(c.ratio(Mode::Fm, "utilization")),
@@ -165,9 +170,9 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
     let _ = writeln!(t, "\nAverages of the FM/DM ratios over cells:\n");
     let _ = writeln!(
         t,
-        "| scheduler | cells | FM JCT | FM wait | FM makespan | FM util |"
+        "| scheduler | cells | FM JCT | FM run (execution) | FM wait | FM makespan | FM util |"
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
     let groups: [(&str, CellFilter); 5] = [
         ("all", Box::new(|_| true)),
         (
@@ -196,12 +201,34 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
             };
             let _ = writeln!(
                 t,
-                "| {} | {name} | {} | {} | {} | {} |",
+                "| {} | {name} | {} | {} | {} | {} | {} |",
                 sched.as_str(),
                 pct(avg("avg_jct_s")),
+                pct(avg("avg_run_s")),
                 pct(avg("avg_wait_s")),
                 pct(avg("makespan_s")),
                 pct(avg("utilization"))
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nLargest makespan cut of FM against DM in one cell (the paper's \"up to\"):\n"
+    );
+    for sched in SCHEDULERS {
+        let best = cells
+            .iter()
+            .filter(|c| c.scheduler == sched)
+            .filter_map(|c| c.ratio(Mode::Fm, "makespan_s").map(|r| (r, c)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((r, c)) = best {
+            let _ = writeln!(
+                t,
+                "- {}: {} ({} sizes, {} mix)",
+                sched.as_str(),
+                pct(Some(r)),
+                c.distribution.as_str(),
+                c.mix.as_str()
             );
         }
     }
@@ -210,13 +237,13 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
 
 /// Every run, one line per (cell, trace, mode).
 pub fn csv(cells: &[Cell]) -> String {
-    let mut t = String::from("scheduler,distribution,mix,trace,mode,makespan_s,avg_jct_s,avg_wait_s,avg_ext_frag_delay_s,utilization,reconfigurations,drained_jobs\n");
+    let mut t = String::from("scheduler,distribution,mix,trace,mode,makespan_s,avg_jct_s,avg_wait_s,avg_run_s,avg_ext_frag_delay_s,utilization,reconfigurations,drained_jobs\n");
     for c in cells {
         for mode in Mode::ALL {
             for (i, m) in c.runs[mode as usize].iter().enumerate() {
                 let _ = writeln!(
                     t,
-                    "{},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.4},{},{}",
+                    "{},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.4},{},{}",
                     c.scheduler.as_str(),
                     c.distribution.as_str(),
                     c.mix.as_str(),
@@ -225,6 +252,7 @@ pub fn csv(cells: &[Cell]) -> String {
                     m.makespan_s,
                     m.avg_jct_s,
                     m.avg_wait_s,
+                    m.avg_run_s,
                     m.avg_ext_frag_delay_s,
                     m.utilization,
                     m.reconfigurations,
@@ -247,7 +275,7 @@ fn esc(s: &str) -> String {
 pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> String {
     let sel: Vec<&Cell> = cells.iter().filter(|c| c.scheduler == scheduler).collect();
     let metrics = &METRICS[..4];
-    let (pw, ph, left, top, gap) = (900.0, 220.0, 60.0, 70.0, 70.0);
+    let (pw, ph, left, top, gap) = (900.0, 220.0, 60.0, 70.0, 80.0);
     let width = pw + left + 30.0;
     let height = top + metrics.len() as f64 * (ph + gap) + 20.0;
     let mut o = String::new();
@@ -258,7 +286,7 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
     let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         o,
-        r#"<text x="{left}" y="24" font-size="16" font-weight="bold">Flex-MIG vs Dynamic-MIG vs Static-MIG — FM/DM and SM/DM, {} x{}, {} traces per bar, {} scheduler</text>"#,
+        r#"<text x="{left}" y="24" font-size="15" font-weight="bold">FM/DM and SM/DM: {} x{}, {} traces per bar, {} scheduler</text>"#,
         esc(&geo.model),
         s.base.costs.gpus,
         s.traces,
@@ -316,6 +344,7 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
         );
         for (i, c) in sel.iter().enumerate() {
             let gx = left + i as f64 * gw;
+            let x = gx + gw / 2.0;
             let bw = gw * 0.32;
             for (j, (mode, color)) in [(Mode::Fm, "#1f77b4"), (Mode::Sm, "#ff7f0e")]
                 .iter()
@@ -341,9 +370,8 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
             }
             let _ = writeln!(
                 o,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}/{}</text>"#,
-                gx + gw / 2.0,
-                y0 + ph + 16.0,
+                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}<tspan x="{x:.1}" dy="13">{}</tspan></text>"#,
+                y0 + ph + 15.0,
                 c.distribution.as_str(),
                 c.mix.as_str()
             );
