@@ -1,0 +1,403 @@
+//! `plan`, `apply`, `assert`, `export`: the node's MIG leaf layout against the planned one.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use leaf_model::layout::{plan, Layout, LeafPlacement};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{GpuInfo, GpuInstance, MigModeChange, Node};
+
+/// A node's layout, GPU by GPU: what `export` prints and `assert --layout` reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLayout {
+    pub gpus: Vec<GpuLayout>,
+}
+
+/// One GPU's layout: the `plan --json` schema plus the GPU index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuLayout {
+    pub gpu: u32,
+    pub model: String,
+    pub instances: Vec<LeafPlacement>,
+}
+
+impl GpuLayout {
+    fn from_layout(gpu: u32, l: Layout) -> Self {
+        GpuLayout { gpu, model: l.model, instances: l.instances }
+    }
+}
+
+/// Reads a layout file: either a node layout (`export` output) or one GPU's layout
+/// (`plan --model M --json` output), which then applies to every GPU of the node.
+///
+/// # Errors
+/// Unreadable or malformed file.
+pub fn read_layout_file(path: &Path, gpus: &[GpuInfo]) -> Result<NodeLayout> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the layout file {}", path.display()))?;
+    if let Ok(n) = serde_json::from_str::<NodeLayout>(&text) {
+        return Ok(n);
+    }
+    match serde_json::from_str::<Layout>(&text) {
+        Ok(l) => Ok(NodeLayout { gpus: gpus.iter().map(|g| GpuLayout::from_layout(g.index, l.clone())).collect() }),
+        Err(e) => bail!(
+            "the layout file {} is neither `export` output ({{\"gpus\": [...]}}) nor `plan --json` output ({{\"model\": ..., \"instances\": [...]}}): {e}",
+            path.display()
+        ),
+    }
+}
+
+/// The planned layout of every GPU of the node, from the geometry the node reports.
+///
+/// # Errors
+/// A GPU without a flexmig layout (the message says which and why), or node failures.
+pub fn plan_node(node: &mut dyn Node) -> Result<NodeLayout> {
+    let gpus = node.gpus()?;
+    if gpus.is_empty() {
+        bail!("the node has no GPUs");
+    }
+    let mut out = Vec::new();
+    for g in &gpus {
+        let l = plan(&g.model).map_err(|e| anyhow!("GPU {} ({}): {e}", g.index, g.name))?;
+        out.push(GpuLayout::from_layout(g.index, l));
+    }
+    Ok(NodeLayout { gpus: out })
+}
+
+/// The node's current GPU instances in the layout schema.
+///
+/// # Errors
+/// Node failures.
+pub fn export(node: &mut dyn Node) -> Result<NodeLayout> {
+    let gpus = node.gpus()?;
+    let mut out = Vec::new();
+    for g in &gpus {
+        let mut instances: Vec<LeafPlacement> = node.instances(g.index)?.iter().map(GpuInstance::placement).collect();
+        instances.sort_by_key(|i| i.start);
+        out.push(GpuLayout { gpu: g.index, model: g.model.name.clone(), instances });
+    }
+    Ok(NodeLayout { gpus: out })
+}
+
+/// What must change on one GPU to reach its desired layout.
+#[derive(Debug, Default)]
+struct GpuChanges {
+    enable_mig: bool,
+    destroy: Vec<GpuInstance>,
+    create: Vec<LeafPlacement>,
+    messages: Vec<String>,
+}
+
+impl GpuChanges {
+    fn is_empty(&self) -> bool {
+        !self.enable_mig && self.destroy.is_empty() && self.create.is_empty()
+    }
+}
+
+fn changes_for(g: &GpuInfo, current: &[GpuInstance], want: &GpuLayout) -> Result<GpuChanges> {
+    let i = g.index;
+    if !want.model.eq_ignore_ascii_case(&g.model.name) {
+        bail!(
+            "GPU {i}: the layout is for model {}, but the GPU is a {} ({}); plan for this GPU instead",
+            want.model,
+            g.model.name,
+            g.name
+        );
+    }
+    let mut c = GpuChanges::default();
+    if !g.mig.current {
+        c.enable_mig = true;
+        c.messages.push(if g.mig.pending {
+            format!("GPU {i}: MIG mode is pending enable but not in effect (needs a GPU reset)")
+        } else {
+            format!("GPU {i}: MIG mode is disabled")
+        });
+    }
+    for inst in current {
+        let p = inst.placement();
+        if !want.instances.contains(&p) {
+            c.messages.push(format!("GPU {i}: unexpected GPU instance {} at memory slice {} (GPU instance id {})", p.profile, p.start, inst.id));
+            c.destroy.push(inst.clone());
+        } else if inst.leaf_ci().is_none() {
+            c.messages.push(format!(
+                "GPU {i}: GPU instance {} at memory slice {} (id {}) has {} compute instance(s); a leaf has exactly one spanning the whole GPU instance",
+                p.profile,
+                p.start,
+                inst.id,
+                inst.compute.len()
+            ));
+            c.destroy.push(inst.clone());
+            c.create.push(p);
+        }
+    }
+    for w in &want.instances {
+        if !current.iter().any(|inst| &inst.placement() == w) {
+            c.messages.push(format!("GPU {i}: missing {} at memory slice {}", w.profile, w.start));
+            c.create.push(w.clone());
+        }
+    }
+    c.create.sort_by_key(|p| p.start);
+    Ok(c)
+}
+
+/// The differences between the node and `want` (empty when they agree).
+///
+/// # Errors
+/// Node failures, or a layout for a GPU the node lacks.
+pub fn differences(node: &mut dyn Node, want: &NodeLayout) -> Result<Vec<String>> {
+    let gpus = node.gpus()?;
+    let mut out = Vec::new();
+    for w in &want.gpus {
+        let Some(g) = gpus.iter().find(|g| g.index == w.gpu) else {
+            out.push(format!("GPU {}: in the layout but not on the node", w.gpu));
+            continue;
+        };
+        let current = node.instances(g.index)?;
+        out.extend(changes_for(g, &current, w)?.messages);
+    }
+    Ok(out)
+}
+
+/// Makes the node match `want`: enables MIG mode where needed, destroys the GPU instances
+/// that differ and creates the missing leaves; GPUs already right are not touched. Refuses,
+/// before changing anything, when a GPU to change has running processes, unless `force`.
+///
+/// # Errors
+/// Processes on a GPU to change, a GPU needing a reset, node failures.
+pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn Write) -> Result<()> {
+    let gpus = node.gpus()?;
+    let mut plan_per_gpu = Vec::new();
+    for w in &want.gpus {
+        let g = gpus
+            .iter()
+            .find(|g| g.index == w.gpu)
+            .ok_or_else(|| anyhow!("GPU {} is in the layout but not on the node", w.gpu))?
+            .clone();
+        if g.model.profiles.is_empty() {
+            bail!("GPU {} ({}) does not support MIG; leave it out of the layout", g.index, g.name);
+        }
+        let current = node.instances(g.index)?;
+        let c = changes_for(&g, &current, w)?;
+        plan_per_gpu.push((g, c));
+    }
+    // Refuse before touching anything.
+    let mut busy = Vec::new();
+    for (g, c) in &plan_per_gpu {
+        if c.is_empty() {
+            continue;
+        }
+        let procs = node.processes(g.index)?;
+        if !procs.is_empty() {
+            let list = procs.iter().map(|p| format!("{} ({})", p.pid, p.name)).collect::<Vec<_>>().join(", ");
+            busy.push(format!("GPU {} ({}) has running processes: {list}", g.index, g.uuid));
+        }
+    }
+    if !busy.is_empty() && !force {
+        bail!(
+            "{}; nothing was changed: stop them (drain the node in Slurm first) and run apply again, or pass --force to change the GPUs anyway",
+            busy.join("; ")
+        );
+    }
+    for line in &busy {
+        writeln!(out, "warning: {line}; changing it anyway (--force)")?;
+    }
+    let mut needs_reset = Vec::new();
+    for (g, c) in &plan_per_gpu {
+        let i = g.index;
+        if c.is_empty() {
+            writeln!(out, "GPU {i}: already as planned, not touched")?;
+            continue;
+        }
+        if c.enable_mig {
+            match node.set_mig_mode(i, true).with_context(|| format!("enabling MIG mode on GPU {i}"))? {
+                MigModeChange::Done => writeln!(out, "GPU {i}: MIG mode enabled")?,
+                MigModeChange::NeedsReset => {
+                    needs_reset.push(i);
+                    continue;
+                }
+            }
+        }
+        for d in &c.destroy {
+            node.destroy_instance(i, d.id).with_context(|| format!("destroying GPU instance {} on GPU {i}", d.id))?;
+            writeln!(out, "GPU {i}: destroyed {} at memory slice {} (GPU instance id {})", d.profile, d.start, d.id)?;
+        }
+        for p in &c.create {
+            let profile = g
+                .model
+                .profile(&p.profile)
+                .ok_or_else(|| anyhow!("GPU {i} ({}) has no profile {}", g.name, p.profile))?;
+            let made = node
+                .create_leaf(i, profile, p.start)
+                .with_context(|| format!("creating {} at memory slice {} on GPU {i}", p.profile, p.start))?;
+            let uuid = made.leaf_ci().map_or("?", |ci| ci.uuid.as_str()).to_string();
+            writeln!(out, "GPU {i}: created {} at memory slice {} (GPU instance id {}, {uuid})", p.profile, p.start, made.id)?;
+        }
+    }
+    node.commit()?;
+    if !needs_reset.is_empty() {
+        let list = needs_reset.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        bail!(
+            "MIG mode on GPU {list} is pending and needs a GPU reset to take effect: with the GPU idle run `nvidia-smi -i {list} -r` (or reboot the node), then run apply again"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeNode, FakeNodeFile, FakeProcess};
+    use leaf_model::mig::builtin_model_names;
+
+    fn fake(model: &str, gpus: u32, mig: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, FakeNodeFile::create(model, gpus, mig).unwrap().to_toml_string()).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn apply_export_assert_round_trip_on_every_recorded_model() {
+        for model in builtin_model_names() {
+            let (_d, p) = fake(&model, 2, false);
+            let mut node = FakeNode::load(&p).unwrap();
+            let want = plan_node(&mut node).unwrap();
+            assert_eq!(want.gpus.len(), 2);
+            assert!(!differences(&mut node, &want).unwrap().is_empty());
+            let mut log = Vec::new();
+            apply(&mut node, &want, false, &mut log).unwrap();
+            // Reload from disk: apply wrote the file.
+            let mut node = FakeNode::load(&p).unwrap();
+            assert_eq!(differences(&mut node, &want).unwrap(), Vec::<String>::new(), "{model}");
+            let exported = export(&mut node).unwrap();
+            assert_eq!(exported, want, "{model}");
+            let json = serde_json::to_string(&exported).unwrap();
+            let back: NodeLayout = serde_json::from_str(&json).unwrap();
+            assert_eq!(differences(&mut node, &back).unwrap(), Vec::<String>::new());
+            for g in 0..2 {
+                let insts = node.instances(g).unwrap();
+                assert!(insts.iter().all(|i| i.leaf_ci().is_some()));
+            }
+            // A second apply changes nothing.
+            let mut log = Vec::new();
+            apply(&mut node, &want, false, &mut log).unwrap();
+            let log = String::from_utf8(log).unwrap();
+            assert_eq!(log.matches("already as planned").count(), 2, "{log}");
+        }
+    }
+
+    #[test]
+    fn apply_changes_only_what_differs() {
+        let (_d, p) = fake("A100-40GB", 2, true);
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        // Break GPU 1: drop the double and put a 2g in its place... (2g.10gb cannot start at 6),
+        // so drop two smalls and add a 2g.10gb over them.
+        let mut f = node.file().clone();
+        let ids_before: Vec<u32> = f.gpus[0].instances.iter().map(|i| i.id).collect();
+        f.gpus[1].instances.retain(|i| i.start != 0 && i.start != 1);
+        f.gpus[1].instances.push(crate::fake::FakeInstance { id: 40, profile: "2g.10gb".into(), start: 0, compute: vec![] });
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let diffs = differences(&mut node, &want).unwrap();
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(diffs[0].contains("unexpected GPU instance 2g.10gb at memory slice 0"), "{diffs:?}");
+        let mut log = Vec::new();
+        apply(&mut node, &want, false, &mut log).unwrap();
+        let log = String::from_utf8(log).unwrap();
+        assert!(log.contains("GPU 0: already as planned"), "{log}");
+        assert_eq!(log.matches("created").count(), 2, "{log}");
+        let node = FakeNode::load(&p).unwrap();
+        assert_eq!(node.file().gpus[0].instances.iter().map(|i| i.id).collect::<Vec<_>>(), ids_before);
+    }
+
+    #[test]
+    fn apply_refuses_a_gpu_with_processes_unless_forced() {
+        let (_d, p) = fake("H100-80GB", 2, true);
+        let mut f = FakeNode::load(&p).unwrap().file().clone();
+        f.gpus[1].processes.push(FakeProcess { pid: 4242, name: "python".into() });
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let before = std::fs::read_to_string(&p).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        let e = format!("{:#}", apply(&mut node, &want, false, &mut Vec::new()).unwrap_err());
+        assert!(e.contains("GPU 1") && e.contains("4242 (python)") && e.contains("nothing was changed"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), before, "refused apply must not change the node");
+        let mut log = Vec::new();
+        apply(&mut node, &want, true, &mut log).unwrap();
+        assert!(String::from_utf8(log).unwrap().contains("--force"));
+        let mut node = FakeNode::load(&p).unwrap();
+        assert!(differences(&mut node, &want).unwrap().is_empty());
+    }
+
+    #[test]
+    fn processes_on_a_gpu_already_right_do_not_block() {
+        let (_d, p) = fake("H200", 1, true);
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let mut f = FakeNode::load(&p).unwrap().file().clone();
+        f.gpus[0].processes.push(FakeProcess { pid: 1, name: "train".into() });
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn a_gpu_needing_a_reset_says_so() {
+        let (_d, p) = fake("A100-80GB", 1, false);
+        let mut f = FakeNode::load(&p).unwrap().file().clone();
+        f.gpus[0].enable_needs_reset = true;
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        let e = format!("{:#}", apply(&mut node, &want, false, &mut Vec::new()).unwrap_err());
+        assert!(e.contains("needs a GPU reset") && e.contains("nvidia-smi -i 0 -r"), "{e}");
+        let mut node = FakeNode::load(&p).unwrap();
+        let d = differences(&mut node, &want).unwrap();
+        assert!(d[0].contains("pending enable"), "{d:?}");
+    }
+
+    #[test]
+    fn non_leaf_instances_are_reported_and_rebuilt() {
+        let (_d, p) = fake("H100-94GB", 1, true);
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let mut f = FakeNode::load(&p).unwrap().file().clone();
+        f.gpus[0].instances[2].compute.clear();
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let d = differences(&mut node, &want).unwrap();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].contains("0 compute instance"), "{d:?}");
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        assert!(differences(&mut node, &want).unwrap().is_empty());
+    }
+
+    #[test]
+    fn layout_files_of_both_shapes_are_read() {
+        let (d, p) = fake("A30", 2, true);
+        let mut node = FakeNode::load(&p).unwrap();
+        let gpus = node.gpus().unwrap();
+        let single = d.path().join("plan.json");
+        std::fs::write(&single, serde_json::to_string(&plan(&gpus[0].model).unwrap()).unwrap()).unwrap();
+        let l = read_layout_file(&single, &gpus).unwrap();
+        assert_eq!(l.gpus.len(), 2);
+        assert_eq!(l.gpus[1].instances.len(), 4);
+        let bad = d.path().join("bad.json");
+        std::fs::write(&bad, r#"{"model": "A30", "instances": [], "extra": 1}"#).unwrap();
+        assert!(format!("{:#}", read_layout_file(&bad, &gpus).unwrap_err()).contains("neither"));
+        // A layout for another model is refused clearly.
+        let other = d.path().join("other.json");
+        std::fs::write(&other, serde_json::to_string(&plan(&leaf_model::mig::builtin_model("H200").unwrap()).unwrap()).unwrap()).unwrap();
+        let l = read_layout_file(&other, &gpus).unwrap();
+        let e = format!("{:#}", differences(&mut node, &l).unwrap_err());
+        assert!(e.contains("the layout is for model H200"), "{e}");
+    }
+}

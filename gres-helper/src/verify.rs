@@ -1,0 +1,345 @@
+//! `verify`: the node's MIG leaves (NVML), the node inventory, gres.conf and what slurmd itself
+//! reports (`slurmd -G`) must agree on which leaf has which GRES index. The SPANK plugin binds
+//! tasks through that index, so a disagreement puts a task on the wrong leaf.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use leaf_model::inventory::Inventory;
+
+use crate::gres_conf::{ordered_leaves, DevicePaths, MigMinors, NodeLeaf};
+use crate::node::Node;
+
+/// One gpu GRES record, from gres.conf or from `slurmd -G`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GresRecord {
+    /// Where it came from, for messages (`gres.conf line 5`, `slurmd -G record 3`).
+    pub origin: String,
+    pub type_name: Option<String>,
+    pub count: u32,
+    pub files: Vec<PathBuf>,
+}
+
+fn split_files(v: &str) -> Vec<PathBuf> {
+    v.split(',').filter(|f| !f.is_empty()).map(PathBuf::from).collect()
+}
+
+/// The `Name=gpu` records of a gres.conf, in order.
+///
+/// # Errors
+/// A gpu line with a device range (`/dev/nvidia[0-3]`) this check cannot follow.
+pub fn parse_gres_conf(text: &str) -> Result<Vec<GresRecord>> {
+    let mut out = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut name = None;
+        let mut type_name = None;
+        let mut files = Vec::new();
+        let mut count = 1;
+        for kv in line.split_whitespace() {
+            let Some((k, v)) = kv.split_once('=') else { continue };
+            match k.to_ascii_lowercase().as_str() {
+                "name" => name = Some(v.to_string()),
+                "type" => type_name = Some(v.to_string()),
+                "file" | "multiplefiles" => files = split_files(v),
+                "count" => count = v.parse().unwrap_or(1),
+                _ => {}
+            }
+        }
+        if name.as_deref() != Some("gpu") {
+            continue;
+        }
+        if files.iter().any(|f| f.to_string_lossy().contains('[')) {
+            bail!("gres.conf line {}: device ranges are not supported by verify; write one line per leaf (`flexmig-gres-helper gres-conf`)", n + 1);
+        }
+        out.push(GresRecord { origin: format!("gres.conf line {}", n + 1), type_name, count, files });
+    }
+    Ok(out)
+}
+
+/// The gpu records `slurmd -G` prints (`Gres Name=gpu Type=1g.10gb Count=1 Index=.. ID=.. File=a,b,c ...`),
+/// in slurmd's order, which is its GRES index order.
+pub fn parse_slurmd_g(text: &str) -> Vec<GresRecord> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(pos) = line.find("Gres Name=") else { continue };
+        let rest = &line[pos + "Gres ".len()..];
+        let mut name = None;
+        let mut type_name = None;
+        let mut files = Vec::new();
+        let mut count = 1;
+        for kv in rest.split_whitespace() {
+            let Some((k, v)) = kv.split_once('=') else { continue };
+            match k {
+                "Name" => name = Some(v.to_string()),
+                "Type" => type_name = (v != "(null)").then(|| v.to_string()),
+                "Count" => count = v.parse().unwrap_or(1),
+                "File" => files = split_files(v),
+                _ => {}
+            }
+        }
+        if name.as_deref() == Some("gpu") {
+            let n = out.len() + 1;
+            out.push(GresRecord { origin: format!("slurmd -G record {n}"), type_name, count, files });
+        }
+    }
+    out
+}
+
+/// Runs `slurmd -G` (with `SLURM_CONF` and `-N` if given) and returns what it printed.
+///
+/// # Errors
+/// slurmd missing or failing.
+pub fn run_slurmd_g(slurmd: &Path, slurm_conf: Option<&Path>, node_name: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(slurmd);
+    cmd.arg("-G");
+    if let Some(n) = node_name {
+        cmd.args(["-N", n]);
+    }
+    if let Some(c) = slurm_conf {
+        cmd.env("SLURM_CONF", c);
+    }
+    let out = cmd.output().with_context(|| format!("running `{} -G` (install slurmd, or pass --no-slurmd)", slurmd.display()))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("`{} -G` failed ({}): {}", slurmd.display(), out.status, text.trim());
+    }
+    Ok(text)
+}
+
+/// What verify compares.
+#[derive(Debug)]
+pub struct VerifyInputs<'a> {
+    pub paths: &'a DevicePaths,
+    pub gres_conf: &'a Path,
+    pub inventory: &'a Path,
+    /// `slurmd -G` output; None skips that check.
+    pub slurmd_g: Option<String>,
+}
+
+fn describe(l: &NodeLeaf) -> String {
+    format!("{} (GPU {} {} at memory slice {})", l.uuid, l.gpu, l.profile, l.start)
+}
+
+/// Checks the records of one source (gres.conf or slurmd) against the inventory: record k
+/// (Slurm GRES index k) must name the device files of the leaf the inventory gives index k.
+fn check_records(what: &str, records: &[GresRecord], inv: &Inventory, by_files: &BTreeMap<Vec<PathBuf>, &NodeLeaf>, diffs: &mut Vec<String>) {
+    let mut index = 0u32;
+    for r in records {
+        if r.count != 1 {
+            diffs.push(format!("{}: Count={} (a MIG leaf is one GRES; write one line per leaf)", r.origin, r.count));
+        }
+        let leaf = by_files.get(&r.files);
+        let inv_leaf = inv.leaf_by_gres_index(index);
+        match (leaf, inv_leaf) {
+            (None, _) => diffs.push(format!(
+                "{} (GRES index {index}) names device files {} that belong to no MIG leaf of the node",
+                r.origin,
+                r.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(",")
+            )),
+            (Some(l), None) => diffs.push(format!("{} (GRES index {index}) is leaf {}, but the inventory has no leaf with GRES index {index}", r.origin, describe(l))),
+            (Some(l), Some(il)) if il.uuid != l.uuid => diffs.push(format!(
+                "{} (GRES index {index}) is leaf {}, but the inventory gives GRES index {index} to {} (GPU {} {}): tasks would run on the wrong leaf",
+                r.origin,
+                describe(l),
+                il.uuid,
+                il.gpu,
+                il.profile
+            )),
+            (Some(l), Some(_)) => {
+                if r.type_name.as_deref() != Some(l.profile.as_str()) {
+                    diffs.push(format!(
+                        "{} (GRES index {index}) has Type={}, but leaf {} is a {}",
+                        r.origin,
+                        r.type_name.as_deref().unwrap_or("(none)"),
+                        l.uuid,
+                        l.profile
+                    ));
+                }
+            }
+        }
+        index += r.count.max(1);
+    }
+    let n = u32::try_from(inv.leaves.len()).unwrap_or(u32::MAX);
+    if index != n {
+        diffs.push(format!("{what} has {index} gpu GRES, the inventory {n} leaves"));
+    }
+}
+
+/// Compares NVML, inventory, gres.conf and slurmd; returns the differences (empty: all agree).
+///
+/// # Errors
+/// The node cannot be read or has no leaves; gres.conf unreadable.
+pub fn verify(node: &mut dyn Node, input: &VerifyInputs<'_>) -> Result<Vec<String>> {
+    let minors = MigMinors::load(&input.paths.mig_minors)?;
+    let (gpus, leaves) = ordered_leaves(node, input.paths, &minors)?;
+    let mut diffs = Vec::new();
+
+    let inv = match Inventory::load(input.inventory) {
+        Ok(i) => i,
+        Err(e) => {
+            diffs.push(e.to_string());
+            return Ok(diffs);
+        }
+    };
+    // NVML against the inventory.
+    for g in gpus.iter().filter(|g| leaves.iter().any(|l| l.gpu == g.index)) {
+        match inv.gpu(g.index) {
+            None => diffs.push(format!("GPU {} ({}) has leaves but no [[gpu]] entry in the inventory", g.index, g.uuid)),
+            Some(ig) if ig.uuid != g.uuid || ig.bus_id != g.bus_id => diffs.push(format!(
+                "GPU {}: NVML reports {} at {}, the inventory {} at {}",
+                g.index, g.uuid, g.bus_id, ig.uuid, ig.bus_id
+            )),
+            Some(_) => {}
+        }
+    }
+    for l in &leaves {
+        match inv.leaves.iter().find(|il| il.uuid == l.uuid) {
+            None => diffs.push(format!("leaf {} is on the node but not in the inventory", describe(l))),
+            Some(il) => {
+                if il.gpu != l.gpu || il.profile != l.profile {
+                    diffs.push(format!("leaf {}: the inventory says GPU {} {}", describe(l), il.gpu, il.profile));
+                }
+                if il.gres_index != l.gres_index {
+                    diffs.push(format!(
+                        "leaf {} has GRES index {} in the inventory, but flexmig's order gives it {} (regenerate with `flexmig-gres-helper gres-conf`)",
+                        describe(l),
+                        il.gres_index,
+                        l.gres_index
+                    ));
+                }
+            }
+        }
+    }
+    for il in &inv.leaves {
+        if !leaves.iter().any(|l| l.uuid == il.uuid) {
+            diffs.push(format!("inventory leaf {} (GRES index {}) does not exist on the node", il.uuid, il.gres_index));
+        }
+    }
+
+    let by_files: BTreeMap<Vec<PathBuf>, &NodeLeaf> = leaves.iter().map(|l| (l.files.clone(), l)).collect();
+    let text = std::fs::read_to_string(input.gres_conf).with_context(|| format!("cannot read gres.conf {}", input.gres_conf.display()))?;
+    let records = parse_gres_conf(&text)?;
+    check_records(&format!("{}", input.gres_conf.display()), &records, &inv, &by_files, &mut diffs);
+
+    if let Some(out) = &input.slurmd_g {
+        let records = parse_slurmd_g(out);
+        if records.is_empty() {
+            diffs.push(format!("`slurmd -G` reported no gpu GRES (is GresTypes=gpu set and gres.conf the one slurmd reads?); it printed:\n{}", out.trim()));
+        } else {
+            check_records("slurmd -G", &records, &inv, &by_files, &mut diffs);
+        }
+    }
+    Ok(diffs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{fake_mig_minors, FakeNode, FakeNodeFile};
+    use crate::gres_conf::{gres_conf_text, inventory};
+    use crate::mig_layout::{apply, plan_node};
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        paths: DevicePaths,
+        node: FakeNode,
+        leaves: Vec<NodeLeaf>,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, FakeNodeFile::create("A100-40GB", 2, true).unwrap().to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let paths = DevicePaths { dev_root: dir.path().join("dev"), mig_minors: dir.path().join("mig-minors") };
+        std::fs::write(&paths.mig_minors, fake_mig_minors(&[0, 1])).unwrap();
+        let minors = MigMinors::load(&paths.mig_minors).unwrap();
+        let (gpus, leaves) = ordered_leaves(&mut node, &paths, &minors).unwrap();
+        std::fs::write(dir.path().join("gres.conf"), gres_conf_text(&leaves)).unwrap();
+        inventory(&gpus, &leaves).write_atomic(&dir.path().join("flexmig.toml")).unwrap();
+        Setup { dir, paths, node, leaves }
+    }
+
+    fn slurmd_output(leaves: &[NodeLeaf]) -> String {
+        leaves
+            .iter()
+            .map(|l| {
+                format!(
+                    "slurmd-x: Gres Name=gpu Type={} Count=1 Index=9 ID=7696487 File={} (null)\n",
+                    l.profile,
+                    l.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(",")
+                )
+            })
+            .collect()
+    }
+
+    fn run(s: &mut Setup, slurmd: Option<String>) -> Vec<String> {
+        let gres = s.dir.path().join("gres.conf");
+        let inv = s.dir.path().join("flexmig.toml");
+        let input = VerifyInputs { paths: &s.paths, gres_conf: &gres, inventory: &inv, slurmd_g: slurmd };
+        verify(&mut s.node, &input).unwrap()
+    }
+
+    #[test]
+    fn agrees_when_generated_together() {
+        let mut s = setup();
+        let out = slurmd_output(&s.leaves);
+        assert_eq!(run(&mut s, Some(out)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn catches_swapped_gres_conf_lines() {
+        let mut s = setup();
+        let gres = s.dir.path().join("gres.conf");
+        let text = std::fs::read_to_string(&gres).unwrap();
+        let mut lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Name=")).collect();
+        lines.swap(0, 2);
+        std::fs::write(&gres, lines.join("\n")).unwrap();
+        let mut swapped = s.leaves.clone();
+        swapped.swap(0, 2);
+        let d = run(&mut s, Some(slurmd_output(&swapped)));
+        assert!(d.iter().any(|m| m.contains("gres.conf line 1 (GRES index 0)") && m.contains("wrong leaf")), "{d:#?}");
+        assert!(d.iter().any(|m| m.contains("slurmd -G record 1 (GRES index 0)")), "{d:#?}");
+    }
+
+    #[test]
+    fn catches_a_stale_inventory_and_a_missing_leaf() {
+        let mut s = setup();
+        let inv_path = s.dir.path().join("flexmig.toml");
+        let mut inv = Inventory::load(&inv_path).unwrap();
+        inv.leaves[0].uuid = "MIG-gone".into();
+        inv.write_atomic(&inv_path).unwrap();
+        let d = run(&mut s, None);
+        assert!(d.iter().any(|m| m.contains("MIG-gone") && m.contains("does not exist on the node")), "{d:#?}");
+        assert!(d.iter().any(|m| m.contains("not in the inventory")), "{d:#?}");
+    }
+
+    #[test]
+    fn catches_slurmd_seeing_fewer_leaves_and_wrong_types() {
+        let mut s = setup();
+        let mut out = slurmd_output(&s.leaves[..13]);
+        out = out.replacen("Type=1g.10gb", "Type=1g.5gb", 1);
+        let d = run(&mut s, Some(out));
+        assert!(d.iter().any(|m| m.contains("slurmd -G has 13 gpu GRES, the inventory 14")), "{d:#?}");
+        assert!(d.iter().any(|m| m.contains("Type=1g.5gb")), "{d:#?}");
+        let d = run(&mut s, Some("slurmd: nothing\n".into()));
+        assert!(d[0].contains("reported no gpu GRES"), "{d:#?}");
+    }
+
+    #[test]
+    fn parses_real_slurmd_g_lines() {
+        let out = "slurmd-localhost: Gres Name=gpu Type=1g.20gb Count=1 Index=139 ID=7696487 File=/d/nvidia1,/d/nvidia-caps/nvidia-cap138,/d/nvidia-caps/nvidia-cap139 (null)\nslurmd-localhost: other\n";
+        let r = parse_slurmd_g(out);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].type_name.as_deref(), Some("1g.20gb"));
+        assert_eq!(r[0].files.len(), 3);
+    }
+}
