@@ -1,0 +1,173 @@
+//! The helper's command line on fake nodes: fixed interfaces, exit codes, files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn helper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flexmig-gres-helper"))
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let o: Output = cmd.output().expect("run the helper");
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn plan_json_is_the_fixed_interface_for_every_recorded_model() {
+    for (model, n, small, double) in [
+        ("A30", 4, "1g.6gb", None),
+        ("A100-40GB", 7, "1g.5gb", Some("1g.10gb")),
+        ("A100-80GB", 7, "1g.10gb", Some("1g.20gb")),
+        ("H100-80GB", 7, "1g.10gb", Some("1g.20gb")),
+        ("H100-94GB", 7, "1g.12gb", Some("1g.24gb")),
+        ("H200", 7, "1g.18gb", Some("1g.35gb")),
+        ("B200", 7, "1g.23gb", Some("1g.45gb")),
+    ] {
+        let (code, out, err) = run(helper().args(["plan", "--model", model, "--json"]));
+        assert_eq!(code, 0, "{model}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["instances", "model"], "{out}");
+        assert_eq!(v["model"], model);
+        let inst = v["instances"].as_array().unwrap();
+        assert_eq!(inst.len(), n, "{model}");
+        for (i, x) in inst.iter().enumerate() {
+            assert_eq!(x.as_object().unwrap().len(), 3);
+            let want = if double.is_some() && i == n - 1 { double.unwrap() } else { small };
+            assert_eq!(x["profile"], want, "{model} {out}");
+        }
+        assert_eq!(inst.iter().map(|x| x["size"].as_u64().unwrap()).sum::<u64>(), if n == 4 { 4 } else { 8 });
+    }
+}
+
+#[test]
+fn plan_refuses_unknown_models_with_exit_2() {
+    let (code, _, err) = run(helper().args(["plan", "--model", "V100", "--json"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("not a recorded GPU model") && err.contains("H100-80GB"), "{err}");
+}
+
+fn dir_setup(model: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let node = d.path().join("node.toml");
+    let (code, _, err) = run(helper().args(["fake-node", "create", "--model", model, "--gpus", "2", "--mig-disabled"]).arg(&node));
+    assert_eq!(code, 0, "{err}");
+    (d, node)
+}
+
+#[test]
+fn apply_assert_export_round_trip_with_exit_codes() {
+    let (d, node) = dir_setup("H200");
+    let fk = |c: &mut Command| {
+        c.arg("--fake-node").arg(&node);
+    };
+    let mut c = helper();
+    fk(&mut c);
+    let (code, out, _) = run(c.arg("assert"));
+    assert_eq!(code, 1);
+    assert!(out.contains("GPU 0: MIG mode is disabled") && out.contains("missing 1g.35gb at memory slice 6"), "{out}");
+    let mut c = helper();
+    fk(&mut c);
+    let (code, out, err) = run(c.arg("apply"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("created").count(), 14, "{out}");
+    let mut c = helper();
+    fk(&mut c);
+    let (code, exported, _) = run(c.arg("export"));
+    assert_eq!(code, 0);
+    let layout = d.path().join("layout.json");
+    std::fs::write(&layout, &exported).unwrap();
+    let mut c = helper();
+    fk(&mut c);
+    assert_eq!(run(c.arg("assert").arg("--layout").arg(&layout)).0, 0);
+    // Another model's plan does not match: exit 2 (an error, not a difference).
+    let other = d.path().join("other.json");
+    let (_, plan_json, _) = run(helper().args(["plan", "--model", "B200", "--json"]));
+    std::fs::write(&other, plan_json).unwrap();
+    let mut c = helper();
+    fk(&mut c);
+    let (code, _, err) = run(c.arg("assert").arg("--layout").arg(&other));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the layout is for model B200"), "{err}");
+}
+
+#[test]
+fn malformed_fake_node_is_an_error_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let node = d.path().join("node.toml");
+    std::fs::write(&node, "version = 1\n[[gpu]]\nindex = 0\nmodel = \"H100-80GB\"\n").unwrap();
+    let (code, _, err) = run(helper().arg("--fake-node").arg(&node).arg("export"));
+    assert_eq!(code, 2);
+    assert!(err.contains(&node.display().to_string()) && err.contains("malformed"), "{err}");
+    let (code, _, err) = run(helper().arg("--fake-node").arg(Path::new("/nonexistent/node.toml")).arg("plan"));
+    assert_eq!(code, 2);
+    assert!(err.contains("fake-node create"), "{err}");
+}
+
+#[test]
+fn gres_conf_then_verify_and_a_broken_inventory() {
+    let (d, node) = dir_setup("A100-40GB");
+    let dev = d.path().join("dev");
+    let minors = d.path().join("mig-minors");
+    let common = |c: &mut Command| {
+        c.arg("--fake-node").arg(&node).arg("--dev-root").arg(&dev).arg("--mig-minors").arg(&minors);
+    };
+    let mut c = helper();
+    common(&mut c);
+    assert_eq!(run(c.arg("apply")).0, 0);
+    std::fs::write(&minors, "config 1\nmonitor 2\n").unwrap();
+    // Minors missing for the leaves: a clear error.
+    let mut c = helper();
+    common(&mut c);
+    let (code, _, err) = run(c.arg("gres-conf"));
+    assert_eq!(code, 2);
+    assert!(err.contains("no entry gpu0/gi"), "{err}");
+    let text: String = {
+        let mut s = String::from("config 1\nmonitor 2\n");
+        for g in 0..2u32 {
+            for gi in 0..15u32 {
+                s.push_str(&format!("gpu{g}/gi{gi}/access {}\n", 3 + (g * 15 + gi) * 9));
+                for ci in 0..8u32 {
+                    s.push_str(&format!("gpu{g}/gi{gi}/ci{ci}/access {}\n", 3 + (g * 15 + gi) * 9 + 1 + ci));
+                }
+            }
+        }
+        s
+    };
+    std::fs::write(&minors, text).unwrap();
+    let (gres, inv, line, pol) = (d.path().join("gres.conf"), d.path().join("flexmig.toml"), d.path().join("node.conf"), d.path().join("flexmig_policy.lua"));
+    let mut c = helper();
+    common(&mut c);
+    let (code, _, err) = run(c
+        .arg("gres-conf")
+        .arg("--gres-conf")
+        .arg(&gres)
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("--node-conf")
+        .arg(&line)
+        .arg("--policy")
+        .arg(&pol)
+        .args(["--node-name", "gpu01"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&line).unwrap().contains("NodeName=gpu01 Gres=gpu:1g.10gb:2,gpu:1g.5gb:12"));
+    let verify = |extra: &[&str]| {
+        let mut c = helper();
+        common(&mut c);
+        run(c.arg("verify").arg("--gres-conf").arg(&gres).arg("--inventory").arg(&inv).args(extra))
+    };
+    let (code, out, err) = verify(&["--no-slurmd"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // A hand-edited inventory that swaps two leaves' GRES indices.
+    let t = std::fs::read_to_string(&inv).unwrap();
+    let t = t.replacen("gres_index = 0\n", "gres_index = 99\n", 1).replacen("gres_index = 1\n", "gres_index = 0\n", 1).replacen("gres_index = 99\n", "gres_index = 1\n", 1);
+    std::fs::write(&inv, t).unwrap();
+    let (code, out, _) = verify(&["--no-slurmd"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("wrong leaf"), "{out}");
+    // A malformed inventory is a difference with the parser's message.
+    std::fs::write(&inv, "version = 1\n[[leaf]]\nslot = 1\n").unwrap();
+    let (code, out, _) = verify(&["--no-slurmd"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("malformed"), "{out}");
+}
