@@ -197,8 +197,11 @@ impl Inventory {
             if !gpu_idx.contains(&l.gpu) {
                 return Err(format!("leaf {} (GRES index {}) is on GPU {}, which has no [[gpu]] entry", l.uuid, l.gres_index, l.gpu));
             }
-            if l.uuid.trim().is_empty() {
-                return Err(format!("leaf with GRES index {} has an empty uuid", l.gres_index));
+            if l.uuid.is_empty() || l.uuid.starts_with('.') || !l.uuid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(format!(
+                    "leaf with GRES index {} has uuid `{}`: a MIG UUID is letters, digits and dashes (MIG-...)",
+                    l.gres_index, l.uuid
+                ));
             }
             if !uuids.insert(l.uuid.as_str()) {
                 return Err(format!("leaf uuid {} is listed twice", l.uuid));
@@ -347,6 +350,8 @@ cuda_device = "0"
         assert!(matches!(kind(&bad_gpu), InventoryErrorKind::Invalid(m) if m.contains("GPU 5")));
         let dup_gpu = GOOD.replace("index = 1\n", "index = 0\n");
         assert!(matches!(kind(&dup_gpu), InventoryErrorKind::Invalid(m) if m.contains("GPU index 0")));
+        let slash = GOOD.replace("uuid = \"MIG-b\"", "uuid = \"../../etc/x\"");
+        assert!(matches!(kind(&slash), InventoryErrorKind::Invalid(m) if m.contains("letters, digits")));
         let comma = GOOD.replace("cuda_device = \"0\"", "cuda_device = \"0,1\"");
         assert!(matches!(kind(&comma), InventoryErrorKind::Invalid(_)));
     }

@@ -30,6 +30,15 @@ pub enum EnvChange {
     Unset(String),
 }
 
+/// What the plugin does to one task.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskPlan {
+    /// Changes to the task's environment, in order.
+    pub env: Vec<EnvChange>,
+    /// MIG UUIDs of the leaves the task binds exclusively (locked for the task's lifetime).
+    pub exclusive: Vec<String>,
+}
+
 /// The variables torch.distributed reads; set only where the user has not set them.
 pub const TORCH_VARS: [&str; 6] = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"];
 
@@ -123,9 +132,9 @@ pub fn plan_task(
     inv: &Inventory,
     task: &TaskView,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<EnvChange>, String> {
+) -> Result<TaskPlan, String> {
     if mode == Mode::Off {
-        return Ok(Vec::new());
+        return Ok(TaskPlan::default());
     }
     let node = env("SLURMD_NODENAME").unwrap_or_else(|| "this node".into());
     let var = if task.is_batch { "SLURM_JOB_GPUS" } else { "SLURM_STEP_GPUS" };
@@ -140,6 +149,7 @@ pub fn plan_task(
     let inv_path = args.inventory.display().to_string();
     let leaves = balanced_leaves(inv, &indices, var, &list, &inv_path)?;
     let mut out = Vec::new();
+    let mut exclusive = Vec::new();
     let set = |out: &mut Vec<EnvChange>, k: &str, v: String| out.push(EnvChange::Set(k.to_string(), v));
     let set_default = |out: &mut Vec<EnvChange>, k: &str, v: String| {
         if env(k).is_none() {
@@ -167,6 +177,10 @@ pub fn plan_task(
         set(&mut out, "FLEXMIG_GPUS", join(&|l| l.gpu.to_string()));
         set(&mut out, "FLEXMIG_PROFILES", join(&|l| l.profile.clone()));
         set(&mut out, "NCCL_MULTI_RANK_GPU_ENABLE", "1".into());
+        if !task.is_batch {
+            // The batch script only launches steps; those bind the leaves.
+            exclusive = leaves.iter().map(|l| l.uuid.clone()).collect();
+        }
         // One process holds several leaves: a single NCCL_MIG_ID would be wrong for its workers.
         if env("NCCL_MIG_ID").is_some() {
             out.push(EnvChange::Unset("NCCL_MIG_ID".into()));
@@ -200,6 +214,7 @@ pub fn plan_task(
             ));
         }
         let leaf = leaves[task.local_task_id as usize];
+        exclusive.push(leaf.uuid.clone());
         set(&mut out, "CUDA_VISIBLE_DEVICES", leaf.cuda_device().to_string());
         set(&mut out, "NCCL_MIG_ID", leaf.uuid.clone());
         set(&mut out, "NCCL_MULTI_RANK_GPU_ENABLE", "1".into());
@@ -228,7 +243,7 @@ pub fn plan_task(
             set(&mut out, "LD_PRELOAD", v);
         }
     }
-    Ok(out)
+    Ok(TaskPlan { env: out, exclusive })
 }
 
 #[cfg(test)]
@@ -306,7 +321,7 @@ mod tests {
         let env = env_of(&[("SLURM_STEP_GPUS", "0,1,2,7,8,9"), ("SLURM_STEP_NODELIST", "gpu[07-08]"), ("SLURMD_NODENAME", "gpu07")]);
         let mut uuids = BTreeSet::new();
         for i in 0..6 {
-            let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(i, 6), &env).unwrap());
+            let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(i, 6), &env).unwrap().env);
             assert_eq!(m["CUDA_VISIBLE_DEVICES"], m["NCCL_MIG_ID"]);
             assert_eq!(m["FLEXMIG_GPU"], (i % 2).to_string(), "ranks alternate GPUs");
             assert_eq!(m["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
@@ -325,11 +340,11 @@ mod tests {
     fn user_set_torch_vars_are_kept_and_torch_env_can_be_off() {
         let inv = inventory();
         let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), ("MASTER_PORT", "1234"), ("RANK", "5")]);
-        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(1, 2), &env).unwrap());
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(1, 2), &env).unwrap().env);
         assert!(!m.contains_key("MASTER_PORT") && !m.contains_key("RANK"));
         assert_eq!(m["WORLD_SIZE"], "2");
         let args = PluginArgs { torch_env: false, ..PluginArgs::default() };
-        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(1, 2), &env).unwrap());
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(1, 2), &env).unwrap().env);
         assert!(TORCH_VARS.iter().all(|v| !m.contains_key(*v)), "{m:?}");
         assert_eq!(m["NCCL_MIG_ID"], "MIG-1-0");
     }
@@ -339,7 +354,7 @@ mod tests {
         let mut inv = inventory();
         inv.leaves[0].cuda_device = Some("0".into());
         let env = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1")]);
-        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap());
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
         assert_eq!(m["CUDA_VISIBLE_DEVICES"], "0");
         assert_eq!(m["NCCL_MIG_ID"], "MIG-0-0");
     }
@@ -357,14 +372,16 @@ mod tests {
     #[test]
     fn off_changes_nothing() {
         let inv = inventory();
-        assert!(plan_task(Mode::Off, &PluginArgs::default(), &inv, &task(0, 99), &env_of(&[])).unwrap().is_empty());
+        assert_eq!(plan_task(Mode::Off, &PluginArgs::default(), &inv, &task(0, 99), &env_of(&[])).unwrap(), TaskPlan::default());
     }
 
     #[test]
     fn node_mode_gives_all_leaves_in_balanced_order() {
         let inv = inventory();
         let env = env_of(&[("SLURM_STEP_GPUS", "0,1,7,8"), ("SLURM_STEP_NODELIST", "n[1-2]"), ("NCCL_MIG_ID", "stale")]);
-        let ch = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap();
+        let plan = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap();
+        assert_eq!(plan.exclusive, ["MIG-0-0", "MIG-1-0", "MIG-0-1", "MIG-1-1"]);
+        let ch = plan.env;
         assert!(ch.contains(&EnvChange::Unset("NCCL_MIG_ID".into())));
         let m = as_map(&ch);
         assert_eq!(m["FLEXMIG_LEAVES"], "MIG-0-0,MIG-1-0,MIG-0-1,MIG-1-1");
@@ -383,7 +400,7 @@ mod tests {
         let inv = inventory();
         let env = env_of(&[("SLURM_JOB_GPUS", "0,7"), ("SLURM_JOB_NODELIST", "n1")]);
         let t = TaskView { is_batch: true, step_id: 0xffff_fffb, ..task(0, 1) };
-        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap());
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap().env);
         assert_eq!(m["FLEXMIG_LEAVES"], "MIG-0-0,MIG-1-0");
         assert!(TORCH_VARS.iter().all(|v| !m.contains_key(*v)), "{m:?}");
         assert!(!m.contains_key("NCCL_MIG_ID"));
@@ -399,10 +416,10 @@ mod tests {
         let args = PluginArgs { nccl: Some(lib.clone()), ..PluginArgs::default() };
         let l = lib.display().to_string();
         let env = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1"), ("LD_PRELOAD", "/x/libfoo.so")]);
-        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap());
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap().env);
         assert_eq!(m["LD_PRELOAD"], format!("{l} /x/libfoo.so"));
         let env2 = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1"), ("LD_PRELOAD", &format!("/x/a.so:{l}"))]);
-        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env2).unwrap());
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env2).unwrap().env);
         assert!(!m.contains_key("LD_PRELOAD"));
         std::fs::remove_file(&lib).unwrap();
         let e = plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap_err();

@@ -58,6 +58,8 @@ pub struct PluginArgs {
     pub torch_env: bool,
     /// The range MASTER_PORT is drawn from (`master_ports=LO-HI`).
     pub master_ports: (u16, u16),
+    /// Where the per-leaf lock files live (`lock_dir=PATH`).
+    pub lock_dir: PathBuf,
 }
 
 impl Default for PluginArgs {
@@ -69,11 +71,12 @@ impl Default for PluginArgs {
             // Below Linux's ephemeral range (32768-60999), so a listening rendezvous port does
             // not collide with outgoing connections.
             master_ports: (20000, 32767),
+            lock_dir: PathBuf::from("/run/flexmig"),
         }
     }
 }
 
-const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI";
+const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH";
 
 impl PluginArgs {
     /// Parses `key=value` arguments strictly.
@@ -97,6 +100,7 @@ impl PluginArgs {
                 "nccl" => out.nccl = Some(absolute_path(value).map_err(bad)?),
                 "torch_env" => out.torch_env = yes_no(value).map_err(bad)?,
                 "master_ports" => out.master_ports = port_range(value).map_err(bad)?,
+                "lock_dir" => out.lock_dir = absolute_path(value).map_err(bad)?,
                 _ => return Err(bad(format!("unknown key `{key}`; known keys: {KEYS}"))),
             }
         }
@@ -158,7 +162,8 @@ mod tests {
 
     #[test]
     fn all_keys() {
-        let a = PluginArgs::parse(&["inventory=/x/inv.toml", "nccl=/opt/nccl/lib/libnccl.so.2", "torch_env=no", "master_ports=30000-30010"]).unwrap();
+        let a = PluginArgs::parse(&["inventory=/x/inv.toml", "nccl=/opt/nccl/lib/libnccl.so.2", "torch_env=no", "master_ports=30000-30010", "lock_dir=/tmp/l"]).unwrap();
+        assert_eq!(a.lock_dir, PathBuf::from("/tmp/l"));
         assert_eq!(a.inventory, PathBuf::from("/x/inv.toml"));
         assert_eq!(a.nccl, Some(PathBuf::from("/opt/nccl/lib/libnccl.so.2")));
         assert!(!a.torch_env);

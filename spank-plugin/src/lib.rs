@@ -11,6 +11,7 @@ pub mod binding;
 pub mod config;
 mod ffi;
 pub mod hostlist;
+pub mod leaf_lock;
 mod slurm_log;
 
 use std::ffi::{c_char, c_int, c_uint};
@@ -75,6 +76,30 @@ extern "C" fn option_callback(_val: c_int, optarg: *const c_char, remote: c_int)
     })
 }
 
+/// Runs in each forked task as root, before the task becomes the user: makes sure the leaf
+/// lock files exist (root-owned, so users cannot tamper with them).
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+    ffi::guard("slurm_spank_task_init_privileged", || {
+        let _span = tracing::debug_span!("task_init_privileged").entered();
+        // SAFETY: sp is the handle of this callback.
+        let spank = unsafe { Spank::new(sp) };
+        let Some(arg) = spank.flexmig_option() else {
+            return Ok(());
+        };
+        if !matches!(Mode::parse(arg.as_deref()), Ok(Mode::Rank | Mode::Node)) {
+            return Ok(()); // task_init reports a bad mode
+        }
+        // SAFETY: Slurm passes ac valid argument strings.
+        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?;
+        // An unreadable inventory is reported by task_init, as the user sees it.
+        if let Ok(inventory) = Inventory::load(&args.inventory) {
+            leaf_lock::prepare(&args.lock_dir, inventory.leaves.iter().map(|l| l.uuid.as_str()))?;
+        }
+        Ok(())
+    })
+}
+
 /// Runs in each forked task, as the user, after Slurm set the GPU variables and before exec.
 #[no_mangle]
 pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
@@ -93,7 +118,11 @@ pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *m
         let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?;
         let task = task_view(&spank)?;
         let inventory = Inventory::load(&args.inventory).map_err(|e| format!("flexmig: {e}"))?;
-        let changes = binding::plan_task(mode, &args, &inventory, &task, &|k| spank.getenv(k))?;
+        let plan = binding::plan_task(mode, &args, &inventory, &task, &|k| spank.getenv(k))?;
+        for uuid in &plan.exclusive {
+            leaf_lock::lock(&args.lock_dir, uuid)?;
+        }
+        let changes = plan.env;
         for c in &changes {
             match c {
                 EnvChange::Set(k, v) => spank.setenv(k, v)?,

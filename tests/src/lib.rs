@@ -51,7 +51,7 @@ pub struct ClusterConfig {
 }
 
 /// The plugstack line that loads the built plugin with the cluster's inventory.
-pub const DEFAULT_PLUGSTACK: &str = "required @PLUGIN@ inventory=@DIR@/flexmig.toml\n";
+pub const DEFAULT_PLUGSTACK: &str = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks\n";
 
 /// One emulated leaf of [`ClusterConfig::emulated`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -276,11 +276,11 @@ fn errors_fail_cleanly_with_their_message() {
     c.write_file("plugstack.conf", &DEFAULT_PLUGSTACK.replace("@PLUGIN@", &c.plugin().display().to_string()).replace("inventory=@DIR@/flexmig.toml", "inventry=/etc/x.toml")).unwrap();
     expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["inventry=/etc/x.toml", "unknown key"]);
     expect(&["-n1"], &["inventry=/etc/x.toml"]);
-    c.write_file("plugstack.conf", &format!("required {} inventory={}/flexmig.toml nccl=/nonexistent/libnccl.so.2\n", c.plugin().display(), c.dir().display())).unwrap();
+    c.write_file("plugstack.conf", &format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks nccl=/nonexistent/libnccl.so.2\n", c.plugin().display(), d = c.dir().display())).unwrap();
     expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["/nonexistent/libnccl.so.2", "does not exist"]);
 
     // Everything good again: works.
-    c.write_file("plugstack.conf", &format!("required {} inventory={}/flexmig.toml\n", c.plugin().display(), c.dir().display())).unwrap();
+    c.write_file("plugstack.conf", &format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display())).unwrap();
     let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1", "true"]);
     assert!(o.status.success(), "{}", text(&o));
 }
@@ -289,7 +289,7 @@ fn errors_fail_cleanly_with_their_message() {
 fn nccl_argument_preloads_the_patched_library() {
     let (cfg, _) = ClusterConfig::emulated(1);
     let mut cfg = cfg;
-    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml nccl=@DIR@/libnccl.so.2 torch_env=no\n".into();
+    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no\n".into();
     let c = Cluster::start(&cfg).unwrap();
     // Any loadable library stands in for the patched NCCL here.
     let libm = "/lib/x86_64-linux-gnu/libm.so.6";
@@ -336,4 +336,53 @@ fn twenty_concurrent_steps_get_disjoint_leaves() {
     let latest_start = windows.iter().map(|w| w.0).fold(f64::MIN, f64::max);
     let earliest_end = windows.iter().map(|w| w.1).fold(f64::MAX, f64::min);
     assert!(latest_start < earliest_end, "steps did not overlap: {windows:?}");
+}
+
+/// Slurm lets a step started with --overlap share the GRES of a running step; flexmig still
+/// never binds two tasks to one leaf: the overlapping step fails, the first one is unharmed,
+/// and the leaves are free again once the first step ends.
+#[test]
+fn overlapping_steps_never_share_a_leaf() {
+    let (c, _) = start(2);
+    let workdir = tempfile::Builder::new().prefix("flexmig-overlap-").tempdir().unwrap();
+    let script = "#!/bin/bash\n\
+        srun --flexmig -n2 bash -c 'echo A $NCCL_MIG_ID; sleep 4' > a.out 2>&1 &\n\
+        sleep 1.5\n\
+        srun --overlap --flexmig -n2 bash -c 'echo B $NCCL_MIG_ID' > b.out 2>&1; echo \"b=$?\" > b.rc\n\
+        wait\n\
+        srun --flexmig -n2 bash -c 'echo C $NCCL_MIG_ID' > c.out 2>&1\n";
+    c.write_file("overlap.sh", script).unwrap();
+    let o = Cluster::output(c.command("sbatch").current_dir(workdir.path()).args(["--wait", "-n2", "--gres=gpu:1g.5gb:2", "-o", "batch.out"]).arg(c.dir().join("overlap.sh"))).unwrap();
+    let read = |f: &str| std::fs::read_to_string(workdir.path().join(f)).unwrap_or_default();
+    assert!(o.status.success(), "{}\n{}", text(&o), read("batch.out"));
+    let (a, b, cc) = (read("a.out"), read("b.out"), read("c.out"));
+    assert_eq!(a.lines().filter(|l| l.starts_with("A MIG-")).count(), 2, "{a}");
+    assert!(!b.contains("B MIG-"), "the overlapping step ran on bound leaves:\n{b}");
+    assert!(b.contains("already bound to another running flexmig task"), "{b}");
+    assert_ne!(read("b.rc").trim(), "b=0");
+    assert_eq!(cc.lines().filter(|l| l.starts_with("C MIG-")).count(), 2, "leaves are free after the step ended:\n{cc}");
+}
+
+#[test]
+fn plugin_exports_what_the_loader_needs_and_no_init_or_fini() {
+    let so = flexmig_integration::plugin_so().unwrap();
+    let o = std::process::Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output().unwrap();
+    let syms: BTreeSet<String> = String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split_whitespace().nth(2).map(str::to_string)).collect();
+    for s in ["plugin_name", "plugin_type", "plugin_version", "spank_plugin_version", "slurm_spank_init", "slurm_spank_task_init", "slurm_spank_task_init_privileged"] {
+        assert!(syms.contains(s), "{s} not exported");
+    }
+    for s in ["init", "fini"] {
+        assert!(!syms.contains(s), "{s} must not be exported: Slurm's loader would call it");
+    }
+}
+
+#[test]
+fn sbatch_refuses_an_unknown_mode_before_submitting() {
+    let (c, _) = start(1);
+    let o = Cluster::output(c.command("sbatch").args(["--flexmig=ranks", "-n1", "--gres=gpu:1", "--wrap", "true"])).unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown mode --flexmig=ranks"), "{}", text(&o));
+    let q = Cluster::output(c.command("squeue").args(["-h", "-o", "%i"])).unwrap();
+    let jobs = Cluster::output(c.command("scontrol").args(["show", "jobs"])).unwrap();
+    assert!(String::from_utf8_lossy(&q.stdout).trim().is_empty() && String::from_utf8_lossy(&jobs.stdout).contains("No jobs"), "a job was submitted: {}", text(&jobs));
 }
