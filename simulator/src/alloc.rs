@@ -4,7 +4,7 @@
 
 use crate::geometry::{span, Geometry};
 use crate::trace::{Job, Kind};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 const NONE: u32 = u32::MAX;
 
@@ -319,6 +319,10 @@ struct DynGpu {
     fit: u32,
     /// Bit p: a profile-p instance fits after repacking everything (a drain).
     fit_drained: u32,
+    /// What this GPU is filed under in the candidate sets: (fit mask, compute used) and
+    /// (drain mask, instances).
+    filed_fit: (u32, u32),
+    filed_drain: (u32, u32),
 }
 
 /// Dynamic-MIG: each job gets the exact instance (a job larger than one GPU gets equal
@@ -332,6 +336,14 @@ pub struct Dynamic {
     held: Vec<Vec<u32>>,
     inference: Vec<bool>,
     pack_memo: HashMap<u64, Option<Vec<u32>>>,
+    /// Per profile: GPUs where it fits now, by (free compute slices after placing it, gpu),
+    /// so best fit is the first open one.
+    fit_sets: Vec<BTreeSet<(u32, u32)>>,
+    /// Per profile: GPUs running no inference where it fits after a drain, by (instances, gpu).
+    drain_sets: Vec<BTreeSet<(u32, u32)>>,
+    /// GPUs that were being reconfigured at the last placement.
+    locked: Vec<u32>,
+    free_compute: u32,
     costs: Costs,
     reconfigs: u64,
 }
@@ -346,6 +358,8 @@ impl Dynamic {
             locked_until: f64::NEG_INFINITY,
             fit: 0,
             fit_drained: 0,
+            filed_fit: (0, 0),
+            filed_drain: (0, 0),
         };
         let mut d = Dynamic {
             geo: geo.clone(),
@@ -354,6 +368,10 @@ impl Dynamic {
             held: vec![Vec::new(); n_jobs],
             inference: vec![false; n_jobs],
             pack_memo: HashMap::new(),
+            fit_sets: vec![BTreeSet::new(); geo.profiles.len()],
+            drain_sets: vec![BTreeSet::new(); geo.profiles.len()],
+            locked: Vec::new(),
+            free_compute: geo.compute * costs.gpus,
             costs: costs.clone(),
             reconfigs: 0,
         };
@@ -435,6 +453,40 @@ impl Dynamic {
         }
         self.gpus[g].fit = fit;
         self.gpus[g].fit_drained = fit_drained;
+        self.file(g);
+    }
+
+    /// Re-files GPU `g` in the per-profile candidate sets.
+    fn file(&mut self, g: usize) {
+        let gu = g as u32;
+        let c = self.geo.compute;
+        let (old_fit, old_used) = self.gpus[g].filed_fit;
+        let (old_drain, old_n) = self.gpus[g].filed_drain;
+        for (p, prof) in self.geo.profiles.iter().enumerate() {
+            if old_fit & (1 << p) != 0 {
+                self.fit_sets[p].remove(&(c - old_used - prof.compute, gu));
+            }
+            if old_drain & (1 << p) != 0 {
+                self.drain_sets[p].remove(&(old_n, gu));
+            }
+        }
+        let gpu = &mut self.gpus[g];
+        let drain = if gpu.inference == 0 {
+            gpu.fit_drained
+        } else {
+            0
+        };
+        let n = gpu.insts.len() as u32;
+        gpu.filed_fit = (gpu.fit, gpu.compute_used);
+        gpu.filed_drain = (drain, n);
+        for (p, prof) in self.geo.profiles.iter().enumerate() {
+            if gpu.fit & (1 << p) != 0 {
+                self.fit_sets[p].insert((c - gpu.compute_used - prof.compute, gu));
+            }
+            if drain & (1 << p) != 0 {
+                self.drain_sets[p].insert((n, gu));
+            }
+        }
     }
 
     /// Picks `parts` GPUs in `range` for profile `p`: (gpu, needs drain).
@@ -451,14 +503,17 @@ impl Dynamic {
         let mut chosen: Vec<(u32, bool)> = Vec::new();
         let open = |g: &DynGpu| g.locked_until <= now;
         if parts == 1 {
-            // Best fit: the GPU left with the fewest free slices.
-            if let Some(g) = range
-                .clone()
-                .filter(|&g| open(&self.gpus[g as usize]) && self.gpus[g as usize].fit & bit != 0)
-                .min_by_key(|&g| (free_after(&self.gpus[g as usize]), g))
-            {
+            // Best fit: the open GPU left with the fewest free slices; else the open GPU
+            // whose drain disturbs the fewest jobs.
+            let open_in =
+                |&&(_, g): &&(u32, u32)| range.contains(&g) && open(&self.gpus[g as usize]);
+            if let Some(&(_, g)) = self.fit_sets[p].iter().find(open_in) {
                 return Some(vec![(g, false)]);
             }
+            return self.drain_sets[p]
+                .iter()
+                .find(open_in)
+                .map(|&(_, g)| vec![(g, true)]);
         } else {
             let mut fits: Vec<u32> = range
                 .clone()
@@ -522,6 +577,11 @@ impl Allocator for Dynamic {
 
     fn place(&mut self, idx: usize, job: &Job, now: f64) -> Option<Grant> {
         let (p, parts) = self.shape(job.size)?;
+        if self.fit_sets[p].len() + self.drain_sets[p].len() < parts as usize {
+            return None;
+        }
+        self.locked
+            .retain(|&g| self.gpus[g as usize].locked_until > now);
         let picked = if parts == 1 {
             self.pick(0..self.costs.gpus, p, 1, now)
         } else {
@@ -542,6 +602,7 @@ impl Allocator for Dynamic {
         }?;
         let inference = job.kind == Kind::Inference;
         self.inference[idx] = inference;
+        self.free_compute -= self.geo.profiles[p].compute * parts;
         let mut grant = Grant {
             factor: 1.0,
             slices: self.geo.profiles[p].compute * parts,
@@ -570,6 +631,7 @@ impl Allocator for Dynamic {
                     }
                 }
                 gpu.locked_until = now + self.costs.reconfig_s;
+                self.locked.push(g);
                 self.add_inst(gu, p, *starts.last().expect("new instance"), idx, inference);
                 self.reconfigs += 1;
                 grant.drained_gpus.push(g);
@@ -593,10 +655,12 @@ impl Allocator for Dynamic {
             let geo = &self.geo;
             let gpu = &mut self.gpus[gu];
             let mut removed = 0;
+            let mut freed = 0;
             gpu.insts.retain(|&(p, s, j)| {
                 if j as usize == idx {
                     gpu.mask &= !span(s, geo.profiles[p as usize].mem);
                     gpu.compute_used -= geo.profiles[p as usize].compute;
+                    freed += geo.profiles[p as usize].compute;
                     removed += 1;
                     false
                 } else {
@@ -606,6 +670,7 @@ impl Allocator for Dynamic {
             if self.inference[idx] {
                 gpu.inference -= removed;
             }
+            self.free_compute += freed;
             self.refresh(gu);
         }
     }
@@ -633,11 +698,14 @@ impl Allocator for Dynamic {
     }
 
     fn free_for(&self, _job: &Job, now: f64) -> u32 {
-        self.gpus
+        let locked: u32 = self
+            .locked
             .iter()
-            .filter(|g| g.locked_until <= now)
+            .map(|&g| &self.gpus[g as usize])
+            .filter(|g| g.locked_until > now)
             .map(|g| self.geo.compute - g.compute_used)
-            .sum()
+            .sum();
+        self.free_compute - locked
     }
 
     fn drain_delay(&self) -> f64 {

@@ -71,6 +71,9 @@ enum Cmd {
         /// Offered load (1.0: the cluster is just saturated).
         #[arg(long, default_value_t = 0.9)]
         load: f64,
+        /// Job mix (inference also times Static-MIG, which cannot run 6- and 8-slice jobs).
+        #[arg(long, value_enum, default_value = "mixed")]
+        mix: Mix,
     },
 }
 
@@ -243,15 +246,17 @@ fn real_main() -> Result<()> {
             model,
             scheduler,
             load,
+            mix,
         } => {
             let geo = Geometry::from_model(&load_model(&model)?)?;
+            println!("{model}, balanced sizes, {} mix, {} scheduler, offered load {load}, 8 GPUs per node\n", mix.as_str(), scheduler.as_str());
             println!("| jobs | GPUs | mode | seconds | makespan (h) | drains |");
             println!("|---|---|---|---|---|---|");
             for &g in &gpus {
                 for &n in &jobs {
                     let trace = generate(&Synthetic {
                         distribution: Distribution::Balanced,
-                        mix: Mix::Mixed,
+                        mix,
                         seed: 1,
                         jobs: Some(n),
                         load,
@@ -267,9 +272,11 @@ fn real_main() -> Result<()> {
                             ..Costs::default()
                         },
                     };
-                    for mode in [Mode::Fm, Mode::Dm] {
+                    for mode in Mode::ALL {
                         let t0 = Instant::now();
-                        let run = simulate(&trace, &geo, mode, &cfg).map_err(anyhow::Error::msg)?;
+                        let Ok(run) = simulate(&trace, &geo, mode, &cfg) else {
+                            continue;
+                        };
                         let secs = t0.elapsed().as_secs_f64();
                         println!(
                             "| {n} | {g} | {} | {secs:.3} | {:.1} | {} |",
