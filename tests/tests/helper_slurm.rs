@@ -1,0 +1,310 @@
+//! The node helper end to end under a real Slurm: `flexmig-gres-helper` builds the emulated
+//! node's configuration (fake 2-GPU A100-40GB node: apply, gres-conf), the cluster starts with
+//! it, the Lua filters turn `--gres=mig:N` into typed requests, the SPANK plugin binds the
+//! leaves, and `verify` agrees with the real `slurmd -G`, until the gres.conf order is broken
+//! on purpose.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flexmig_integration::{Cluster, ClusterConfig, DEFAULT_PLUGSTACK};
+use leaf_model::Inventory;
+
+/// The helper binary: `$FLEXMIG_GRES_HELPER`, else `<target>/debug/flexmig-gres-helper`
+/// (built here if missing).
+fn helper_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FLEXMIG_GRES_HELPER") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug/flexmig-gres-helper");
+    if !p.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo).args(["build", "-p", "flexmig-gres-helper"]).status().expect("run cargo build");
+        assert!(st.success(), "building flexmig-gres-helper failed");
+    }
+    p
+}
+
+fn text(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn helper(args: &[&str]) -> Output {
+    Command::new(helper_bin()).args(args).output().expect("run flexmig-gres-helper")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn slurm_conf_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../slurm-conf")
+}
+
+/// The emulated node built with the helper.
+struct HelperNode {
+    work: tempfile::TempDir,
+    cfg: ClusterConfig,
+    inventory: Inventory,
+}
+
+impl HelperNode {
+    fn path(&self, name: &str) -> String {
+        self.work.path().join(name).display().to_string()
+    }
+}
+
+/// `fake-node create` + `apply` + `fake-node devices` (for the mig-minors file) + `gres-conf`
+/// with the device root left as the harness's `@DEV@` placeholder.
+fn build_node(model: &str, gpus: u32) -> HelperNode {
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n).display().to_string();
+    ok(helper(&["fake-node", "create", "--model", model, "--gpus", &gpus.to_string(), "--mig-disabled", &p("node.toml")]));
+    ok(helper(&["--fake-node", &p("node.toml"), "apply"]));
+    ok(helper(&["--fake-node", &p("node.toml"), "assert"]));
+    ok(helper(&["--fake-node", &p("node.toml"), "--dev-root", &p("dev"), "--mig-minors", &p("mig-minors"), "fake-node", "devices"]));
+    ok(helper(&[
+        "--fake-node",
+        &p("node.toml"),
+        "--dev-root",
+        "@DEV@",
+        "--mig-minors",
+        &p("mig-minors"),
+        "gres-conf",
+        "--gres-conf",
+        &p("gres.conf"),
+        "--inventory",
+        &p("flexmig.toml"),
+        "--node-conf",
+        &p("node.conf"),
+        "--policy",
+        &p("flexmig_policy.lua"),
+        "--node-name",
+        "localhost",
+    ]));
+    let read = |n: &str| std::fs::read_to_string(work.path().join(n)).unwrap();
+    let gres_conf = read("gres.conf");
+    let node_line = read("node.conf");
+    let node_gres = node_line
+        .lines()
+        .find(|l| l.starts_with("NodeName="))
+        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("Gres=")))
+        .expect("Gres= in the node line")
+        .to_string();
+    // Device files to mknod: every path gres.conf names, relative to @DEV@.
+    let mut devices: Vec<String> = gres_conf
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("MultipleFiles=")))
+        .flat_map(|v| v.split(','))
+        .map(|f| f.strip_prefix("@DEV@/").expect("files under @DEV@").to_string())
+        .collect();
+    devices.sort();
+    devices.dedup();
+    let mut files: Vec<(String, String)> = ["job_submit.lua", "cli_filter.lua", "flexmig_filter.lua"]
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read_to_string(slurm_conf_dir().join(n)).unwrap()))
+        .collect();
+    files.push(("flexmig_policy.lua".into(), read("flexmig_policy.lua")));
+    let inv_text = read("flexmig.toml");
+    let inventory = Inventory::parse(&inv_text, "helper inventory").unwrap();
+    let cfg = ClusterConfig {
+        node_gres,
+        gres_conf,
+        inventory: Some(inv_text),
+        plugstack: DEFAULT_PLUGSTACK.to_string(),
+        slurm_conf_extra: "JobSubmitPlugins=lua\nCliFilterPlugins=lua\n".into(),
+        files,
+        devices,
+        cpus: 16,
+    };
+    HelperNode { work, cfg, inventory }
+}
+
+fn verify(node: &HelperNode, c: &Cluster) -> Output {
+    let dev = c.dev_root().display().to_string();
+    let gres = c.dir().join("gres.conf").display().to_string();
+    let inv = c.dir().join("flexmig.toml").display().to_string();
+    let conf = c.conf().display().to_string();
+    helper(&[
+        "--fake-node",
+        &node.path("node.toml"),
+        "--dev-root",
+        &dev,
+        "--mig-minors",
+        &node.path("mig-minors"),
+        "verify",
+        "--gres-conf",
+        &gres,
+        "--inventory",
+        &inv,
+        "--slurm-conf",
+        &conf,
+        "--node-name",
+        "localhost",
+    ])
+}
+
+/// One line per task: `<procid> <step gpus> <FLEXMIG_GPU> <FLEXMIG_PROFILE> <NCCL_MIG_ID>`.
+const TASK_LINE: &str = "echo \"$SLURM_PROCID ${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-none}} ${FLEXMIG_GPU:-none} ${FLEXMIG_PROFILE:-none} ${NCCL_MIG_ID:-none}\"";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Task {
+    gres: String,
+    gpu: String,
+    profile: String,
+    uuid: String,
+}
+
+fn parse_tasks(out: &str) -> BTreeMap<u32, Task> {
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [id, gres, gpu, profile, uuid] = f.as_slice() else { return None };
+            Some((id.parse().ok()?, Task { gres: gres.to_string(), gpu: gpu.to_string(), profile: profile.to_string(), uuid: uuid.to_string() }))
+        })
+        .collect()
+}
+
+/// Checks each task's leaf against the helper's inventory; returns the GRES indices used.
+fn check_tasks(inv: &Inventory, tasks: &BTreeMap<u32, Task>) -> Vec<u32> {
+    let mut used = Vec::new();
+    for (rank, t) in tasks {
+        let leaf = inv.leaves.iter().find(|l| l.uuid == t.uuid).unwrap_or_else(|| panic!("task {rank}: {} is not an inventory leaf: {tasks:#?}", t.uuid));
+        assert_eq!(t.gpu, leaf.gpu.to_string(), "task {rank}");
+        assert_eq!(t.profile, leaf.profile, "task {rank}");
+        assert!(!used.contains(&leaf.gres_index), "leaf bound twice: {tasks:#?}");
+        used.push(leaf.gres_index);
+    }
+    used.sort_unstable();
+    used
+}
+
+fn srun(c: &Cluster, args: &[&str]) -> Output {
+    Cluster::output(c.command("srun").args(args)).unwrap()
+}
+
+#[test]
+fn helper_config_serves_size_aware_requests_and_verify_tracks_slurmd() {
+    let node = build_node("A100-40GB", 2);
+    // The helper's order: the two doubles first, then small leaves alternating GPUs.
+    let profiles: Vec<(u32, &str)> = {
+        let mut l: Vec<_> = node.inventory.leaves.iter().collect();
+        l.sort_by_key(|l| l.gres_index);
+        l.iter().map(|l| (l.gpu, l.profile.as_str())).collect()
+    };
+    assert_eq!(&profiles[..4], &[(0, "1g.10gb"), (1, "1g.10gb"), (0, "1g.5gb"), (1, "1g.5gb")]);
+    assert_eq!(node.cfg.node_gres, "gpu:1g.10gb:2,gpu:1g.5gb:12");
+    let c = Cluster::start(&node.cfg).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // verify: NVML (the fake node), inventory, gres.conf and the real slurmd -G agree.
+    let o = verify(&node, &c);
+    assert!(o.status.success(), "{}\nslurmd -G:\n{}", text(&o), c.slurmd_g().unwrap());
+
+    // sbatch --gres=mig:6: job_submit.lua makes it 6 small leaves; the inner srun --flexmig
+    // binds one per task, 3 per GPU, ranks alternating GPUs.
+    let script = c.dir().join("job6.sh");
+    std::fs::write(&script, format!("#!/bin/bash\nsrun --flexmig bash -c '{TASK_LINE}'\n")).unwrap();
+    let out = c.dir().join("job6.out");
+    let o = Cluster::output(c.command("sbatch").args(["--wait", "--gres=mig:6", "-n6", "-o"]).arg(&out).arg(&script)).unwrap();
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log_tails());
+    let tasks = parse_tasks(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(tasks.len(), 6, "{tasks:#?}");
+    let used = check_tasks(&node.inventory, &tasks);
+    assert_eq!(used, vec![2, 3, 4, 5, 6, 7], "mig:6 must take the 6 lowest small leaves: {tasks:#?}");
+    assert!(tasks.values().all(|t| t.profile == "1g.5gb"));
+    let gpus: Vec<&str> = tasks.values().map(|t| t.gpu.as_str()).collect();
+    assert_eq!(gpus, ["0", "1", "0", "1", "0", "1"], "{tasks:#?}");
+
+    // srun --gres=mig:1 (cli_filter -> untyped gpu:1): the first double leaf.
+    let o = srun(&c, &["--gres=mig:1", "--flexmig", "bash", "-c", TASK_LINE]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(check_tasks(&node.inventory, &t), vec![0], "{t:#?}");
+    assert_eq!(t[&0].profile, "1g.10gb");
+
+    // An inner `srun --gres=mig:2` (cli_filter only) inside a mig:6 allocation: 2 small leaves.
+    let script = c.dir().join("inner.sh");
+    std::fs::write(&script, format!("#!/bin/bash\nsrun --gres=mig:2 -n2 --flexmig bash -c '{TASK_LINE}'\n")).unwrap();
+    let out = c.dir().join("inner.out");
+    let o = Cluster::output(c.command("sbatch").args(["--wait", "--gres=mig:6", "-n6", "-o"]).arg(&out).arg(&script)).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let t = parse_tasks(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(t.len(), 2, "{t:#?}");
+    let used = check_tasks(&node.inventory, &t);
+    assert!(t.values().all(|x| x.profile == "1g.5gb"), "{t:#?}");
+    assert_eq!(used, vec![2, 3], "{t:#?}");
+
+    // With both doubles busy, mig:1 falls back to a small leaf.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let o = Cluster::output(c.command("sbatch").args(["--parsable", "--gres=mig:1", "--wrap", "sleep 60"])).unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        holders.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        let o = Cluster::output(c.command("squeue").args(["-h", "-t", "R", "-o", "%i"])).unwrap();
+        if String::from_utf8_lossy(&o.stdout).lines().count() >= 2 {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 30, "holder jobs did not start:\n{}", c.log_tails());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let o = srun(&c, &["--gres=mig:1", "--flexmig", "bash", "-c", TASK_LINE]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(t[&0].profile, "1g.5gb", "fallback to a small leaf: {t:#?}");
+    assert_eq!(check_tasks(&node.inventory, &t), vec![2]);
+    let _ = Cluster::output(c.command("scancel").args(&holders));
+
+    // Bad requests fail with the filters' messages.
+    for (args, msg) in [
+        (vec!["--gres=mig:0", "true"], "mig:0"),
+        (vec!["--gres=mig:15", "true"], "a node has 14"),
+        (vec!["--gres=mig:2", "--gpus=1", "true"], "cannot be combined"),
+    ] {
+        let o = srun(&c, &args);
+        assert!(!o.status.success(), "{args:?} should fail: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(msg), "{args:?}: {}", text(&o));
+    }
+
+    // Break the order on purpose: swap a double and a small line in gres.conf. slurmd -G now
+    // gives GRES index 0 to a small leaf; verify must say so.
+    let gres = std::fs::read_to_string(c.dir().join("gres.conf")).unwrap();
+    let mut lines: Vec<&str> = gres.lines().filter(|l| l.starts_with("Name=")).collect();
+    lines.swap(0, 2);
+    c.write_file("gres.conf", &(lines.join("\n") + "\n")).unwrap();
+    let o = verify(&node, &c);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("slurmd -G record 1 (GRES index 0)") && out.contains("wrong leaf"), "{out}");
+    assert!(out.contains("gres.conf line 1 (GRES index 0)"), "{out}");
+}
+
+#[test]
+fn job_submit_alone_enforces_the_rule() {
+    // Without cli_filter (a user could bypass it), job_submit.lua still rewrites and refuses.
+    let mut node = build_node("H100-80GB", 2);
+    node.cfg.slurm_conf_extra = "JobSubmitPlugins=lua\n".into();
+    let c = Cluster::start(&node.cfg).unwrap_or_else(|e| panic!("{e:#}"));
+    let o = Cluster::output(c.command("sbatch").args(["--parsable", "--hold", "--gres=mig:4", "--wrap", "true"])).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let o = Cluster::output(c.command("scontrol").args(["show", "job", &id])).unwrap();
+    let show = String::from_utf8_lossy(&o.stdout);
+    assert!(show.contains("gpu:1g.10gb:4"), "{show}");
+    let _ = Cluster::output(c.command("scancel").arg(&id));
+    let o = Cluster::output(c.command("sbatch").args(["--gres=mig:0", "--wrap", "true"])).unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mig:0 asks for no MIG leaf"), "{}", text(&o));
+    let o = Cluster::output(c.command("sbatch").args(["--gres=mig:15", "--wrap", "true"])).unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("a node has 14"), "{}", text(&o));
+    let o = verify(&node, &c);
+    assert!(o.status.success(), "{}", text(&o));
+}
