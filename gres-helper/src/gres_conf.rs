@@ -184,7 +184,7 @@ pub fn ordered_leaves(node: &mut dyn Node, paths: &DevicePaths, minors: &MigMino
     if keyed.is_empty() {
         bail!("the node has no MIG leaves; run `flexmig-gres-helper apply` first");
     }
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|k| k.0);
     let leaves = keyed
         .into_iter()
         .enumerate()

@@ -33,7 +33,10 @@ fn plan_json_is_the_fixed_interface_for_every_recorded_model() {
         assert_eq!(inst.len(), n, "{model}");
         for (i, x) in inst.iter().enumerate() {
             assert_eq!(x.as_object().unwrap().len(), 3);
-            let want = if double.is_some() && i == n - 1 { double.unwrap() } else { small };
+            let want = match double {
+                Some(d) if i == n - 1 => d,
+                _ => small,
+            };
             assert_eq!(x["profile"], want, "{model} {out}");
         }
         assert_eq!(inst.iter().map(|x| x["size"].as_u64().unwrap()).sum::<u64>(), if n == 4 { 4 } else { 8 });

@@ -134,9 +134,9 @@ pub fn plan(model: &GpuModel) -> Result<Layout, PlanError> {
         // memory, e.g. slices 6-7), then small ones from the lowest start up.
         let mut items: Vec<(&GiProfile, bool)> = Vec::new();
         if let Some(d) = d {
-            items.extend(std::iter::repeat((d, true)).take(k as usize));
+            items.extend((0..k).map(|_| (d, true)));
         }
-        items.extend(std::iter::repeat((s, false)).take((c - k) as usize));
+        items.extend((0..c - k).map(|_| (s, false)));
         let mut used = vec![false; m as usize];
         let mut chosen = Vec::new();
         if place(&items, &mut used, &mut chosen) {
