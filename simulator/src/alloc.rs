@@ -730,6 +730,8 @@ pub struct Static {
     free_per_slot: Vec<u32>,
     free_compute: u32,
     held: Vec<Option<(u32, u8)>>,
+    small_mem: u32,
+    double_leaf_speedup: f64,
 }
 
 impl Static {
@@ -746,6 +748,8 @@ impl Static {
             free_compute: slots.iter().map(|s| s.0).sum::<u32>() * costs.gpus,
             slots,
             held: vec![None; n_jobs],
+            small_mem: geo.small_mem(),
+            double_leaf_speedup: costs.double_leaf_speedup,
         }
     }
 }
@@ -774,9 +778,15 @@ impl Allocator for Static {
         self.free_per_slot[slot] -= 1;
         self.free_compute -= self.slots[slot].0;
         self.held[idx] = Some((gpu as u32, slot as u8));
+        let (compute, _, mem) = self.slots[slot];
+        let factor = if job.size == 1 && compute == 1 && mem > self.small_mem {
+            1.0 - self.double_leaf_speedup
+        } else {
+            1.0
+        };
         Some(Grant {
-            factor: 1.0,
-            slices: self.slots[slot].0,
+            factor,
+            slices: compute,
             ..Grant::default()
         })
     }

@@ -105,14 +105,36 @@ impl Geometry {
         Ok(leaves)
     }
 
-    /// 1g + 2g + 4g (small 1g; the smallest-memory 2g and 4g), where the model has them.
+    /// 1g + 2g + 4g (the smallest-memory 2g and 4g; the 1g with the most memory that still
+    /// fits beside them, so all memory is used: A100-40GB 1g.10gb + 2g.10gb + 4g.20gb), where
+    /// the model has them.
     fn plan_static(&self) -> Vec<(usize, u32)> {
         let pick = |c: u32| self.profiles.iter().position(|p| p.compute == c);
-        let want: Vec<usize> = [1, 2, 4].into_iter().filter_map(pick).collect();
-        match self.pack(&want) {
-            Some(starts) => want.into_iter().zip(starts).collect(),
-            None => Vec::new(),
+        let (Some(two), Some(four)) = (pick(2), pick(4)) else {
+            return Vec::new();
+        };
+        let mut ones: Vec<usize> = (0..self.profiles.len())
+            .filter(|&p| self.profiles[p].compute == 1)
+            .collect();
+        ones.sort_by_key(|&p| std::cmp::Reverse(self.profiles[p].mem));
+        for one in ones {
+            let want = [one, two, four];
+            if let Some(starts) = self.pack(&want) {
+                return want.into_iter().zip(starts).collect();
+            }
         }
+        Vec::new()
+    }
+
+    /// Memory slices of the smallest 1g profile (a one-slice job on a 1g with more memory
+    /// runs `double_leaf_speedup` faster).
+    pub fn small_mem(&self) -> u32 {
+        self.profiles
+            .iter()
+            .filter(|p| p.compute == 1)
+            .map(|p| p.mem)
+            .min()
+            .unwrap_or(1)
     }
 
     /// The exact Dynamic-MIG profile for a request of `slices` compute slices: the fewest
@@ -233,14 +255,14 @@ mod tests {
     }
 
     #[test]
-    fn static_layout_is_1g_2g_4g() {
+    fn static_layout_is_1g_2g_4g_using_all_memory() {
         let g = h100();
         let names: Vec<&str> = g
             .static_layout
             .iter()
             .map(|&(p, _)| g.profiles[p].name.as_str())
             .collect();
-        assert_eq!(names, ["1g.10gb", "2g.20gb", "4g.40gb"]);
+        assert_eq!(names, ["1g.20gb", "2g.20gb", "4g.40gb"]);
         let four = g
             .static_layout
             .iter()

@@ -327,12 +327,22 @@ fn static_serves_small_jobs_from_larger_instances_and_rejects_large_ones() {
     ];
     let run = simulate(&jobs, &geo, Mode::Sm, &plain(1, Scheduler::Fifo)).unwrap();
     check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Sm);
-    // s1 on the 1g, s2 on the 2g, s3 on the 4g; m (2 slices) and t wait until 100.
-    let sizes: Vec<u32> = (0..3)
-        .map(|j| run.segments.iter().find(|s| s.job == j).unwrap().hold.size)
+    // s1 on the 1g (1g.10gb@6, both memory slices), s2 on the 2g@4, s3 on the 4g@0; m
+    // (2 slices) and t wait until 100.
+    let holds: Vec<(u32, u32)> = (0..3)
+        .map(|j| {
+            let h = run.segments.iter().find(|s| s.job == j).unwrap().hold;
+            (h.start, h.size)
+        })
         .collect();
-    assert_eq!(sizes, [1, 2, 4]);
+    assert_eq!(holds, [(6, 2), (4, 2), (0, 4)]);
     assert_eq!(times(&run)[3..], [(100.0, 110.0), (100.0, 110.0)]);
+    // A one-slice job on the 1g.10gb has twice the small memory: the double-leaf speed-up
+    // applies to it, not to one on the 2g.
+    let mut fast = plain(1, Scheduler::Fifo);
+    fast.costs.double_leaf_speedup = 0.2;
+    let sped = simulate(&jobs, &geo, Mode::Sm, &fast).unwrap();
+    assert_eq!(times(&sped)[..2], [(0.0, 80.0), (0.0, 100.0)]);
     // s3 holds 4 slices for 100 s: utilization counts what is held.
     assert!(
         (run.metrics.utilization - (100.0 * 7.0 + 10.0 * 2.0 + 10.0 * 1.0) / (7.0 * 110.0)).abs()
