@@ -201,6 +201,7 @@ impl FakeNode {
     }
 
     /// The parsed file.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn file(&self) -> &FakeNodeFile {
         &self.file
     }

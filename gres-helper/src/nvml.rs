@@ -39,6 +39,34 @@ impl NvmlNode {
         let nvml = Nvml::init().context(
             "cannot initialise NVML (libnvidia-ml.so.1): is the NVIDIA driver installed? On a machine without GPUs use --fake-node",
         )?;
+        // The raw functions panic when called while missing: check them all up front.
+        let lib = nvml.lib();
+        let missing: Vec<&str> = [
+            ("nvmlDeviceGetGpuInstanceProfileInfoV", lib.nvmlDeviceGetGpuInstanceProfileInfoV.is_ok()),
+            ("nvmlDeviceGetGpuInstancePossiblePlacements_v2", lib.nvmlDeviceGetGpuInstancePossiblePlacements_v2.is_ok()),
+            ("nvmlDeviceGetGpuInstances", lib.nvmlDeviceGetGpuInstances.is_ok()),
+            ("nvmlDeviceGetGpuInstanceById", lib.nvmlDeviceGetGpuInstanceById.is_ok()),
+            ("nvmlDeviceCreateGpuInstanceWithPlacement", lib.nvmlDeviceCreateGpuInstanceWithPlacement.is_ok()),
+            ("nvmlGpuInstanceGetInfo", lib.nvmlGpuInstanceGetInfo.is_ok()),
+            ("nvmlGpuInstanceDestroy", lib.nvmlGpuInstanceDestroy.is_ok()),
+            ("nvmlGpuInstanceGetComputeInstanceProfileInfo", lib.nvmlGpuInstanceGetComputeInstanceProfileInfo.is_ok()),
+            ("nvmlGpuInstanceGetComputeInstances", lib.nvmlGpuInstanceGetComputeInstances.is_ok()),
+            ("nvmlGpuInstanceCreateComputeInstance", lib.nvmlGpuInstanceCreateComputeInstance.is_ok()),
+            ("nvmlComputeInstanceGetInfo_v2", lib.nvmlComputeInstanceGetInfo_v2.is_ok()),
+            ("nvmlComputeInstanceDestroy", lib.nvmlComputeInstanceDestroy.is_ok()),
+            ("nvmlDeviceGetGpuInstanceId", lib.nvmlDeviceGetGpuInstanceId.is_ok()),
+            ("nvmlDeviceGetComputeInstanceId", lib.nvmlDeviceGetComputeInstanceId.is_ok()),
+        ]
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| n)
+        .collect();
+        if !missing.is_empty() {
+            bail!(
+                "this NVIDIA driver's NVML lacks {}: flexmig needs a driver with MIG placement support (R510 or newer); upgrade the driver",
+                missing.join(", ")
+            );
+        }
         Ok(NvmlNode { nvml })
     }
 
@@ -271,6 +299,13 @@ impl Node for NvmlNode {
         let dev = self.device(gpu)?;
         let mut procs = dev.running_compute_processes().unwrap_or_default();
         procs.extend(dev.running_graphics_processes().unwrap_or_default());
+        // With MIG on, also ask every MIG device: what the parent lists differs by driver.
+        for j in 0..dev.mig_device_count().unwrap_or(0) {
+            if let Ok(mig) = dev.mig_device_by_index(j) {
+                procs.extend(mig.running_compute_processes().unwrap_or_default());
+                procs.extend(mig.running_graphics_processes().unwrap_or_default());
+            }
+        }
         let mut out: Vec<GpuProcess> = procs
             .into_iter()
             .map(|p| GpuProcess {
