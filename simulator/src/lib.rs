@@ -20,6 +20,16 @@ use serde_json::{json, Map, Value};
 use sim::{simulate, Config};
 use trace::Job;
 
+/// The jobs that both Flex-MIG and Dynamic-MIG can run on this cluster (Static-MIG's
+/// limit of 4 slices is a property of the mode, so it is not applied here).
+pub fn drop_oversized(jobs: Vec<Job>, geo: &Geometry, cfg: &Config) -> Vec<Job> {
+    let fm = alloc::build(Mode::Fm, geo, &cfg.costs, 0);
+    let dm = alloc::build(Mode::Dm, geo, &cfg.costs, 0);
+    jobs.into_iter()
+        .filter(|j| fm.admissible(j).is_ok() && dm.admissible(j).is_ok())
+        .collect()
+}
+
 /// Runs all three modes on one trace: the `compare --json` object. A mode that cannot run
 /// some job of the trace is `null`, with the reason under `"not_admissible"`.
 pub fn compare(jobs: &[Job], geo: &Geometry, cfg: &Config) -> Value {

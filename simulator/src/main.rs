@@ -139,6 +139,10 @@ struct WorkloadArgs {
     /// sacct: jobs of this partition are inference jobs.
     #[arg(long)]
     inference_partition: Option<String>,
+    /// Leave out (and count on stderr) jobs that Flex-MIG or Dynamic-MIG could not run on
+    /// this cluster at all (wider than a node), instead of reporting that mode as null.
+    #[arg(long)]
+    drop_oversized: bool,
 }
 
 impl ClusterArgs {
@@ -209,8 +213,19 @@ fn real_main() -> Result<()> {
         } => {
             anyhow::ensure!(cluster.gpus > 0, "--gpus must be at least 1");
             let geo = cluster.geometry()?;
-            let jobs = workload.jobs(&geo, cluster.gpus)?;
-            let out = flexmig_sim::compare(&jobs, &geo, &cluster.config());
+            let mut jobs = workload.jobs(&geo, cluster.gpus)?;
+            let cfg = cluster.config();
+            if workload.drop_oversized {
+                let before = jobs.len();
+                jobs = flexmig_sim::drop_oversized(jobs, &geo, &cfg);
+                if jobs.len() < before {
+                    eprintln!(
+                        "flexmig-sim: left out {} of {before} jobs wider than one node",
+                        before - jobs.len()
+                    );
+                }
+            }
+            let out = flexmig_sim::compare(&jobs, &geo, &cfg);
             if json {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {

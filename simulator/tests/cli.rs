@@ -148,6 +148,33 @@ fn sacct_input_and_errors() {
     assert_eq!(v["config"]["jobs"], 3);
     check_mode(&v["FM"]);
     assert!(v["SM"].is_null());
+    // A whole-node job (8 GPUs = 56 slices) is wider than the 2-GPU node: FM and DM are
+    // null unless it is left out.
+    let wide = dir.path().join("wide.txt");
+    let text = std::fs::read_to_string(&path).unwrap()
+        + "4|2024-05-01T10:02:00|2024-05-01T12:00:00|2024-05-01T13:00:00|cpu=64,gres/gpu=8|gpu\n";
+    std::fs::write(&wide, text).unwrap();
+    let (ok, out, err) = sim(&["compare", "--sacct", wide.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["FM"].is_null() && v["DM"].is_null());
+    assert!(v["not_admissible"]["FM"]
+        .as_str()
+        .unwrap()
+        .contains("job 4"));
+    let (ok, out, err) = sim(&[
+        "compare",
+        "--sacct",
+        wide.to_str().unwrap(),
+        "--drop-oversized",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("left out 1 of 4 jobs"), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["config"]["jobs"], 3);
+    check_mode(&v["FM"]);
+    check_mode(&v["DM"]);
     let (ok, _, err) = sim(&["compare", "--model", "Z100", "--json"]);
     assert!(!ok);
     assert!(err.contains("Z100") && err.contains("A100-40GB"), "{err}");
