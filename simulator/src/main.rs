@@ -149,8 +149,26 @@ impl ClusterArgs {
     fn geometry(&self) -> Result<Geometry> {
         Geometry::from_model(&load_model(&self.model)?)
     }
-    fn config(&self) -> Config {
-        Config {
+    fn config(&self) -> Result<Config> {
+        anyhow::ensure!(self.gpus > 0, "--gpus must be at least 1");
+        for (name, v) in [
+            ("--reconfig-s", self.reconfig_s),
+            ("--ckpt-save-s", self.ckpt_save_s),
+            ("--ckpt-load-s", self.ckpt_load_s),
+            ("--one-to-many-slowdown", self.one_to_many_slowdown),
+            ("--cross-gpu-slowdown", self.cross_gpu_slowdown),
+        ] {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{name} must be a non-negative number, not {v}"
+            );
+        }
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.double_leaf_speedup),
+            "--double-leaf-speedup must be in [0, 1), not {}",
+            self.double_leaf_speedup
+        );
+        Ok(Config {
             scheduler: self.scheduler,
             backfill_window: self.backfill_window,
             record: false,
@@ -164,7 +182,7 @@ impl ClusterArgs {
                 cross_gpu_slowdown: self.cross_gpu_slowdown,
                 double_leaf_speedup: self.double_leaf_speedup,
             },
-        }
+        })
     }
 }
 
@@ -185,6 +203,10 @@ impl WorkloadArgs {
             return parse_sacct(&text, &opt)
                 .with_context(|| format!("parsing sacct output {}", p.display()));
         }
+        anyhow::ensure!(
+            self.load.is_finite() && self.load > 0.0,
+            "--load must be a positive number (offered load, e.g. 0.9 or 2)"
+        );
         Ok(generate(&Synthetic {
             distribution: self.distribution,
             mix: self.mix,
@@ -211,10 +233,9 @@ fn real_main() -> Result<()> {
             workload,
             json,
         } => {
-            anyhow::ensure!(cluster.gpus > 0, "--gpus must be at least 1");
             let geo = cluster.geometry()?;
             let mut jobs = workload.jobs(&geo, cluster.gpus)?;
-            let cfg = cluster.config();
+            let cfg = cluster.config()?;
             if workload.drop_oversized {
                 let before = jobs.len();
                 jobs = flexmig_sim::drop_oversized(jobs, &geo, &cfg);
@@ -233,6 +254,7 @@ fn real_main() -> Result<()> {
             }
         }
         Cmd::Generate { cluster, workload } => {
+            cluster.config()?;
             let geo = cluster.geometry()?;
             print!("{}", to_csv(&workload.jobs(&geo, cluster.gpus)?));
         }
@@ -246,7 +268,7 @@ fn real_main() -> Result<()> {
             let study = Study {
                 traces,
                 load,
-                base: cluster.config(),
+                base: cluster.config()?,
             };
             let table = write_all(&geo, &study, &out)?;
             println!("{table}");
