@@ -364,6 +364,31 @@ mod tests {
     }
 
     #[test]
+    fn device_files_follow_the_gpu_minor_not_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let mut f = FakeNodeFile::create("A100-80GB", 2, true).unwrap();
+        f.gpus[0].minor = Some(3);
+        f.gpus[1].minor = Some(1);
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let minors = MigMinors::parse(&fake_mig_minors(&[1, 3]), "t").unwrap();
+        let (_, leaves) = ordered_leaves(&mut node, &DevicePaths::default(), &minors).unwrap();
+        let l0 = &leaves[0];
+        assert_eq!(l0.gpu, 0);
+        assert_eq!(l0.files[0], std::path::PathBuf::from("/dev/nvidia3"));
+        let gi_minor = crate::fake::fake_cap_minor(3, l0.gi, None);
+        assert_eq!(l0.files[1], std::path::PathBuf::from(format!("/dev/nvidia-caps/nvidia-cap{gi_minor}")));
+        assert_eq!(leaves[1].files[0], std::path::PathBuf::from("/dev/nvidia1"));
+        // Minors of GPU minor 0 (the index) would be wrong: none are listed, so it fails clearly.
+        let wrong = MigMinors::parse(&fake_mig_minors(&[0, 1]), "t").unwrap();
+        let e = format!("{:#}", ordered_leaves(&mut node, &DevicePaths::default(), &wrong).unwrap_err());
+        assert!(e.contains("no entry gpu3/gi"), "{e}");
+    }
+
+    #[test]
     fn a30_has_no_double_type() {
         let (_d, mut node, minors) = applied("A30", 1);
         let (_, leaves) = ordered_leaves(&mut node, &DevicePaths::default(), &minors).unwrap();

@@ -135,6 +135,9 @@ impl NvmlNode {
                 eprintln!("flexmig-gres-helper: NVML lists no MIG profiles for {name} (MIG mode off?); using the recorded {} table", m.name);
                 return m;
             }
+            eprintln!(
+                "flexmig-gres-helper: NVML lists no MIG profiles for {name} and flexmig has no recorded table for it: if it supports MIG, enable MIG mode (nvidia-smi -i <gpu> -mig 1) so NVML reports its geometry"
+            );
         }
         let compute_slices = profiles.iter().map(|p| p.compute_slices).max().unwrap_or(0);
         let memory_slices = profiles.iter().flat_map(|p| p.placements.iter().map(move |s| s + p.memory_slices)).max().unwrap_or(0);
