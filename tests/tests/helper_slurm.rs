@@ -12,7 +12,7 @@ use flexmig_integration::{Cluster, ClusterConfig, DEFAULT_PLUGSTACK};
 use leaf_model::Inventory;
 
 /// The helper binary: `$FLEXMIG_GRES_HELPER`, else `<target>/debug/flexmig-gres-helper`
-/// (built here if missing).
+/// (`cargo test --workspace` builds it; alone: `cargo build -p flexmig-gres-helper`).
 fn helper_bin() -> PathBuf {
     if let Ok(p) = std::env::var("FLEXMIG_GRES_HELPER") {
         return PathBuf::from(p);
@@ -21,11 +21,7 @@ fn helper_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug/flexmig-gres-helper");
-    if !p.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo).args(["build", "-p", "flexmig-gres-helper"]).status().expect("run cargo build");
-        assert!(st.success(), "building flexmig-gres-helper failed");
-    }
+    assert!(p.exists(), "{} not found: build it first (cargo build -p flexmig-gres-helper) or set FLEXMIG_GRES_HELPER", p.display());
     p
 }
 
