@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo build -q -p flexmig-spank -p flexmig-gres-helper -p flexmig-integration --bins
+cargo build -q -p flexmig-spank
+cargo build -q -p flexmig-gres-helper -p flexmig-integration --bins
 exec target/debug/flexmig-demo "$@"
