@@ -304,3 +304,24 @@ fn job_submit_alone_enforces_the_rule() {
     let o = verify(&node, &c);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn a30_node_without_double_leaves() {
+    // A30: 4 x 1g.6gb per GPU, no double profile; the policy has double_type = nil.
+    let node = build_node("A30", 2);
+    assert_eq!(node.cfg.node_gres, "gpu:1g.6gb:8");
+    let c = Cluster::start(&node.cfg).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(verify(&node, &c).status.success());
+    let o = srun(&c, &["--gres=mig:1", "--flexmig", "bash", "-c", TASK_LINE]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(check_tasks(&node.inventory, &t), vec![0]);
+    assert_eq!(t[&0].profile, "1g.6gb");
+    let o = srun(&c, &["--gres=mig:8", "-n8", "--flexmig", "bash", "-c", TASK_LINE]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(check_tasks(&node.inventory, &t), (0..8).collect::<Vec<_>>());
+    let o = srun(&c, &["--gres=mig:9", "true"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("a node has 8"), "{}", text(&o));
+}
