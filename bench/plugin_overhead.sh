@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build -q --release -p flexmig-spank
 cargo build -q --release -p flexmig-integration --bins
+echo "# bash bench/plugin_overhead.sh ${1:-40}: $(date -u +%F), $(nproc) cores, Slurm $(dpkg-query -W -f='${Version}' slurm-client), release build"
 FLEXMIG_SPANK_SO="$PWD/target/release/libflexmig_spank.so" target/release/flexmig-bench-plugin "${1:-40}"
