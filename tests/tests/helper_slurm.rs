@@ -5,144 +5,22 @@
 //! on purpose.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use flexmig_integration::{Cluster, ClusterConfig, DEFAULT_PLUGSTACK};
+use flexmig_integration::helper_node::{self, HelperNode};
+use flexmig_integration::Cluster;
 use leaf_model::Inventory;
-
-/// The helper binary: `$FLEXMIG_GRES_HELPER`, else `<target>/debug/flexmig-gres-helper`
-/// (`cargo test --workspace` builds it; alone: `cargo build -p flexmig-gres-helper`).
-fn helper_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("FLEXMIG_GRES_HELPER") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("debug/flexmig-gres-helper");
-    assert!(p.exists(), "{} not found: build it first (cargo build -p flexmig-gres-helper) or set FLEXMIG_GRES_HELPER", p.display());
-    p
-}
 
 fn text(o: &Output) -> String {
     format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn helper(args: &[&str]) -> Output {
-    Command::new(helper_bin()).args(args).output().expect("run flexmig-gres-helper")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn slurm_conf_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../slurm-conf")
-}
-
-/// The emulated node built with the helper.
-struct HelperNode {
-    work: tempfile::TempDir,
-    cfg: ClusterConfig,
-    inventory: Inventory,
-}
-
-impl HelperNode {
-    fn path(&self, name: &str) -> String {
-        self.work.path().join(name).display().to_string()
-    }
-}
-
-/// `fake-node create` + `apply` + `fake-node devices` (for the mig-minors file) + `gres-conf`
-/// with the device root left as the harness's `@DEV@` placeholder.
 fn build_node(model: &str, gpus: u32) -> HelperNode {
-    let work = tempfile::tempdir().unwrap();
-    let p = |n: &str| work.path().join(n).display().to_string();
-    ok(helper(&["fake-node", "create", "--model", model, "--gpus", &gpus.to_string(), "--mig-disabled", &p("node.toml")]));
-    ok(helper(&["--fake-node", &p("node.toml"), "apply"]));
-    ok(helper(&["--fake-node", &p("node.toml"), "assert"]));
-    ok(helper(&["--fake-node", &p("node.toml"), "--dev-root", &p("dev"), "--mig-minors", &p("mig-minors"), "fake-node", "devices"]));
-    ok(helper(&[
-        "--fake-node",
-        &p("node.toml"),
-        "--dev-root",
-        "@DEV@",
-        "--mig-minors",
-        &p("mig-minors"),
-        "gres-conf",
-        "--gres-conf",
-        &p("gres.conf"),
-        "--inventory",
-        &p("flexmig.toml"),
-        "--node-conf",
-        &p("node.conf"),
-        "--policy",
-        &p("flexmig_policy.lua"),
-        "--node-name",
-        "localhost",
-    ]));
-    let read = |n: &str| std::fs::read_to_string(work.path().join(n)).unwrap();
-    let gres_conf = read("gres.conf");
-    let node_line = read("node.conf");
-    let node_gres = node_line
-        .lines()
-        .find(|l| l.starts_with("NodeName="))
-        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("Gres=")))
-        .expect("Gres= in the node line")
-        .to_string();
-    // Device files to mknod: every path gres.conf names, relative to @DEV@.
-    let mut devices: Vec<String> = gres_conf
-        .lines()
-        .filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("MultipleFiles=")))
-        .flat_map(|v| v.split(','))
-        .map(|f| f.strip_prefix("@DEV@/").expect("files under @DEV@").to_string())
-        .collect();
-    devices.sort();
-    devices.dedup();
-    let mut files: Vec<(String, String)> = ["job_submit.lua", "cli_filter.lua", "flexmig_filter.lua"]
-        .iter()
-        .map(|n| (n.to_string(), std::fs::read_to_string(slurm_conf_dir().join(n)).unwrap()))
-        .collect();
-    files.push(("flexmig_policy.lua".into(), read("flexmig_policy.lua")));
-    let inv_text = read("flexmig.toml");
-    let inventory = Inventory::parse(&inv_text, "helper inventory").unwrap();
-    let cfg = ClusterConfig {
-        node_gres,
-        gres_conf,
-        inventory: Some(inv_text),
-        plugstack: DEFAULT_PLUGSTACK.to_string(),
-        slurm_conf_extra: "JobSubmitPlugins=lua\nCliFilterPlugins=lua\n".into(),
-        files,
-        devices,
-        cpus: 16,
-    };
-    HelperNode { work, cfg, inventory }
+    helper_node::build(model, gpus).unwrap()
 }
 
 fn verify(node: &HelperNode, c: &Cluster) -> Output {
-    let dev = c.dev_root().display().to_string();
-    let gres = c.dir().join("gres.conf").display().to_string();
-    let inv = c.dir().join("flexmig.toml").display().to_string();
-    let conf = c.conf().display().to_string();
-    helper(&[
-        "--fake-node",
-        &node.path("node.toml"),
-        "--dev-root",
-        &dev,
-        "--mig-minors",
-        &node.path("mig-minors"),
-        "verify",
-        "--gres-conf",
-        &gres,
-        "--inventory",
-        &inv,
-        "--slurm-conf",
-        &conf,
-        "--node-name",
-        "localhost",
-    ])
+    helper_node::verify(node, c).unwrap()
 }
 
 /// One line per task: `<procid> <step gpus> <FLEXMIG_GPU> <FLEXMIG_PROFILE> <NCCL_MIG_ID>`.

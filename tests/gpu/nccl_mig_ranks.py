@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Run N torch.distributed ranks on one GPU, each as its own emulated MIG leaf, and check
+all_reduce, all_gather, reduce_scatter, broadcast and send/recv results exactly.
+
+Driver:  nccl_mig_ranks.py run --ranks 4 --label patched-4 --log DIR [--preload LIB]
+         [--mig-ids distinct|same|none] [--env K=V ...] [--expect ok|fail:TEXT]
+Worker:  started by the driver with RANK/WORLD_SIZE/... in its environment.
+
+The driver prints one summary line:
+  CASE <label> ranks=<n> result=<PASS|FAIL> nccl=<ver> shm=<lines> p2p=<lines> net=<lines> busbw64M=<GB/s> note=<...>
+and exits 0 when the outcome matched --expect.
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.abspath(__file__)
+
+
+def worker():
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    n = int(os.environ["WORLD_SIZE"])
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    dist.init_process_group("nccl", device_id=dev)  # eager NCCL init: duplicate checks fire here
+    ver = ".".join(str(x) for x in torch.cuda.nccl.version())
+    checks = {}
+
+    def check(name, got, want):
+        ok = torch.equal(got, want)
+        checks[name] = ok
+        if not ok:
+            bad = (got != want).nonzero()
+            print(f"rank {rank}: {name} MISMATCH at {bad[:5].tolist()}", flush=True)
+
+    # all_reduce (int64 and float32 holding small integers: exact), an odd size to hit tails
+    m = 1_000_003
+    base = torch.arange(m, device=dev, dtype=torch.int64)
+    t = base * (rank + 1)
+    dist.all_reduce(t)
+    check("all_reduce_i64", t, base * (n * (n + 1) // 2))
+    f = (base % 1024).float() * (rank + 1)
+    dist.all_reduce(f)
+    check("all_reduce_f32", f, (base % 1024).float() * (n * (n + 1) // 2))
+
+    # all_gather
+    c = 1 << 18
+    mine = torch.arange(c, device=dev, dtype=torch.int32) + rank * 1_000_000
+    out = torch.empty(n * c, device=dev, dtype=torch.int32)
+    dist.all_gather_into_tensor(out, mine)
+    want = torch.cat([torch.arange(c, device=dev, dtype=torch.int32) + r * 1_000_000 for r in range(n)])
+    check("all_gather", out, want)
+
+    # reduce_scatter
+    inp = torch.arange(n * c, device=dev, dtype=torch.int32) + rank
+    got = torch.empty(c, device=dev, dtype=torch.int32)
+    dist.reduce_scatter_tensor(got, inp)
+    chunk = torch.arange(rank * c, (rank + 1) * c, device=dev, dtype=torch.int32)
+    check("reduce_scatter", got, chunk * n + n * (n - 1) // 2)
+
+    # broadcast from the last rank
+    root = n - 1
+    b = torch.arange(c, device=dev, dtype=torch.int64) * 7 if rank == root else torch.zeros(c, device=dev, dtype=torch.int64)
+    dist.broadcast(b, src=root)
+    check("broadcast", b, torch.arange(c, device=dev, dtype=torch.int64) * 7)
+
+    # send/recv around the ring
+    s = torch.full((c,), rank + 1, device=dev, dtype=torch.int32)
+    r = torch.empty(c, device=dev, dtype=torch.int32)
+    ops = [dist.P2POp(dist.isend, s, (rank + 1) % n), dist.P2POp(dist.irecv, r, (rank - 1) % n)]
+    for w in dist.batch_isend_irecv(ops):
+        w.wait()
+    check("send_recv", r, torch.full((c,), (rank - 1) % n + 1, device=dev, dtype=torch.int32))
+
+    # all_reduce bus bandwidth at 64 MiB (nccl-tests definition: size * 2(n-1)/n / time)
+    x = torch.ones(16 << 20, device=dev, dtype=torch.float32)
+    for _ in range(3):
+        dist.all_reduce(x)
+    torch.cuda.synchronize()
+    dist.barrier()
+    iters = 10
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(x)
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / iters
+    busbw = x.numel() * 4 * 2 * (n - 1) / n / dt / 1e9
+
+    dist.barrier()
+    dist.destroy_process_group()
+    print("RESULT " + json.dumps({"rank": rank, "nccl": ver, "checks": checks, "busbw": busbw}), flush=True)
+    sys.exit(0 if all(checks.values()) else 3)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def driver(args):
+    os.makedirs(args.log, exist_ok=True)
+    n = args.ranks
+    port = free_port()
+    procs = []
+    logs = []
+    for rank in range(n):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES=env.get("CUDA_VISIBLE_DEVICES", "0"),
+            NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1",
+        )
+        env.pop("NCCL_MIG_ID", None)
+        if args.mig_ids == "distinct":
+            env["NCCL_MIG_ID"] = f"MIG-00000000-0000-0000-0000-0000000000{rank:02d}"
+        elif args.mig_ids == "same":
+            env["NCCL_MIG_ID"] = "MIG-00000000-0000-0000-0000-000000000000"
+        if args.preload:
+            env["LD_PRELOAD"] = args.preload
+        for kv in args.env:
+            k, v = kv.split("=", 1)
+            env[k] = v
+        path = os.path.join(args.log, f"{args.label}.rank{rank}.log")
+        fh = open(path, "w")
+        logs.append(path)
+        procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
+    deadline = time.time() + args.timeout
+    codes = []
+    for p, fh in procs:
+        try:
+            codes.append(p.wait(timeout=max(1, deadline - time.time())))
+        except subprocess.TimeoutExpired:
+            codes.append("timeout")
+    for p, fh in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        fh.close()
+
+    text = ""
+    for path in logs:
+        with open(path, errors="replace") as fh:
+            text += fh.read()
+    results = [json.loads(l[len("RESULT "):]) for l in text.splitlines() if l.startswith("RESULT ")]
+    conn = [l for l in text.splitlines() if re.search(r"Channel \d+(/\d+)? : \d+\[\d+\] -> \d+\[\d+\]", l)]
+    shm = sum(" via SHM" in l for l in conn)
+    p2p = sum(" via P2P" in l for l in conn)
+    net = sum(" via NET" in l for l in conn)
+    all_ok = len(results) == n and all(all(r["checks"].values()) for r in results) and all(c == 0 for c in codes)
+    ver = results[0]["nccl"] if results else "-"
+    busbw = f"{results[0]['busbw']:.2f}" if results else "-"
+    note = []
+    for needle in ("Duplicate GPU detected", "Multiple Ranks are using the same GPU", "flexmig-mig-patch/1"):
+        if needle in text:
+            note.append(needle)
+    bad = sorted({k for r in results for k, v in r["checks"].items() if not v})
+    if bad:
+        note.append("wrong:" + ",".join(bad))
+    if not all_ok:
+        note.append("exit=" + ",".join(str(c) for c in codes))
+    if args.expect == "ok":
+        matched = all_ok
+        if args.require_shm and (shm == 0 or p2p > 0):
+            matched = False
+            note.append("expected SHM only")
+    else:
+        want = args.expect.split(":", 1)[1] if ":" in args.expect else ""
+        matched = (not all_ok) and want in text
+    print(
+        f"CASE {args.label} ranks={n} result={'PASS' if all_ok else 'FAIL'} expected={args.expect} "
+        f"{'OK' if matched else 'UNEXPECTED'} nccl={ver} shm={shm} p2p={p2p} net={net} busbw64M={busbw}GB/s "
+        f"note={'|'.join(note) or '-'}",
+        flush=True,
+    )
+    sys.exit(0 if matched else 1)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker()
+        return
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--ranks", type=int, required=True)
+    r.add_argument("--label", required=True)
+    r.add_argument("--log", required=True)
+    r.add_argument("--preload", default="")
+    r.add_argument("--mig-ids", choices=["distinct", "same", "none"], default="distinct")
+    r.add_argument("--env", action="append", default=[])
+    r.add_argument("--expect", default="ok")
+    r.add_argument("--require-shm", action="store_true")
+    r.add_argument("--timeout", type=float, default=180)
+    driver(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()
