@@ -71,7 +71,7 @@ fn macro_value(expanded: &str, key: &str) -> String {
 
 fn parse_c_int(s: &str) -> u64 {
     let s = s.trim_matches(|c| c == '(' || c == ')' || c == ' ');
-    let s = s.trim_end_matches(|c: char| c == 'u' || c == 'U' || c == 'l' || c == 'L');
+    let s = s.trim_end_matches(['u', 'U', 'l', 'L']);
     if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         u64::from_str_radix(h, 16).unwrap()
     } else {

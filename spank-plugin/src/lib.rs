@@ -40,8 +40,11 @@ pub static spank_plugin_version: c_uint = 1;
 
 /// Called in every context (srun, sbatch/salloc, slurmstepd, slurmd): checks the plugstack
 /// arguments and registers `--flexmig[=MODE]`.
+///
+/// # Safety
+/// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
 #[no_mangle]
-pub extern "C" fn slurm_spank_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
     let ctx = ffi::context();
     slurm_log::init(matches!(ctx, Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR));
     ffi::guard("slurm_spank_init", || {
@@ -78,8 +81,11 @@ extern "C" fn option_callback(_val: c_int, optarg: *const c_char, remote: c_int)
 
 /// Runs in each forked task as root, before the task becomes the user: makes sure the leaf
 /// lock files exist (root-owned, so users cannot tamper with them).
+///
+/// # Safety
+/// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
 #[no_mangle]
-pub extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
     ffi::guard("slurm_spank_task_init_privileged", || {
         let _span = tracing::debug_span!("task_init_privileged").entered();
         // SAFETY: sp is the handle of this callback.
@@ -101,8 +107,11 @@ pub extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, ac: c_int, 
 }
 
 /// Runs in each forked task, as the user, after Slurm set the GPU variables and before exec.
+///
+/// # Safety
+/// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
 #[no_mangle]
-pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
     ffi::guard("slurm_spank_task_init", || {
         let _span = tracing::debug_span!("task_init").entered();
         // SAFETY: sp is the handle of this callback.
