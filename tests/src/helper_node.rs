@@ -4,6 +4,7 @@
 //! filters of `slurm-conf/` enabled.
 
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context as _, Result};
@@ -17,17 +18,7 @@ use crate::{Cluster, ClusterConfig, DEFAULT_PLUGSTACK};
 /// # Errors
 /// When it has not been built.
 pub fn helper_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("FLEXMIG_GRES_HELPER") {
-        return Ok(PathBuf::from(p));
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("debug/flexmig-gres-helper");
-    if !p.exists() {
-        bail!("{} not found: build it first (cargo build -p flexmig-gres-helper) or set FLEXMIG_GRES_HELPER", p.display());
-    }
-    Ok(p)
+    crate::built_artifact("FLEXMIG_GRES_HELPER", "flexmig-gres-helper", "flexmig-gres-helper")
 }
 
 /// Runs the helper and returns its output, whatever its exit status.

@@ -127,22 +127,31 @@ pub struct Cluster {
     plugin: PathBuf,
 }
 
-/// The built plugin: `$FLEXMIG_SPANK_SO`, else `<target>/debug/libflexmig_spank.so`.
+/// A build artifact of this workspace: `$<env_var>` if set, else `<target>/debug/<file>`
+/// (target from `CARGO_TARGET_DIR`, default the workspace's `target/`).
 ///
 /// # Errors
-/// When it has not been built.
-pub fn plugin_so() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("FLEXMIG_SPANK_SO") {
+/// When it has not been built; the message says how to build it.
+pub fn built_artifact(env_var: &str, file: &str, package: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let p = target.join("debug/libflexmig_spank.so");
+    let p = target.join("debug").join(file);
     if !p.exists() {
-        bail!("{} not found: build the plugin first (cargo build -p flexmig-spank) or set FLEXMIG_SPANK_SO", p.display());
+        bail!("{} not found: build it first (cargo build -p {package}) or set {env_var}", p.display());
     }
     Ok(p)
+}
+
+/// The built plugin: `$FLEXMIG_SPANK_SO`, else `<target>/debug/libflexmig_spank.so`.
+///
+/// # Errors
+/// When it has not been built.
+pub fn plugin_so() -> Result<PathBuf> {
+    built_artifact("FLEXMIG_SPANK_SO", "libflexmig_spank.so", "flexmig-spank")
 }
 
 /// Creates the unprivileged test user if it does not exist.
