@@ -22,7 +22,8 @@
 #   FLEXMIG_HELPER  the helper binary (default: built here with cargo)
 #   WORK            build and install area (default /tmp/flexmig-nccl-gpu)
 #   LOGS            where logs and summary.txt go (default $WORK/logs)
-#   SKIP_NEW=1      skip the stock >= 2.30 part
+#   PARTS           which parts run: "patched new" (default); "patched" = 2.28.9 only, "new" = >= 2.30 only
+#   CASE_TIMEOUT    seconds one case may take (default 120)
 # Exit status: 0 when every case behaved as expected.
 set -uo pipefail
 
@@ -54,31 +55,42 @@ fi
 pick_src() { # newest entry of $NCCL_SRC matching a glob
   ls -d "$NCCL_SRC"/$1 2>/dev/null | sort -V | tail -1
 }
-OLD_SRC=$(pick_src 'nccl-2.28.9*')
-NEW_SRC=$(pick_src 'nccl-2.3[0-9]*')
-[ -n "$OLD_SRC" ] || { say "FATAL: no nccl-2.28.9 source under $NCCL_SRC (see the header of this script)"; exit 2; }
-if [ "${SKIP_NEW:-0}" = 1 ] || [ -z "$NEW_SRC" ]; then NEW_SRC=""; say "note: stock >= 2.30 part skipped"; fi
+PARTS=${PARTS:-patched new}
+OLD_SRC=""; NEW_SRC=""
+if [[ " $PARTS " == *" patched "* ]]; then
+  OLD_SRC=$(pick_src 'nccl-2.28.9*')
+  [ -n "$OLD_SRC" ] || { say "FATAL: no nccl-2.28.9 source under $NCCL_SRC (see the header of this script)"; exit 2; }
+fi
+if [[ " $PARTS " == *" new "* ]]; then
+  NEW_SRC=$(pick_src 'nccl-2.3[0-9]*')
+  [ -n "$NEW_SRC" ] || { say "FATAL: no nccl-2.3x source under $NCCL_SRC"; exit 2; }
+fi
+export CASE_TIMEOUT=${CASE_TIMEOUT:-120}
 
 # 1. builds, in parallel
 PATCHED=$WORK/nccl-2.28.9-flexmig
 STOCKNEW=$WORK/nccl-new-stock
 t0=$(date +%s)
-"$HELPER" nccl install --source "$OLD_SRC" --prefix "$PATCHED" >"$LOGS/build-2.28.9.log" 2>&1 &
-P1=$!
+if [ -n "$OLD_SRC" ]; then
+  "$HELPER" nccl install --source "$OLD_SRC" --prefix "$PATCHED" >"$LOGS/build-2.28.9.log" 2>&1 &
+  P1=$!
+fi
 if [ -n "$NEW_SRC" ]; then
   "$HELPER" nccl install --source "$NEW_SRC" --prefix "$STOCKNEW" >"$LOGS/build-new.log" 2>&1 &
   P2=$!
 fi
-wait $P1; R1=$?
-say "build patched 2.28.9 with the helper: rc=$R1 after $(( $(date +%s) - t0 )) s"
-grep -E "^nccl install:|^nccl=" "$LOGS/build-2.28.9.log" | tee -a "$SUMMARY"
+if [ -n "$OLD_SRC" ]; then
+  wait $P1; R1=$?
+  say "build patched 2.28.9 with the helper: rc=$R1 after $(( $(date +%s) - t0 )) s"
+  grep -E "^nccl install:|^nccl=" "$LOGS/build-2.28.9.log" | tee -a "$SUMMARY"
+  [ $R1 = 0 ] || { tail -40 "$LOGS/build-2.28.9.log"; say "FATAL: patched build failed"; exit 1; }
+fi
 if [ -n "$NEW_SRC" ]; then
   wait $P2; R2=$?
   say "build stock $(basename "$NEW_SRC") with the helper: rc=$R2 after $(( $(date +%s) - t0 )) s"
   grep -E "^nccl install:|^nccl=" "$LOGS/build-new.log" | tee -a "$SUMMARY"
   [ $R2 = 0 ] || { tail -30 "$LOGS/build-new.log"; NEW_SRC=""; FAILED=1; }
 fi
-[ $R1 = 0 ] || { tail -40 "$LOGS/build-2.28.9.log"; say "FATAL: patched build failed"; exit 1; }
 LIB=$PATCHED/lib/libnccl.so.2
 NEWLIB=$STOCKNEW/lib/libnccl.so.2
 
@@ -90,24 +102,26 @@ hits = [p for r in roots for p in glob.glob(os.path.join(r, "nvidia", "**", "lib
 print(hits[0] if hits else "")
 EOF
 )
-for l in "$LIB" ${NEW_SRC:+"$NEWLIB"} ${TORCH_NCCL:+"$TORCH_NCCL"}; do
+for l in ${OLD_SRC:+"$LIB"} ${NEW_SRC:+"$NEWLIB"} ${TORCH_NCCL:+"$TORCH_NCCL"}; do
   "$HELPER" nccl status "$l" | tee -a "$SUMMARY"; echo "  (exit ${PIPESTATUS[0]})" | tee -a "$SUMMARY"
 done
 
 case_() { # label ranks expect [driver args...]
   local label=$1 n=$2 expect=$3; shift 3
-  $PY "$RANKS_PY" run --label "$label" --ranks "$n" --log "$LOGS" --expect "$expect" "$@" | tee -a "$SUMMARY"
+  $PY "$RANKS_PY" run --label "$label" --ranks "$n" --log "$LOGS" --expect "$expect" --timeout "$CASE_TIMEOUT" "$@" | tee -a "$SUMMARY"
   [ "${PIPESTATUS[0]}" = 0 ] || FAILED=1
 }
 
-# 3. patched: 2, 4, 7 leaves of one GPU, SHM only
-for n in 2 4 7; do
-  case_ "patched-2.28.9-$n" "$n" ok --preload "$LIB" --mig-ids distinct --require-shm
-done
-# 4. refusals
-case_ patched-same-mig-id 2 "fail:Duplicate GPU detected" --preload "$LIB" --mig-ids same
-case_ patched-no-mig-id 2 "fail:Duplicate GPU detected" --preload "$LIB" --mig-ids none
-case_ stock-2.28.9-torch 2 "fail:Duplicate GPU detected" --mig-ids distinct
+if [ -n "$OLD_SRC" ]; then
+  # 3. patched: 2, 4, 7 leaves of one GPU, SHM only
+  for n in 2 4 7; do
+    case_ "patched-2.28.9-$n" "$n" ok --preload "$LIB" --mig-ids distinct --require-shm
+  done
+  # 4. refusals
+  case_ patched-same-mig-id 2 "fail:Duplicate GPU detected" --preload "$LIB" --mig-ids same
+  case_ patched-no-mig-id 2 "fail:Duplicate GPU detected" --preload "$LIB" --mig-ids none
+  case_ stock-2.28.9-torch 2 "fail:Duplicate GPU detected" --mig-ids distinct
+fi
 
 # 5. stock >= 2.30 with the variable the plugin exports
 if [ -n "$NEW_SRC" ]; then

@@ -133,17 +133,20 @@ def driver(args):
         fh = open(path, "w")
         logs.append(path)
         procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
+    # Wait for all; once one rank fails, give the others 15 s (they may hang waiting for it).
     deadline = time.time() + args.timeout
+    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
+        if any(p.poll() not in (None, 0) for p, _ in procs):
+            deadline = min(deadline, time.time() + 15)
+        time.sleep(0.2)
     codes = []
-    for p, fh in procs:
-        try:
-            codes.append(p.wait(timeout=max(1, deadline - time.time())))
-        except subprocess.TimeoutExpired:
-            codes.append("timeout")
     for p, fh in procs:
         if p.poll() is None:
             p.kill()
             p.wait()
+            codes.append("killed")
+        else:
+            codes.append(p.returncode)
         fh.close()
 
     text = ""
@@ -156,7 +159,9 @@ def driver(args):
     p2p = sum(" via P2P" in l for l in conn)
     net = sum(" via NET" in l for l in conn)
     all_ok = len(results) == n and all(all(r["checks"].values()) for r in results) and all(c == 0 for c in codes)
-    ver = results[0]["nccl"] if results else "-"
+    # torch.cuda.nccl.version() reports the NCCL torch was built with; the log has the one loaded.
+    loaded = re.search(r"NCCL version (\d+\.\d+\.\d+)", text)
+    ver = loaded.group(1) if loaded else "-"
     busbw = f"{results[0]['busbw']:.2f}" if results else "-"
     note = []
     for needle in ("Duplicate GPU detected", "Multiple Ranks are using the same GPU", "flexmig-mig-patch/1"):
