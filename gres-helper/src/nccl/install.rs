@@ -30,8 +30,11 @@ pub struct InstallArgs {
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Only detect the version and check that the patch applies; change nothing, build nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "patch_only")]
     pub check_only: bool,
+    /// Copy the source into the work directory and patch it, but do not build (CI compiles a few files itself).
+    #[arg(long)]
+    pub patch_only: bool,
 }
 
 pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
@@ -58,16 +61,12 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
     }
 
     let prefix = absolute(args.prefix.as_deref().context("--prefix is required")?)?;
-    let cuda_home = find_cuda_home(args.cuda_home.as_deref())?;
-    let archs = match &args.arch {
-        Some(list) => parse_arch_list(list)?,
-        None => detect_archs()?,
-    };
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4));
     let work = match &args.work_dir {
         Some(w) => absolute(w)?,
         None => prefix.join("src").join(format!("nccl-{version}")),
     };
+    // Before any copying: fail early on a missing toolkit.
+    let cuda_home = if args.patch_only { None } else { Some(find_cuda_home(args.cuda_home.as_deref())?) };
 
     prepare_work_dir(&source, &work)?;
     match plan {
@@ -77,6 +76,15 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
         },
         Plan::StockMultiRank => println!("{}", stock_note(version)),
     }
+    let Some(cuda_home) = cuda_home else {
+        println!("nccl install: patched tree ready in {} (--patch-only: not built)", work.display());
+        return Ok(0);
+    };
+    let archs = match &args.arch {
+        Some(list) => parse_arch_list(list)?,
+        None => detect_archs()?,
+    };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4));
 
     let gencode = gencode_flags(&archs);
     println!("nccl install: building in {} with {} for {} ({jobs} jobs)", work.display(), cuda_home.display(), gencode);
