@@ -35,6 +35,9 @@ pub struct InstallArgs {
     /// Copy the source into the work directory and patch it, but do not build (CI compiles a few files itself).
     #[arg(long)]
     pub patch_only: bool,
+    /// Build the release as it is, without the flexmig patch (for comparisons).
+    #[arg(long, conflicts_with_all = ["check_only", "patch_only"])]
+    pub no_patch: bool,
 }
 
 pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
@@ -70,6 +73,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
 
     prepare_work_dir(&source, &work)?;
     match plan {
+        _ if args.no_patch => println!("nccl install: --no-patch: building NCCL {version} as it is"),
         Plan::Patch(p) => match patch::apply_tree(&work, p.diff)? {
             Applicability::Applies => println!("nccl install: applied {}", p.name),
             Applicability::AlreadyApplied => println!("nccl install: {} was already applied", p.name),
@@ -99,7 +103,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
     let library = prefix.join("lib/libnccl.so.2");
     let kind = status::classify_file(&library)?;
     println!("nccl install: {}: {kind}", library.display());
-    if !kind.usable() {
+    if !kind.usable() && !args.no_patch {
         bail!("the installed library is not usable for flexmig (see above)");
     }
     println!("nccl install: done. Add this argument to the flexmig line of plugstack.conf:");
@@ -109,8 +113,9 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
 
 fn stock_note(version: NcclVersion) -> String {
     format!(
-        "nccl install: NCCL {version} needs no flexmig patch: stock NCCL >= {} runs several ranks per GPU \
-         with NCCL_MULTI_RANK_GPU_ENABLE=1, which the flexmig plugin exports",
+        "nccl install: NCCL {version} gets no flexmig patch: stock NCCL >= {} runs several ranks per GPU \
+         with NCCL_MULTI_RANK_GPU_ENABLE=1, which the flexmig plugin exports; note that it connects ranks \
+         on one GPU with P2P (no guard between MIG leaves; the 2.30.7 patch adds one)",
         NcclVersion::MULTI_RANK_GPU
     )
 }

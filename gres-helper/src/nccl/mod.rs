@@ -41,10 +41,10 @@ pub fn run(cmd: NcclCommand) -> anyhow::Result<i32> {
             for p in patch::PATCHES {
                 let files = patch::parse_diff(p.diff)?;
                 let hunks: usize = files.iter().map(|f| f.hunks.len()).sum();
-                println!("NCCL {}: {} ({} files, {} hunks)", p.version, p.name, files.len(), hunks);
+                println!("NCCL {}: {} ({} files, {} hunks): {}", p.version, p.name, files.len(), hunks, p.summary);
             }
             println!(
-                "NCCL >= {}: no patch; stock NCCL with NCCL_MULTI_RANK_GPU_ENABLE=1",
+                "other NCCL >= {}: no patch; stock NCCL with NCCL_MULTI_RANK_GPU_ENABLE=1 (no P2P guard between leaves)",
                 version::NcclVersion::MULTI_RANK_GPU
             );
             Ok(0)

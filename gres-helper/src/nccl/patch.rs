@@ -17,20 +17,38 @@ pub const PATCH_MARKER: &str = "flexmig-mig-patch/";
 pub struct EmbeddedPatch {
     pub version: NcclVersion,
     pub name: &'static str,
+    /// What the patch does, in a few words.
+    pub summary: &'static str,
     pub diff: &'static str,
 }
+
+const FULL: &str = "MIG ids in peer info, synthetic topology bus ids, no P2P/NVLS between leaves of one GPU";
 
 /// Every patch flexmig carries, oldest release first.
 pub const PATCHES: &[EmbeddedPatch] = &[
     EmbeddedPatch {
+        version: NcclVersion::new(2, 21, 5),
+        name: "nccl-2.21.5.patch",
+        summary: FULL,
+        diff: include_str!("../../../nccl-patch/nccl-2.21.5.patch"),
+    },
+    EmbeddedPatch {
         version: NcclVersion::new(2, 28, 9),
         name: "nccl-2.28.9.patch",
+        summary: FULL,
         diff: include_str!("../../../nccl-patch/nccl-2.28.9.patch"),
     },
     EmbeddedPatch {
         version: NcclVersion::new(2, 29, 7),
         name: "nccl-2.29.7.patch",
+        summary: FULL,
         diff: include_str!("../../../nccl-patch/nccl-2.29.7.patch"),
+    },
+    EmbeddedPatch {
+        version: NcclVersion::new(2, 30, 7),
+        name: "nccl-2.30.7.patch",
+        summary: "P2P guard only (stock 2.30 runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1 but connects them with P2P/CUMEM)",
+        diff: include_str!("../../../nccl-patch/nccl-2.30.7.patch"),
     },
 ];
 
@@ -310,7 +328,10 @@ mod tests {
     fn selection() {
         assert!(matches!(select(NcclVersion::new(2, 28, 9)).unwrap(), Plan::Patch(p) if p.name == "nccl-2.28.9.patch"));
         assert!(matches!(select(NcclVersion::new(2, 29, 7)).unwrap(), Plan::Patch(_)));
-        assert!(matches!(select(NcclVersion::new(2, 30, 7)).unwrap(), Plan::StockMultiRank));
+        assert!(matches!(select(NcclVersion::new(2, 21, 5)).unwrap(), Plan::Patch(p) if p.name == "nccl-2.21.5.patch"));
+        assert!(matches!(select(NcclVersion::new(2, 30, 7)).unwrap(), Plan::Patch(p) if p.summary.starts_with("P2P guard")));
+        assert!(matches!(select(NcclVersion::new(2, 30, 4)).unwrap(), Plan::StockMultiRank));
+        assert!(matches!(select(NcclVersion::new(2, 32, 3)).unwrap(), Plan::StockMultiRank));
         let err = format!("{:#}", select(NcclVersion::new(2, 27, 3)).unwrap_err());
         assert!(err.contains("no flexmig patch for NCCL 2.27.3") && err.contains("2.28.9"), "{err}");
     }
