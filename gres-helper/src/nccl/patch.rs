@@ -336,6 +336,22 @@ mod tests {
         assert!(err.contains("no flexmig patch for NCCL 2.27.3") && err.contains("2.28.9"), "{err}");
     }
 
+    /// Where a developer keeps pristine NCCL trees (git-ignored); the test skips releases not there.
+    #[test]
+    fn embedded_patches_apply_to_pristine_trees_when_present() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.nccl/src");
+        for p in PATCHES {
+            let tree = root.join(format!("nccl-{}", p.version));
+            if !tree.join("makefiles/version.mk").is_file() {
+                continue;
+            }
+            assert_eq!(super::super::version::source_version(&tree).unwrap(), p.version);
+            let (state, files) = check_tree(&tree, p.diff).unwrap_or_else(|e| panic!("{}: {e:#}", p.name));
+            assert_eq!(state, Applicability::Applies, "{}", p.name);
+            assert!(files.values().any(|t| t.contains(PATCH_MARKER)), "{}", p.name);
+        }
+    }
+
     #[test]
     fn embedded_patches_parse_and_carry_the_marker() {
         for p in PATCHES {
