@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Collective bandwidth between emulated MIG leaves of one GPU (issue 6, benchmark 1).
+
+Each leaf is one rank on GPU 0 with its own NCCL_MIG_ID, launched with the environment the
+flexmig plugin exports (CUDA_VISIBLE_DEVICES, NCCL_MIG_ID, NCCL_MULTI_RANK_GPU_ENABLE=1, RANK,
+WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+
+  nccl_leaves.py copy                       pinned host<->device copy bandwidth (the bound)
+  nccl_leaves.py run --variant V --ranks K  one communicator of K ranks, all sizes, both collectives
+      variants: patched (LD_PRELOAD patched NCCL, SHM), net (PyTorch's stock NCCL with a distinct
+      NCCL_HOSTID per rank: the NET/socket workaround), multirank (stock NCCL >= 2.30 with
+      NCCL_MULTI_RANK_GPU_ENABLE=1)
+      --lib PATH (the library to preload), --mps (ranks get CUDA_MPS_ACTIVE_THREAD_PERCENTAGE),
+      --env K=V (extra settings), --sizes, --colls, --tag
+Each run prints one line `RESULT {json}`: per collective and size the time and bus bandwidth
+(nccl-tests definitions: all_reduce busbw = S*2(k-1)/k/t, all_gather busbw = S*(k-1)/k/t with S
+the gathered bytes), the max over ranks, plus the transports NCCL logged.
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.abspath(__file__)
+KIB = 1024
+DEFAULT_SIZES = [8 * KIB, 64 * KIB, 512 * KIB, 4 << 20, 32 << 20, 256 << 20]
+
+
+def iters_for(size):
+    if size <= (1 << 20):
+        return 20
+    if size <= (32 << 20):
+        return 5
+    return 3
+
+
+def worker():
+    import torch
+    import torch.distributed as dist
+
+    rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    sizes = [int(s) for s in os.environ["BENCH_SIZES"].split(",")]
+    colls = os.environ["BENCH_COLLS"].split(",")
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    dist.init_process_group("nccl", device_id=dev)
+    out = []
+    for coll in colls:
+        for size in sizes:
+            if coll == "all_reduce":
+                x = torch.ones(size // 4, device=dev, dtype=torch.float32)
+                op = lambda: dist.all_reduce(x)  # noqa: E731
+                factor = 2 * (n - 1) / n
+            else:  # all_gather: `size` is the gathered output
+                per = max(size // 4 // n, 1)
+                x = torch.ones(per, device=dev, dtype=torch.float32)
+                y = torch.empty(per * n, device=dev, dtype=torch.float32)
+                op = lambda: dist.all_gather_into_tensor(y, x)  # noqa: E731
+                factor = (n - 1) / n
+            for _ in range(2):
+                op()
+            torch.cuda.synchronize()
+            dist.barrier()
+            it = iters_for(size)
+            t0 = time.perf_counter()
+            for _ in range(it):
+                op()
+            torch.cuda.synchronize()
+            dt = (time.perf_counter() - t0) / it
+            t = torch.tensor([dt], device=dev, dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            dt = t.item()
+            out.append({"coll": coll, "bytes": size, "iters": it, "time_s": dt, "busbw_GBs": size * factor / dt / 1e9})
+            del x
+            if coll == "all_gather":
+                del y
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        print("RESULT " + json.dumps(out), flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args):
+    n = args.ranks
+    port = free_port()
+    logdir = args.log or tempfile.mkdtemp(prefix="nccl-leaves-")
+    os.makedirs(logdir, exist_ok=True)
+    label = f"{args.variant}{'-mps' if args.mps else ''}-{n}{('-' + args.tag) if args.tag else ''}"
+    procs, logs = [], []
+    for rank in range(n):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="0",
+            NCCL_MIG_ID=f"MIG-f1e0{rank:04x}-0000-4000-8000-000000000000", NCCL_MULTI_RANK_GPU_ENABLE="1",
+            NCCL_DEBUG="INFO", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1",
+            BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_COLLS=",".join(args.colls),
+        )
+        env.pop("LD_PRELOAD", None)
+        if args.variant in ("patched", "multirank"):
+            env["LD_PRELOAD"] = args.lib
+        if args.variant == "net":
+            # The workaround people use today: each rank pretends to be its own host.
+            env["NCCL_HOSTID"] = f"flexmig-leaf-{rank}"
+            env["NCCL_SOCKET_IFNAME"] = "lo"
+            env.pop("NCCL_MIG_ID")
+        if args.mps:
+            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_percent)
+        for kv in args.env:
+            k, v = kv.split("=", 1)
+            env[k] = v
+        path = os.path.join(logdir, f"{label}.rank{rank}.log")
+        fh = open(path, "w")
+        logs.append(path)
+        procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
+    deadline = time.time() + args.timeout
+    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
+        if any(p.poll() not in (None, 0) for p, _ in procs):
+            deadline = min(deadline, time.time() + 10)
+        time.sleep(0.2)
+    codes = []
+    for p, fh in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            codes.append("timeout")
+        else:
+            codes.append(p.returncode)
+        fh.close()
+    text = "".join(open(p, errors="replace").read() for p in logs)
+    res = [json.loads(l[len("RESULT "):]) for l in text.splitlines() if l.startswith("RESULT ")]
+    conn = [l for l in text.splitlines() if re.search(r"Channel \d+(/\d+)? : \d+\[\d+\] -> \d+\[\d+\]", l)]
+    transports = {t: sum(f" via {t}" in l for l in conn) for t in ("SHM", "P2P", "NET")}
+    # e.g. "via SHM/direct/direct" or "via SHM/CE/direct": whether copy engines move the data.
+    via = sorted({m.group(1) for l in conn for m in [re.search(r" via (\S+)", l)] if m})
+    ver = re.search(r"NCCL version (\d+\.\d+\.\d+)", text)
+    err = ""
+    if not res:
+        errs = [l for l in text.splitlines() if "error" in l.lower() or "Error" in l]
+        err = (errs[-1] if errs else text.strip().splitlines()[-1:] or ["no output"])[-1][:300] if text.strip() else "no output"
+    line = {
+        "label": label, "variant": args.variant, "ranks": n, "mps": args.mps, "env": args.env, "tag": args.tag,
+        "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "exit": codes,
+        "results": res[0] if res else [], "error": err,
+    }
+    print("RESULT " + json.dumps(line), flush=True)
+
+
+def copy_bench():
+    import torch
+    size = 256 << 20
+    h = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    h2 = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+    d = torch.empty(size, dtype=torch.uint8, device="cuda")
+    d2 = torch.empty(size, dtype=torch.uint8, device="cuda")
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def timed(fn, reps=10):
+        for _ in range(2):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    h2d = size / timed(lambda: d.copy_(h, non_blocking=True)) / 1e9
+    d2h = size / timed(lambda: h.copy_(d, non_blocking=True)) / 1e9
+
+    def both():
+        with torch.cuda.stream(s1):
+            d.copy_(h, non_blocking=True)
+        with torch.cuda.stream(s2):
+            h2.copy_(d2, non_blocking=True)
+
+    bidir = 2 * size / timed(both) / 1e9
+    print("RESULT " + json.dumps({"pinned_copy_GBs": {"h2d": h2d, "d2h": d2h, "bidirectional_total": bidir}, "bytes": size}), flush=True)
+
+
+def summarize():
+    """One line per run result read from stdin: label, transports, bus bandwidth at 256 MiB."""
+    for line in sys.stdin:
+        d = json.loads(line)
+        r = {(x["coll"], x["bytes"]): x["busbw_GBs"] for x in d["results"]}
+        big = [f"{c} {r[(c, s)]:.2f}" for c in ("all_reduce", "all_gather") for s in (256 << 20,) if (c, s) in r]
+        print(f"  {d['label']:<48} nccl={d['nccl']} {','.join(d.get('via', []))} busbw@256MiB GB/s: {' '.join(big) or d['error']}", flush=True)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        summarize()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker()
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "copy":
+        copy_bench()
+        return
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--variant", choices=["patched", "net", "multirank"], required=True)
+    r.add_argument("--ranks", type=int, required=True)
+    r.add_argument("--lib", default="")
+    r.add_argument("--mps", action="store_true")
+    r.add_argument("--mps-percent", type=int, default=14)
+    r.add_argument("--env", action="append", default=[])
+    r.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=DEFAULT_SIZES)
+    r.add_argument("--colls", type=lambda s: s.split(","), default=["all_reduce", "all_gather"])
+    r.add_argument("--tag", default="")
+    r.add_argument("--log", default="")
+    r.add_argument("--timeout", type=float, default=90)
+    run(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Collective bandwidth between emulated MIG leaves of one GPU (issue 6, benchmark 1), on a GPU
+# machine (MIG mode is never touched: leaves are emulated as ranks sharing GPU 0, each with its
+# own NCCL_MIG_ID). One command:
+#
+#   bash bench/nccl_leaves.sh
+#
+# Builds patched NCCL 2.28.9 and stock NCCL >= 2.30 with `flexmig-gres-helper nccl install`,
+# measures the pinned host<->device copy bandwidth (the bound), then for 2, 4 and 7 leaves,
+# 8 KiB..256 MiB, all_reduce and all_gather: patched NCCL over SHM, the NET workaround (stock
+# 2.28.9, one NCCL_HOSTID per rank), stock >= 2.30 with NCCL_MULTI_RANK_GPU_ENABLE=1; plainly
+# and under CUDA MPS (each rank ~1/7 of the SMs, as a leaf would have). Then SHM settings
+# side by side (PHASES=tune). Results: one JSON line per run in $OUTDIR/nccl_leaves.jsonl;
+# bench/nccl_leaves_report.py turns them into tables and plots.
+#
+# Environment: NCCL_SRC (holds nccl-2.28.9/ and nccl-2.3x/; default <repo>/.nccl/src),
+# FLEXMIG_HELPER (default: cargo-built), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out),
+# PHASES ("build copy main tune"), MODES ("plain mps"), RANKS ("2 4 7"), TUNE_RANKS ("2 7"),
+# TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all).
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
+WORK=${WORK:-/tmp/flexmig-bench}
+OUTDIR=${OUTDIR:-$WORK/out}
+PHASES=${PHASES:-build copy main tune}
+MODES=${MODES:-plain mps}
+RANKS=${RANKS:-2 4 7}
+PY=${PYTHON:-python3}
+B="$REPO/bench/nccl_leaves.py"
+mkdir -p "$WORK" "$OUTDIR"
+J="$OUTDIR/nccl_leaves.jsonl"
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+# NVLink multicast stays off on shared machines.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+# Only the kernels these benchmarks and PyTorch's barrier/DDP use: builds in a fraction of the
+# time of a full library (make reads ONLY_FUNCS from the environment; see src/device/generate.py).
+export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum (f32|bf16) * *"}
+
+HELPER=${FLEXMIG_HELPER:-}
+if [ -z "$HELPER" ]; then
+  (cd "$REPO" && cargo build -q --release -p flexmig-gres-helper) || exit 2
+  HELPER="${CARGO_TARGET_DIR:-$REPO/target}/release/flexmig-gres-helper"
+fi
+PATCHED=$WORK/patched-2.28.9/lib/libnccl.so.2
+NEW=$WORK/stock-new/lib/libnccl.so.2
+
+echo "== nccl_leaves on $(hostname), $(date -u +%FT%TZ); phases: $PHASES; modes: $MODES" | tee "$OUTDIR/nccl_leaves.log"
+nvidia-smi --query-gpu=name,driver_version,mig.mode.current,pci.bus_id --format=csv,noheader | tee -a "$OUTDIR/nccl_leaves.log"
+echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader)\", \"cpus\": $(nproc), \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+
+if has build; then
+  t0=$(date +%s)
+  [ -f "$PATCHED" ] || "$HELPER" nccl install --source "$NCCL_SRC/nccl-2.28.9" --prefix "$WORK/patched-2.28.9" >"$WORK/build-patched.log" 2>&1 &
+  newsrc=$(ls -d "$NCCL_SRC"/nccl-2.3[0-9]* 2>/dev/null | sort -V | tail -1)
+  [ -f "$NEW" ] || "$HELPER" nccl install --source "$newsrc" --prefix "$WORK/stock-new" --no-patch >"$WORK/build-new.log" 2>&1 &
+  wait
+  echo "builds done in $(( $(date +%s) - t0 )) s" | tee -a "$OUTDIR/nccl_leaves.log"
+  for l in "$PATCHED" "$NEW"; do "$HELPER" nccl status "$l" 2>&1 | tee -a "$OUTDIR/nccl_leaves.log"; done
+  [ -f "$PATCHED" ] || { tail -20 "$WORK/build-patched.log"; exit 2; }
+fi
+
+mps_start() {
+  export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps-pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && sleep 1
+}
+mps_stop() {
+  echo quit | nvidia-cuda-mps-control 2>/dev/null
+  sleep 2
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+}
+trap 'mps_stop >/dev/null 2>&1' EXIT
+
+one() { # args for nccl_leaves.py run
+  $PY "$B" run --log "$WORK/logs" "$@" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J" | $PY "$B" summarize
+}
+
+if has copy; then
+  $PY "$B" copy | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J"
+fi
+
+for mode in $MODES; do
+  mflag=""
+  if [ "$mode" = mps ]; then mps_start || { echo "MPS did not start"; continue; }; mflag="--mps"; fi
+  if has main; then
+    for k in $RANKS; do
+      one --variant patched --lib "$PATCHED" --ranks "$k" $mflag
+      one --variant net --ranks "$k" $mflag
+      [ -f "$NEW" ] && one --variant multirank --lib "$NEW" --ranks "$k" $mflag
+    done
+  fi
+  if has tune; then
+    # SHM settings side by side on the patched library, all_reduce at 4-256 MiB.
+    TUNE=${TUNE:-"base NCCL_SHM_USE_CUDA_MEMCPY=1 NCCL_CUMEM_HOST_ENABLE=0 NCCL_MIN_NCHANNELS=16 NCCL_BUFFSIZE=16777216 NCCL_NTHREADS=512 NCCL_PROTO=Simple NCCL_SHM_USE_CUDA_MEMCPY=1,NCCL_MIN_NCHANNELS=8"}
+    for k in ${TUNE_RANKS:-2 7}; do
+      for s in $TUNE; do
+        envs=()
+        if [ "$s" != base ]; then IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done; fi
+        one --variant patched --lib "$PATCHED" --ranks "$k" $mflag --colls all_reduce --sizes 4194304,33554432,268435456 --tag "tune:$s" "${envs[@]}"
+      done
+    done
+  fi
+  [ "$mode" = mps ] && mps_stop
+done
+echo "== done $(date -u +%FT%TZ)" | tee -a "$OUTDIR/nccl_leaves.log"
