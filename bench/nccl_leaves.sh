@@ -16,7 +16,8 @@
 # Environment: NCCL_SRC (holds nccl-2.28.9/ and nccl-2.3x/; default <repo>/.nccl/src),
 # FLEXMIG_HELPER (default: cargo-built), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out),
 # PHASES ("build copy main tune"), MODES ("plain mps"), RANKS ("2 4 7"), TUNE_RANKS ("2 7"),
-# TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all).
+# TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all), BUILD_NEW=0
+# (skip the stock >= 2.30 build).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
@@ -52,7 +53,7 @@ if has build; then
   t0=$(date +%s)
   [ -f "$PATCHED" ] || "$HELPER" nccl install --source "$NCCL_SRC/nccl-2.28.9" --prefix "$WORK/patched-2.28.9" >"$WORK/build-patched.log" 2>&1 &
   newsrc=$(ls -d "$NCCL_SRC"/nccl-2.3[0-9]* 2>/dev/null | sort -V | tail -1)
-  [ -f "$NEW" ] || "$HELPER" nccl install --source "$newsrc" --prefix "$WORK/stock-new" --no-patch >"$WORK/build-new.log" 2>&1 &
+  [ -f "$NEW" ] || [ "${BUILD_NEW:-1}" = 0 ] || "$HELPER" nccl install --source "$newsrc" --prefix "$WORK/stock-new" --no-patch >"$WORK/build-new.log" 2>&1 &
   wait
   echo "builds done in $(( $(date +%s) - t0 )) s" | tee -a "$OUTDIR/nccl_leaves.log"
   for l in "$PATCHED" "$NEW"; do "$HELPER" nccl status "$l" 2>&1 | tee -a "$OUTDIR/nccl_leaves.log"; done

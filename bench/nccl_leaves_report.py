@@ -12,6 +12,7 @@ import os
 from collections import defaultdict
 
 MIB = 1 << 20
+DDP = []  # bench/ddp_step.py results
 SIZES_LABEL = {8192: "8K", 65536: "64K", 524288: "512K", 4 * MIB: "4M", 32 * MIB: "32M", 256 * MIB: "256M"}
 
 
@@ -20,7 +21,10 @@ def load(paths):
     for p in paths:
         for line in open(p):
             d = json.loads(line)
-            if "pinned_copy_GBs" in d:
+            if "model" in d:
+                d["_file"] = p
+                DDP.append(d)
+            elif "pinned_copy_GBs" in d:
                 copy = d["pinned_copy_GBs"]
             elif "machine" in d:
                 meta.append(d)
@@ -118,6 +122,45 @@ def main():
             v = busbw(d[s], "all_reduce", 256 * MIB) if s in d else None
             cells.append("-" if v is None else (f"{fmt(v)} ({v / base:.2f}x)" if base else fmt(v)))
         lines.append(f"| {'MPS' if mps else 'plain'} | {k} | " + " | ".join(cells) + " |")
+    if DDP:
+        lines.append("")
+        lines.append("Training step under MPS (bench/ddp_step.sh): samples/s of the whole job, step time, share of the step spent in")
+        lines.append("gradient communication (1 - no_sync step / synced step), and throughput against one process with k/7 of the GPU")
+        lines.append("and k times the batch (one bigger instance, no communication):")
+        lines.append("")
+        lines.append("| model | leaves k | one instance samples/s | patched SHM samples/s | step ms | comm | vs one instance | NET samples/s | step ms | comm | patched / NET |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        # Side by side in one run: the first run that has a case provides it.
+        res = {}
+        for d in DDP:
+            if not d.get("tag"):
+                res.setdefault((d["model"], d["variant"], d["ranks"]), d)
+        for model in ("resnet", "transformer"):
+            for k in (2, 4, 7):
+                si, pa, ne = (res.get((model, v, k)) for v in ("single", "patched", "net"))
+                if not (si and pa and ne) or "samples_per_s" not in pa:
+                    continue
+                name = "ResNet-50, batch 32/leaf" if model == "resnet" else "transformer 6x768, batch 16x256/leaf"
+                lines.append(
+                    f"| {name} | {k} | {si['samples_per_s']:.0f} | {pa['samples_per_s']:.0f} | {pa['step_s'] * 1e3:.0f} | {pa['comm_share'] * 100:.0f}% | "
+                    f"{pa['samples_per_s'] / si['samples_per_s']:.2f} | {ne['samples_per_s']:.0f} | {ne['step_s'] * 1e3:.0f} | {ne['comm_share'] * 100:.0f}% | "
+                    f"{pa['samples_per_s'] / ne['samples_per_s']:.2f} |"
+                )
+        tuned = [d for d in DDP if d.get("tag")]
+        if tuned:
+            lines.append("")
+            lines.append("SHM settings inside the training step (patched, MPS), against the default of the same run:")
+            lines.append("")
+            lines.append("| model | leaves k | setting | samples/s | vs default | comm | outcome |")
+            lines.append("|---|---|---|---|---|---|---|")
+            for d in tuned:
+                base = next((b for b in DDP if not b.get("tag") and b["model"] == d["model"] and b["ranks"] == d["ranks"] and b["variant"] == "patched" and b["_file"] == d["_file"]), None)
+                if "samples_per_s" in d:
+                    rel = f"{d['samples_per_s'] / base['samples_per_s']:.2f}" if base and "samples_per_s" in base else "-"
+                    lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | ran |")
+                else:
+                    codes = ",".join(sorted({str(c) for c in d["exit"]}))
+                    lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | - | - | - | hung: ranks {codes} (PyTorch's NCCL watchdog aborted them) |")
     open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""A real training step over emulated MIG leaves of one GPU (issue 6, benchmark 3).
+
+  ddp_step.py run --model resnet|transformer --variant patched|net|single --ranks K [--lib L] [--mps]
+
+patched: K ranks, DistributedDataParallel over flexmig's patched NCCL (SHM between leaves);
+net:     K ranks over PyTorch's stock NCCL with one NCCL_HOSTID per rank (the NET workaround);
+single:  one process with K times the SM share and K times the batch: the same job on one
+         bigger instance, no communication.
+Ranks get the environment the flexmig plugin exports for `srun --flexmig -nK` (see
+spank-plugin/src/binding.rs): CUDA_VISIBLE_DEVICES, NCCL_MIG_ID, NCCL_MULTI_RANK_GPU_ENABLE=1,
+RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, FLEXMIG_GPU,
+FLEXMIG_PROFILE; here all leaves are on GPU 0 (emulated with MPS thread percentages).
+Step time = mean of timed steps with gradient sync; communication share = 1 - (step time under
+DDP.no_sync()) / (step time with sync). Random data, no downloads.
+Prints `RESULT {json}`.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.abspath(__file__)
+BATCH = {"resnet": 32, "transformer": 16}
+
+
+def build(model, torch):
+    if model == "resnet":
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None)
+        make = lambda b: (torch.randn(b, 3, 224, 224), torch.randint(0, 1000, (b,)))  # noqa: E731
+    else:
+        layer = torch.nn.TransformerEncoderLayer(d_model=768, nhead=12, dim_feedforward=3072, batch_first=True)
+        enc = torch.nn.TransformerEncoder(layer, num_layers=6)
+        head = torch.nn.Linear(768, 1000)
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.enc, self.head = enc, head
+
+            def forward(self, x):
+                return self.head(self.enc(x).mean(dim=1))
+
+        net = Net()
+        make = lambda b: (torch.randn(b, 256, 768), torch.randint(0, 1000, (b,)))  # noqa: E731
+    return net, make
+
+
+def worker():
+    import torch
+    import torch.distributed as dist
+
+    model, per_rank_batch = os.environ["BENCH_MODEL"], int(os.environ["BENCH_BATCH"])
+    distributed = os.environ.get("BENCH_DDP") == "1"
+    dev = torch.device("cuda", 0)
+    torch.cuda.set_device(dev)
+    if distributed:
+        dist.init_process_group("nccl", device_id=dev)
+    torch.manual_seed(0)
+    net, make = build(model, torch)
+    net = net.to(dev)
+    params = sum(p.numel() for p in net.parameters())
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[0])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = make(per_rank_batch)
+    x, y = x.to(dev), y.to(dev)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+
+    def timed(n, sync=True):
+        if distributed:
+            dist.barrier()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            if sync or not distributed:
+                step()
+            else:
+                with net.no_sync():
+                    step()
+        torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / n
+        if distributed:
+            t = torch.tensor([dt], device=dev, dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            dt = t.item()
+        return dt
+
+    for _ in range(3):
+        step()
+    t_sync = timed(10)
+    t_nosync = timed(10, sync=False) if distributed else t_sync
+    t_sync2 = timed(10)  # again, so drift shows
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed:
+        dist.destroy_process_group()
+    if rank == 0:
+        print("RESULT " + json.dumps({"params": params, "step_s": (t_sync + t_sync2) / 2, "step_nosync_s": t_nosync, "step_s_first": t_sync, "step_s_second": t_sync2}), flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(a):
+    k = a.ranks
+    nproc = 1 if a.variant == "single" else k
+    port = free_port()
+    os.makedirs(a.log, exist_ok=True)
+    label = f"{a.model}-{a.variant}{'-mps' if a.mps else ''}-{k}{('-' + a.tag) if a.tag else ''}"
+    procs, logs = [], []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(
+            BENCH_MODEL=a.model, PYTHONUNBUFFERED="1", NCCL_NVLS_ENABLE="0", CUDA_VISIBLE_DEVICES="0", NCCL_DEBUG="INFO",
+            BENCH_BATCH=str(BATCH[a.model] * (k if a.variant == "single" else 1)),
+            BENCH_DDP="0" if a.variant == "single" else "1",
+        )
+        env.pop("LD_PRELOAD", None)
+        if a.variant != "single":
+            # What the plugin exports for local task `rank` of an srun --flexmig -nK step.
+            env.update(
+                RANK=str(rank), WORLD_SIZE=str(k), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(k),
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_MULTI_RANK_GPU_ENABLE="1",
+                NCCL_MIG_ID=f"MIG-f1e0{rank:04x}-0000-4000-8000-000000000000", FLEXMIG_GPU="0", FLEXMIG_PROFILE="1g.18gb",
+            )
+        if a.variant == "patched":
+            env["LD_PRELOAD"] = a.lib
+        if a.variant == "net":
+            env["NCCL_HOSTID"] = f"flexmig-leaf-{rank}"
+            env["NCCL_SOCKET_IFNAME"] = "lo"
+            env.pop("NCCL_MIG_ID", None)
+        for kv in a.env:
+            key, val = kv.split("=", 1)
+            env[key] = val
+        if a.mps:
+            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(min(100, a.mps_percent * (k if a.variant == "single" else 1)))
+        path = os.path.join(a.log, f"{label}.rank{rank}.log")
+        fh = open(path, "w")
+        logs.append(path)
+        procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
+    deadline = time.time() + a.timeout
+    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
+        if any(p.poll() not in (None, 0) for p, _ in procs):
+            deadline = min(deadline, time.time() + 10)
+        time.sleep(0.2)
+    codes = []
+    for p, fh in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+            codes.append("timeout")
+        else:
+            codes.append(p.returncode)
+        fh.close()
+    text = "".join(open(p, errors="replace").read() for p in logs)
+    res = [json.loads(l[len("RESULT "):]) for l in text.splitlines() if l.startswith("RESULT ")]
+    via = sorted({l.split(" via ")[1].split()[0] for l in text.splitlines() if " via " in l and "Channel" in l})
+    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via}
+    if res:
+        r = res[0]
+        out.update(r)
+        out["comm_share"] = max(0.0, 1 - r["step_nosync_s"] / r["step_s"]) if a.variant != "single" else 0.0
+        out["samples_per_s"] = BATCH[a.model] * k / r["step_s"]
+    else:
+        out["error"] = (text.strip().splitlines() or ["no output"])[-1][:300]
+    print("RESULT " + json.dumps(out), flush=True)
+    s = f"{out['samples_per_s']:.1f} samples/s, step {out['step_s'] * 1e3:.1f} ms, comm {out['comm_share'] * 100:.0f}%" if res else out["error"]
+    print(f"  {label:<32} {','.join(via)} {s}", file=sys.stderr, flush=True)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker()
+        return
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--model", choices=["resnet", "transformer"], required=True)
+    r.add_argument("--variant", choices=["patched", "net", "single"], required=True)
+    r.add_argument("--ranks", type=int, required=True)
+    r.add_argument("--lib", default="")
+    r.add_argument("--mps", action="store_true")
+    r.add_argument("--mps-percent", type=int, default=14)
+    r.add_argument("--env", action="append", default=[], help="extra K=V for every rank")
+    r.add_argument("--tag", default="")
+    r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")
+    r.add_argument("--timeout", type=float, default=120)
+    run(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A real training step over emulated MIG leaves of one GPU (issue 6, benchmark 3), on a GPU
+# machine (MIG untouched). One command:
+#
+#   bash bench/ddp_step.sh
+#
+# Builds patched NCCL 2.28.9 (bench/nccl_leaves.sh PHASES=build), starts CUDA MPS (each rank
+# ~1/7 of the SMs, as a 1g leaf), and runs a torchvision ResNet-50 and a 6-layer transformer
+# encoder with DistributedDataParallel over 2, 4 and 7 leaves: patched SHM against the NET
+# workaround, and against one process with k/7 of the GPU and k times the batch (one bigger
+# instance). Results: $OUTDIR/ddp_step.jsonl.
+# Environment: as bench/nccl_leaves.sh (NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR), MODELS, RANKS,
+# VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ...").
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=${WORK:-/tmp/flexmig-bench}
+OUTDIR=${OUTDIR:-$WORK/out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUTDIR"
+J="$OUTDIR/ddp_step.jsonl"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+PHASES=build BUILD_NEW=0 MODES=none WORK=$WORK OUTDIR=$OUTDIR bash "$REPO/bench/nccl_leaves.sh" || exit 2
+LIB=$WORK/patched-2.28.9/lib/libnccl.so.2
+echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader)\", \"torch\": \"$($PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps-pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
+mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+nvidia-cuda-mps-control -d && sleep 1
+trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; sleep 2' EXIT
+for model in ${MODELS:-resnet transformer}; do
+  for k in ${RANKS:-2 4 7}; do
+    for v in ${VARIANTS:-single patched net}; do
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --lib "$LIB" --mps | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+    done
+    # SHM settings for the patched library inside a real step (TUNE="K=V[,K=V] ...").
+    for s in ${TUNE:-}; do
+      envs=(); IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --lib "$LIB" --mps --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+    done
+  done
+done
+echo "== done $(date -u +%FT%TZ)"
