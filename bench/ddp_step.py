@@ -18,12 +18,12 @@ Prints `RESULT {json}`.
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 
 HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "..", "tests", "gpu"))
+import leaf_launch  # noqa: E402
 BATCH = {"resnet": 32, "transformer": 16}
 
 
@@ -108,19 +108,13 @@ def worker():
         print("RESULT " + json.dumps({"params": params, "step_s": (t_sync + t_sync2) / 2, "step_nosync_s": t_nosync, "step_s_first": t_sync, "step_s_second": t_sync2}), flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(a):
     k = a.ranks
     nproc = 1 if a.variant == "single" else k
-    port = free_port()
+    port = leaf_launch.free_port()
     os.makedirs(a.log, exist_ok=True)
     label = f"{a.model}-{a.variant}{'-mps' if a.mps else ''}-{k}{('-' + a.tag) if a.tag else ''}"
-    procs, logs = [], []
+    envs, logs = [], []
     for rank in range(nproc):
         env = dict(os.environ)
         env.update(
@@ -130,12 +124,7 @@ def run(a):
         )
         env.pop("LD_PRELOAD", None)
         if a.variant != "single":
-            # What the plugin exports for local task `rank` of an srun --flexmig -nK step.
-            env.update(
-                RANK=str(rank), WORLD_SIZE=str(k), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(k),
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_MULTI_RANK_GPU_ENABLE="1",
-                NCCL_MIG_ID=f"MIG-f1e0{rank:04x}-0000-4000-8000-000000000000", FLEXMIG_GPU="0", FLEXMIG_PROFILE="1g.18gb",
-            )
+            env.update(leaf_launch.plugin_env(rank, k, port))
         if a.variant == "patched":
             env["LD_PRELOAD"] = a.lib
         if a.variant == "net":
@@ -147,27 +136,11 @@ def run(a):
             env[key] = val
         if a.mps:
             env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(min(100, a.mps_percent * (k if a.variant == "single" else 1)))
-        path = os.path.join(a.log, f"{label}.rank{rank}.log")
-        fh = open(path, "w")
-        logs.append(path)
-        procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
-    deadline = time.time() + a.timeout
-    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
-        if any(p.poll() not in (None, 0) for p, _ in procs):
-            deadline = min(deadline, time.time() + 10)
-        time.sleep(0.2)
-    codes = []
-    for p, fh in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-            codes.append("timeout")
-        else:
-            codes.append(p.returncode)
-        fh.close()
-    text = "".join(open(p, errors="replace").read() for p in logs)
-    res = [json.loads(l[len("RESULT "):]) for l in text.splitlines() if l.startswith("RESULT ")]
-    via = sorted({l.split(" via ")[1].split()[0] for l in text.splitlines() if " via " in l and "Channel" in l})
+        envs.append(env)
+        logs.append(os.path.join(a.log, f"{label}.rank{rank}.log"))
+    codes, text = leaf_launch.launch(HERE, envs, logs, a.timeout)
+    res = leaf_launch.results(text)
+    _, via = leaf_launch.transports(text)
     out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via}
     if res:
         r = res[0]

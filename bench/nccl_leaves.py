@@ -20,13 +20,13 @@ import argparse
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "..", "tests", "gpu"))
+import leaf_launch  # noqa: E402
 KIB = 1024
 DEFAULT_SIZES = [8 * KIB, 64 * KIB, 512 * KIB, 4 << 20, 32 << 20, 256 << 20]
 
@@ -85,25 +85,17 @@ def worker():
         print("RESULT " + json.dumps(out), flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(args):
     n = args.ranks
-    port = free_port()
+    port = leaf_launch.free_port()
     logdir = args.log or tempfile.mkdtemp(prefix="nccl-leaves-")
     os.makedirs(logdir, exist_ok=True)
     label = f"{args.variant}{'-mps' if args.mps else ''}-{n}{('-' + args.tag) if args.tag else ''}"
-    procs, logs = [], []
+    envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
+        env.update(leaf_launch.plugin_env(rank, n, port))
         env.update(
-            RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="0",
-            NCCL_MIG_ID=f"MIG-f1e0{rank:04x}-0000-4000-8000-000000000000", NCCL_MULTI_RANK_GPU_ENABLE="1",
             NCCL_DEBUG="INFO", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_COLLS=",".join(args.colls),
         )
@@ -120,35 +112,17 @@ def run(args):
         for kv in args.env:
             k, v = kv.split("=", 1)
             env[k] = v
-        path = os.path.join(logdir, f"{label}.rank{rank}.log")
-        fh = open(path, "w")
-        logs.append(path)
-        procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
-    deadline = time.time() + args.timeout
-    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
-        if any(p.poll() not in (None, 0) for p, _ in procs):
-            deadline = min(deadline, time.time() + 10)
-        time.sleep(0.2)
-    codes = []
-    for p, fh in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-            codes.append("timeout")
-        else:
-            codes.append(p.returncode)
-        fh.close()
-    text = "".join(open(p, errors="replace").read() for p in logs)
-    res = [json.loads(l[len("RESULT "):]) for l in text.splitlines() if l.startswith("RESULT ")]
-    conn = [l for l in text.splitlines() if re.search(r"Channel \d+(/\d+)? : \d+\[\d+\] -> \d+\[\d+\]", l)]
-    transports = {t: sum(f" via {t}" in l for l in conn) for t in ("SHM", "P2P", "NET")}
-    # e.g. "via SHM/direct/direct" or "via SHM/CE/direct": whether copy engines move the data.
-    via = sorted({m.group(1) for l in conn for m in [re.search(r" via (\S+)", l)] if m})
+        envs.append(env)
+        logs.append(os.path.join(logdir, f"{label}.rank{rank}.log"))
+    codes, text = leaf_launch.launch(HERE, envs, logs, args.timeout)
+    res = leaf_launch.results(text)
+    # via: e.g. "SHM/direct/direct" or "SHM/CE/direct": whether copy engines move the data.
+    transports, via = leaf_launch.transports(text)
     ver = re.search(r"NCCL version (\d+\.\d+\.\d+)", text)
     err = ""
     if not res:
-        errs = [l for l in text.splitlines() if "error" in l.lower() or "Error" in l]
-        err = (errs[-1] if errs else text.strip().splitlines()[-1:] or ["no output"])[-1][:300] if text.strip() else "no output"
+        errs = [l for l in text.splitlines() if "error" in l.lower()]
+        err = (errs[-1] if errs else (text.strip().splitlines() or ["no output"])[-1])[:300]
     line = {
         "label": label, "variant": args.variant, "ranks": n, "mps": args.mps, "env": args.env, "tag": args.tag,
         "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "exit": codes,

@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 
 HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.dirname(HERE))
+import leaf_launch  # noqa: E402
 
 
 def worker():
@@ -100,25 +100,15 @@ def worker():
     sys.exit(0 if all(checks.values()) else 3)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def driver(args):
     os.makedirs(args.log, exist_ok=True)
     n = args.ranks
-    port = free_port()
-    procs = []
-    logs = []
+    port = leaf_launch.free_port()
+    envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(
-            RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(n),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES=env.get("CUDA_VISIBLE_DEVICES", "0"),
-            NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1",
-        )
+        env.update(leaf_launch.plugin_env(rank, n, port))
+        env.update(CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", "0"), NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1")
         env.pop("NCCL_MIG_ID", None)
         if args.mig_ids == "distinct":
             env["NCCL_MIG_ID"] = f"MIG-00000000-0000-0000-0000-0000000000{rank:02d}"
@@ -129,35 +119,14 @@ def driver(args):
         for kv in args.env:
             k, v = kv.split("=", 1)
             env[k] = v
-        path = os.path.join(args.log, f"{args.label}.rank{rank}.log")
-        fh = open(path, "w")
-        logs.append(path)
-        procs.append((subprocess.Popen([sys.executable, HERE, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
-    # Wait for all; once one rank fails, give the others 15 s (they may hang waiting for it).
-    deadline = time.time() + args.timeout
-    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
-        if any(p.poll() not in (None, 0) for p, _ in procs):
-            deadline = min(deadline, time.time() + 15)
-        time.sleep(0.2)
-    codes = []
-    for p, fh in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-            codes.append("killed")
-        else:
-            codes.append(p.returncode)
-        fh.close()
-
-    text = ""
-    for path in logs:
-        with open(path, errors="replace") as fh:
-            text += fh.read()
-    results = [json.loads(l[len("RESULT "):]) for l in text.splitlines() if l.startswith("RESULT ")]
-    conn = [l for l in text.splitlines() if re.search(r"Channel \d+(/\d+)? : \d+\[\d+\] -> \d+\[\d+\]", l)]
-    shm = sum(" via SHM" in l for l in conn)
-    p2p = sum(" via P2P" in l for l in conn)
-    net = sum(" via NET" in l for l in conn)
+        envs.append(env)
+        logs.append(os.path.join(args.log, f"{args.label}.rank{rank}.log"))
+    # Once one rank fails, the others get 15 s (they may hang waiting for it).
+    codes, text = leaf_launch.launch(HERE, envs, logs, args.timeout, grace=15)
+    codes = ["killed" if c == "timeout" else c for c in codes]
+    results = leaf_launch.results(text)
+    counts, _ = leaf_launch.transports(text)
+    shm, p2p, net = counts["SHM"], counts["P2P"], counts["NET"]
     all_ok = len(results) == n and all(all(r["checks"].values()) for r in results) and all(c == 0 for c in codes)
     # torch.cuda.nccl.version() reports the NCCL torch was built with; the log has the one loaded.
     loaded = re.search(r"NCCL version (\d+\.\d+\.\d+)", text)
