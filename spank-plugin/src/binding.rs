@@ -141,7 +141,7 @@ pub fn plan_task(
     let list = env(var).filter(|s| !s.trim().is_empty()).ok_or_else(|| {
         format!(
             "flexmig: no GPUs are allocated to this {} on {node} ({var} is not set): ask for MIG leaves with \
-             --gres=mig:N (or --gres=gpu:<profile>:N) in sbatch/srun, or run without --flexmig",
+             --gres=mig:N (or --gres=gpu:<profile>:N) in sbatch/srun, or run without --flexmig (--flexmig=off for a step inside an `sbatch --flexmig` job)",
             if task.is_batch { "batch script" } else { "step" }
         )
     })?;
