@@ -76,6 +76,31 @@ impl Default for PluginArgs {
     }
 }
 
+impl PluginArgs {
+    /// The arguments for one node: `%n` in a path stands for the node's Slurm name, so one
+    /// plugstack.conf on a shared file system can name per-node inventories
+    /// (`inventory=/etc/slurm/flexmig/%n.toml`).
+    ///
+    /// # Errors
+    /// A path uses `%n` but the node name is unknown.
+    pub fn for_node(&self, node: Option<&str>) -> Result<PluginArgs, String> {
+        let expand = |p: &std::path::Path, key: &str| -> Result<PathBuf, String> {
+            let s = p.to_string_lossy();
+            if !s.contains("%n") {
+                return Ok(p.to_path_buf());
+            }
+            let n = node.ok_or_else(|| format!("flexmig: {key}={s} uses %n, but the node name (SLURMD_NODENAME) is not known here"))?;
+            Ok(PathBuf::from(s.replace("%n", n)))
+        };
+        Ok(PluginArgs {
+            inventory: expand(&self.inventory, "inventory")?,
+            nccl: self.nccl.as_deref().map(|p| expand(p, "nccl")).transpose()?,
+            lock_dir: expand(&self.lock_dir, "lock_dir")?,
+            ..self.clone()
+        })
+    }
+}
+
 const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH";
 
 impl PluginArgs {
@@ -168,6 +193,17 @@ mod tests {
         assert_eq!(a.nccl, Some(PathBuf::from("/opt/nccl/lib/libnccl.so.2")));
         assert!(!a.torch_env);
         assert_eq!(a.master_ports, (30000, 30010));
+    }
+
+    #[test]
+    fn node_name_expansion() {
+        let a = PluginArgs::parse(&["inventory=/etc/slurm/flexmig/%n.toml", "lock_dir=/run/flexmig/%n"]).unwrap();
+        let b = a.for_node(Some("gpu07")).unwrap();
+        assert_eq!(b.inventory, PathBuf::from("/etc/slurm/flexmig/gpu07.toml"));
+        assert_eq!(b.lock_dir, PathBuf::from("/run/flexmig/gpu07"));
+        assert!(a.for_node(None).unwrap_err().contains("%n"));
+        let plain = PluginArgs::default();
+        assert_eq!(plain.for_node(None).unwrap(), plain);
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub unsafe extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, ac: 
             return Ok(()); // task_init reports a bad mode
         }
         // SAFETY: Slurm passes ac valid argument strings.
-        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?;
+        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?.for_node(node_name(&spank).as_deref())?;
         // An unreadable inventory is reported by task_init, as the user sees it.
         if let Ok(inventory) = Inventory::load(&args.inventory) {
             leaf_lock::prepare(&args.lock_dir, inventory.leaves.iter().map(|l| l.uuid.as_str()))?;
@@ -124,7 +124,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: 
             return Ok(());
         }
         // SAFETY: Slurm passes ac valid argument strings.
-        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?;
+        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?.for_node(spank.getenv("SLURMD_NODENAME").as_deref())?;
         let task = task_view(&spank)?;
         let inventory = Inventory::load(&args.inventory).map_err(|e| format!("flexmig: {e}"))?;
         let plan = binding::plan_task(mode, &args, &inventory, &task, &|k| spank.getenv(k))?;
@@ -148,6 +148,20 @@ pub unsafe extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: 
         tracing::debug!("job {} step {} task {} (mode {mode}): {}", task.job_id, task.step_id, task.global_task_id, shown.join(" "));
         Ok(())
     })
+}
+
+/// This node's Slurm name. SLURMD_NODENAME is set for the task only after
+/// task_init_privileged, so there it is the step's node list at this node's index.
+fn node_name(spank: &Spank) -> Option<String> {
+    if let Some(n) = spank.getenv("SLURMD_NODENAME") {
+        return Some(n);
+    }
+    let id = spank.item_u32(Item::NodeId).ok()? as usize;
+    ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"]
+        .iter()
+        .find_map(|v| spank.getenv(v))
+        .and_then(|l| hostlist::expand(&l))
+        .and_then(|hosts| hosts.get(id).cloned())
 }
 
 fn task_view(spank: &Spank) -> Result<TaskView, String> {

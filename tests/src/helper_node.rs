@@ -125,6 +125,7 @@ pub fn build(model: &str, gpus: u32) -> Result<HelperNode> {
         files,
         devices,
         cpus: 16,
+        nodes: 1,
     };
     Ok(HelperNode { work, cfg, inventory })
 }

@@ -50,6 +50,20 @@ pub struct ClusterConfig {
     pub devices: Vec<String>,
     /// CPUs the node claims (slurm.conf overrides the real count).
     pub cpus: u32,
+    /// How many nodes: 1 is `localhost`; more are n1, n2, ..., one slurmd each on loopback,
+    /// all with the same gres.conf and devices.
+    pub nodes: u32,
+}
+
+impl ClusterConfig {
+    /// The Slurm node names.
+    pub fn node_names(&self) -> Vec<String> {
+        if self.nodes <= 1 {
+            vec!["localhost".to_string()]
+        } else {
+            (1..=self.nodes).map(|n| format!("n{n}")).collect()
+        }
+    }
 }
 
 /// The plugstack line that loads the built plugin with the cluster's inventory.
@@ -70,6 +84,27 @@ impl ClusterConfig {
     /// alternates GPUs (small leaves k-major across GPUs, then the double leaves), with a
     /// matching inventory and the plugin loaded from plugstack.
     pub fn emulated(gpus: u32) -> (Self, Vec<EmulatedLeaf>) {
+        Self::emulated_on(gpus, 0)
+    }
+
+    /// [`ClusterConfig::emulated`] for `nodes` nodes named n1, n2, ... (several slurmd on
+    /// loopback). Each node has its own inventory (`flexmig.<node>.toml`, leaf UUIDs that differ
+    /// between nodes) and lock directory, named through `%n` in the plugstack arguments.
+    pub fn emulated_nodes(nodes: u32, gpus: u32) -> (Self, Vec<Vec<EmulatedLeaf>>) {
+        let (mut cfg, _) = Self::emulated_on(gpus, 0);
+        let mut all = Vec::new();
+        for n in 1..=nodes {
+            let (c, leaves) = Self::emulated_on(gpus, n);
+            cfg.files.push((format!("flexmig.n{n}.toml"), c.inventory.unwrap_or_default()));
+            all.push(leaves);
+        }
+        cfg.inventory = None;
+        cfg.nodes = nodes;
+        cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.%n.toml lock_dir=@DIR@/locks/%n\n".into();
+        (cfg, all)
+    }
+
+    fn emulated_on(gpus: u32, node: u32) -> (Self, Vec<EmulatedLeaf>) {
         let mut leaves = Vec::new();
         let mut gres = String::from("# flexmig emulated node: MIG leaves as gpu GRES, typed by profile\n");
         let mut devices = Vec::new();
@@ -101,7 +136,7 @@ impl ClusterConfig {
             gres.push_str(&format!(
                 "Name=gpu Type={profile} MultipleFiles=@DEV@/nvidia{g},@DEV@/nvidia-caps/nvidia-cap{gi},@DEV@/nvidia-caps/nvidia-cap{ci}\n"
             ));
-            let uuid = format!("MIG-e{g:07x}-{k:04x}-4000-8000-{idx:012x}");
+            let uuid = format!("MIG-e{g:07x}-{k:04x}-4{node:03x}-8000-{idx:012x}");
             inv.push_str(&format!("[[leaf]]\ngres_index = {idx}\ngpu = {g}\nprofile = \"{profile}\"\nuuid = \"{uuid}\"\n"));
             leaves.push(EmulatedLeaf { gres_index: idx as u32, gpu: g, profile: profile.into(), uuid });
         }
@@ -114,6 +149,7 @@ impl ClusterConfig {
             files: Vec::new(),
             devices,
             cpus: 32,
+            nodes: 1,
         };
         (cfg, leaves)
     }
@@ -227,22 +263,37 @@ impl Cluster {
                 .replace("@DIR@", &d.display().to_string())
         };
         let (ctld_port, slurmd_port) = (free_port()?, free_port()?);
+        let names = cfg.node_names();
+        let mut node_lines = String::new();
+        for n in &names {
+            fs::create_dir_all(d.join("spool").join(n))?;
+            if names.len() == 1 {
+                node_lines.push_str(&format!("NodeName={n} CPUs={} Gres={} State=UNKNOWN\n", cfg.cpus, cfg.node_gres));
+            } else {
+                node_lines.push_str(&format!(
+                    "NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={} CPUs={} Gres={} State=UNKNOWN\n",
+                    free_port()?,
+                    cfg.cpus,
+                    cfg.node_gres
+                ));
+            }
+        }
         let munge_socket = d.join("munge/munge.socket");
         let slurm_conf = format!(
             "ClusterName=flexmigtest\nSlurmctldHost=localhost\nSlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\n\
              SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={sock}\n\
-             StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\n\
-             SlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.log\nSlurmctldDebug=info\nSlurmdDebug=debug\n\
+             StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool/%n\nSlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.%n.pid\n\
+             SlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.%n.log\nSlurmctldDebug=info\nSlurmdDebug=debug\n\
              ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
              MpiDefault=none\nAccountingStorageType=accounting_storage/none\nJobCompType=jobcomp/none\nJobAcctGatherType=jobacct_gather/none\n\
              MailProg=/bin/true\nReturnToService=2\nSlurmdParameters=config_overrides\nGresTypes=gpu,mig\nPlugStackConfig={d}/plugstack.conf\n\
              SchedulerParameters=sched_interval=1\nMessageTimeout=20\nKillWait=2\n{extra}\n\
-             NodeName=localhost CPUs={cpus} Gres={gres} State=UNKNOWN\nPartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP\n",
+             {node_lines}PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP\n",
+            node_lines = node_lines,
+            names = names.join(","),
             sock = munge_socket.display(),
             d = d.display(),
             extra = subst(&cfg.slurm_conf_extra),
-            cpus = cfg.cpus,
-            gres = cfg.node_gres,
         );
         write(&d.join("slurm.conf"), &slurm_conf)?;
         write(&d.join("gres.conf"), &subst(&cfg.gres_conf))?;
@@ -284,19 +335,25 @@ impl Cluster {
             .context("starting slurmctld")?;
         cluster.children.push(("slurmctld".into(), ctld));
         cluster.wait_for("slurmctld", || cluster.command("scontrol").arg("ping").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("UP")).unwrap_or(false))?;
-        let slurmd = cluster
-            .daemon("slurmd")
-            .args(["-D", "-N", "localhost"])
-            .stderr(fs::File::create(d.join("log/slurmd.stderr"))?)
-            .spawn()
-            .context("starting slurmd")?;
-        cluster.children.push(("slurmd".into(), slurmd));
-        cluster.wait_for("node localhost idle", || {
+        for n in &names {
+            let slurmd = cluster
+                .daemon("slurmd")
+                .args(["-D", "-N", n])
+                .stderr(fs::File::create(d.join(format!("log/slurmd.{n}.stderr")))?)
+                .spawn()
+                .with_context(|| format!("starting slurmd for {n}"))?;
+            cluster.children.push((format!("slurmd {n}"), slurmd));
+        }
+        let want = names.len();
+        cluster.wait_for("all nodes idle", || {
             cluster
                 .command("sinfo")
-                .args(["-h", "-n", "localhost", "-o", "%T"])
+                .args(["-h", "-N", "-o", "%T"])
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+                .map(|o| {
+                    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                    out.lines().filter(|l| l.trim() == "idle").count() == want
+                })
                 .unwrap_or(false)
         })?;
         Ok(cluster)

@@ -386,3 +386,39 @@ fn sbatch_refuses_an_unknown_mode_before_submitting() {
     let jobs = Cluster::output(c.command("scontrol").args(["show", "jobs"])).unwrap();
     assert!(String::from_utf8_lossy(&q.stdout).trim().is_empty() && String::from_utf8_lossy(&jobs.stdout).contains("No jobs"), "a job was submitted: {}", text(&jobs));
 }
+
+/// Two nodes (two slurmd on loopback, per-node inventories named with %n): global ranks, node
+/// -local leaves and ranks, one rendezvous on the first node.
+#[test]
+fn two_nodes_get_global_ranks_and_node_local_leaves() {
+    let (cfg, leaves) = ClusterConfig::emulated_nodes(2, 2);
+    let c = Cluster::start(&cfg).unwrap();
+    let o = srun(&c, &["--flexmig", "-N2", "-n6", "--ntasks-per-node=3", "--gres=gpu:1g.5gb:3", "bash", "-c", &format!("echo \"$SLURM_PROCID NODE=$SLURMD_NODENAME\"; {}", print_vars())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tasks = parse_tasks(&String::from_utf8_lossy(&o.stdout));
+    assert_eq!(tasks.len(), 6, "{tasks:#?}");
+    let port = &tasks[&0]["MASTER_PORT"];
+    let mut per_node: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new(); // node -> (local rank, gpu)
+    let mut seen = BTreeSet::new();
+    for (rank, t) in &tasks {
+        let node = &t["NODE"];
+        let idx: usize = node.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+        let leaf = leaves[idx].iter().find(|l| l.uuid == t["NCCL_MIG_ID"]).unwrap_or_else(|| panic!("task {rank} on {node}: {} is not a leaf of {node}", t["NCCL_MIG_ID"]));
+        assert!(seen.insert(leaf.uuid.clone()));
+        assert_eq!(t["CUDA_VISIBLE_DEVICES"], leaf.uuid);
+        assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string());
+        assert_eq!(t["RANK"], rank.to_string());
+        assert_eq!(t["WORLD_SIZE"], "6");
+        assert_eq!(t["LOCAL_WORLD_SIZE"], "3");
+        assert_eq!(t["LOCAL_RANK"], t["SLURM_LOCALID"]);
+        assert_eq!(t["MASTER_ADDR"], "n1", "the rendezvous is the step's first node");
+        assert_eq!(&t["MASTER_PORT"], port);
+        per_node.entry(node.clone()).or_default().push((t["LOCAL_RANK"].parse().unwrap(), leaf.gpu));
+    }
+    assert_eq!(per_node.len(), 2);
+    for (node, mut v) in per_node {
+        v.sort();
+        let gpus: Vec<u32> = v.iter().map(|x| x.1).collect();
+        assert_eq!(gpus, [0, 1, 0], "{node}: local ranks alternate GPUs");
+    }
+}
