@@ -2,43 +2,7 @@
 
 /// Returns the first host name of a Slurm hostlist, or None for an empty or malformed list.
 pub fn first_host(list: &str) -> Option<String> {
-    // The first top-level comma ends the first element; commas inside brackets do not count.
-    let mut depth = 0usize;
-    let mut end = list.len();
-    for (i, c) in list.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth = depth.checked_sub(1)?,
-            ',' if depth == 0 => {
-                end = i;
-                break;
-            }
-            _ => {}
-        }
-    }
-    let elem = list[..end].trim();
-    if elem.is_empty() {
-        return None;
-    }
-    // Each bracket group contributes its first value: the start of its first range.
-    let mut out = String::new();
-    let mut rest = elem;
-    while let Some(open) = rest.find('[') {
-        out.push_str(&rest[..open]);
-        let close = rest[open..].find(']')? + open;
-        let inner = &rest[open + 1..close];
-        let first = inner.split(',').next()?.split('-').next()?.trim();
-        if first.is_empty() || !first.chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        out.push_str(first);
-        rest = &rest[close + 1..];
-    }
-    if rest.contains(']') {
-        return None;
-    }
-    out.push_str(rest);
-    Some(out)
+    expand(list)?.into_iter().next()
 }
 
 /// Expands a hostlist into its hosts, in order (`rack[1-2]-n[01-02]` ->
