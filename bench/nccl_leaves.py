@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Collective bandwidth between emulated MIG leaves of one GPU (issue 6, benchmark 1).
+"""Collective bandwidth between emulated MIG leaves (issue 6, benchmarks 1 and 2).
 
-Each leaf is one rank on GPU 0 with its own NCCL_MIG_ID, launched with the environment the
+Each leaf is one rank on GPU 0 (or, with --gpus G, on GPU rank % G: the plugin's round-robin
+spread) with its own NCCL_MIG_ID, launched with the environment the
 flexmig plugin exports (CUDA_VISIBLE_DEVICES, NCCL_MIG_ID, NCCL_MULTI_RANK_GPU_ENABLE=1, RANK,
 WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
-  nccl_leaves.py copy                       pinned host<->device copy bandwidth (the bound)
+  nccl_leaves.py copy [G]                   pinned host<->device copy bandwidth (the bound), per GPU
+                                            of the first G, then on all G at once
   nccl_leaves.py run --variant V --ranks K  one communicator of K ranks, all sizes, both collectives
       variants: patched (LD_PRELOAD patched NCCL, SHM), net (PyTorch's stock NCCL with a distinct
       NCCL_HOSTID per rank: the NET/socket workaround), multirank (stock NCCL >= 2.30 with
       NCCL_MULTI_RANK_GPU_ENABLE=1)
       --lib PATH (the library to preload), --mps (ranks get CUDA_MPS_ACTIVE_THREAD_PERCENTAGE),
-      --env K=V (extra settings), --sizes, --colls, --tag
+      --env K=V (extra settings), --sizes, --colls, --tag, --gpus G (spread over G GPUs)
 Each run prints one line `RESULT {json}`: per collective and size the time and bus bandwidth
 (nccl-tests definitions: all_reduce busbw = S*2(k-1)/k/t, all_gather busbw = S*(k-1)/k/t with S
 the gathered bytes), the max over ranks, plus the transports NCCL logged.
@@ -90,11 +92,12 @@ def run(args):
     port = leaf_launch.free_port()
     logdir = args.log or tempfile.mkdtemp(prefix="nccl-leaves-")
     os.makedirs(logdir, exist_ok=True)
-    label = f"{args.variant}{'-mps' if args.mps else ''}-{n}{('-' + args.tag) if args.tag else ''}"
+    spread = f"-spread{args.gpus}" if args.gpus > 1 else ""
+    label = f"{args.variant}{'-mps' if args.mps else ''}-{n}{spread}{('-' + args.tag) if args.tag else ''}"
     envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, n, port))
+        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus))
         env.update(
             NCCL_DEBUG="INFO", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_COLLS=",".join(args.colls),
@@ -124,43 +127,63 @@ def run(args):
         errs = [l for l in text.splitlines() if "error" in l.lower()]
         err = (errs[-1] if errs else (text.strip().splitlines() or ["no output"])[-1])[:300]
     line = {
-        "label": label, "variant": args.variant, "ranks": n, "mps": args.mps, "env": args.env, "tag": args.tag,
+        "label": label, "variant": args.variant, "ranks": n, "gpus": args.gpus, "mps": args.mps, "env": args.env, "tag": args.tag,
         "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "exit": codes,
         "results": res[0] if res else [], "error": err,
     }
     print("RESULT " + json.dumps(line), flush=True)
 
 
-def copy_bench():
+def copy_bench(ngpus=1):
+    """Pinned host<->device copies of 256 MiB: H2D, D2H and both at once (two streams), on each
+    of GPUs 0..ngpus-1 alone, then (ngpus > 1) both directions on all GPUs at once: whether the
+    host side holds up when every GPU's link is busy."""
     import torch
     size = 256 << 20
-    h = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-    h2 = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-    d = torch.empty(size, dtype=torch.uint8, device="cuda")
-    d2 = torch.empty(size, dtype=torch.uint8, device="cuda")
-    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def bufs(i):
+        dev = torch.device("cuda", i)
+        return {
+            "h": torch.empty(size, dtype=torch.uint8, pin_memory=True),
+            "h2": torch.empty(size, dtype=torch.uint8, pin_memory=True),
+            "d": torch.empty(size, dtype=torch.uint8, device=dev),
+            "d2": torch.empty(size, dtype=torch.uint8, device=dev),
+            "s1": torch.cuda.Stream(dev), "s2": torch.cuda.Stream(dev),
+        }
 
     def timed(fn, reps=10):
         for _ in range(2):
             fn()
-        torch.cuda.synchronize()
+        for i in range(ngpus):
+            torch.cuda.synchronize(i)
         t0 = time.perf_counter()
         for _ in range(reps):
             fn()
-        torch.cuda.synchronize()
+        for i in range(ngpus):
+            torch.cuda.synchronize(i)
         return (time.perf_counter() - t0) / reps
 
-    h2d = size / timed(lambda: d.copy_(h, non_blocking=True)) / 1e9
-    d2h = size / timed(lambda: h.copy_(d, non_blocking=True)) / 1e9
+    def h2d(b):
+        with torch.cuda.stream(b["s1"]):
+            b["d"].copy_(b["h"], non_blocking=True)
 
-    def both():
-        with torch.cuda.stream(s1):
-            d.copy_(h, non_blocking=True)
-        with torch.cuda.stream(s2):
-            h2.copy_(d2, non_blocking=True)
+    def d2h(b):
+        with torch.cuda.stream(b["s2"]):
+            b["h2"].copy_(b["d2"], non_blocking=True)
 
-    bidir = 2 * size / timed(both) / 1e9
-    print("RESULT " + json.dumps({"pinned_copy_GBs": {"h2d": h2d, "d2h": d2h, "bidirectional_total": bidir}, "bytes": size}), flush=True)
+    B = [bufs(i) for i in range(ngpus)]
+    out = {"bytes": size, "per_gpu": []}
+    for b in B:
+        out["per_gpu"].append({
+            "h2d": size / timed(lambda: h2d(b)) / 1e9,
+            "d2h": size / timed(lambda: d2h(b)) / 1e9,
+            "bidirectional_total": 2 * size / timed(lambda: (h2d(b), d2h(b))) / 1e9,
+        })
+    # The first GPU's figures keep their old name: the bound of benchmark 1.
+    out["pinned_copy_GBs"] = out["per_gpu"][0]
+    if ngpus > 1:
+        out["all_gpus_bidirectional_total"] = 2 * ngpus * size / timed(lambda: [(h2d(b), d2h(b)) for b in B]) / 1e9
+    print("RESULT " + json.dumps(out), flush=True)
 
 
 def summarize():
@@ -180,7 +203,7 @@ def main():
         worker()
         return
     if len(sys.argv) > 1 and sys.argv[1] == "copy":
-        copy_bench()
+        copy_bench(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
         return
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -189,6 +212,7 @@ def main():
     r.add_argument("--ranks", type=int, required=True)
     r.add_argument("--lib", default="")
     r.add_argument("--mps", action="store_true")
+    r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..G-1")
     r.add_argument("--mps-percent", type=int, default=14)
     r.add_argument("--env", action="append", default=[])
     r.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=DEFAULT_SIZES)

@@ -16,6 +16,8 @@
 # Environment: NCCL_SRC (holds nccl-2.28.9/ and nccl-2.3x/; default <repo>/.nccl/src),
 # FLEXMIG_HELPER (default: cargo-built), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out),
 # PHASES ("build copy main tune"), MODES ("plain mps"), RANKS ("2 4 7"), TUNE_RANKS ("2 7"),
+# GPUS ("1": leaves packed on GPU 0; "1 2" adds the leaves spread over GPUs 0 and 1, as for
+# bench/nccl_two_gpus.sh; more than 7 leaves per GPU are skipped), VARIANTS ("patched net multirank"),
 # TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all), BUILD_NEW=0
 # (skip the stock >= 2.30 build).
 set -uo pipefail
@@ -26,6 +28,9 @@ OUTDIR=${OUTDIR:-$WORK/out}
 PHASES=${PHASES:-build copy main tune}
 MODES=${MODES:-plain mps}
 RANKS=${RANKS:-2 4 7}
+GPUS=${GPUS:-1}
+VARIANTS=${VARIANTS:-patched net multirank}
+NGPU=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 PY=${PYTHON:-python3}
 B="$REPO/bench/nccl_leaves.py"
 mkdir -p "$WORK" "$OUTDIR"
@@ -35,7 +40,8 @@ has() { [[ " $PHASES " == *" $1 "* ]]; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 # Only the kernels these benchmarks and PyTorch's barrier/DDP use: builds in a fraction of the
 # time of a full library (make reads ONLY_FUNCS from the environment; see src/device/generate.py).
-export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum (f32|bf16) * *"}
+# (ReduceScatter for every type: tests/gpu/nccl-mig.sh checks an int32 one and may reuse these builds.)
+export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
 
 HELPER=${FLEXMIG_HELPER:-}
 if [ -z "$HELPER" ]; then
@@ -77,17 +83,26 @@ one() { # args for nccl_leaves.py run
 }
 
 if has copy; then
-  $PY "$B" copy | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J"
+  maxg=1; for g in $GPUS; do [ "$g" -gt "$maxg" ] && maxg=$g; done
+  $PY "$B" copy "$maxg" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J"
 fi
 
 for mode in $MODES; do
   mflag=""
   if [ "$mode" = mps ]; then mps_start || { echo "MPS did not start"; continue; }; mflag="--mps"; fi
   if has main; then
-    for k in $RANKS; do
-      one --variant patched --lib "$PATCHED" --ranks "$k" $mflag
-      one --variant net --ranks "$k" $mflag
-      [ -f "$NEW" ] && one --variant multirank --lib "$NEW" --ranks "$k" $mflag
+    for g in $GPUS; do
+      [ "$g" -gt "$NGPU" ] && { echo "skipping $g GPUs: this machine has $NGPU"; continue; }
+      for k in $RANKS; do
+        [ "$k" -gt $((7 * g)) ] && continue  # at most 7 leaves per GPU
+        for v in $VARIANTS; do
+          case $v in
+            patched) one --variant patched --lib "$PATCHED" --ranks "$k" --gpus "$g" $mflag ;;
+            net) one --variant net --ranks "$k" --gpus "$g" $mflag ;;
+            multirank) [ -f "$NEW" ] && one --variant multirank --lib "$NEW" --ranks "$k" --gpus "$g" $mflag ;;
+          esac
+        done
+      done
     done
   fi
   if has tune; then

@@ -1,8 +1,9 @@
 """Launching ranks as emulated MIG leaves of one GPU, shared by tests/gpu and bench/.
 
 Each rank gets the environment the flexmig plugin exports for local task `rank` of an
-`srun --flexmig -nK` step (spank-plugin/src/binding.rs), with every leaf on GPU 0: MIG mode is
-never touched, leaves are emulated by ranks sharing the GPU, each with its own NCCL_MIG_ID.
+`srun --flexmig -nK` step (spank-plugin/src/binding.rs). MIG mode is never touched: leaves are
+emulated by ranks sharing a GPU, each with its own NCCL_MIG_ID. With `gpus` > 1 the leaves are
+spread over GPUs 0..gpus-1 in the plugin's round-robin order; with 1 they are packed on GPU 0.
 """
 import json
 import re
@@ -23,14 +24,23 @@ def mig_id(rank):
     return f"MIG-f1e0{rank:04x}-0000-4000-8000-000000000000"
 
 
-def plugin_env(rank, ranks, port, profile="1g.18gb"):
-    """What the plugin exports for local task `rank` of a `ranks`-task step on one node."""
+def leaf_gpu(rank, gpus):
+    """The GPU of local task `rank` when a step holds the same number of leaves on each of `gpus`
+    GPUs (or one more on the first ones): the plugin orders leaves round-robin over the GPUs
+    (leaf 0 of every GPU, then leaf 1, ...: binding.rs, balanced_leaves), so task r is on GPU r % gpus."""
+    return rank % gpus
+
+
+def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1):
+    """What the plugin exports for local task `rank` of a `ranks`-task step on one node whose
+    leaves lie on `gpus` GPUs."""
+    gpu = str(leaf_gpu(rank, gpus))
     return {
-        "CUDA_VISIBLE_DEVICES": "0",
+        "CUDA_VISIBLE_DEVICES": gpu,
         "NCCL_MIG_ID": mig_id(rank),
         "NCCL_MULTI_RANK_GPU_ENABLE": "1",
         "FLEXMIG_LEAF": mig_id(rank),
-        "FLEXMIG_GPU": "0",
+        "FLEXMIG_GPU": gpu,
         "FLEXMIG_PROFILE": profile,
         "RANK": str(rank),
         "WORLD_SIZE": str(ranks),

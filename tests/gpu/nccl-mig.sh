@@ -4,7 +4,7 @@
 #
 #   tests/gpu/nccl-mig.sh
 #
-# Parts (PARTS, default "patched new extra"):
+# Parts (PARTS, default "patched new extra", plus "spread" where nvidia-smi lists two GPUs or more):
 #   patched  builds patched NCCL 2.28.9 (PyTorch 2.11's release) with `flexmig-gres-helper nccl
 #            install` (arch from nvidia-smi), preloads it into PyTorch and runs 2, 4 and 7 ranks
 #            through all_reduce, all_gather, reduce_scatter, broadcast and send/recv, checking
@@ -13,6 +13,9 @@
 #   new      builds the newest stock NCCL >= 2.30 (`--no-patch`) and runs the same cases with
 #            NCCL_MULTI_RANK_GPU_ENABLE=1 (which the plugin exports), recording the transport.
 #   extra    builds patched 2.29.7 and the P2P-guard patch of 2.30.x and runs 2 and 4 ranks each.
+#   spread   leaves spread round-robin over GPUs 0 and 1 (the plugin's order): patched 2.28.9 and
+#            guarded 2.30.x must use SHM only (a GPU in MIG mode has no GPU-to-GPU P2P); stock
+#            2.30.x is recorded (it takes P2P between the GPUs).
 #
 # Inputs (environment):
 #   NCCL_SRC        folder holding nccl-2.28.9/, nccl-2.29.7/, nccl-2.30.x/: NCCL source trees or
@@ -22,6 +25,8 @@
 #   WORK            build and install area (default /tmp/flexmig-nccl-gpu)
 #   LOGS            where logs and summary.txt go (default $WORK/logs)
 #   CASE_TIMEOUT    seconds one case may take (default 120)
+#   REUSE=1         keep libraries already installed under $WORK (e.g. by bench/nccl_leaves.sh with
+#                   the same WORK) instead of building them again
 # Exit status: 0 when every case behaved as expected.
 set -uo pipefail
 
@@ -30,7 +35,8 @@ NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
 WORK=${WORK:-/tmp/flexmig-nccl-gpu}
 LOGS=${LOGS:-$WORK/logs}
 PY=${PYTHON:-python3}
-PARTS=${PARTS:-patched new extra}
+GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | wc -l)
+if [ "$GPUS" -ge 2 ]; then PARTS=${PARTS:-patched new extra spread}; else PARTS=${PARTS:-patched new extra}; fi
 export CASE_TIMEOUT=${CASE_TIMEOUT:-120}
 RANKS_PY="$REPO/tests/gpu/nccl_mig_ranks.py"
 mkdir -p "$WORK" "$LOGS"
@@ -65,13 +71,17 @@ declare -A PID PREFIX
 build() { # name source [install flags]
   local name=$1 src=$2; shift 2
   PREFIX[$name]=$WORK/$name
+  if [ "${REUSE:-0}" = 1 ] && [ -f "$WORK/$name/lib/libnccl.so.2" ]; then
+    echo "nccl install: reusing $WORK/$name" >"$LOGS/build-$name.log"; true &
+    PID[$name]=$!; return
+  fi
   "$HELPER" nccl install --source "$src" --prefix "${PREFIX[$name]}" "$@" >"$LOGS/build-$name.log" 2>&1 &
   PID[$name]=$!
 }
-part patched && build patched-2.28.9 "$(src_of 'nccl-2.28.9*')"
-part new && build stock-new "$(src_of 'nccl-2.3[0-9]*')" --no-patch
+part patched || part spread && build patched-2.28.9 "$(src_of 'nccl-2.28.9*')"
+part new || part spread && build stock-new "$(src_of 'nccl-2.3[0-9]*')" --no-patch
 part extra && build patched-2.29.7 "$(src_of 'nccl-2.29.7*')"
-part extra && build guarded-new "$(src_of 'nccl-2.3[0-9]*')"
+part extra || part spread && build guarded-new "$(src_of 'nccl-2.3[0-9]*')"
 t0=$(date +%s)
 for name in "${!PID[@]}"; do
   wait "${PID[$name]}"; rc=$?
@@ -98,7 +108,7 @@ case_() { # label ranks expect [driver args...]
   [ "${PIPESTATUS[0]}" = 0 ] || FAILED=1
 }
 
-if [ -n "${PREFIX[patched-2.28.9]:-}" ]; then
+if part patched && [ -n "${PREFIX[patched-2.28.9]:-}" ]; then
   L=$(lib patched-2.28.9)
   for n in 2 4 7; do
     case_ "patched-2.28.9-$n" "$n" ok --preload "$L" --mig-ids distinct --require-shm
@@ -107,7 +117,7 @@ if [ -n "${PREFIX[patched-2.28.9]:-}" ]; then
   case_ patched-no-mig-id 2 "fail:Duplicate GPU detected" --preload "$L" --mig-ids none
   case_ stock-2.28.9-torch 2 "fail:Duplicate GPU detected" --mig-ids distinct
 fi
-if [ -n "${PREFIX[stock-new]:-}" ]; then
+if part new && [ -n "${PREFIX[stock-new]:-}" ]; then
   L=$(lib stock-new)
   case_ stock-new-no-multirank 2 "fail:" --preload "$L" --mig-ids distinct
   for n in 2 4 7; do
@@ -120,14 +130,24 @@ if [ -n "${PREFIX[patched-2.29.7]:-}" ]; then
     case_ "patched-2.29.7-$n" "$n" ok --preload "$(lib patched-2.29.7)" --mig-ids distinct --require-shm
   done
 fi
-if [ -n "${PREFIX[guarded-new]:-}" ]; then
+if part extra && [ -n "${PREFIX[guarded-new]:-}" ]; then
   for n in 2 4; do
     case_ "guarded-new-multirank-$n" "$n" ok --preload "$(lib guarded-new)" --mig-ids distinct --env NCCL_MULTI_RANK_GPU_ENABLE=1 --require-shm
   done
 fi
 
+if part spread; then
+  # Leaves on two GPUs: real MIG has no P2P between them (nor NVLink), so SHM only.
+  [ -n "${PREFIX[patched-2.28.9]:-}" ] && for n in 4 7; do
+    case_ "patched-2.28.9-spread-$n" "$n" ok --gpus 2 --preload "$(lib patched-2.28.9)" --mig-ids distinct --require-shm
+  done
+  [ -n "${PREFIX[guarded-new]:-}" ] && case_ guarded-new-spread-4 4 ok --gpus 2 --preload "$(lib guarded-new)" --mig-ids distinct --env NCCL_MULTI_RANK_GPU_ENABLE=1 --require-shm
+  [ -n "${PREFIX[stock-new]:-}" ] && case_ stock-new-spread-4 4 ok --gpus 2 --preload "$(lib stock-new)" --mig-ids distinct --env NCCL_MULTI_RANK_GPU_ENABLE=1
+fi
+
 say "== transports and refusals seen (first lines of rank 0):"
-for label in patched-2.28.9-2 stock-new-multirank-2 patched-2.29.7-2 guarded-new-multirank-2 patched-same-mig-id stock-2.28.9-torch stock-new-no-multirank; do
+for label in patched-2.28.9-2 stock-new-multirank-2 patched-2.29.7-2 guarded-new-multirank-2 patched-same-mig-id stock-2.28.9-torch stock-new-no-multirank \
+    patched-2.28.9-spread-4 guarded-new-spread-4 stock-new-spread-4; do
   f="$LOGS/$label.rank0.log"
   [ -f "$f" ] || continue
   { echo "-- $label"; grep -m1 -E "NCCL version" "$f"; grep -m2 -E "Channel [0-9]+(/[0-9]+)? : .* via " "$f";

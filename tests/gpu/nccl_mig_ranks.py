@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Run N torch.distributed ranks on one GPU, each as its own emulated MIG leaf, and check
+"""Run N torch.distributed ranks on one GPU (or spread over --gpus GPUs), each as its own emulated MIG leaf, and check
 all_reduce, all_gather, reduce_scatter, broadcast and send/recv results exactly.
 
 Driver:  nccl_mig_ranks.py run --ranks 4 --label patched-4 --log DIR [--preload LIB]
-         [--mig-ids distinct|same|none] [--env K=V ...] [--expect ok|fail:TEXT]
+         [--mig-ids distinct|same|none] [--env K=V ...] [--expect ok|fail:TEXT] [--gpus G]
 Worker:  started by the driver with RANK/WORLD_SIZE/... in its environment.
 
 The driver prints one summary line:
@@ -107,8 +107,8 @@ def driver(args):
     envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, n, port))
-        env.update(CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", "0"), NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1")
+        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus))
+        env.update(NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1")
         env.pop("NCCL_MIG_ID", None)
         if args.mig_ids == "distinct":
             env["NCCL_MIG_ID"] = f"MIG-00000000-0000-0000-0000-0000000000{rank:02d}"
@@ -173,6 +173,7 @@ def main():
     r.add_argument("--env", action="append", default=[])
     r.add_argument("--expect", default="ok")
     r.add_argument("--require-shm", action="store_true")
+    r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..N-1, as the plugin does")
     r.add_argument("--timeout", type=float, default=180)
     driver(ap.parse_args())
 
