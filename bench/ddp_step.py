@@ -113,7 +113,8 @@ def run(a):
     nproc = 1 if a.variant == "single" else k
     port = leaf_launch.free_port()
     os.makedirs(a.log, exist_ok=True)
-    label = f"{a.model}-{a.variant}{'-mps' if a.mps else ''}-{k}{('-' + a.tag) if a.tag else ''}"
+    spread = f"-spread{a.gpus}" if a.gpus > 1 and a.variant != "single" else ""
+    label = f"{a.model}-{a.variant}{'-mps' if a.mps else ''}-{k}{spread}{('-' + a.tag) if a.tag else ''}"
     envs, logs = [], []
     for rank in range(nproc):
         env = dict(os.environ)
@@ -124,7 +125,7 @@ def run(a):
         )
         env.pop("LD_PRELOAD", None)
         if a.variant != "single":
-            env.update(leaf_launch.plugin_env(rank, k, port))
+            env.update(leaf_launch.plugin_env(rank, k, port, gpus=a.gpus))
         if a.variant == "patched":
             env["LD_PRELOAD"] = a.lib
         if a.variant == "net":
@@ -141,7 +142,7 @@ def run(a):
     codes, text = leaf_launch.launch(HERE, envs, logs, a.timeout)
     res = leaf_launch.results(text)
     _, via = leaf_launch.transports(text)
-    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via}
+    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "gpus": 1 if a.variant == "single" else a.gpus, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via}
     if res:
         r = res[0]
         out.update(r)
@@ -169,6 +170,7 @@ def main():
     r.add_argument("--mps-percent", type=int, default=14)
     r.add_argument("--env", action="append", default=[], help="extra K=V for every rank")
     r.add_argument("--tag", default="")
+    r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..G-1 (not for --variant single)")
     r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")
     r.add_argument("--timeout", type=float, default=120)
     run(ap.parse_args())

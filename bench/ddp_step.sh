@@ -10,7 +10,8 @@
 # workaround, and against one process with k/7 of the GPU and k times the batch (one bigger
 # instance). Results: $OUTDIR/ddp_step.jsonl.
 # Environment: as bench/nccl_leaves.sh (NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR), MODELS, RANKS,
-# VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ...").
+# VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ..."),
+# GPUS (1; 2 spreads the leaves of the patched and net runs over GPUs 0 and 1, the plugin's order).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${WORK:-/tmp/flexmig-bench}
@@ -29,12 +30,12 @@ trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; sleep 2' EXIT
 for model in ${MODELS:-resnet transformer}; do
   for k in ${RANKS:-2 4 7}; do
     for v in ${VARIANTS:-single patched net}; do
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --lib "$LIB" --mps | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --lib "$LIB" --mps | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
     # SHM settings for the patched library inside a real step (TUNE="K=V[,K=V] ...").
     for s in ${TUNE:-}; do
       envs=(); IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --lib "$LIB" --mps --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --lib "$LIB" --mps --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
   done
 done

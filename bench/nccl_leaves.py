@@ -8,6 +8,7 @@ WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
   nccl_leaves.py copy [G]                   pinned host<->device copy bandwidth (the bound), per GPU
                                             of the first G, then on all G at once
+  nccl_leaves.py collect LOGDIR             RESULT lines rebuilt from the ranks' logs of earlier runs
   nccl_leaves.py run --variant V --ranks K  one communicator of K ranks, all sizes, both collectives
       variants: patched (LD_PRELOAD patched NCCL, SHM), net (PyTorch's stock NCCL with a distinct
       NCCL_HOSTID per rank: the NET/socket workaround), multirank (stock NCCL >= 2.30 with
@@ -118,6 +119,11 @@ def run(args):
         envs.append(env)
         logs.append(os.path.join(logdir, f"{label}.rank{rank}.log"))
     codes, text = leaf_launch.launch(HERE, envs, logs, args.timeout)
+    report(label, args.variant, n, args.gpus, args.mps, args.env, args.tag, codes, text)
+
+
+def report(label, variant, n, gpus, mps, env, tag, codes, text):
+    """Prints the run's `RESULT {json}` line from the ranks' logs."""
     res = leaf_launch.results(text)
     # via: e.g. "SHM/direct/direct" or "SHM/CE/direct": whether copy engines move the data.
     transports, via = leaf_launch.transports(text)
@@ -127,11 +133,34 @@ def run(args):
         errs = [l for l in text.splitlines() if "error" in l.lower()]
         err = (errs[-1] if errs else (text.strip().splitlines() or ["no output"])[-1])[:300]
     line = {
-        "label": label, "variant": args.variant, "ranks": n, "gpus": args.gpus, "mps": args.mps, "env": args.env, "tag": args.tag,
+        "label": label, "variant": variant, "ranks": n, "gpus": gpus, "mps": mps, "env": env, "tag": tag,
         "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "exit": codes,
         "results": res[0] if res else [], "error": err,
     }
     print("RESULT " + json.dumps(line), flush=True)
+
+
+LABEL = re.compile(r"^(patched|net|multirank)(-mps)?-(\d+)(?:-spread(\d+))?(?:-(.+))?$")
+
+
+def collect(logdir):
+    """Rebuilds the RESULT lines of earlier runs from the ranks' logs in `logdir` (the --log
+    folder: <label>.rank<i>.log), for when the driver's output was lost but the logs were kept.
+    Exit codes are not in the logs: "exit" is null."""
+    labels = sorted({f.rsplit(".rank", 1)[0] for f in os.listdir(logdir) if re.search(r"\.rank\d+\.log$", f)})
+    for label in labels:
+        m = LABEL.match(label)
+        if not m:
+            continue
+        variant, mps, n, gpus, tag = m.group(1), bool(m.group(2)), int(m.group(3)), int(m.group(4) or 1), m.group(5) or ""
+        env = tag[len("tune:"):].split(",") if tag.startswith("tune:") and tag != "tune:base" else []
+        text = ""
+        for i in range(n):
+            path = os.path.join(logdir, f"{label}.rank{i}.log")
+            if os.path.exists(path):
+                with open(path, errors="replace") as fh:
+                    text += fh.read()
+        report(label, variant, n, gpus, mps, env, tag, None, text)
 
 
 def copy_bench(ngpus=1):
@@ -201,6 +230,9 @@ def main():
         return
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker()
+        return
+    if len(sys.argv) > 2 and sys.argv[1] == "collect":
+        collect(sys.argv[2])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "copy":
         copy_bench(int(sys.argv[2]) if len(sys.argv) > 2 else 1)

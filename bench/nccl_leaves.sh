@@ -108,11 +108,15 @@ for mode in $MODES; do
   if has tune; then
     # SHM settings side by side on the patched library, all_reduce at 4-256 MiB.
     TUNE=${TUNE:-"base NCCL_SHM_USE_CUDA_MEMCPY=1 NCCL_CUMEM_HOST_ENABLE=0 NCCL_MIN_NCHANNELS=16 NCCL_BUFFSIZE=16777216 NCCL_NTHREADS=512 NCCL_PROTO=Simple NCCL_SHM_USE_CUDA_MEMCPY=1,NCCL_MIN_NCHANNELS=8"}
-    for k in ${TUNE_RANKS:-2 7}; do
-      for s in $TUNE; do
-        envs=()
-        if [ "$s" != base ]; then IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done; fi
-        one --variant patched --lib "$PATCHED" --ranks "$k" $mflag --colls all_reduce --sizes 4194304,33554432,268435456 --tag "tune:$s" "${envs[@]}"
+    for g in $GPUS; do
+      [ "$g" -gt "$NGPU" ] && continue
+      for k in ${TUNE_RANKS:-2 7}; do
+        [ "$k" -gt $((7 * g)) ] && continue
+        for s in $TUNE; do
+          envs=()
+          if [ "$s" != base ]; then IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done; fi
+          one --variant patched --lib "$PATCHED" --ranks "$k" --gpus "$g" $mflag --colls all_reduce --sizes 4194304,33554432,268435456 --tag "tune:$s" "${envs[@]}"
+        done
       done
     done
   fi

@@ -119,7 +119,7 @@ if part patched && [ -n "${PREFIX[patched-2.28.9]:-}" ]; then
 fi
 if part new && [ -n "${PREFIX[stock-new]:-}" ]; then
   L=$(lib stock-new)
-  case_ stock-new-no-multirank 2 "fail:" --preload "$L" --mig-ids distinct
+  case_ stock-new-no-multirank 2 "fail:Multiple Ranks" --preload "$L" --mig-ids distinct --unset NCCL_MULTI_RANK_GPU_ENABLE
   for n in 2 4 7; do
     case_ "stock-new-multirank-$n" "$n" ok --preload "$L" --mig-ids distinct --env NCCL_MULTI_RANK_GPU_ENABLE=1
   done

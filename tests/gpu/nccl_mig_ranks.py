@@ -3,7 +3,7 @@
 all_reduce, all_gather, reduce_scatter, broadcast and send/recv results exactly.
 
 Driver:  nccl_mig_ranks.py run --ranks 4 --label patched-4 --log DIR [--preload LIB]
-         [--mig-ids distinct|same|none] [--env K=V ...] [--expect ok|fail:TEXT] [--gpus G]
+         [--mig-ids distinct|same|none] [--env K=V ...] [--unset VAR ...] [--expect ok|fail:TEXT] [--gpus G]
 Worker:  started by the driver with RANK/WORLD_SIZE/... in its environment.
 
 The driver prints one summary line:
@@ -119,6 +119,8 @@ def driver(args):
         for kv in args.env:
             k, v = kv.split("=", 1)
             env[k] = v
+        for name in args.unset:
+            env.pop(name, None)
         envs.append(env)
         logs.append(os.path.join(args.log, f"{args.label}.rank{rank}.log"))
     # Once one rank fails, the others get 15 s (they may hang waiting for it).
@@ -171,6 +173,7 @@ def main():
     r.add_argument("--preload", default="")
     r.add_argument("--mig-ids", choices=["distinct", "same", "none"], default="distinct")
     r.add_argument("--env", action="append", default=[])
+    r.add_argument("--unset", action="append", default=[], help="drop a variable the plugin would export")
     r.add_argument("--expect", default="ok")
     r.add_argument("--require-shm", action="store_true")
     r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..N-1, as the plugin does")
