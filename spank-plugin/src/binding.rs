@@ -103,6 +103,9 @@ pub fn balanced_leaves<'a>(inv: &'a Inventory, indices: &[u32], var: &str, list:
     Ok(out)
 }
 
+/// NCCL's channel and CTA count settings: a user who sets any of them keeps their own tuning.
+pub const NCCL_CHANNEL_VARS: &[&str] = &["NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS", "NCCL_MAX_CTAS", "NCCL_MIN_CTAS"];
+
 /// MASTER_PORT for a step: the same for every task of the step, different for the steps of
 /// one job (and, mostly, of different jobs).
 pub fn master_port(job_id: u32, step_id: u32, (lo, hi): (u16, u16)) -> u16 {
@@ -231,6 +234,14 @@ pub fn plan_task(
             set_default(&mut out, "MASTER_PORT", master_port(task.job_id, task.step_id, args.master_ports).to_string());
         }
     }
+    if let Some(n) = args.nccl_max_channels {
+        // Single-node steps only: between nodes NCCL needs its channels for the network. The
+        // batch step is left alone so that its inner steps decide for themselves.
+        let user_tuned = NCCL_CHANNEL_VARS.iter().any(|v| env(v).is_some());
+        if !task.is_batch && task.nnodes == 1 && !user_tuned {
+            set(&mut out, "NCCL_MAX_NCHANNELS", n.to_string());
+        }
+    }
     if let Some(lib) = &args.nccl {
         let lib = lib.display().to_string();
         if !std::path::Path::new(&lib).is_file() {
@@ -347,6 +358,32 @@ mod tests {
         let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(1, 2), &env).unwrap().env);
         assert!(TORCH_VARS.iter().all(|v| !m.contains_key(*v)), "{m:?}");
         assert_eq!(m["NCCL_MIG_ID"], "MIG-1-0");
+    }
+
+    #[test]
+    fn single_node_steps_get_few_nccl_channels_unless_tuned_elsewhere() {
+        let inv = inventory();
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1")]);
+        let plan = |args: &PluginArgs, t: &TaskView, env: &dyn Fn(&str) -> Option<String>| as_map(&plan_task(Mode::Rank, args, &inv, t, env).unwrap().env);
+        let d = PluginArgs::default();
+        assert_eq!(plan(&d, &task(0, 2), &env)["NCCL_MAX_NCHANNELS"], "2");
+        assert_eq!(as_map(&plan_task(Mode::Node, &d, &inv, &task(0, 1), &env).unwrap().env)["NCCL_MAX_NCHANNELS"], "2");
+        let four = PluginArgs { nccl_max_channels: Some(4), ..PluginArgs::default() };
+        assert_eq!(plan(&four, &task(0, 2), &env)["NCCL_MAX_NCHANNELS"], "4");
+        let off = PluginArgs { nccl_max_channels: None, ..PluginArgs::default() };
+        assert!(!plan(&off, &task(0, 2), &env).contains_key("NCCL_MAX_NCHANNELS"));
+        // Several nodes: the network needs NCCL's channels.
+        let multi = TaskView { nnodes: 2, ..task(0, 2) };
+        assert!(!plan(&d, &multi, &env).contains_key("NCCL_MAX_NCHANNELS"));
+        // The batch step: its inner steps decide.
+        let batch = TaskView { is_batch: true, step_id: 0xffff_fffb, ..task(0, 1) };
+        let benv = env_of(&[("SLURM_JOB_GPUS", "0,7"), ("SLURM_JOB_NODELIST", "n1")]);
+        assert!(!plan(&d, &batch, &benv).contains_key("NCCL_MAX_NCHANNELS"));
+        // A user's own channel or CTA setting wins, whichever of them it is.
+        for v in NCCL_CHANNEL_VARS {
+            let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), (v, "16")]);
+            assert!(!plan(&d, &task(0, 2), &env).contains_key("NCCL_MAX_NCHANNELS"), "{v}");
+        }
     }
 
     #[test]

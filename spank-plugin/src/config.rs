@@ -60,6 +60,11 @@ pub struct PluginArgs {
     pub master_ports: (u16, u16),
     /// Where the per-leaf lock files live (`lock_dir=PATH`).
     pub lock_dir: PathBuf,
+    /// NCCL_MAX_NCHANNELS for single-node steps (`nccl_max_channels=N|off`, default 2), unless
+    /// the user set NCCL's channel or CTA counts. A leaf has few SMs and every NCCL channel
+    /// takes one while gradients are reduced during the backward pass: fewer channels gave
+    /// DDP steps 0-5% more throughput on emulated leaves (BENCHMARKS.md, "Channels").
+    pub nccl_max_channels: Option<u32>,
 }
 
 impl Default for PluginArgs {
@@ -72,6 +77,7 @@ impl Default for PluginArgs {
             // not collide with outgoing connections.
             master_ports: (20000, 32767),
             lock_dir: PathBuf::from("/run/flexmig"),
+            nccl_max_channels: Some(DEFAULT_NCCL_MAX_CHANNELS),
         }
     }
 }
@@ -101,7 +107,10 @@ impl PluginArgs {
     }
 }
 
-const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH";
+const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH, nccl_max_channels=N|off";
+
+/// NCCL_MAX_NCHANNELS exported to single-node steps unless configured otherwise.
+pub const DEFAULT_NCCL_MAX_CHANNELS: u32 = 2;
 
 impl PluginArgs {
     /// Parses `key=value` arguments strictly.
@@ -126,6 +135,7 @@ impl PluginArgs {
                 "torch_env" => out.torch_env = yes_no(value).map_err(bad)?,
                 "master_ports" => out.master_ports = port_range(value).map_err(bad)?,
                 "lock_dir" => out.lock_dir = absolute_path(value).map_err(bad)?,
+                "nccl_max_channels" => out.nccl_max_channels = channels(value).map_err(bad)?,
                 _ => return Err(bad(format!("unknown key `{key}`; known keys: {KEYS}"))),
             }
         }
@@ -148,6 +158,16 @@ fn yes_no(v: &str) -> Result<bool, String> {
         "yes" | "true" | "1" | "on" => Ok(true),
         "no" | "false" | "0" | "off" => Ok(false),
         _ => Err(format!("`{v}` is not yes or no")),
+    }
+}
+
+fn channels(v: &str) -> Result<Option<u32>, String> {
+    match v {
+        "off" | "no" => Ok(None),
+        _ => match v.parse::<u32>() {
+            Ok(n @ 1..=64) => Ok(Some(n)),
+            _ => Err(format!("`{v}` is not a channel count 1-64 or `off`")),
+        },
     }
 }
 
@@ -193,6 +213,9 @@ mod tests {
         assert_eq!(a.nccl, Some(PathBuf::from("/opt/nccl/lib/libnccl.so.2")));
         assert!(!a.torch_env);
         assert_eq!(a.master_ports, (30000, 30010));
+        assert_eq!(a.nccl_max_channels, Some(DEFAULT_NCCL_MAX_CHANNELS), "on by default");
+        assert_eq!(PluginArgs::parse(&["nccl_max_channels=off"]).unwrap().nccl_max_channels, None);
+        assert_eq!(PluginArgs::parse(&["nccl_max_channels=4"]).unwrap().nccl_max_channels, Some(4));
     }
 
     #[test]
@@ -217,6 +240,9 @@ mod tests {
             ("master_ports=80-90", "port range"),
             ("master_ports=3000", "port range"),
             ("master_ports=4000-3000", "port range"),
+            ("nccl_max_channels=0", "channel count"),
+            ("nccl_max_channels=65", "channel count"),
+            ("nccl_max_channels=many", "channel count"),
         ] {
             let e = PluginArgs::parse(&[arg]).unwrap_err();
             assert!(e.contains(arg) && e.contains(needle), "{arg}: {e}");

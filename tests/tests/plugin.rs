@@ -15,6 +15,7 @@ const VARS: &[&str] = &[
     "CUDA_VISIBLE_DEVICES",
     "NCCL_MIG_ID",
     "NCCL_MULTI_RANK_GPU_ENABLE",
+    "NCCL_MAX_NCHANNELS",
     "FLEXMIG_GPU",
     "FLEXMIG_PROFILE",
     "FLEXMIG_LEAF",
@@ -81,6 +82,7 @@ fn check_rank_step(tasks: &BTreeMap<u32, HashMap<String, String>>, leaves: &[Emu
         assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string(), "task {rank}");
         assert_eq!(t["FLEXMIG_PROFILE"], leaf.profile);
         assert_eq!(t["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+        assert_eq!(t["NCCL_MAX_NCHANNELS"], "2", "single-node steps get few NCCL channels by default");
         let allocated: Vec<u32> = t["SLURM_STEP_GPUS"].split(',').map(|s| s.parse().unwrap()).collect();
         assert!(allocated.contains(&leaf.gres_index), "task {rank}: leaf {} not allocated to the step ({allocated:?})", leaf.gres_index);
         assert_eq!(t["RANK"], rank.to_string());
@@ -133,12 +135,13 @@ fn each_task_gets_its_own_leaf_alternating_gpus() {
 #[test]
 fn fewer_tasks_than_leaves_and_user_set_torch_vars() {
     let (c, leaves) = start(2);
-    let o = Cluster::output(c.command("srun").env("MASTER_PORT", "4242").args(["--flexmig", "-n2", "--gres=gpu:1g.5gb:4", "bash", "-c", &print_vars()])).unwrap();
+    let o = Cluster::output(c.command("srun").env("MASTER_PORT", "4242").env("NCCL_MIN_NCHANNELS", "8").args(["--flexmig", "-n2", "--gres=gpu:1g.5gb:4", "bash", "-c", &print_vars()])).unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let tasks = parse_tasks(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(tasks.len(), 2);
     for t in tasks.values() {
         assert_eq!(t["MASTER_PORT"], "4242", "a user's MASTER_PORT is kept");
+        assert!(!t.contains_key("NCCL_MAX_NCHANNELS"), "a user who tunes NCCL's channels keeps their own setting: {t:?}");
     }
     let gpus: BTreeSet<u32> = tasks.values().map(|t| leaves.iter().find(|l| l.uuid == t["NCCL_MIG_ID"]).unwrap().gpu).collect();
     assert_eq!(gpus.len(), 2, "two tasks over four leaves still use both GPUs");
@@ -286,20 +289,20 @@ fn errors_fail_cleanly_with_their_message() {
 }
 
 #[test]
-fn nccl_argument_preloads_the_patched_library() {
+fn nccl_argument_preloads_the_patched_library_and_channels_can_be_off() {
     let (cfg, _) = ClusterConfig::emulated(1);
     let mut cfg = cfg;
-    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no\n".into();
+    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off\n".into();
     let c = Cluster::start(&cfg).unwrap();
     // Any loadable library stands in for the patched NCCL here.
     let libm = "/lib/x86_64-linux-gnu/libm.so.6";
     std::fs::copy(libm, c.dir().join("libnccl.so.2")).unwrap();
     let lib = c.dir().join("libnccl.so.2").display().to_string();
-    let o = Cluster::output(c.command("srun").env("LD_PRELOAD", libm).args(["--flexmig", "-n2", "--gres=gpu:2", "/bin/bash", "-c", "echo \"P=$LD_PRELOAD R=${RANK-unset}\""])).unwrap();
+    let o = Cluster::output(c.command("srun").env("LD_PRELOAD", libm).args(["--flexmig", "-n2", "--gres=gpu:2", "/bin/bash", "-c", "echo \"P=$LD_PRELOAD R=${RANK-unset} C=${NCCL_MAX_NCHANNELS-unset}\""])).unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.lines().count() == 2, "{}", text(&o));
     for l in out.lines() {
-        assert_eq!(l, format!("P={lib} {libm} R=unset"), "the user's LD_PRELOAD stays after the patched NCCL; torch_env=no sets no RANK");
+        assert_eq!(l, format!("P={lib} {libm} R=unset C=unset"), "the user's LD_PRELOAD stays after the patched NCCL; torch_env=no sets no RANK; nccl_max_channels=off none");
     }
 }
 
@@ -412,6 +415,7 @@ fn two_nodes_get_global_ranks_and_node_local_leaves() {
         assert_eq!(t["LOCAL_WORLD_SIZE"], "3");
         assert_eq!(t["LOCAL_RANK"], t["SLURM_LOCALID"]);
         assert_eq!(t["MASTER_ADDR"], "n1", "the rendezvous is the step's first node");
+        assert!(!t.contains_key("NCCL_MAX_NCHANNELS"), "a step over several nodes keeps NCCL's channel count for the network");
         assert_eq!(&t["MASTER_PORT"], port);
         per_node.entry(node.clone()).or_default().push((t["LOCAL_RANK"].parse().unwrap(), leaf.gpu));
     }
