@@ -125,7 +125,7 @@ def run(a):
         )
         env.pop("LD_PRELOAD", None)
         if a.variant != "single":
-            env.update(leaf_launch.plugin_env(rank, k, port, gpus=a.gpus))
+            env.update(leaf_launch.plugin_env(rank, k, port, gpus=a.gpus, max_channels=a.plugin_max_channels))
         if a.variant == "patched":
             env["LD_PRELOAD"] = a.lib
         if a.variant == "net":
@@ -171,6 +171,7 @@ def main():
     r.add_argument("--env", action="append", default=[], help="extra K=V for every rank")
     r.add_argument("--tag", default="")
     r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..G-1 (not for --variant single)")
+    r.add_argument("--plugin-max-channels", type=leaf_launch.channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
     r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")
     r.add_argument("--timeout", type=float, default=120)
     run(ap.parse_args())

@@ -98,7 +98,7 @@ def run(args):
     envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus))
+        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus, max_channels=args.plugin_max_channels))
         env.update(
             NCCL_DEBUG="INFO", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_COLLS=",".join(args.colls),
@@ -245,6 +245,7 @@ def main():
     r.add_argument("--lib", default="")
     r.add_argument("--mps", action="store_true")
     r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..G-1")
+    r.add_argument("--plugin-max-channels", type=leaf_launch.channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
     r.add_argument("--mps-percent", type=int, default=14)
     r.add_argument("--env", action="append", default=[])
     r.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=DEFAULT_SIZES)

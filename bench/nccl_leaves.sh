@@ -16,6 +16,8 @@
 # Environment: NCCL_SRC (holds nccl-2.28.9/ and nccl-2.3x/; default <repo>/.nccl/src),
 # FLEXMIG_HELPER (default: cargo-built), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out),
 # PHASES ("build copy main tune"), MODES ("plain mps"), RANKS ("2 4 7"), TUNE_RANKS ("2 7"),
+# PLUGIN_MAX_CHANNELS (the plugin's nccl_max_channels= mirrored in the ranks' environment; "off"
+# by default, so NCCL picks its channels as in the recorded results; the plugin's default is 2),
 # GPUS ("1": leaves packed on GPU 0; "1 2" adds the leaves spread over GPUs 0 and 1, as for
 # bench/nccl_two_gpus.sh; more than 7 leaves per GPU are skipped), VARIANTS ("patched net multirank"),
 # TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all), BUILD_NEW=0
@@ -53,7 +55,7 @@ NEW=$WORK/stock-new/lib/libnccl.so.2
 
 echo "== nccl_leaves on $(hostname), $(date -u +%FT%TZ); phases: $PHASES; modes: $MODES" | tee "$OUTDIR/nccl_leaves.log"
 nvidia-smi --query-gpu=name,driver_version,mig.mode.current,pci.bus_id --format=csv,noheader | tee -a "$OUTDIR/nccl_leaves.log"
-echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader)\", \"cpus\": $(nproc), \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | paste -sd ";")\", \"cpus\": $(nproc), \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
 
 if has build; then
   t0=$(date +%s)
@@ -79,7 +81,7 @@ mps_stop() {
 trap 'mps_stop >/dev/null 2>&1' EXIT
 
 one() { # args for nccl_leaves.py run
-  $PY "$B" run --log "$WORK/logs" "$@" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J" | $PY "$B" summarize
+  $PY "$B" run --log "$WORK/logs" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" "$@" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J" | $PY "$B" summarize
 }
 
 if has copy; then

@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
 """Tables and plots from bench/nccl_leaves.sh results (JSON lines).
 
-  python3 bench/nccl_leaves_report.py bench/results/nccl/*.jsonl --out bench/results/nccl
+  python3 bench/nccl_leaves_report.py bench/results/nccl/run[1-5]-*.jsonl \
+      --two-gpus bench/results/nccl/run[67]-two-gpus-*.jsonl \
+      --channels bench/results/nccl/run8-*channels.jsonl bench/results/nccl/run9-*.jsonl \
+      --out bench/results/nccl
+
+The positional files are benchmark 1 and 3 (one GPU), --two-gpus benchmark 2 (leaves packed on
+one GPU against spread over two, measured on a two-GPU machine), --channels the NCCL channel
+count side by side (collectives and DDP steps, one and two GPUs).
 
 Writes report.md (the tables BENCHMARKS.md quotes) and PNG plots (needs matplotlib:
 `pip install matplotlib`). Every number comes from the JSON lines; nothing is typed in.
@@ -16,19 +23,21 @@ DDP = []  # bench/ddp_step.py results
 SIZES_LABEL = {8192: "8K", 65536: "64K", 524288: "512K", 4 * MIB: "4M", 32 * MIB: "32M", 256 * MIB: "256M"}
 
 
-def load(paths):
+def load(paths, ddp=None):
+    ddp = DDP if ddp is None else ddp
     runs, copy, meta = [], None, []
     for p in paths:
         for line in open(p):
             d = json.loads(line)
             if "model" in d:
                 d["_file"] = p
-                DDP.append(d)
+                ddp.append(d)
             elif "pinned_copy_GBs" in d:
-                copy = d["pinned_copy_GBs"]
+                copy = d
             elif "machine" in d:
                 meta.append(d)
             elif "label" in d:
+                d.setdefault("gpus", 1)
                 runs.append(d)
     # Later runs of the same label win (a repeated run replaces an earlier one).
     by_label = {}
@@ -53,12 +62,17 @@ def fmt(v):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
+    ap.add_argument("--two-gpus", nargs="*", default=[])
+    ap.add_argument("--channels", nargs="*", default=[])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    runs, copy, meta = load(a.files)
+    runs, copy_rec, meta = load(a.files)
     os.makedirs(a.out, exist_ok=True)
+    copy = copy_rec["pinned_copy_GBs"] if copy_rec else None
     limit = min(copy["h2d"], copy["d2h"]) if copy else None
-    main_runs = {(r["variant"], r["mps"], r["ranks"]): r for r in runs if not r.get("tag")}
+    # The ring sends and receives at once: the copy rate each way with both directions busy.
+    limit2 = copy["bidirectional_total"] / 2 if copy else None
+    main_runs = {(r["variant"], r["mps"], r["ranks"]): r for r in runs if not r.get("tag") and r["gpus"] == 1}
     lines = []
     m = meta[0] if meta else {}
     lines.append(f"Machine: {m.get('machine', '?')}, {m.get('cpus', '?')} CPUs, PyTorch {m.get('torch', '?')}; runs of {', '.join(sorted({x['date'][:10] for x in meta}))}.")
@@ -68,10 +82,12 @@ def main():
             f"both directions at once {copy['bidirectional_total']:.1f} GB/s in total."
         )
     lines.append("")
-    lines.append("Bus bandwidth in GB/s at 256 MiB (nccl-tests definitions), and the share of the PCIe bound copy/k:")
+    lines.append("Bus bandwidth in GB/s at 256 MiB (nccl-tests definitions), and the share of the PCIe bound copy/k, with")
+    lines.append("copy = one direction alone (the issue's bound) and copy = each direction while both are busy (what a ring,")
+    lines.append("which sends and receives at once, can get):")
     lines.append("")
-    lines.append("| emulation | leaves k | bound copy/k | patched SHM all_reduce | % of bound | NET workaround | patched / NET | stock 2.30.7 multi-rank (in-GPU P2P, not a MIG path) | patched all_gather | NET all_gather |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| emulation | leaves k | bound copy/k | patched SHM all_reduce | % of bound | % of both-ways bound | NET workaround | patched / NET | stock 2.30.7 multi-rank (in-GPU P2P, not a MIG path) | patched all_gather | NET all_gather |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for mps in (False, True):
         for k in (2, 4, 7):
             p, n, s = (main_runs.get((v, mps, k)) for v in ("patched", "net", "multirank"))
@@ -88,7 +104,7 @@ def main():
                 sa_txt = "not run"
             lines.append(
                 f"| {'MPS, ~1/7 SMs per rank' if mps else 'plain (time-sliced)'} | {k} | {fmt(bound)} | {fmt(pa)} | "
-                f"{(100 * pa / bound):.0f}% | {fmt(na)} | {(pa / na):.1f}x | {sa_txt} | "
+                f"{(100 * pa / bound):.0f}% | {(100 * pa / (limit2 / k)):.0f}% | {fmt(na)} | {(pa / na):.1f}x | {sa_txt} | "
                 f"{fmt(busbw(p, 'all_gather', 256 * MIB))} | {fmt(busbw(n, 'all_gather', 256 * MIB) if n else None)} |"
             )
     lines.append("")
@@ -161,6 +177,9 @@ def main():
                 else:
                     codes = ",".join(sorted({str(c) for c in d["exit"]}))
                     lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | - | - | - | hung: ranks {codes} (PyTorch's NCCL watchdog aborted them) |")
+    two = two_gpu_section(a.two_gpus, lines) if a.two_gpus else None
+    if a.channels:
+        channels_section(a.channels, lines)
     open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -196,6 +215,115 @@ def main():
         path = os.path.join(a.out, f"allreduce-{'mps' if mps else 'plain'}.png")
         fig.savefig(path, dpi=90)
         print("wrote", path)
+    if two:
+        plot_two_gpus(plt, two, os.path.join(a.out, "allreduce-two-gpus.png"))
+
+
+def spread_bound(copy_each_way, k, gpus):
+    """The PCIe bound of a ring all-reduce over k leaves on `gpus` GPUs (round-robin): the GPU
+    with the most leaves, ceil(k/gpus), carries that many leaves' traffic over its one link."""
+    return copy_each_way / -(-k // gpus)
+
+
+def two_gpu_section(paths, lines):
+    runs, rec, meta = load(paths, ddp=[])
+    m = meta[0] if meta else {}
+    per = rec["per_gpu"] if rec else []
+    lines.append("")
+    lines.append("## Two GPUs: leaves packed on one GPU against spread over both (benchmark 2)")
+    lines.append("")
+    lines.append(f"Machine: {m.get('machine', '?')}, {m.get('cpus', '?')} CPUs, PyTorch {m.get('torch', '?')}; runs of {', '.join(sorted({x['date'][:10] for x in meta}))}.")
+    if per:
+        lines.append("Pinned copies (256 MiB, same machine): " + "; ".join(
+            f"GPU{i} H2D {g['h2d']:.1f}, D2H {g['d2h']:.1f}, both at once {g['bidirectional_total']:.1f} GB/s in total" for i, g in enumerate(per))
+            + f"; both directions on both GPUs at once {rec['all_gpus_bidirectional_total']:.1f} GB/s in total.")
+    lines.append("")
+    lines.append("all_reduce bus bandwidth at 256 MiB, GB/s. Bound: copy/ceil(k/g) with g GPUs (one direction alone; the GPU")
+    lines.append("with most leaves limits); spread/packed is the gain of spreading the same k leaves:")
+    lines.append("")
+    lines.append("| emulation | leaves k | packed: patched SHM | bound | % | spread: patched SHM | bound | % | spread / packed | packed: NET | spread: NET | spread: SHM / NET | spread all_gather SHM |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    limit = min(per[0]["h2d"], per[0]["d2h"]) if per else None
+    got = {(r["variant"], r["mps"], r["ranks"], r["gpus"]): r for r in runs if not r.get("tag")}
+    for mps in (False, True):
+        for k in (2, 4, 7, 14):
+            pk, sp = got.get(("patched", mps, k, 1)), got.get(("patched", mps, k, 2))
+            nk, ns = got.get(("net", mps, k, 1)), got.get(("net", mps, k, 2))
+            if not sp:
+                continue
+            v = lambda r, c="all_reduce": busbw(r, c, 256 * MIB) if r else None  # noqa: E731
+            bp, bs = (spread_bound(limit, k, 1) if k <= 7 else None), spread_bound(limit, k, 2)
+            pct = lambda x, b: f"{100 * x / b:.0f}%" if x and b else "-"  # noqa: E731
+            ratio = lambda x, y: f"{x / y:.2f}x" if x and y else "-"  # noqa: E731
+            lines.append(
+                f"| {'MPS' if mps else 'plain'} | {k} | {fmt(v(pk)) if k <= 7 else 'n/a (7 leaves per GPU)'} | {fmt(bp)} | {pct(v(pk), bp)} | "
+                f"{fmt(v(sp))} | {fmt(bs)} | {pct(v(sp), bs)} | {ratio(v(sp), v(pk))} | {fmt(v(nk))} | {fmt(v(ns))} | {ratio(v(sp), v(ns))} | {fmt(v(sp, 'all_gather'))} |"
+            )
+    return got
+
+
+def channels_section(paths, lines):
+    ddp = []
+    runs, _, _ = load(paths, ddp=ddp)
+    lines.append("")
+    lines.append("## Channels: NCCL_MAX_NCHANNELS=2 against NCCL's own choice (and NCCL_MIN_NCHANNELS=16), MPS")
+    lines.append("")
+    lines.append("Collectives, all_reduce bus bandwidth at 256 MiB (GB/s), side by side in one run:")
+    lines.append("")
+    lines.append("| GPUs | leaves k | default | NCCL_MAX_NCHANNELS=2 | ratio |")
+    lines.append("|---|---|---|---|---|")
+    tune = defaultdict(dict)
+    for r in runs:
+        if r.get("tag", "").startswith("tune:"):
+            tune[(r["gpus"], r["ranks"])][r["tag"][5:]] = busbw(r, "all_reduce", 256 * MIB)
+    for (g, k), d in sorted(tune.items()):
+        b, c = d.get("base"), d.get("NCCL_MAX_NCHANNELS=2")
+        if b and c:
+            lines.append(f"| {g} | {k} | {fmt(b)} | {fmt(c)} | {c / b:.2f} |")
+    lines.append("")
+    lines.append("Training steps (bench/ddp_step.sh, patched SHM), samples/s of the whole job, side by side in one run:")
+    lines.append("")
+    lines.append("| model | GPUs | leaves k | default | NCCL_MAX_NCHANNELS=2 | ratio | comm share default -> 2 channels | NCCL_MIN_NCHANNELS=16 | ratio |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    base = {(d["model"], d.get("gpus", 1), d["ranks"], d["_file"]): d for d in ddp if not d.get("tag") and "samples_per_s" in d}
+    rows = {}
+    for d in ddp:
+        if d.get("tag") and "samples_per_s" in d:
+            key = (d["model"], d.get("gpus", 1), d["ranks"], d["_file"])
+            if key in base:
+                rows.setdefault(key, {})[d["tag"][5:]] = d
+    for key in sorted(rows, key=lambda t: (t[0], t[1], t[2])):
+        b, d = base[key], rows[key]
+        two, sixteen = d.get("NCCL_MAX_NCHANNELS=2"), d.get("NCCL_MIN_NCHANNELS=16")
+        cell = lambda x: (f"{x['samples_per_s']:.0f}", f"{x['samples_per_s'] / b['samples_per_s']:.3f}") if x else ("-", "-")  # noqa: E731
+        c2, c16 = cell(two), cell(sixteen)
+        comm = f"{b['comm_share'] * 100:.0f}% -> {two['comm_share'] * 100:.0f}%" if two else "-"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {b['samples_per_s']:.0f} | {c2[0]} | {c2[1]} | {comm} | {c16[0]} | {c16[1]} |")
+
+
+def plot_two_gpus(plt, got, path):
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2), sharey=True)
+    for ax, k in zip(axes, (2, 4, 7, 14)):
+        for (variant, gpus), style, color, name in (
+            (("patched", 1), "o-", "tab:blue", "patched SHM, packed on 1 GPU"), (("patched", 2), "o-", "tab:orange", "patched SHM, spread over 2 GPUs"),
+            (("net", 1), "s--", "tab:green", "NET workaround, packed"), (("net", 2), "s--", "tab:red", "NET workaround, spread"),
+        ):
+            r = got.get((variant, True, k, gpus))
+            if not r or not r["results"]:
+                continue
+            xs = [x["bytes"] for x in r["results"] if x["coll"] == "all_reduce"]
+            ys = [x["busbw_GBs"] for x in r["results"] if x["coll"] == "all_reduce"]
+            ax.plot(xs, ys, style, color=color, label=name, alpha=1.0 if gpus == 2 else 0.55)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{k} leaves, MPS ~1/7 SMs per leaf")
+        ax.set_xlabel("message size (bytes)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("all_reduce bus bandwidth (GB/s)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print("wrote", path)
 
 
 if __name__ == "__main__":

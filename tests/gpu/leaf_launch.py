@@ -31,11 +31,13 @@ def leaf_gpu(rank, gpus):
     return rank % gpus
 
 
-def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1):
+def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1, max_channels=None):
     """What the plugin exports for local task `rank` of a `ranks`-task step on one node whose
-    leaves lie on `gpus` GPUs."""
+    leaves lie on `gpus` GPUs, with plugstack `nccl_max_channels=max_channels` (None: `off`;
+    the plugin's default is 2)."""
     gpu = str(leaf_gpu(rank, gpus))
-    return {
+    extra = {"NCCL_MAX_NCHANNELS": str(max_channels)} if max_channels else {}
+    return extra | {
         "CUDA_VISIBLE_DEVICES": gpu,
         "NCCL_MIG_ID": mig_id(rank),
         "NCCL_MULTI_RANK_GPU_ENABLE": "1",
@@ -49,6 +51,11 @@ def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1):
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
+
+
+def channels_arg(value):
+    """argparse type for --plugin-max-channels: a count or `off`, as nccl_max_channels= takes."""
+    return None if value == "off" else int(value)
 
 
 def launch(script, envs, log_paths, timeout, grace=10):

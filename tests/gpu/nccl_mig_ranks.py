@@ -107,7 +107,7 @@ def driver(args):
     envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus))
+        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus, max_channels=args.plugin_max_channels))
         env.update(NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1")
         env.pop("NCCL_MIG_ID", None)
         if args.mig_ids == "distinct":
@@ -177,6 +177,7 @@ def main():
     r.add_argument("--expect", default="ok")
     r.add_argument("--require-shm", action="store_true")
     r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..N-1, as the plugin does")
+    r.add_argument("--plugin-max-channels", type=leaf_launch.channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
     r.add_argument("--timeout", type=float, default=180)
     driver(ap.parse_args())
 
