@@ -217,6 +217,8 @@ def main():
         print("wrote", path)
     if two:
         plot_two_gpus(plt, two, os.path.join(a.out, "allreduce-two-gpus.png"))
+    if DDP:
+        plot_ddp(plt, os.path.join(a.out, "ddp-step.png"))
 
 
 def spread_bound(copy_each_way, k, gpus):
@@ -299,6 +301,33 @@ def channels_section(paths, lines):
         c2, c16 = cell(two), cell(sixteen)
         comm = f"{b['comm_share'] * 100:.0f}% -> {two['comm_share'] * 100:.0f}%" if two else "-"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {b['samples_per_s']:.0f} | {c2[0]} | {c2[1]} | {comm} | {c16[0]} | {c16[1]} |")
+
+
+def plot_ddp(plt, path):
+    """Samples/s of one bigger instance, k leaves over patched SHM and over NET, per model and k."""
+    res = {}
+    for d in DDP:
+        if not d.get("tag") and "samples_per_s" in d and d.get("gpus", 1) == 1:
+            res.setdefault((d["model"], d["variant"], d["ranks"]), d["samples_per_s"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, model, name in zip(axes, ("resnet", "transformer"), ("ResNet-50, batch 32 per leaf", "transformer 6x768, 16x256 per leaf")):
+        ks = [k for k in (2, 4, 7) if (model, "single", k) in res]
+        width = 0.27
+        for i, (variant, label, color) in enumerate((("single", "one instance of k slices", "tab:gray"), ("patched", "k leaves, patched SHM", "tab:blue"), ("net", "k leaves, NET workaround", "tab:red"))):
+            xs = [j + (i - 1) * width for j in range(len(ks))]
+            ys = [res.get((model, variant, k), 0) for k in ks]
+            ax.bar(xs, ys, width, label=label, color=color)
+            if variant == "patched":
+                for x, y, k in zip(xs, ys, ks):
+                    ax.text(x, y, f"{y / res[(model, 'single', k)]:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(ks)), [f"{k} leaves" for k in ks])
+        ax.set_ylabel("samples/s (whole job)")
+        ax.set_title(f"DDP step under MPS: {name}")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print("wrote", path)
 
 
 def plot_two_gpus(plt, got, path):
