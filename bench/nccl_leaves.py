@@ -119,6 +119,10 @@ def run(args):
         envs.append(env)
         logs.append(os.path.join(logdir, f"{label}.rank{rank}.log"))
     codes, text = leaf_launch.launch(HERE, envs, logs, args.timeout)
+    if "EADDRINUSE" in text and not args.retried:
+        # free_port() gave a port that something else took before rank 0 listened: once more.
+        args.retried = True
+        return run(args)
     report(label, args.variant, n, args.gpus, args.mps, args.env, args.tag, codes, text)
 
 
@@ -253,7 +257,9 @@ def main():
     r.add_argument("--tag", default="")
     r.add_argument("--log", default="")
     r.add_argument("--timeout", type=float, default=90)
-    run(ap.parse_args())
+    a = ap.parse_args()
+    a.retried = False
+    run(a)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,13 @@ def load(paths, ddp=None):
                 meta.append(d)
             elif "label" in d:
                 d.setdefault("gpus", 1)
+                d["_file"] = os.path.basename(p).split(".")[0]
                 runs.append(d)
-    # Later runs of the same label win (a repeated run replaces an earlier one).
+    # Later runs of the same label win (a repeated run replaces an earlier one); settings runs
+    # (tags) stay per file, each compared with the default of its own run.
     by_label = {}
     for r in runs:
-        by_label[r["label"]] = r
+        by_label[(r["label"], r["_file"]) if r.get("tag") else r["label"]] = r
     return list(by_label.values()), copy, meta
 
 
@@ -122,22 +124,19 @@ def main():
     tune = defaultdict(dict)
     for r in runs:
         if r.get("tag", "").startswith("tune:"):
-            tune[(r["mps"], r["ranks"])][r["tag"][5:]] = r
-    settings = []
-    for d in tune.values():
-        for s in d:
-            if s not in settings:
-                settings.append(s)
-    lines.append("| emulation | k | " + " | ".join(s.replace(",", " + ") for s in settings) + " |")
-    lines.append("|---|---|" + "---|" * len(settings))
-    for (mps, k) in sorted(tune):
-        d = tune[(mps, k)]
+            tune[(r["_file"], r["mps"], r["ranks"])][r["tag"][5:]] = r
+    lines.append("| run | emulation | leaves k | setting | GB/s | vs default |")
+    lines.append("|---|---|---|---|---|---|")
+    for (f, mps, k) in sorted(tune, key=lambda t: (int(t[0][3:].split("-")[0]) if t[0][3:].split("-")[0].isdigit() else 0, t[1], t[2])):
+        d = tune[(f, mps, k)]
         base = busbw(d["base"], "all_reduce", 256 * MIB) if "base" in d else None
-        cells = []
-        for s in settings:
-            v = busbw(d[s], "all_reduce", 256 * MIB) if s in d else None
-            cells.append("-" if v is None else (f"{fmt(v)} ({v / base:.2f}x)" if base else fmt(v)))
-        lines.append(f"| {'MPS' if mps else 'plain'} | {k} | " + " | ".join(cells) + " |")
+        for setting, r in d.items():
+            v = busbw(r, "all_reduce", 256 * MIB)
+            name = "default" if setting == "base" else "`" + setting.replace(",", " ") + "`"
+            rel = f"{v / base:.2f}" if v and base else "-"
+            err = (r.get("error") or "").strip()
+            txt = fmt(v) if v else ("failed: " + (err[:80] if len(err) > 3 else "no result"))
+            lines.append(f"| {f} | {'MPS' if mps else 'plain'} | {k} | {name} | {txt} | {rel} |")
     if DDP:
         lines.append("")
         lines.append("Training step under MPS (bench/ddp_step.sh): samples/s of the whole job, step time, share of the step spent in")
