@@ -67,6 +67,7 @@ def main():
     ap.add_argument("--two-gpus", nargs="*", default=[])
     ap.add_argument("--channels", nargs="*", default=[])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
     runs, copy_rec, meta = load(a.files)
     os.makedirs(a.out, exist_ok=True)
@@ -182,6 +183,8 @@ def main():
     open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+    if a.no_plots:
+        return
     try:
         import matplotlib
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs all of flexmig's tests on Debian 12 as root: unit tests, the integration tests against a
-# real Slurm (munge, slurmctld, slurmd started by the tests on loopback), and the NCCL patch
-# check. Installs what it needs first.
+# real Slurm (munge, slurmctld, slurmd started by the tests on loopback), the NCCL patch check,
+# and the benchmark scripts' check (tables reproduced from raw results). Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -11,3 +11,5 @@ cargo test --workspace --no-fail-fast
 if [ -f nccl-patch/ci-check.sh ]; then
   bash nccl-patch/ci-check.sh
 fi
+# The GPU scripts and the published benchmark tables (python3 is there after ci-check).
+bash bench/check.sh

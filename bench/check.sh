@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# CI check of the GPU benchmark and test scripts, no GPU needed:
+# 1. every Python script compiles, and the launcher's plugin environment follows the plugin's
+#    round-robin order and its nccl_max_channels= argument;
+# 2. bench/results/nccl/report.md is exactly what bench/nccl_leaves_report.py makes of the
+#    committed raw results, and BENCHMARKS.md quotes its tables unchanged (the numbers in
+#    BENCHMARKS.md come from the scripts, not by hand).
+# Needs python3 (no third-party modules; plots are skipped without matplotlib).
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+python3 - <<'PY'
+import ast, glob, sys
+for f in sorted(glob.glob("bench/*.py") + glob.glob("tests/gpu/*.py")):
+    ast.parse(open(f).read(), f)
+sys.dont_write_bytecode = True
+sys.path.insert(0, "tests/gpu")
+import leaf_launch as L
+# 7 leaves over 2 GPUs: ranks alternate GPUs, every rank its own MIG id, one rendezvous.
+envs = [L.plugin_env(r, 7, 29500, gpus=2) for r in range(7)]
+assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1", "0", "1", "0"], envs
+assert len({e["NCCL_MIG_ID"] for e in envs}) == 7
+assert all(e["FLEXMIG_GPU"] == e["CUDA_VISIBLE_DEVICES"] and e["MASTER_PORT"] == "29500" for e in envs)
+assert all("NCCL_MAX_NCHANNELS" not in e for e in envs)
+assert L.plugin_env(0, 2, 1, max_channels=L.channels_arg("2"))["NCCL_MAX_NCHANNELS"] == "2"
+assert L.channels_arg("off") is None
+print("bench/check: scripts compile; launcher environment as the plugin's")
+PY
+R=bench/results/nccl
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+( cd "$R" && python3 "$REPO/bench/nccl_leaves_report.py" run[1-5]-*.jsonl run10-*.jsonl \
+    --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl \
+    --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
+    --out "$tmp" --no-plots >/dev/null )
+diff -u "$R/report.md" "$tmp/report.md"
+echo "bench/check: $R/report.md is reproduced from the raw results"
+# ... and BENCHMARKS.md quotes every row of its tables unchanged.
+python3 - "$R/report.md" BENCHMARKS.md <<'PY'
+import sys
+rows = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("|") and not l.startswith("|---")]
+text = open(sys.argv[2]).read()
+missing = [l for l in rows if l not in text]
+assert not missing, "BENCHMARKS.md lacks or altered these rows of report.md:\n" + "\n".join(missing)
+print(f"bench/check: BENCHMARKS.md quotes all {len(rows)} table rows of report.md")
+PY
