@@ -48,6 +48,15 @@ def load(paths, ddp=None):
     return list(by_label.values()), copy, meta
 
 
+def tuned(runs, key):
+    """The settings runs (tag `tune:SETTING`) grouped by key(run): {key: {SETTING: run}}."""
+    out = defaultdict(dict)
+    for r in runs:
+        if r.get("tag", "").startswith("tune:"):
+            out[key(r)][r["tag"][5:]] = r
+    return out
+
+
 def busbw(run, coll, size):
     for x in run["results"]:
         if x["coll"] == coll and x["bytes"] == size:
@@ -122,10 +131,7 @@ def main():
     lines.append("")
     lines.append("SHM settings side by side (patched 2.28.9, all_reduce at 256 MiB, GB/s; ratio to the default):")
     lines.append("")
-    tune = defaultdict(dict)
-    for r in runs:
-        if r.get("tag", "").startswith("tune:"):
-            tune[(r["_file"], r["mps"], r["ranks"])][r["tag"][5:]] = r
+    tune = tuned(runs, lambda r: (r["_file"], r["mps"], r["ranks"]))
     lines.append("| run | emulation | leaves k | setting | GB/s | vs default |")
     lines.append("|---|---|---|---|---|---|")
     for (f, mps, k) in sorted(tune, key=lambda t: (int(t[0][3:].split("-")[0]) if t[0][3:].split("-")[0].isdigit() else 0, t[1], t[2])):
@@ -162,14 +168,14 @@ def main():
                     f"{pa['samples_per_s'] / si['samples_per_s']:.2f} | {ne['samples_per_s']:.0f} | {ne['step_s'] * 1e3:.0f} | {ne['comm_share'] * 100:.0f}% | "
                     f"{pa['samples_per_s'] / ne['samples_per_s']:.2f} |"
                 )
-        tuned = [d for d in DDP if d.get("tag")]
-        if tuned:
+        tagged = [d for d in DDP if d.get("tag")]
+        if tagged:
             lines.append("")
             lines.append("SHM settings inside the training step (patched, MPS), against the default of the same run:")
             lines.append("")
             lines.append("| model | leaves k | setting | samples/s | vs default | comm | outcome |")
             lines.append("|---|---|---|---|---|---|---|")
-            for d in tuned:
+            for d in tagged:
                 base = next((b for b in DDP if not b.get("tag") and b["model"] == d["model"] and b["ranks"] == d["ranks"] and b["variant"] == "patched" and b["_file"] == d["_file"]), None)
                 if "samples_per_s" in d:
                     rel = f"{d['samples_per_s'] / base['samples_per_s']:.2f}" if base and "samples_per_s" in base else "-"
@@ -200,23 +206,12 @@ def main():
                 r = main_runs.get((variant, mps, k))
                 if not r or not r["results"]:
                     continue
-                xs = [x["bytes"] for x in r["results"] if x["coll"] == "all_reduce"]
-                ys = [x["busbw_GBs"] for x in r["results"] if x["coll"] == "all_reduce"]
-                ax.plot(xs, ys, style, label=name)
+                ax.plot(*curve(r), style, label=name)
             if limit:
                 ax.axhline(limit / k, color="gray", lw=1)
                 ax.text(8192, limit / k * 1.08, f"PCIe copy bound {limit / k:.1f}", color="gray", fontsize=8)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{k} leaves on one H200 ({'MPS' if mps else 'time-sliced'})")
-            ax.set_xlabel("message size (bytes)")
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0].set_ylabel("all_reduce bus bandwidth (GB/s)")
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(a.out, f"allreduce-{'mps' if mps else 'plain'}.png")
-        fig.savefig(path, dpi=90)
-        print("wrote", path)
+            size_axes(ax, f"{k} leaves on one H200 ({'MPS' if mps else 'time-sliced'})")
+        save(fig, axes, os.path.join(a.out, f"allreduce-{'mps' if mps else 'plain'}.png"))
     if two:
         plot_two_gpus(plt, two, os.path.join(a.out, "allreduce-two-gpus.png"))
     if DDP:
@@ -276,12 +271,8 @@ def channels_section(paths, lines):
     lines.append("")
     lines.append("| GPUs | leaves k | default | NCCL_MAX_NCHANNELS=2 | ratio |")
     lines.append("|---|---|---|---|---|")
-    tune = defaultdict(dict)
-    for r in runs:
-        if r.get("tag", "").startswith("tune:"):
-            tune[(r["gpus"], r["ranks"])][r["tag"][5:]] = busbw(r, "all_reduce", 256 * MIB)
-    for (g, k), d in sorted(tune.items()):
-        b, c = d.get("base"), d.get("NCCL_MAX_NCHANNELS=2")
+    for (g, k), d in sorted(tuned(runs, lambda r: (r["gpus"], r["ranks"])).items()):
+        b, c = (busbw(d[t], "all_reduce", 256 * MIB) if t in d else None for t in ("base", "NCCL_MAX_NCHANNELS=2"))
         if b and c:
             lines.append(f"| {g} | {k} | {fmt(b)} | {fmt(c)} | {c / b:.2f} |")
     lines.append("")
@@ -342,14 +333,26 @@ def plot_two_gpus(plt, got, path):
             r = got.get((variant, True, k, gpus))
             if not r or not r["results"]:
                 continue
-            xs = [x["bytes"] for x in r["results"] if x["coll"] == "all_reduce"]
-            ys = [x["busbw_GBs"] for x in r["results"] if x["coll"] == "all_reduce"]
-            ax.plot(xs, ys, style, color=color, label=name, alpha=1.0 if gpus == 2 else 0.55)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{k} leaves, MPS ~1/7 SMs per leaf")
-        ax.set_xlabel("message size (bytes)")
-        ax.grid(True, which="both", alpha=0.3)
+            ax.plot(*curve(r), style, color=color, label=name, alpha=1.0 if gpus == 2 else 0.55)
+        size_axes(ax, f"{k} leaves, MPS ~1/7 SMs per leaf")
+    save(fig, axes, path)
+
+
+def curve(run):
+    """all_reduce bus bandwidth against message size."""
+    pts = [(x["bytes"], x["busbw_GBs"]) for x in run["results"] if x["coll"] == "all_reduce"]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def size_axes(ax, title):
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("message size (bytes)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def save(fig, axes, path):
     axes[0].set_ylabel("all_reduce bus bandwidth (GB/s)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
