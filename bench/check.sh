@@ -24,7 +24,42 @@ assert all(e["FLEXMIG_GPU"] == e["CUDA_VISIBLE_DEVICES"] and e["MASTER_PORT"] ==
 assert all("NCCL_MAX_NCHANNELS" not in e for e in envs)
 assert L.plugin_env(0, 2, 1, max_channels=L.channels_arg("2"))["NCCL_MAX_NCHANNELS"] == "2"
 assert L.channels_arg("off") is None
-print("bench/check: scripts compile; launcher environment as the plugin's")
+print("bench/check: scripts compile")
+PY
+# The launcher's environment against the plugin's own code (binding::plan_task, through
+# spank-plugin/examples/plan_env.rs): the same variables, and the same values wherever the
+# emulation does not have to differ. By design they differ in what names a device or a port:
+# CUDA_VISIBLE_DEVICES (the GPU index: MIG is off where the benchmarks run), the MIG ids,
+# FLEXMIG_PROFILE, MASTER_ADDR and MASTER_PORT.
+cargo build -q -p flexmig-spank --example plan_env
+PLAN_ENV="${CARGO_TARGET_DIR:-$REPO/target}/debug/examples/plan_env"
+python3 - "$PLAN_ENV" <<'PY'
+import subprocess, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "tests/gpu")
+import leaf_launch as L
+SAME = ["NCCL_MULTI_RANK_GPU_ENABLE", "FLEXMIG_GPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NCCL_MAX_NCHANNELS"]
+n = 0
+for gpus, tasks in [(1, 2), (1, 4), (1, 7), (2, 2), (2, 4), (2, 7), (2, 14)]:
+    for ch in ("off", "2"):
+        out = subprocess.run([sys.argv[1], "--gpus", str(gpus), "--tasks", str(tasks), "--max-channels", ch], check=True, capture_output=True, text=True).stdout
+        real = {}
+        for line in out.splitlines():
+            t, kv = line.split(" ", 1)
+            k, v = kv.split("=", 1)
+            real.setdefault(int(t), {})[k] = v
+        emu = {t: L.plugin_env(t, tasks, 29500, gpus=gpus, max_channels=L.channels_arg(ch)) for t in range(tasks)}
+        for t in range(tasks):
+            r, e = real[t], emu[t]
+            assert set(r) == set(e), f"{gpus} GPUs, {tasks} tasks, channels {ch}, task {t}: plugin {sorted(r)} launcher {sorted(e)}"
+            for k in SAME:
+                assert r.get(k) == e.get(k), f"{gpus} GPUs, {tasks} tasks, task {t}: {k} plugin {r.get(k)} launcher {e.get(k)}"
+            assert r["CUDA_VISIBLE_DEVICES"] == r["NCCL_MIG_ID"] == r["FLEXMIG_LEAF"]
+        for env in (real, emu):
+            assert len({env[t]["NCCL_MIG_ID"] for t in range(tasks)}) == tasks, "one leaf per task"
+            assert len({env[t]["MASTER_PORT"] for t in range(tasks)}) == 1, "one rendezvous per step"
+        n += 1
+print(f"bench/check: the launcher exports the plugin's variables ({n} step shapes compared with binding::plan_task)")
 PY
 R=bench/results/nccl
 tmp=$(mktemp -d)

@@ -4,6 +4,8 @@ Each rank gets the environment the flexmig plugin exports for local task `rank` 
 `srun --flexmig -nK` step (spank-plugin/src/binding.rs). MIG mode is never touched: leaves are
 emulated by ranks sharing a GPU, each with its own NCCL_MIG_ID. With `gpus` > 1 the leaves are
 spread over GPUs 0..gpus-1 in the plugin's round-robin order; with 1 they are packed on GPU 0.
+bench/check.sh (run by scripts/test.sh) compares plugin_env() with the plugin's own
+binding::plan_task for 1 and 2 GPUs and 2 to 14 leaves, so the two cannot drift apart.
 """
 import json
 import re
