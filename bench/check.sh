@@ -65,7 +65,7 @@ R=bench/results/nccl
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 ( cd "$R" && python3 "$REPO/bench/nccl_leaves_report.py" run[1-5]-*.jsonl run10-*.jsonl \
-    --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl \
+    --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
     --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
     --out "$tmp" --no-plots >/dev/null )
 diff -u "$R/report.md" "$tmp/report.md"

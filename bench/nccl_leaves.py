@@ -123,10 +123,10 @@ def run(args):
         # free_port() gave a port that something else took before rank 0 listened: once more.
         args.retried = True
         return run(args)
-    report(label, args.variant, n, args.gpus, args.mps, args.env, args.tag, codes, text)
+    report(label, args.variant, n, args.gpus, args.mps, args.env, args.tag, codes, text, args.plugin_max_channels)
 
 
-def report(label, variant, n, gpus, mps, env, tag, codes, text):
+def report(label, variant, n, gpus, mps, env, tag, codes, text, plugin_max_channels=None):
     """Prints the run's `RESULT {json}` line from the ranks' logs."""
     res = leaf_launch.results(text)
     # via: e.g. "SHM/direct/direct" or "SHM/CE/direct": whether copy engines move the data.
@@ -137,7 +137,7 @@ def report(label, variant, n, gpus, mps, env, tag, codes, text):
         errs = [l for l in text.splitlines() if "error" in l.lower()]
         err = (errs[-1] if errs else (text.strip().splitlines() or ["no output"])[-1])[:300]
     line = {
-        "label": label, "variant": variant, "ranks": n, "gpus": gpus, "mps": mps, "env": env, "tag": tag,
+        "label": label, "variant": variant, "ranks": n, "gpus": gpus, "plugin_max_channels": plugin_max_channels, "mps": mps, "env": env, "tag": tag,
         "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "exit": codes,
         "results": res[0] if res else [], "error": err,
     }

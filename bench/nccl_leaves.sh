@@ -64,7 +64,7 @@ if has build; then
   [ -f "$NEW" ] || [ "${BUILD_NEW:-1}" = 0 ] || "$HELPER" nccl install --source "$newsrc" --prefix "$WORK/stock-new" --no-patch >"$WORK/build-new.log" 2>&1 &
   wait
   echo "builds done in $(( $(date +%s) - t0 )) s" | tee -a "$OUTDIR/nccl_leaves.log"
-  for l in "$PATCHED" "$NEW"; do "$HELPER" nccl status "$l" 2>&1 | tee -a "$OUTDIR/nccl_leaves.log"; done
+  for l in "$PATCHED" "$NEW"; do [ -f "$l" ] && "$HELPER" nccl status "$l" 2>&1 | tee -a "$OUTDIR/nccl_leaves.log"; done
   [ -f "$PATCHED" ] || { tail -20 "$WORK/build-patched.log"; exit 2; }
 fi
 

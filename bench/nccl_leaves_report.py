@@ -225,7 +225,8 @@ def spread_bound(copy_each_way, k, gpus):
 
 
 def two_gpu_section(paths, lines):
-    runs, rec, meta = load(paths, ddp=[])
+    ddp = []
+    runs, rec, meta = load(paths, ddp=ddp)
     m = meta[0] if meta else {}
     per = rec["per_gpu"] if rec else []
     lines.append("")
@@ -257,6 +258,25 @@ def two_gpu_section(paths, lines):
             lines.append(
                 f"| {'MPS' if mps else 'plain'} | {k} | {fmt(v(pk)) if k <= 7 else 'n/a (7 leaves per GPU)'} | {fmt(bp)} | {pct(v(pk), bp)} | "
                 f"{fmt(v(sp))} | {fmt(bs)} | {pct(v(sp), bs)} | {ratio(v(sp), v(pk))} | {fmt(v(nk))} | {fmt(v(ns))} | {ratio(v(sp), v(ns))} | {fmt(v(sp, 'all_gather'))} |"
+            )
+    steps = {(d["model"], d["ranks"], d.get("gpus", 1)): d for d in ddp if not d.get("tag") and d["variant"] == "patched" and "samples_per_s" in d}
+    if steps:
+        lines.append("")
+        lines.append("DDP training steps (bench/ddp_step.sh, patched SHM, MPS, the plugin's default NCCL_MAX_NCHANNELS=2), packed and")
+        lines.append("spread in one run: samples/s of the whole job; step time split into compute (the same step under no_sync) and")
+        lines.append("communication (the rest):")
+        lines.append("")
+        lines.append("| model | leaves k | packed samples/s | step ms | compute ms | comm ms | spread samples/s | step ms | compute ms | comm ms | spread / packed samples/s | comm ms spread / packed |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for (model, k, g) in sorted(steps):
+            if g != 1 or (model, k, 2) not in steps:
+                continue
+            p, q = steps[(model, k, 1)], steps[(model, k, 2)]
+            ms = lambda d: (d["step_s"] * 1e3, d["step_nosync_s"] * 1e3, (d["step_s"] - d["step_nosync_s"]) * 1e3)  # noqa: E731
+            (ps, pc, pm), (qs, qc, qm) = ms(p), ms(q)
+            lines.append(
+                f"| {model} | {k} | {p['samples_per_s']:.0f} | {ps:.0f} | {pc:.0f} | {pm:.0f} | "
+                f"{q['samples_per_s']:.0f} | {qs:.0f} | {qc:.0f} | {qm:.0f} | {q['samples_per_s'] / p['samples_per_s']:.2f} | {qm / pm:.2f} |"
             )
     return got
 
