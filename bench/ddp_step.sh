@@ -11,7 +11,7 @@
 # instance). Results: $OUTDIR/ddp_step.jsonl.
 # Environment: as bench/nccl_leaves.sh (NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR), MODELS, RANKS,
 # VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ..."),
-# PLUGIN_MAX_CHANNELS (the plugin's nccl_max_channels=, mirrored; default off, as recorded),
+# MPS (1; 0 runs the ranks time-sliced, without the MPS daemon), PLUGIN_MAX_CHANNELS (the plugin's nccl_max_channels=, mirrored; default off, as recorded),
 # GPUS (1; 2 spreads the leaves of the patched and net runs over GPUs 0 and 1, the plugin's order).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,19 +24,23 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 PHASES=build BUILD_NEW=0 MODES=none WORK=$WORK OUTDIR=$OUTDIR bash "$REPO/bench/nccl_leaves.sh" || exit 2
 LIB=$WORK/patched-2.28.9/lib/libnccl.so.2
 echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | paste -sd ";")\", \"torch\": \"$($PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
-export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps-pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-nvidia-cuda-mps-control -d && sleep 1
-trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; sleep 2' EXIT
+MPSFLAG=""
+if [ "${MPS:-1}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps-pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && sleep 1
+  trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; sleep 2' EXIT
+  MPSFLAG=--mps
+fi
 for model in ${MODELS:-resnet transformer}; do
   for k in ${RANKS:-2 4 7}; do
     for v in ${VARIANTS:-single patched net}; do
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --mps | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" $MPSFLAG | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
     # SHM settings for the patched library inside a real step (TUNE="K=V[,K=V] ...").
     for s in ${TUNE:-}; do
       envs=(); IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --mps --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" $MPSFLAG --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
   done
 done
