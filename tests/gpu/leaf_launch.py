@@ -60,6 +60,12 @@ def channels_arg(value):
     return None if value == "off" else int(value)
 
 
+def add_placement_args(parser):
+    """The drivers' options for plugin_env(): --gpus and --plugin-max-channels."""
+    parser.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..G-1, as the plugin does")
+    parser.add_argument("--plugin-max-channels", type=channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
+
+
 def launch(script, envs, log_paths, timeout, grace=10):
     """Starts `python script worker` once per environment, output to its log; waits until all
     exit or `timeout` seconds pass (once one rank fails, the others get `grace` seconds: they

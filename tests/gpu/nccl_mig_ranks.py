@@ -176,8 +176,7 @@ def main():
     r.add_argument("--unset", action="append", default=[], help="drop a variable the plugin would export")
     r.add_argument("--expect", default="ok")
     r.add_argument("--require-shm", action="store_true")
-    r.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..N-1, as the plugin does")
-    r.add_argument("--plugin-max-channels", type=leaf_launch.channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
+    leaf_launch.add_placement_args(r)
     r.add_argument("--timeout", type=float, default=180)
     driver(ap.parse_args())
 
