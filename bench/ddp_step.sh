@@ -12,6 +12,7 @@
 # Environment: as bench/nccl_leaves.sh (NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR), MODELS, RANKS,
 # VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ..."),
 # MPS (1; 0 runs the ranks time-sliced, without the MPS daemon), PLUGIN_MAX_CHANNELS (the plugin's nccl_max_channels=, mirrored; default off, as recorded),
+# TIMEOUT (120: seconds before the ranks of one run are killed as hung),
 # GPUS (1; 2 spreads the leaves of the patched and net runs over GPUs 0 and 1, the plugin's order).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,12 +36,12 @@ fi
 for model in ${MODELS:-resnet transformer}; do
   for k in ${RANKS:-2 4 7}; do
     for v in ${VARIANTS:-single patched net}; do
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" $MPSFLAG | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --timeout "${TIMEOUT:-120}" $MPSFLAG | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
     # SHM settings for the patched library inside a real step (TUNE="K=V[,K=V] ...").
     for s in ${TUNE:-}; do
       envs=(); IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" $MPSFLAG --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --timeout "${TIMEOUT:-120}" $MPSFLAG --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
   done
 done

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The PCIe ceiling under benchmark 1, by path (issue 6): copy engines against SM loads/stores
+# (what NCCL's SHM transport uses) against Hopper bulk copies, one direction and both at once,
+# for a range of CTA counts (a 1g leaf has about 16 of an H200's 132 SMs). GPU machine, one
+# command, MIG untouched:
+#
+#   bash bench/pcie_paths.sh
+#
+# Environment: WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out), BLOCKS ("2 4 8 16 32 64 132"),
+# PATHS ("sm4 sm8 tma"), MIXED ("ce+sm4 sm4+ce"), MIB (256), GPU (0). Results: $OUTDIR/pcie_paths.jsonl, one JSON line per
+# measurement after a first line naming the machine.
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=${WORK:-/tmp/flexmig-bench}
+OUTDIR=${OUTDIR:-$WORK/out}
+mkdir -p "$WORK" "$OUTDIR"
+J="$OUTDIR/pcie_paths.jsonl"
+BIN=$WORK/pcie_paths
+nvcc -O3 -std=c++17 -arch=sm_90 -o "$BIN" "$REPO/bench/pcie_paths.cu" || exit 2
+export CUDA_VISIBLE_DEVICES=${GPU:-0}
+echo "{\"machine\": \"$(nvidia-smi -i "${GPU:-0}" --query-gpu=name,driver_version,mig.mode.current,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader)\", \"nvcc\": \"$(nvcc --version | tail -1)\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+run() { "$BIN" "$@" "${MIB:-256}" | tee -a "$J"; }
+for d in h2d d2h both; do run "ce_$d" 1; done
+for p in ${PATHS:-sm4 sm8 tma}; do
+  for d in h2d d2h both; do
+    for b in ${BLOCKS:-2 4 8 16 32 64 132}; do run "${p}_$d" "$b"; done
+  done
+done
+# One direction by copy engines, the other by SM stores or loads (NCCL's SHM copy-engine modes).
+for m in ${MIXED:-ce+sm4 sm4+ce}; do
+  for b in ${BLOCKS:-2 4 8 16 32 64 132}; do run "${m}_both" "$b"; done
+done
+# The copy engines once more at the end: the machine did not change under the run.
+for d in h2d d2h both; do run "ce_$d" 1; done
+echo "== done $(date -u +%FT%TZ)"
