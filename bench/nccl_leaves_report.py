@@ -75,6 +75,9 @@ def main():
     ap.add_argument("files", nargs="+")
     ap.add_argument("--two-gpus", nargs="*", default=[])
     ap.add_argument("--channels", nargs="*", default=[])
+    ap.add_argument("--plain-steps", nargs="*", default=[], help="bench/ddp_step.sh results with MPS=0 (time-sliced)")
+    ap.add_argument("--pcie", nargs="*", default=[], help="bench/pcie_paths.sh results")
+    ap.add_argument("--ce", nargs="*", default=[], help="copy-engine SHM settings: collectives and DDP steps (tags tune:)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
@@ -186,6 +189,9 @@ def main():
     two = two_gpu_section(a.two_gpus, lines) if a.two_gpus else None
     if a.channels:
         channels_section(a.channels, lines)
+    if a.plain_steps:
+        plain_steps_section(a.plain_steps, lines)
+    ceiling = paths_section(a.pcie, a.ce, lines) if a.pcie else None
     open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -216,6 +222,8 @@ def main():
         plot_two_gpus(plt, two, os.path.join(a.out, "allreduce-two-gpus.png"))
     if DDP:
         plot_ddp(plt, os.path.join(a.out, "ddp-step.png"))
+    if ceiling:
+        plot_paths(plt, ceiling, os.path.join(a.out, "pcie-paths.png"))
 
 
 def spread_bound(copy_each_way, k, gpus):
@@ -314,6 +322,158 @@ def channels_section(paths, lines):
         c2, c16 = cell(two), cell(sixteen)
         comm = f"{b['comm_share'] * 100:.0f}% -> {two['comm_share'] * 100:.0f}%" if two else "-"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {b['samples_per_s']:.0f} | {c2[0]} | {c2[1]} | {comm} | {c16[0]} | {c16[1]} |")
+
+
+def plain_steps_section(paths, lines):
+    ddp = []
+    load(paths, ddp=ddp)
+    got = {(d["model"], d["variant"], d["ranks"]): d for d in ddp if not d.get("tag") and not d.get("mps") and "samples_per_s" in d}
+    lines.append("")
+    lines.append("## Training step time-sliced (no MPS): the ranks share all SMs by time-slicing, not what a MIG leaf does")
+    lines.append("")
+    lines.append("| model | leaves k | patched SHM samples/s | step ms | comm | NET samples/s | step ms | comm | patched / NET |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for model in ("resnet", "transformer"):
+        for k in (2, 4, 7):
+            p, n = got.get((model, "patched", k)), got.get((model, "net", k))
+            if p and n:
+                lines.append(
+                    f"| {model} | {k} | {p['samples_per_s']:.0f} | {p['step_s'] * 1e3:.0f} | {p['comm_share'] * 100:.0f}% | "
+                    f"{n['samples_per_s']:.0f} | {n['step_s'] * 1e3:.0f} | {n['comm_share'] * 100:.0f}% | {p['samples_per_s'] / n['samples_per_s']:.2f} |"
+                )
+
+
+# The PCIe paths (bench/pcie_paths.sh), as the report names them.
+PATH_NAMES = {
+    "ce": "copy engines (cudaMemcpyAsync)",
+    "sm4": "SM loads/stores, 4 x 16 B in flight per thread (NCCL SHM's way)",
+    "sm8": "SM loads/stores, 8 x 16 B in flight per thread",
+    "tma": "Hopper bulk copies (cp.async.bulk)",
+    "ce+sm4": "H2D by copy engines, D2H by SM stores (SHM with receiver-side copies)",
+    "sm4+ce": "H2D by SM loads, D2H by copy engines (SHM with sender-side copies)",
+}
+
+
+def paths_section(pcie_paths, ce_paths, lines):
+    """The link's capacity by path, and how much of it NCCL's SHM transport uses. Returns what
+    the plot needs."""
+    meas, meta = [], []
+    for p in pcie_paths:
+        for line in open(p):
+            d = json.loads(line)
+            (meas if "mode" in d and "error" not in d else meta).append(d)
+    m = next((x for x in meta if "machine" in x), {})
+    # The last measurement of a mode and CTA count wins (copy engines run first and last).
+    got = {(d["path"], d["direction"], d["blocks"]): d for d in meas}
+    ce_one = min(got[("ce", "h2d", 0)]["h2d_GBps"], got[("ce", "d2h", 0)]["d2h_GBps"])
+    # A ring sends as many bytes as it receives: what counts is the time until both directions
+    # have moved their 256 MiB, i.e. half the total of "both" (bytes of both / wall time).
+    each = lambda d: d["total_GBps"] / 2  # noqa: E731
+    ce_both = each(got[("ce", "both", 0)])
+    blocks = sorted({b for (_, _, b) in got if b})
+    lines.append("")
+    lines.append("## What one GPU's PCIe link moves, by path (bench/pcie_paths.sh)")
+    lines.append("")
+    name, driver, mig, gen, width = (m.get("machine", "?").split(", ") + ["?"] * 5)[:5]
+    lines.append(f"Machine: {name}, driver {driver}, MIG {mig}, PCIe gen {gen} x{width}; nvcc {m.get('nvcc', '?').split()[-1]}; {m.get('date', '?')[:10]}. 256 MiB per direction, pinned host memory.")
+    lines.append(f"Copy engines: H2D {got[('ce', 'h2d', 0)]['h2d_GBps']:.1f} GB/s, D2H {got[('ce', 'd2h', 0)]['d2h_GBps']:.1f} GB/s alone; "
+                 f"both at once {ce_both:.1f} GB/s each way.")
+    lines.append("")
+    lines.append("GB/s by number of CTAs (512 threads each; one thread each for bulk copies). One direction alone, and both at")
+    lines.append("once (256 MiB each way; GB/s each way = bytes of one direction / time until both are done):")
+    lines.append("")
+    lines.append("| path | direction | " + " | ".join(f"{b} CTAs" for b in blocks) + " |")
+    lines.append("|---|---|" + "---|" * len(blocks))
+    ceilings = {}
+    for path in ("sm4", "sm8", "tma", "ce+sm4", "sm4+ce"):
+        for direction in ("h2d", "d2h", "both"):
+            row = [got.get((path, direction, b)) for b in blocks]
+            if not any(row):
+                continue
+            val = lambda d: d["h2d_GBps"] if direction == "h2d" else d["d2h_GBps"] if direction == "d2h" else each(d)  # noqa: E731
+            name = {"h2d": "H2D alone", "d2h": "D2H alone", "both": "both at once, each way"}[direction]
+            lines.append(f"| {PATH_NAMES[path]} | {name} | " + " | ".join(fmt(val(d)) if d else "-" for d in row) + " |")
+            if direction == "both":
+                ceilings[path] = max(each(d) for d in row if d)
+    lines.append("")
+    lines.append("Ceiling of each path with both directions busy (best CTA count), and what it allows: a ring all-reduce over k")
+    lines.append("leaves of one GPU moves k x (bus bandwidth) each way over the link, so no transport that moves bytes this way can")
+    lines.append(f"pass ceiling/k, which is ceiling/copy of the issue's bound (copy/k, copy = {ce_one:.1f} GB/s one direction alone); the")
+    lines.append(f"80% target needs {0.8 * ce_one:.1f} GB/s each way:")
+    lines.append("")
+    lines.append("| path | ceiling each way, both busy | share of the copy engines' both-ways rate | most of the issue's bound it allows | 80% target reachable |")
+    lines.append("|---|---|---|---|---|")
+    for path, c in [("ce", ce_both)] + list(ceilings.items()):
+        lines.append(f"| {PATH_NAMES[path]} | {fmt(c)} | {100 * c / ce_both:.0f}% | {100 * c / ce_one:.0f}% | {'yes' if c >= 0.8 * ce_one else 'no'} |")
+    # NCCL's SHM transport against those ceilings (collectives side by side, tune: tags).
+    runs, _, _ = load(ce_paths, ddp=[]) if ce_paths else ([], None, None)
+    tune = tuned(runs, lambda r: r["ranks"])
+    shm = {}
+    if tune:
+        lines.append("")
+        lines.append("NCCL's SHM transport against them (patched 2.28.9, MPS, all_reduce at 256 MiB, side by side in one run; link")
+        lines.append("use = k x bus bandwidth, each way):")
+        lines.append("")
+        lines.append("| leaves k | setting | path | bus bandwidth GB/s | link use each way GB/s | % of that path's ceiling | % of the issue's bound |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for k in sorted(tune):
+            for setting, r in tune[k].items():
+                v = busbw(r, "all_reduce", 256 * MIB)
+                if not v:
+                    continue
+                path = "ce+sm4" if "NCCL_SHM_MEMCPY_MODE=2" in setting else "sm4"
+                name = "default" if setting == "base" else "`" + setting.replace(",", " ") + "`"
+                lines.append(f"| {k} | {name} | {'receiver-side copies' if path == 'ce+sm4' else 'SM loads/stores'} | {fmt(v)} | {fmt(k * v)} | "
+                             f"{100 * k * v / ceilings[path]:.0f}% | {100 * k * v / ce_one:.0f}% |")
+                shm.setdefault(setting, {})[k] = k * v
+    ddp = []
+    if ce_paths:
+        load(ce_paths, ddp=ddp)
+    if ddp:
+        lines.append("")
+        lines.append("Copy-engine SHM inside DDP steps (patched, MPS), against the default of the same run; NCCL_CREATE_THREAD_CONTEXT=1")
+        lines.append("gives NCCL's proxy thread, which issues the copies, its own CUDA context:")
+        lines.append("")
+        lines.append("| model | leaves k | plugin channels | setting | samples/s | vs default | comm | outcome |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        base = {(d["model"], d["ranks"], d["_file"]): d for d in ddp if not d.get("tag") and d["variant"] == "patched"}
+        for d in ddp:
+            if not d.get("tag"):
+                continue
+            b = base.get((d["model"], d["ranks"], d["_file"]))
+            ch = d.get("plugin_max_channels") or "off (NCCL's)"
+            if "samples_per_s" in d:
+                rel = f"{d['samples_per_s'] / b['samples_per_s']:.3f}" if b and "samples_per_s" in b else "-"
+                lines.append(f"| {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | ran |")
+            else:
+                codes = ",".join(sorted({str(c) for c in d["exit"]}))
+                lines.append(f"| {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
+    return {"got": got, "blocks": blocks, "ce_both": ce_both, "ce_one": ce_one, "shm": shm}
+
+
+def plot_paths(plt, c, path):
+    """Each-way rate with both directions busy against CTAs, per path, with NCCL SHM's link use."""
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for p, style in (("sm4", "o-"), ("tma", "^-"), ("ce+sm4", "s-"), ("sm4+ce", "v-")):
+        pts = [(b, c["got"][(p, "both", b)]["total_GBps"] / 2) for b in c["blocks"] if (p, "both", b) in c["got"]]
+        if pts:
+            ax.plot(*zip(*pts), style, label=PATH_NAMES[p])
+    ax.axhline(c["ce_both"], color="black", lw=1, label=f"copy engines, both at once ({c['ce_both']:.1f})")
+    ax.axhline(0.8 * c["ce_one"], color="gray", ls="--", lw=1, label=f"issue's 80% target ({0.8 * c['ce_one']:.1f})")
+    for setting, per_k in c["shm"].items():
+        if setting == "base":
+            for k, v in sorted(per_k.items()):
+                ax.plot([c["blocks"][0], c["blocks"][-1]], [v, v], ":", lw=1.2, label=f"NCCL SHM, {k} leaves: link use {v:.1f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("CTAs per direction")
+    ax.set_ylabel("GB/s each way, both directions busy")
+    ax.set_title("One H200's PCIe link by path (256 MiB each way)")
+    ax.set_ylim(0, 60)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print("wrote", path)
 
 
 def plot_ddp(plt, path):

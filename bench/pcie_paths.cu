@@ -4,7 +4,7 @@
 // host) and the receiver's kernel loads it back (host to device), both with SM loads and stores,
 // while the copy bandwidth the issue's bound uses is what the copy engines reach.
 //
-//   pcie_paths MODE BLOCKS [MIB]
+//   pcie_paths MODE BLOCKS[:D2H_BLOCKS] [MIB]
 //
 // MODE: ce_h2d ce_d2h ce_both       cudaMemcpyAsync (copy engines); BLOCKS is ignored
 //       smU_h2d smU_d2h smU_both    a kernel of BLOCKS CTAs x 512 threads copying with 16-byte
@@ -17,7 +17,8 @@
 //                                   named moves host to device): NCCL's SHM transport with
 //                                   NCCL_SHM_USE_CUDA_MEMCPY=1 and NCCL_SHM_MEMCPY_MODE=2 (receiver
 //                                   side copies) or 1 (sender side) moves bytes this way
-// "both" runs the two directions at once on two streams, BLOCKS CTAs each.
+// "both" runs the two directions at once on two streams, BLOCKS CTAs each, or BLOCKS for host to
+// device and D2H_BLOCKS for device to host.
 // Prints one JSON line: the bandwidth of each direction (bytes / the time it took) and the total.
 // One mode per process: a failing mode (a kernel fault is sticky) cannot spoil the others.
 #include <cuda_runtime.h>
@@ -121,7 +122,7 @@ static void launch(const std::string& kind, const Dir& d, int blocks, size_t byt
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: %s (ce|sm4|sm8|tma)_(h2d|d2h|both)|A+B_both BLOCKS [MIB]\n", argv[0]);
+    fprintf(stderr, "usage: %s (ce|sm4|sm8|tma)_(h2d|d2h|both)|A+B_both BLOCKS[:D2H_BLOCKS] [MIB]\n", argv[0]);
     return 1;
   }
   const std::string mode = argv[1];
@@ -136,9 +137,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int blocks = atoi(argv[2]);
+  const char* colon = strchr(argv[2], ':');
+  const int blocks_d2h = colon ? atoi(colon + 1) : blocks;
   const size_t bytes = (size_t)(argc > 3 ? atoi(argv[3]) : 256) << 20;
-  if (blocks < 1 || bytes % kChunk) {
-    fprintf(stderr, "pcie_paths: BLOCKS must be >= 1 and MIB a whole number\n");
+  if (blocks < 1 || blocks_d2h < 1 || bytes % kChunk) {
+    fprintf(stderr, "pcie_paths: BLOCKS and D2H_BLOCKS must be >= 1 and MIB a whole number\n");
     return 1;
   }
   CK(cudaFuncSetAttribute(copy_bulk, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * kChunk));
@@ -170,7 +173,10 @@ int main(int argc, char** argv) {
       CK(cudaStreamWaitEvent(dirs[i].stream, go, 0));
       CK(cudaEventRecord(dirs[i].start, dirs[i].stream));
     }
-    for (int i = 0; i < n; ++i) launch(dirs[i].src == hsrc ? kind_h2d : kind_d2h, dirs[i], blocks, bytes);
+    for (int i = 0; i < n; ++i) {
+      const bool h2d = dirs[i].src == hsrc;
+      launch(h2d ? kind_h2d : kind_d2h, dirs[i], h2d ? blocks : blocks_d2h, bytes);
+    }
     for (int i = 0; i < n; ++i) CK(cudaEventRecord(dirs[i].stop, dirs[i].stream));
     CK(cudaDeviceSynchronize());
     if (it < warmup) continue;
@@ -201,7 +207,7 @@ int main(int argc, char** argv) {
   const double gb = bytes / 1e9;
   double h2d = 0, d2h = 0;
   for (int i = 0; i < n; ++i) (dirs[i].src == hsrc ? h2d : d2h) = gb * iters / secs[i];
-  printf("{\"mode\": \"%s\", \"path\": \"%s\", \"direction\": \"%s\", \"blocks\": %d, \"mib\": %zu, \"h2d_GBps\": %.2f, \"d2h_GBps\": %.2f, \"total_GBps\": %.2f}\n",
-         mode.c_str(), kind.c_str(), dir.c_str(), kind == "ce" ? 0 : blocks, bytes >> 20, h2d, d2h, gb * n * iters / wall);
+  printf("{\"mode\": \"%s\", \"path\": \"%s\", \"direction\": \"%s\", \"blocks\": %d, \"blocks_d2h\": %d, \"mib\": %zu, \"h2d_GBps\": %.2f, \"d2h_GBps\": %.2f, \"total_GBps\": %.2f}\n",
+         mode.c_str(), kind.c_str(), dir.c_str(), kind == "ce" ? 0 : blocks, kind == "ce" ? 0 : blocks_d2h, bytes >> 20, h2d, d2h, gb * n * iters / wall);
   return 0;
 }

@@ -6,7 +6,8 @@
 #
 #   bash bench/pcie_paths.sh
 #
-# Environment: WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out), BLOCKS ("2 4 8 16 32 64 132"),
+# Environment: WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out), BLOCKS ("2 4 8 16 32 64 132 264 528"),
+# SPLITS (H2D:D2H CTA counts for SM loads against SM stores),
 # PATHS ("sm4 sm8 tma"), MIXED ("ce+sm4 sm4+ce"), MIB (256), GPU (0). Results: $OUTDIR/pcie_paths.jsonl, one JSON line per
 # measurement after a first line naming the machine.
 set -uo pipefail
@@ -23,12 +24,15 @@ run() { "$BIN" "$@" "${MIB:-256}" | tee -a "$J"; }
 for d in h2d d2h both; do run "ce_$d" 1; done
 for p in ${PATHS:-sm4 sm8 tma}; do
   for d in h2d d2h both; do
-    for b in ${BLOCKS:-2 4 8 16 32 64 132}; do run "${p}_$d" "$b"; done
+    for b in ${BLOCKS:-2 4 8 16 32 64 132 264 528}; do run "${p}_$d" "$b"; done
   done
 done
+# SM loads against SM stores with unequal CTA counts (H2D:D2H): the best split is the SM path's
+# ceiling, whatever number of CTAs a transport gives each direction.
+for split in ${SPLITS:-16:2 16:8 64:2 64:8 64:16 132:2 132:8 132:16 132:32 264:16 264:32 264:66 528:32 528:132 16:64 32:132}; do run sm4_both "$split"; done
 # One direction by copy engines, the other by SM stores or loads (NCCL's SHM copy-engine modes).
 for m in ${MIXED:-ce+sm4 sm4+ce}; do
-  for b in ${BLOCKS:-2 4 8 16 32 64 132}; do run "${m}_both" "$b"; done
+  for b in 1 ${BLOCKS:-2 4 8 16 32 64 132 264 528}; do run "${m}_both" "$b"; done
 done
 # The copy engines once more at the end: the machine did not change under the run.
 for d in h2d d2h both; do run "ce_$d" 1; done
