@@ -67,6 +67,8 @@ trap 'rm -rf "$tmp"' EXIT
 ( cd "$R" && python3 "$REPO/bench/nccl_leaves_report.py" run[1-5]-*.jsonl run10-*.jsonl \
     --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
     --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
+    --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
+    --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl \
     --out "$tmp" --no-plots >/dev/null )
 diff -u "$R/report.md" "$tmp/report.md"
 echo "bench/check: $R/report.md is reproduced from the raw results"

@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Tables and plots from bench/nccl_leaves.sh results (JSON lines).
 
-  python3 bench/nccl_leaves_report.py bench/results/nccl/run[1-5]-*.jsonl \
-      --two-gpus bench/results/nccl/run[67]-two-gpus-*.jsonl \
-      --channels bench/results/nccl/run8-*channels.jsonl bench/results/nccl/run9-*.jsonl \
-      --out bench/results/nccl
+  cd bench/results/nccl && python3 ../../nccl_leaves_report.py run[1-5]-*.jsonl run10-*.jsonl \
+      --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
+      --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
+      --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
+      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl --out .
+
+(bench/check.sh runs exactly this and compares the result with the committed report.md.)
 
 The positional files are benchmark 1 and 3 (one GPU), --two-gpus benchmark 2 (leaves packed on
 one GPU against spread over two, measured on a two-GPU machine), --channels the NCCL channel
-count side by side (collectives and DDP steps, one and two GPUs).
+count side by side (collectives and DDP steps, one and two GPUs), --plain-steps benchmark 3
+time-sliced, --pcie bench/pcie_paths.sh (the link's capacity by path) and --ce the copy-engine
+SHM settings side by side (collectives and DDP steps) set against it.
 
 Writes report.md (the tables BENCHMARKS.md quotes) and PNG plots (needs matplotlib:
 `pip install matplotlib`). Every number comes from the JSON lines; nothing is typed in.
@@ -364,7 +369,9 @@ def paths_section(pcie_paths, ce_paths, lines):
             (meas if "mode" in d and "error" not in d else meta).append(d)
     m = next((x for x in meta if "machine" in x), {})
     # The last measurement of a mode and CTA count wins (copy engines run first and last).
-    got = {(d["path"], d["direction"], d["blocks"]): d for d in meas}
+    got = {(d["path"], d["direction"], d["blocks"]): d for d in meas if d.get("blocks_d2h", d["blocks"]) == d["blocks"]}
+    # Unequal CTA counts, H2D:D2H (SM loads against SM stores).
+    splits = {(d["path"], d["blocks"], d["blocks_d2h"]): d for d in meas if d.get("blocks_d2h", d["blocks"]) != d["blocks"]}
     ce_one = min(got[("ce", "h2d", 0)]["h2d_GBps"], got[("ce", "d2h", 0)]["d2h_GBps"])
     # A ring sends as many bytes as it receives: what counts is the time until both directions
     # have moved their 256 MiB, i.e. half the total of "both" (bytes of both / wall time).
@@ -382,7 +389,7 @@ def paths_section(pcie_paths, ce_paths, lines):
     lines.append("GB/s by number of CTAs (512 threads each; one thread each for bulk copies). One direction alone, and both at")
     lines.append("once (256 MiB each way; GB/s each way = bytes of one direction / time until both are done):")
     lines.append("")
-    lines.append("| path | direction | " + " | ".join(f"{b} CTAs" for b in blocks) + " |")
+    lines.append("| path | direction | " + " | ".join(f"{b} CTA{'s' if b > 1 else ''}" for b in blocks) + " |")
     lines.append("|---|---|" + "---|" * len(blocks))
     ceilings = {}
     for path in ("sm4", "sm8", "tma", "ce+sm4", "sm4+ce"):
@@ -394,17 +401,31 @@ def paths_section(pcie_paths, ce_paths, lines):
             name = {"h2d": "H2D alone", "d2h": "D2H alone", "both": "both at once, each way"}[direction]
             lines.append(f"| {PATH_NAMES[path]} | {name} | " + " | ".join(fmt(val(d)) if d else "-" for d in row) + " |")
             if direction == "both":
-                ceilings[path] = max(each(d) for d in row if d)
+                best = max((d for d in row if d), key=each)
+                kinds = path.split("+") if "+" in path else [path, path]  # the path of H2D, of D2H
+                h, d = ("-" if k == "ce" else str(n) for k, n in zip(kinds, (best["blocks"], best["blocks_d2h"])))
+                ceilings[path] = (each(best), f"{h}:{d}")
+    if splits:
+        lines.append("")
+        lines.append("SM loads against SM stores with unequal CTA counts (H2D:D2H), both at once, GB/s each way:")
+        lines.append("")
+        keys = sorted(splits, key=lambda t: (t[1], t[2]))
+        lines.append("| " + " | ".join(f"{h}:{d}" for _, h, d in keys) + " |")
+        lines.append("|" + "---|" * len(keys))
+        lines.append("| " + " | ".join(fmt(each(splits[t])) for t in keys) + " |")
+        for (path, h, d), x in splits.items():
+            if path in ceilings and each(x) > ceilings[path][0]:
+                ceilings[path] = (each(x), f"{h}:{d}")
     lines.append("")
     lines.append("Ceiling of each path with both directions busy (best CTA count), and what it allows: a ring all-reduce over k")
     lines.append("leaves of one GPU moves k x (bus bandwidth) each way over the link, so no transport that moves bytes this way can")
     lines.append(f"pass ceiling/k, which is ceiling/copy of the issue's bound (copy/k, copy = {ce_one:.1f} GB/s one direction alone); the")
     lines.append(f"80% target needs {0.8 * ce_one:.1f} GB/s each way:")
     lines.append("")
-    lines.append("| path | ceiling each way, both busy | share of the copy engines' both-ways rate | most of the issue's bound it allows | 80% target reachable |")
-    lines.append("|---|---|---|---|---|")
-    for path, c in [("ce", ce_both)] + list(ceilings.items()):
-        lines.append(f"| {PATH_NAMES[path]} | {fmt(c)} | {100 * c / ce_both:.0f}% | {100 * c / ce_one:.0f}% | {'yes' if c >= 0.8 * ce_one else 'no'} |")
+    lines.append("| path | ceiling each way, both busy | at CTAs (H2D:D2H) | share of the copy engines' both-ways rate | most of the issue's bound it allows | 80% target reachable |")
+    lines.append("|---|---|---|---|---|---|")
+    for path, (c, at) in [("ce", (ce_both, "-"))] + list(ceilings.items()):
+        lines.append(f"| {PATH_NAMES[path]} | {fmt(c)} | {at} | {100 * c / ce_both:.0f}% | {100 * c / ce_one:.0f}% | {'yes' if c >= 0.8 * ce_one else 'no'} |")
     # NCCL's SHM transport against those ceilings (collectives side by side, tune: tags).
     runs, _, _ = load(ce_paths, ddp=[]) if ce_paths else ([], None, None)
     tune = tuned(runs, lambda r: r["ranks"])
@@ -424,7 +445,7 @@ def paths_section(pcie_paths, ce_paths, lines):
                 path = "ce+sm4" if "NCCL_SHM_MEMCPY_MODE=2" in setting else "sm4"
                 name = "default" if setting == "base" else "`" + setting.replace(",", " ") + "`"
                 lines.append(f"| {k} | {name} | {'receiver-side copies' if path == 'ce+sm4' else 'SM loads/stores'} | {fmt(v)} | {fmt(k * v)} | "
-                             f"{100 * k * v / ceilings[path]:.0f}% | {100 * k * v / ce_one:.0f}% |")
+                             f"{100 * k * v / ceilings[path][0]:.0f}% | {100 * k * v / ce_one:.0f}% |")
                 shm.setdefault(setting, {})[k] = k * v
     ddp = []
     if ce_paths:
