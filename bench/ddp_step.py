@@ -102,10 +102,33 @@ def worker():
     t_nosync = timed(10, sync=False) if distributed else t_sync
     t_sync2 = timed(10)  # again, so drift shows
     rank = int(os.environ.get("RANK", "0"))
+    res = {"params": params, "step_s": (t_sync + t_sync2) / 2, "step_nosync_s": t_nosync, "step_s_first": t_sync, "step_s_second": t_sync2}
     if distributed:
+        res["grads_ok"] = grads_check(net, x, y, loss_fn, torch, dist, dev)
         dist.destroy_process_group()
     if rank == 0:
-        print("RESULT " + json.dumps({"params": params, "step_s": (t_sync + t_sync2) / 2, "step_nosync_s": t_nosync, "step_s_first": t_sync, "step_s_second": t_sync2}), flush=True)
+        print("RESULT " + json.dumps(res), flush=True)
+
+
+def grads_check(net, x, y, loss_fn, torch, dist, dev):
+    """The gradients DDP all-reduced arrived right: every rank holds the same bytes, and since
+    every rank has the same data, their average is (up to rounding) the rank's own gradient.
+    In eval mode, so that dropout and batch statistics do not differ between the two passes."""
+    net.eval()
+    net.zero_grad(set_to_none=True)
+    with net.no_sync():
+        loss_fn(net(x), y).backward()
+    local = torch.cat([p.grad.detach().reshape(-1).clone() for p in net.parameters()])
+    net.zero_grad(set_to_none=True)
+    loss_fn(net(x), y).backward()
+    synced = torch.cat([p.grad.detach().reshape(-1) for p in net.parameters()])
+    ref = synced.clone()
+    dist.broadcast(ref, src=0)
+    ok = torch.equal(synced, ref) and torch.allclose(synced, local, rtol=1e-2, atol=1e-4)
+    flag = torch.tensor([1 if ok else 0], device=dev, dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    net.train()
+    return bool(flag.item())
 
 
 def run(a):
@@ -152,6 +175,8 @@ def run(a):
         out["error"] = (text.strip().splitlines() or ["no output"])[-1][:300]
     print("RESULT " + json.dumps(out), flush=True)
     s = f"{out['samples_per_s']:.1f} samples/s, step {out['step_s'] * 1e3:.1f} ms, comm {out['comm_share'] * 100:.0f}%" if res else out["error"]
+    if out.get("grads_ok") is False:
+        s += " WRONG GRADIENTS"
     print(f"  {label:<32} {','.join(via)} {s}", file=sys.stderr, flush=True)
 
 

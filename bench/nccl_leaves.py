@@ -78,7 +78,16 @@ def worker():
             t = torch.tensor([dt], device=dev, dtype=torch.float64)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             dt = t.item()
-            out.append({"coll": coll, "bytes": size, "iters": it, "time_s": dt, "busbw_GBs": size * factor / dt / 1e9})
+            # The bytes arrive right, not only fast: every rank contributes rank + 1, once more.
+            x.fill_(rank + 1)
+            op()
+            if coll == "all_reduce":
+                ok = torch.all(x == n * (n + 1) / 2)
+            else:
+                ok = torch.equal(y, torch.arange(1, n + 1, device=dev, dtype=torch.float32).repeat_interleave(per))
+            flag = torch.tensor([1 if bool(ok) else 0], device=dev, dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            out.append({"coll": coll, "bytes": size, "iters": it, "time_s": dt, "busbw_GBs": size * factor / dt / 1e9, "correct": bool(flag.item())})
             del x
             if coll == "all_gather":
                 del y
@@ -225,7 +234,9 @@ def summarize():
         d = json.loads(line)
         r = {(x["coll"], x["bytes"]): x["busbw_GBs"] for x in d["results"]}
         big = [f"{c} {r[(c, s)]:.2f}" for c in ("all_reduce", "all_gather") for s in (256 << 20,) if (c, s) in r]
-        print(f"  {d['label']:<48} nccl={d['nccl']} {','.join(d.get('via', []))} busbw@256MiB GB/s: {' '.join(big) or d['error']}", flush=True)
+        wrong = sorted({f"{x['coll']}@{x['bytes']}" for x in d["results"] if x.get("correct") is False})
+        print(f"  {d['label']:<48} nccl={d['nccl']} {','.join(d.get('via', []))} busbw@256MiB GB/s: {' '.join(big) or d['error']}"
+              + (f" WRONG RESULTS: {' '.join(wrong)}" if wrong else ""), flush=True)
 
 
 def main():

@@ -5,7 +5,7 @@
       --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
       --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
       --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
-      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl --out .
+      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl --out .
 
 (bench/check.sh runs exactly this and compares the result with the committed report.md.)
 
@@ -359,6 +359,31 @@ PATH_NAMES = {
 }
 
 
+PATH_SHORT = {"sm4": "SM loads/stores", "ce+sm4": "receiver-side copies", "sm4+ce": "sender-side copies", "ce": "copy engines both ways"}
+
+
+def shm_path(setting):
+    """The path NCCL's SHM transport takes under a setting (NCCL_SHM_MEMCPY_MODE: 1 sender side,
+    the default; 2 receiver side; 3 both)."""
+    if "NCCL_SHM_USE_CUDA_MEMCPY=1" not in setting:
+        return "sm4"
+    mode = next((e.split("=")[1] for e in setting.split(",") if e.startswith("NCCL_SHM_MEMCPY_MODE=")), "1")
+    return {"1": "sm4+ce", "2": "ce+sm4", "3": "ce"}[mode]
+
+
+def run_number(name):
+    digits = name[3:].split("-")[0]
+    return int(digits) if digits.isdigit() else 0
+
+
+def failure(r):
+    """Why a run has no result: hung (its ranks were killed at the timeout) or the error."""
+    if "timeout" in [str(c) for c in r.get("exit", [])]:
+        return "hung (killed at the timeout)"
+    err = (r.get("error") or "").strip()
+    return "failed: " + (err[:80] if len(err) > 3 else "no result")
+
+
 def paths_section(pcie_paths, ce_paths, lines):
     """The link's capacity by path, and how much of it NCCL's SHM transport uses. Returns what
     the plot needs."""
@@ -391,7 +416,7 @@ def paths_section(pcie_paths, ce_paths, lines):
     lines.append("")
     lines.append("| path | direction | " + " | ".join(f"{b} CTA{'s' if b > 1 else ''}" for b in blocks) + " |")
     lines.append("|---|---|" + "---|" * len(blocks))
-    ceilings = {}
+    ceilings = {"ce": (ce_both, "-:-")}
     for path in ("sm4", "sm8", "tma", "ce+sm4", "sm4+ce"):
         for direction in ("h2d", "d2h", "both"):
             row = [got.get((path, direction, b)) for b in blocks]
@@ -424,29 +449,35 @@ def paths_section(pcie_paths, ce_paths, lines):
     lines.append("")
     lines.append("| path | ceiling each way, both busy | at CTAs (H2D:D2H) | share of the copy engines' both-ways rate | most of the issue's bound it allows | 80% target reachable |")
     lines.append("|---|---|---|---|---|---|")
-    for path, (c, at) in [("ce", (ce_both, "-"))] + list(ceilings.items()):
+    for path, (c, at) in ceilings.items():
         lines.append(f"| {PATH_NAMES[path]} | {fmt(c)} | {at} | {100 * c / ce_both:.0f}% | {100 * c / ce_one:.0f}% | {'yes' if c >= 0.8 * ce_one else 'no'} |")
     # NCCL's SHM transport against those ceilings (collectives side by side, tune: tags).
     runs, _, _ = load(ce_paths, ddp=[]) if ce_paths else ([], None, None)
-    tune = tuned(runs, lambda r: r["ranks"])
+    tune = tuned(runs, lambda r: (run_number(r["_file"]), r["_file"], r["ranks"]))
     shm = {}
     if tune:
         lines.append("")
-        lines.append("NCCL's SHM transport against them (patched 2.28.9, MPS, all_reduce at 256 MiB, side by side in one run; link")
-        lines.append("use = k x bus bandwidth, each way):")
+        lines.append("NCCL's SHM transport against them (patched 2.28.9, MPS, all_reduce at 256 MiB, each run side by side; link use")
+        lines.append("= k x bus bandwidth, each way; bytes checked: every rank verified the result of an all_reduce of rank + 1 at")
+        lines.append("each size, in the runs that have the check):")
         lines.append("")
-        lines.append("| leaves k | setting | path | bus bandwidth GB/s | link use each way GB/s | % of that path's ceiling | % of the issue's bound |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for k in sorted(tune):
-            for setting, r in tune[k].items():
-                v = busbw(r, "all_reduce", 256 * MIB)
-                if not v:
-                    continue
-                path = "ce+sm4" if "NCCL_SHM_MEMCPY_MODE=2" in setting else "sm4"
+        lines.append("| run | leaves k | setting | path | bus bandwidth GB/s | link use each way GB/s | % of that path's ceiling | % of the issue's bound | bytes checked |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for key in sorted(tune):
+            _, f, k = key
+            for setting, r in tune[key].items():
+                path = shm_path(setting)
                 name = "default" if setting == "base" else "`" + setting.replace(",", " ") + "`"
-                lines.append(f"| {k} | {name} | {'receiver-side copies' if path == 'ce+sm4' else 'SM loads/stores'} | {fmt(v)} | {fmt(k * v)} | "
-                             f"{100 * k * v / ceilings[path][0]:.0f}% | {100 * k * v / ce_one:.0f}% |")
-                shm.setdefault(setting, {})[k] = k * v
+                v = busbw(r, "all_reduce", 256 * MIB)
+                checked = [x.get("correct") for x in r["results"]]
+                check = "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
+                if not v:
+                    lines.append(f"| {f} | {k} | {name} | {PATH_SHORT[path]} | {failure(r)} | - | - | - | - |")
+                    continue
+                lines.append(f"| {f} | {k} | {name} | {PATH_SHORT[path]} | {fmt(v)} | {fmt(k * v)} | "
+                             f"{100 * k * v / ceilings[path][0]:.0f}% | {100 * k * v / ce_one:.0f}% | {check} |")
+                if setting == "base" and k not in shm.get(setting, {}):
+                    shm.setdefault(setting, {})[k] = k * v
     ddp = []
     if ce_paths:
         load(ce_paths, ddp=ddp)
@@ -455,20 +486,22 @@ def paths_section(pcie_paths, ce_paths, lines):
         lines.append("Copy-engine SHM inside DDP steps (patched, MPS), against the default of the same run; NCCL_CREATE_THREAD_CONTEXT=1")
         lines.append("gives NCCL's proxy thread, which issues the copies, its own CUDA context:")
         lines.append("")
-        lines.append("| model | leaves k | plugin channels | setting | samples/s | vs default | comm | outcome |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| run | model | leaves k | plugin channels | setting | samples/s | vs default | comm | gradients checked | outcome |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         base = {(d["model"], d["ranks"], d["_file"]): d for d in ddp if not d.get("tag") and d["variant"] == "patched"}
         for d in ddp:
             if not d.get("tag"):
                 continue
             b = base.get((d["model"], d["ranks"], d["_file"]))
             ch = d.get("plugin_max_channels") or "off (NCCL's)"
+            f = os.path.basename(d["_file"]).split(".")[0]
+            grads = {None: "not checked", True: "yes", False: "WRONG"}[d.get("grads_ok")]
             if "samples_per_s" in d:
-                rel = f"{d['samples_per_s'] / b['samples_per_s']:.3f}" if b and "samples_per_s" in b else "-"
-                lines.append(f"| {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | ran |")
+                rel = f"{d['samples_per_s'] / b['samples_per_s']:.3f}" if b and "samples_per_s" in b else "- (default failed)"
+                lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | {grads} | ran |")
             else:
                 codes = ",".join(sorted({str(c) for c in d["exit"]}))
-                lines.append(f"| {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
+                lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
     return {"got": got, "blocks": blocks, "ce_both": ce_both, "ce_one": ce_one, "shm": shm}
 
 
