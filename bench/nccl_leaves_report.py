@@ -5,7 +5,7 @@
       --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
       --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
       --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
-      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl --out .
+      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl --out .
 
 (bench/check.sh runs exactly this and compares the result with the committed report.md.)
 
@@ -384,6 +384,47 @@ def failure(r):
     return "failed: " + (err[:80] if len(err) > 3 else "no result")
 
 
+def shm_summary(tune, ce_one, lines):
+    """The runs above by kind of setting: per k the range of the issue's bound reached over all
+    runs and settings of that kind, how many ran and how many hung."""
+    def kind(setting):
+        path = shm_path(setting)
+        if path == "sm4":
+            return "SM loads/stores, NCCL's default" if setting == "base" else None
+        if path != "ce":
+            return None
+        big = "NCCL_BUFFSIZE=" in setting and int(setting.split("NCCL_BUFFSIZE=")[1].split(",")[0]) >= (16 << 20)
+        if not big:
+            return None
+        ctx = "NCCL_CREATE_THREAD_CONTEXT=1" in setting
+        return "copy engines both ways, 16-128 MiB buffers, " + ("proxy thread with its own CUDA context (no hang seen)" if ctx else "proxy thread in the rank's context (can deadlock)")
+    got = defaultdict(lambda: defaultdict(list))
+    for (_, _, k), d in tune.items():
+        for setting, r in d.items():
+            name = kind(setting)
+            if name:
+                v = busbw(r, "all_reduce", 256 * MIB)
+                got[name][k].append(100 * k * v / ce_one if v else None)
+    if not got:
+        return
+    ks = sorted({k for d in got.values() for k in d})
+    lines.append("")
+    lines.append("The same by kind of setting, over all runs and settings of that kind: the lowest and highest share of the")
+    lines.append("issue's bound at 256 MiB, and how many measurements ran (and hung):")
+    lines.append("")
+    lines.append("| setting | " + " | ".join(f"{k} leaves" for k in ks) + " |")
+    lines.append("|---|" + "---|" * len(ks))
+    for name in sorted(got, key=lambda n: (not n.startswith("SM"), n)):
+        cells = []
+        for k in ks:
+            vals = got[name].get(k, [])
+            ok = [v for v in vals if v is not None]
+            hung = len(vals) - len(ok)
+            rng = f"{min(ok):.0f}-{max(ok):.0f}% ({len(ok)} measurements)" if ok else "-"
+            cells.append(rng + (f", {hung} hung" if hung else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def paths_section(pcie_paths, ce_paths, lines):
     """The link's capacity by path, and how much of it NCCL's SHM transport uses. Returns what
     the plot needs."""
@@ -478,6 +519,7 @@ def paths_section(pcie_paths, ce_paths, lines):
                              f"{100 * k * v / ceilings[path][0]:.0f}% | {100 * k * v / ce_one:.0f}% | {check} |")
                 if setting == "base" and k not in shm.get(setting, {}):
                     shm.setdefault(setting, {})[k] = k * v
+        shm_summary(tune, ce_one, lines)
     ddp = []
     if ce_paths:
         load(ce_paths, ddp=ddp)
