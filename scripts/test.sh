@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# The code is rustfmt-clean (rustfmt.toml); a toolchain without rustfmt skips the check.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all --check
+else
+  echo "test.sh: rustfmt not installed (rustup component add rustfmt): format check skipped" >&2
+fi
 # The integration tests load the built plugin .so, so build it before testing.
 cargo build -p flexmig-spank
 cargo test --workspace --no-fail-fast

@@ -53,7 +53,8 @@ fn main() {
     std::fs::write(
         out.join("slurm_consts.rs"),
         format!(
-            "/// `SLURM_BATCH_SCRIPT` from slurm.h: the step id of a batch script.\npub const SLURM_BATCH_SCRIPT: u32 = {};\n", batch.trim_matches(|c| c == '(' || c == ')')
+            "/// `SLURM_BATCH_SCRIPT` from slurm.h: the step id of a batch script.\npub const SLURM_BATCH_SCRIPT: u32 = {};\n",
+            batch.trim_matches(|c| c == '(' || c == ')')
         ),
     )
     .unwrap();

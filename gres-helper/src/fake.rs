@@ -106,15 +106,13 @@ impl FakeNodeFile {
     /// Malformed TOML, unknown fields or version, unknown models, impossible instances.
     pub fn parse(text: &str, origin: &str) -> Result<(Self, Vec<GpuModel>)> {
         let fix = "fix the file or recreate it with `flexmig-gres-helper fake-node create`";
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {fix}", e.message()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {fix}", e.message()))?;
         match table.get("version") {
             Some(toml::Value::Integer(v)) if *v == i64::from(VERSION) => {}
             Some(v) => bail!("fake node {origin} has version {v}, but this helper reads version {VERSION}; {fix}"),
             None => bail!("fake node {origin} has no `version` key; {fix}"),
         }
-        let file: FakeNodeFile =
-            toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {fix}", e.message()))?;
+        let file: FakeNodeFile = toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {fix}", e.message()))?;
         let mut models = Vec::new();
         let mut seen = BTreeSet::new();
         for g in &file.gpus {
@@ -166,9 +164,8 @@ impl FakeNodeFile {
     /// # Errors
     /// An unknown model.
     pub fn create(model: &str, count: u32, mig_enabled: bool) -> Result<Self> {
-        let m = builtin_model(model).ok_or_else(|| {
-            anyhow!("{model:?} is not a recorded GPU model; use one of {}", builtin_model_names().join(", "))
-        })?;
+        let m = builtin_model(model)
+            .ok_or_else(|| anyhow!("{model:?} is not a recorded GPU model; use one of {}", builtin_model_names().join(", ")))?;
         let gpus = (0..count)
             .map(|i| FakeGpu {
                 index: i,
@@ -226,14 +223,7 @@ pub fn uuid_like(seed: &str) -> String {
         x ^ (x >> 31)
     };
     let (a, b) = (h(1), h(2));
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48, b & 0xffff_ffff_ffff)
 }
 
 impl Node for FakeNode {

@@ -100,10 +100,7 @@ impl MigMinors {
 
     fn get(&self, gpu_minor: u32, gi: u32, ci: Option<u32>) -> Result<u32> {
         self.0.get(&(gpu_minor, gi, ci)).copied().ok_or_else(|| {
-            anyhow!(
-                "the MIG minors file has no entry gpu{gpu_minor}/gi{gi}{}/access",
-                ci.map(|c| format!("/ci{c}")).unwrap_or_default()
-            )
+            anyhow!("the MIG minors file has no entry gpu{gpu_minor}/gi{gi}{}/access", ci.map(|c| format!("/ci{c}")).unwrap_or_default())
         })
     }
 }
@@ -349,7 +346,11 @@ mod tests {
         let text = gres_conf_text(&leaves);
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Name=")).collect();
         assert_eq!(lines.len(), 14);
-        assert!(lines[0].starts_with("Name=gpu Type=1g.20gb MultipleFiles=/tmp/devroot/nvidia0,/tmp/devroot/nvidia-caps/nvidia-cap"), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("Name=gpu Type=1g.20gb MultipleFiles=/tmp/devroot/nvidia0,/tmp/devroot/nvidia-caps/nvidia-cap"),
+            "{}",
+            lines[0]
+        );
         assert!(lines[1].contains("/tmp/devroot/nvidia1,"));
         assert_eq!(node_line("n1", &leaves, "CPUs=4"), "NodeName=n1 Gres=gpu:1g.20gb:2,gpu:1g.10gb:12 CPUs=4");
         let inv = inventory(&gpus, &leaves);

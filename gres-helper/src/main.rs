@@ -20,7 +20,11 @@ use gres_conf::DevicePaths;
 use node::Node;
 
 #[derive(Debug, Parser)]
-#[command(name = "flexmig-gres-helper", version, about = "Plan and apply the flexmig MIG leaf layout, write Slurm configuration, install patched NCCL")]
+#[command(
+    name = "flexmig-gres-helper",
+    version,
+    about = "Plan and apply the flexmig MIG leaf layout, write Slurm configuration, install patched NCCL"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -272,7 +276,11 @@ fn run(cli: Cli) -> Result<i32> {
                 wrote = true;
             }
             if let Some(path) = &a.node_conf {
-                write_out(path, &format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper gres-conf)\n{line}\n"), "slurm.conf node line")?;
+                write_out(
+                    path,
+                    &format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper gres-conf)\n{line}\n"),
+                    "slurm.conf node line",
+                )?;
                 wrote = true;
             }
             if let Some(path) = &a.inventory {
@@ -285,7 +293,11 @@ fn run(cli: Cli) -> Result<i32> {
                 wrote = true;
             }
             if !wrote {
-                println!("### gres.conf\n{gres}\n### slurm.conf\n{line}\n\n### {}\n{}", leaf_model::inventory::DEFAULT_PATH, inv.to_toml_string());
+                println!(
+                    "### gres.conf\n{gres}\n### slurm.conf\n{line}\n\n### {}\n{}",
+                    leaf_model::inventory::DEFAULT_PATH,
+                    inv.to_toml_string()
+                );
             }
             Ok(0)
         }
@@ -363,7 +375,10 @@ fn make_fake_devices(node: &mut fake::FakeNode, p: &DevicePaths) -> Result<()> {
             .status()
             .context("running mknod")?;
         if !st.success() {
-            bail!("mknod {} failed: fake device files need root (Slurm drops gres.conf files that are not character devices)", path.display());
+            bail!(
+                "mknod {} failed: fake device files need root (Slurm drops gres.conf files that are not character devices)",
+                path.display()
+            );
         }
         made += 1;
     }

@@ -100,12 +100,7 @@ impl GpuChanges {
 fn changes_for(g: &GpuInfo, current: &[GpuInstance], want: &GpuLayout) -> Result<GpuChanges> {
     let i = g.index;
     if !want.model.eq_ignore_ascii_case(&g.model.name) {
-        bail!(
-            "GPU {i}: the layout is for model {}, but the GPU is a {} ({}); plan for this GPU instead",
-            want.model,
-            g.model.name,
-            g.name
-        );
+        bail!("GPU {i}: the layout is for model {}, but the GPU is a {} ({}); plan for this GPU instead", want.model, g.model.name, g.name);
     }
     let mut c = GpuChanges::default();
     if !g.mig.current {
@@ -119,7 +114,8 @@ fn changes_for(g: &GpuInfo, current: &[GpuInstance], want: &GpuLayout) -> Result
     for inst in current {
         let p = inst.placement();
         if !want.instances.contains(&p) {
-            c.messages.push(format!("GPU {i}: unexpected GPU instance {} at memory slice {} (GPU instance id {})", p.profile, p.start, inst.id));
+            c.messages
+                .push(format!("GPU {i}: unexpected GPU instance {} at memory slice {} (GPU instance id {})", p.profile, p.start, inst.id));
             c.destroy.push(inst.clone());
         } else if inst.leaf_ci().is_none() {
             c.messages.push(format!(
@@ -171,11 +167,8 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
     let gpus = node.gpus()?;
     let mut plan_per_gpu = Vec::new();
     for w in &want.gpus {
-        let g = gpus
-            .iter()
-            .find(|g| g.index == w.gpu)
-            .ok_or_else(|| anyhow!("GPU {} is in the layout but not on the node", w.gpu))?
-            .clone();
+        let g =
+            gpus.iter().find(|g| g.index == w.gpu).ok_or_else(|| anyhow!("GPU {} is in the layout but not on the node", w.gpu))?.clone();
         if g.model.profiles.is_empty() {
             bail!("GPU {} ({}) does not support MIG; leave it out of the layout", g.index, g.name);
         }
@@ -225,10 +218,7 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
             writeln!(out, "GPU {i}: destroyed {} at memory slice {} (GPU instance id {})", d.profile, d.start, d.id)?;
         }
         for p in &c.create {
-            let profile = g
-                .model
-                .profile(&p.profile)
-                .ok_or_else(|| anyhow!("GPU {i} ({}) has no profile {}", g.name, p.profile))?;
+            let profile = g.model.profile(&p.profile).ok_or_else(|| anyhow!("GPU {i} ({}) has no profile {}", g.name, p.profile))?;
             let made = node
                 .create_leaf(i, profile, p.start)
                 .with_context(|| format!("creating {} at memory slice {} on GPU {i}", p.profile, p.start))?;

@@ -93,15 +93,13 @@ impl NvmlNode {
     fn placements(&self, dev: &Device<'_>, profile_id: u32) -> Result<Vec<sys::nvmlGpuInstancePlacement_t>, NvmlError> {
         let mut count: u32 = 0;
         // SAFETY: a null placements pointer asks NVML for the count only.
-        let rc = unsafe {
-            self.lib().nvmlDeviceGetGpuInstancePossiblePlacements_v2(dev.handle(), profile_id, std::ptr::null_mut(), &mut count)
-        };
+        let rc =
+            unsafe { self.lib().nvmlDeviceGetGpuInstancePossiblePlacements_v2(dev.handle(), profile_id, std::ptr::null_mut(), &mut count) };
         nvml_try(rc)?;
         let mut buf = vec![sys::nvmlGpuInstancePlacement_t { start: 0, size: 0 }; count as usize];
         // SAFETY: `buf` holds `count` placements, the number NVML just reported.
-        let rc = unsafe {
-            self.lib().nvmlDeviceGetGpuInstancePossiblePlacements_v2(dev.handle(), profile_id, buf.as_mut_ptr(), &mut count)
-        };
+        let rc =
+            unsafe { self.lib().nvmlDeviceGetGpuInstancePossiblePlacements_v2(dev.handle(), profile_id, buf.as_mut_ptr(), &mut count) };
         nvml_try(rc)?;
         buf.truncate(count as usize);
         Ok(buf)
@@ -132,7 +130,10 @@ impl NvmlNode {
         let recorded = builtin_model(name);
         if profiles.is_empty() {
             if let Some(m) = recorded {
-                eprintln!("flexmig-gres-helper: NVML lists no MIG profiles for {name} (MIG mode off?); using the recorded {} table", m.name);
+                eprintln!(
+                    "flexmig-gres-helper: NVML lists no MIG profiles for {name} (MIG mode off?); using the recorded {} table",
+                    m.name
+                );
                 return m;
             }
             eprintln!(

@@ -55,7 +55,10 @@ pub fn parse_gres_conf(text: &str) -> Result<Vec<GresRecord>> {
             continue;
         }
         if files.iter().any(|f| f.to_string_lossy().contains('[')) {
-            bail!("gres.conf line {}: device ranges are not supported by verify; write one line per leaf (`flexmig-gres-helper gres-conf`)", n + 1);
+            bail!(
+                "gres.conf line {}: device ranges are not supported by verify; write one line per leaf (`flexmig-gres-helper gres-conf`)",
+                n + 1
+            );
         }
         out.push(GresRecord { origin: format!("gres.conf line {}", n + 1), type_name, count, files });
     }
@@ -128,7 +131,13 @@ fn describe(l: &NodeLeaf) -> String {
 
 /// Checks the records of one source (gres.conf or slurmd) against the inventory: record k
 /// (Slurm GRES index k) must name the device files of the leaf the inventory gives index k.
-fn check_records(what: &str, records: &[GresRecord], inv: &Inventory, by_files: &BTreeMap<Vec<PathBuf>, &NodeLeaf>, diffs: &mut Vec<String>) {
+fn check_records(
+    what: &str,
+    records: &[GresRecord],
+    inv: &Inventory,
+    by_files: &BTreeMap<Vec<PathBuf>, &NodeLeaf>,
+    diffs: &mut Vec<String>,
+) {
     let mut index = 0u32;
     for r in records {
         if r.count != 1 {
@@ -191,10 +200,9 @@ pub fn verify(node: &mut dyn Node, input: &VerifyInputs<'_>) -> Result<Vec<Strin
     for g in gpus.iter().filter(|g| leaves.iter().any(|l| l.gpu == g.index)) {
         match inv.gpu(g.index) {
             None => diffs.push(format!("GPU {} ({}) has leaves but no [[gpu]] entry in the inventory", g.index, g.uuid)),
-            Some(ig) if ig.uuid != g.uuid || ig.bus_id != g.bus_id => diffs.push(format!(
-                "GPU {}: NVML reports {} at {}, the inventory {} at {}",
-                g.index, g.uuid, g.bus_id, ig.uuid, ig.bus_id
-            )),
+            Some(ig) if ig.uuid != g.uuid || ig.bus_id != g.bus_id => {
+                diffs.push(format!("GPU {}: NVML reports {} at {}, the inventory {} at {}", g.index, g.uuid, g.bus_id, ig.uuid, ig.bus_id))
+            }
             Some(_) => {}
         }
     }
@@ -230,7 +238,10 @@ pub fn verify(node: &mut dyn Node, input: &VerifyInputs<'_>) -> Result<Vec<Strin
     if let Some(out) = &input.slurmd_g {
         let records = parse_slurmd_g(out);
         if records.is_empty() {
-            diffs.push(format!("`slurmd -G` reported no gpu GRES (is GresTypes=gpu set and gres.conf the one slurmd reads?); it printed:\n{}", out.trim()));
+            diffs.push(format!(
+                "`slurmd -G` reported no gpu GRES (is GresTypes=gpu set and gres.conf the one slurmd reads?); it printed:\n{}",
+                out.trim()
+            ));
         } else {
             check_records("slurmd -G", &records, &inv, &by_files, &mut diffs);
         }

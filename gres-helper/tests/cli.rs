@@ -138,7 +138,8 @@ fn gres_conf_then_verify_and_a_broken_inventory() {
         s
     };
     std::fs::write(&minors, text).unwrap();
-    let (gres, inv, line, pol) = (d.path().join("gres.conf"), d.path().join("flexmig.toml"), d.path().join("node.conf"), d.path().join("flexmig_policy.lua"));
+    let (gres, inv, line, pol) =
+        (d.path().join("gres.conf"), d.path().join("flexmig.toml"), d.path().join("node.conf"), d.path().join("flexmig_policy.lua"));
     let mut c = helper();
     common(&mut c);
     let (code, _, err) = run(c
@@ -163,7 +164,11 @@ fn gres_conf_then_verify_and_a_broken_inventory() {
     assert_eq!(code, 0, "{out}{err}");
     // A hand-edited inventory that swaps two leaves' GRES indices.
     let t = std::fs::read_to_string(&inv).unwrap();
-    let t = t.replacen("gres_index = 0\n", "gres_index = 99\n", 1).replacen("gres_index = 1\n", "gres_index = 0\n", 1).replacen("gres_index = 99\n", "gres_index = 1\n", 1);
+    let t = t.replacen("gres_index = 0\n", "gres_index = 99\n", 1).replacen("gres_index = 1\n", "gres_index = 0\n", 1).replacen(
+        "gres_index = 99\n",
+        "gres_index = 1\n",
+        1,
+    );
     std::fs::write(&inv, t).unwrap();
     let (code, out, _) = verify(&["--no-slurmd"]);
     assert_eq!(code, 1, "{out}");

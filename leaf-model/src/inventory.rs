@@ -155,10 +155,7 @@ impl Inventory {
             Some(toml::Value::Integer(v)) if *v == i64::from(VERSION) => {}
             Some(toml::Value::Integer(v)) => return Err(err(InventoryErrorKind::UnknownVersion(*v))),
             Some(other) => {
-                return Err(err(InventoryErrorKind::Malformed(format!(
-                    "`version` must be an integer, found {}",
-                    other.type_str()
-                ))))
+                return Err(err(InventoryErrorKind::Malformed(format!("`version` must be an integer, found {}", other.type_str()))))
             }
         }
         let inv: Inventory = toml::from_str(text).map_err(|e| err(InventoryErrorKind::Malformed(one_line(&e))))?;
@@ -189,10 +186,7 @@ impl Inventory {
         let mut uuids = BTreeSet::new();
         for l in &self.leaves {
             if let Some(prev) = gres.insert(l.gres_index, l) {
-                return Err(format!(
-                    "GRES index {} is given to two leaves ({} and {})",
-                    l.gres_index, prev.uuid, l.uuid
-                ));
+                return Err(format!("GRES index {} is given to two leaves ({} and {})", l.gres_index, prev.uuid, l.uuid));
             }
             if !gpu_idx.contains(&l.gpu) {
                 return Err(format!("leaf {} (GRES index {}) is on GPU {}, which has no [[gpu]] entry", l.uuid, l.gres_index, l.gpu));

@@ -123,7 +123,15 @@ pub fn plan(model: &GpuModel) -> Result<Layout, PlanError> {
     if mixes.is_empty() {
         let profiles = ones
             .iter()
-            .map(|p| format!("{} ({} memory slice{}, up to {})", p.name, p.memory_slices, if p.memory_slices == 1 { "" } else { "s" }, p.max_instances))
+            .map(|p| {
+                format!(
+                    "{} ({} memory slice{}, up to {})",
+                    p.name,
+                    p.memory_slices,
+                    if p.memory_slices == 1 { "" } else { "s" },
+                    p.max_instances
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         return Err(PlanError::NoExactFill { model: name, compute_slices: c, memory_slices: m, profiles });
@@ -215,21 +223,26 @@ impl Layout {
         let mut used = vec![false; model.memory_slices as usize];
         let mut compute = 0u32;
         for l in &self.instances {
-            let p = model
-                .profile(&l.profile)
-                .ok_or_else(|| format!("profile {} does not exist on {}", l.profile, model.name))?;
+            let p = model.profile(&l.profile).ok_or_else(|| format!("profile {} does not exist on {}", l.profile, model.name))?;
             if l.size != p.memory_slices {
-                return Err(format!("{} at {} has size {}, but {} spans {} memory slices", l.profile, l.start, l.size, p.name, p.memory_slices));
+                return Err(format!(
+                    "{} at {} has size {}, but {} spans {} memory slices",
+                    l.profile, l.start, l.size, p.name, p.memory_slices
+                ));
             }
             if !p.placements.contains(&l.start) {
-                return Err(format!("{} cannot start at memory slice {} on {} (legal starts: {:?})", l.profile, l.start, model.name, p.placements));
+                return Err(format!(
+                    "{} cannot start at memory slice {} on {} (legal starts: {:?})",
+                    l.profile, l.start, model.name, p.placements
+                ));
             }
             let n = self.instances.iter().filter(|o| o.profile == l.profile).count();
             if n > p.max_instances as usize {
                 return Err(format!("{} instances of {}, but {} allows {}", n, l.profile, model.name, p.max_instances));
             }
             for s in l.start..l.start + l.size {
-                let slot = used.get_mut(s as usize).ok_or_else(|| format!("{} at {} runs past the last memory slice", l.profile, l.start))?;
+                let slot =
+                    used.get_mut(s as usize).ok_or_else(|| format!("{} at {} runs past the last memory slice", l.profile, l.start))?;
                 if *slot {
                     return Err(format!("{} at {} overlaps another instance at memory slice {}", l.profile, l.start, s));
                 }
@@ -337,7 +350,8 @@ placements = [0, 2]
     fn refuses_where_no_layout_exists() {
         let base = include_str!("../profiles/H100-80GB.toml");
         // No double profile: 7 small leave one memory slice unused.
-        let no_double = GpuModel::parse(&base.replace("name = \"1g.20gb\"\ncompute_slices = 1", "name = \"1g.20gb\"\ncompute_slices = 2")).unwrap();
+        let no_double =
+            GpuModel::parse(&base.replace("name = \"1g.20gb\"\ncompute_slices = 1", "name = \"1g.20gb\"\ncompute_slices = 2")).unwrap();
         let e = plan(&no_double).unwrap_err();
         assert!(matches!(e, PlanError::NoExactFill { .. }), "{e:?}");
         assert!(e.to_string().contains("all 8 memory slices"), "{e}");
@@ -346,7 +360,8 @@ placements = [0, 2]
         let e = plan(&cramped).unwrap_err();
         assert!(matches!(e, PlanError::NoPlacement { .. }), "{e:?}");
         // No MIG at all.
-        let none = GpuModel { name: "T4".into(), nvml_names: vec![], compute_slices: 1, memory_slices: 1, memory_mib: 15360, profiles: vec![] };
+        let none =
+            GpuModel { name: "T4".into(), nvml_names: vec![], compute_slices: 1, memory_slices: 1, memory_mib: 15360, profiles: vec![] };
         assert!(plan(&none).unwrap_err().to_string().contains("does not support MIG"));
         // Only large profiles.
         let no_1g = GpuModel::parse(&base.replace("compute_slices = 1\n", "compute_slices = 2\n")).unwrap();

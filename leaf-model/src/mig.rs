@@ -115,18 +115,13 @@ pub fn builtin_model_names() -> Vec<String> {
 
 /// Every recorded GPU model.
 pub fn builtin_models() -> Vec<GpuModel> {
-    TABLES
-        .iter()
-        .map(|(file, text)| GpuModel::parse(text).unwrap_or_else(|e| panic!("recorded table {file} is broken: {e}")))
-        .collect()
+    TABLES.iter().map(|(file, text)| GpuModel::parse(text).unwrap_or_else(|e| panic!("recorded table {file} is broken: {e}"))).collect()
 }
 
 /// The recorded model named `name` (short name like `H100-80GB`, or an NVML device name),
 /// compared case-insensitively.
 pub fn builtin_model(name: &str) -> Option<GpuModel> {
-    builtin_models().into_iter().find(|m| {
-        m.name.eq_ignore_ascii_case(name) || m.nvml_names.iter().any(|n| n.eq_ignore_ascii_case(name))
-    })
+    builtin_models().into_iter().find(|m| m.name.eq_ignore_ascii_case(name) || m.nvml_names.iter().any(|n| n.eq_ignore_ascii_case(name)))
 }
 
 #[cfg(test)]

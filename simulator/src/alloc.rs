@@ -121,9 +121,7 @@ pub fn build(mode: Mode, geo: &Geometry, costs: &Costs, n_jobs: usize) -> Box<dy
 
 fn node_ranges(costs: &Costs) -> Vec<std::ops::Range<u32>> {
     let gpn = costs.gpus_per_node.max(1);
-    (0..costs.gpus.div_ceil(gpn))
-        .map(|n| n * gpn..((n + 1) * gpn).min(costs.gpus))
-        .collect()
+    (0..costs.gpus.div_ceil(gpn)).map(|n| n * gpn..((n + 1) * gpn).min(costs.gpus)).collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -159,14 +157,7 @@ impl Flex {
         let nodes = node_ranges(costs);
         Flex {
             leaves: geo.leaves.clone(),
-            gpus: vec![
-                FlexGpu {
-                    owner: vec![NONE; geo.leaves.len()],
-                    free_small: small,
-                    free_double: double
-                };
-                costs.gpus as usize
-            ],
+            gpus: vec![FlexGpu { owner: vec![NONE; geo.leaves.len()], free_small: small, free_double: double }; costs.gpus as usize],
             node_small: nodes.iter().map(|r| r.len() as u32 * small).collect(),
             nodes,
             free_small: small * costs.gpus,
@@ -179,9 +170,8 @@ impl Flex {
 
     fn take(&mut self, idx: usize, gpu: u32, double: bool) {
         let g = &mut self.gpus[gpu as usize];
-        let leaf = (0..self.leaves.len())
-            .find(|&l| g.owner[l] == NONE && self.leaves[l].double == double)
-            .expect("counted free leaf exists");
+        let leaf =
+            (0..self.leaves.len()).find(|&l| g.owner[l] == NONE && self.leaves[l].double == double).expect("counted free leaf exists");
         g.owner[leaf] = idx as u32;
         if double {
             g.free_double -= 1;
@@ -199,10 +189,7 @@ impl Allocator for Flex {
     fn admissible(&self, job: &Job) -> Result<(), String> {
         let most = self.node_small.iter().copied().max().unwrap_or(0);
         if job.size >= 2 && job.size > most {
-            return Err(format!(
-                "job {} asks for {} leaves; one node has {most} small leaves",
-                job.id, job.size
-            ));
+            return Err(format!("job {} asks for {} leaves; one node has {most} small leaves", job.id, job.size));
         }
         Ok(())
     }
@@ -223,32 +210,19 @@ impl Allocator for Flex {
             })?;
             self.take(idx, gpu, double);
             self.rr = (gpu + 1) % n;
-            let factor = if double {
-                1.0 - self.costs.double_leaf_speedup
-            } else {
-                1.0
-            };
-            return Some(Grant {
-                factor,
-                slices: 1,
-                ..Grant::default()
-            });
+            let factor = if double { 1.0 - self.costs.double_leaf_speedup } else { 1.0 };
+            return Some(Grant { factor, slices: 1, ..Grant::default() });
         }
         if self.free_small < job.size {
             return None;
         }
         // The node that fits most tightly keeps bigger holes for bigger jobs.
-        let node = (0..self.nodes.len())
-            .filter(|&k| self.node_small[k] >= job.size)
-            .min_by_key(|&k| self.node_small[k])?;
+        let node = (0..self.nodes.len()).filter(|&k| self.node_small[k] >= job.size).min_by_key(|&k| self.node_small[k])?;
         let range = self.nodes[node].clone();
         let mut spanned = 0;
         for _ in 0..job.size {
             // Round-robin: the next leaf comes from the GPU with the most free small leaves.
-            let gpu = range
-                .clone()
-                .max_by_key(|&g| (self.gpus[g as usize].free_small, std::cmp::Reverse(g)))
-                .expect("node has GPUs");
+            let gpu = range.clone().max_by_key(|&g| (self.gpus[g as usize].free_small, std::cmp::Reverse(g))).expect("node has GPUs");
             if !self.held[idx].iter().any(|&(h, _)| h == gpu) {
                 spanned += 1;
             }
@@ -258,11 +232,7 @@ impl Allocator for Flex {
         if spanned > 1 {
             factor *= 1.0 + self.costs.cross_gpu_slowdown;
         }
-        Some(Grant {
-            factor,
-            slices: job.size,
-            ..Grant::default()
-        })
+        Some(Grant { factor, slices: job.size, ..Grant::default() })
     }
 
     fn release(&mut self, idx: usize) {
@@ -283,11 +253,7 @@ impl Allocator for Flex {
     fn holdings(&self, idx: usize) -> Vec<Hold> {
         self.held[idx]
             .iter()
-            .map(|&(gpu, l)| Hold {
-                gpu,
-                start: self.leaves[l as usize].start,
-                size: self.leaves[l as usize].size,
-            })
+            .map(|&(gpu, l)| Hold { gpu, start: self.leaves[l as usize].start, size: self.leaves[l as usize].size })
             .collect()
     }
 
@@ -393,10 +359,7 @@ impl Dynamic {
         for &p in profs {
             counts[p.min(15)] += 1;
         }
-        let key = counts
-            .iter()
-            .enumerate()
-            .fold(0u64, |k, (i, &c)| k | (u64::from(c) << (4 * i)));
+        let key = counts.iter().enumerate().fold(0u64, |k, (i, &c)| k | (u64::from(c) << (4 * i)));
         let geo = &self.geo;
         let layout = self.pack_memo.entry(key).or_insert_with(|| {
             let mut sorted = profs.to_vec();
@@ -437,11 +400,7 @@ impl Dynamic {
             if used + prof.compute > self.geo.compute || count >= prof.max {
                 continue;
             }
-            if prof
-                .placements
-                .iter()
-                .any(|&s| mask & span(s, prof.mem) == 0)
-            {
+            if prof.placements.iter().any(|&s| mask & span(s, prof.mem) == 0) {
                 fit |= 1 << p;
             } else if !existing.is_empty() {
                 let mut want = existing.clone();
@@ -471,11 +430,7 @@ impl Dynamic {
             }
         }
         let gpu = &mut self.gpus[g];
-        let drain = if gpu.inference == 0 {
-            gpu.fit_drained
-        } else {
-            0
-        };
+        let drain = if gpu.inference == 0 { gpu.fit_drained } else { 0 };
         let n = gpu.insts.len() as u32;
         gpu.filed_fit = (gpu.fit, gpu.compute_used);
         gpu.filed_drain = (drain, n);
@@ -490,35 +445,22 @@ impl Dynamic {
     }
 
     /// Picks `parts` GPUs in `range` for profile `p`: (gpu, needs drain).
-    fn pick(
-        &self,
-        range: std::ops::Range<u32>,
-        p: usize,
-        parts: u32,
-        now: f64,
-    ) -> Option<Vec<(u32, bool)>> {
+    fn pick(&self, range: std::ops::Range<u32>, p: usize, parts: u32, now: f64) -> Option<Vec<(u32, bool)>> {
         let bit = 1u32 << p;
-        let free_after =
-            |g: &DynGpu| self.geo.compute - g.compute_used - self.geo.profiles[p].compute;
+        let free_after = |g: &DynGpu| self.geo.compute - g.compute_used - self.geo.profiles[p].compute;
         let mut chosen: Vec<(u32, bool)> = Vec::new();
         let open = |g: &DynGpu| g.locked_until <= now;
         if parts == 1 {
             // Best fit: the open GPU left with the fewest free slices; else the open GPU
             // whose drain disturbs the fewest jobs.
-            let open_in =
-                |&&(_, g): &&(u32, u32)| range.contains(&g) && open(&self.gpus[g as usize]);
+            let open_in = |&&(_, g): &&(u32, u32)| range.contains(&g) && open(&self.gpus[g as usize]);
             if let Some(&(_, g)) = self.fit_sets[p].iter().find(open_in) {
                 return Some(vec![(g, false)]);
             }
-            return self.drain_sets[p]
-                .iter()
-                .find(open_in)
-                .map(|&(_, g)| vec![(g, true)]);
+            return self.drain_sets[p].iter().find(open_in).map(|&(_, g)| vec![(g, true)]);
         } else {
-            let mut fits: Vec<u32> = range
-                .clone()
-                .filter(|&g| open(&self.gpus[g as usize]) && self.gpus[g as usize].fit & bit != 0)
-                .collect();
+            let mut fits: Vec<u32> =
+                range.clone().filter(|&g| open(&self.gpus[g as usize]) && self.gpus[g as usize].fit & bit != 0).collect();
             fits.sort_by_key(|&g| (free_after(&self.gpus[g as usize]), g));
             chosen.extend(fits.into_iter().take(parts as usize).map(|g| (g, false)));
             if chosen.len() == parts as usize {
@@ -529,10 +471,7 @@ impl Dynamic {
         let mut drains: Vec<u32> = range
             .filter(|&g| {
                 let d = &self.gpus[g as usize];
-                open(d)
-                    && d.inference == 0
-                    && d.fit_drained & bit != 0
-                    && !chosen.iter().any(|&(c, _)| c == g)
+                open(d) && d.inference == 0 && d.fit_drained & bit != 0 && !chosen.iter().any(|&(c, _)| c == g)
             })
             .collect();
         drains.sort_by_key(|&g| (self.gpus[g as usize].insts.len(), g));
@@ -545,11 +484,7 @@ impl Dynamic {
     fn add_inst(&mut self, g: usize, p: usize, start: u32, idx: usize, inference: bool) {
         let prof = &self.geo.profiles[p];
         let gpu = &mut self.gpus[g];
-        debug_assert_eq!(
-            gpu.mask & span(start, prof.mem),
-            0,
-            "double-booked memory slices"
-        );
+        debug_assert_eq!(gpu.mask & span(start, prof.mem), 0, "double-booked memory slices");
         gpu.insts.push((p as u8, start, idx as u32));
         gpu.mask |= span(start, prof.mem);
         gpu.compute_used += prof.compute;
@@ -562,15 +497,10 @@ impl Dynamic {
 
 impl Allocator for Dynamic {
     fn admissible(&self, job: &Job) -> Result<(), String> {
-        let (_, parts) = self
-            .shape(job.size)
-            .ok_or_else(|| format!("job {}: no MIG profile of {} slices", job.id, job.size))?;
+        let (_, parts) = self.shape(job.size).ok_or_else(|| format!("job {}: no MIG profile of {} slices", job.id, job.size))?;
         let most = self.nodes.iter().map(|r| r.len() as u32).max().unwrap_or(0);
         if parts > most {
-            return Err(format!(
-                "job {} needs {parts} GPUs of one node; nodes have {most}",
-                job.id
-            ));
+            return Err(format!("job {} needs {parts} GPUs of one node; nodes have {most}", job.id));
         }
         Ok(())
     }
@@ -580,8 +510,7 @@ impl Allocator for Dynamic {
         if self.fit_sets[p].len() + self.drain_sets[p].len() < parts as usize {
             return None;
         }
-        self.locked
-            .retain(|&g| self.gpus[g as usize].locked_until > now);
+        self.locked.retain(|&g| self.gpus[g as usize].locked_until > now);
         let picked = if parts == 1 {
             self.pick(0..self.costs.gpus, p, 1, now)
         } else {
@@ -603,23 +532,14 @@ impl Allocator for Dynamic {
         let inference = job.kind == Kind::Inference;
         self.inference[idx] = inference;
         self.free_compute -= self.geo.profiles[p].compute * parts;
-        let mut grant = Grant {
-            factor: 1.0,
-            slices: self.geo.profiles[p].compute * parts,
-            ..Grant::default()
-        };
+        let mut grant = Grant { factor: 1.0, slices: self.geo.profiles[p].compute * parts, ..Grant::default() };
         if parts > 1 {
             grant.factor = 1.0 + self.costs.cross_gpu_slowdown;
         }
         for (g, drain) in picked {
             let gu = g as usize;
             if drain {
-                let profs: Vec<usize> = self.gpus[gu]
-                    .insts
-                    .iter()
-                    .map(|i| i.0 as usize)
-                    .chain([p])
-                    .collect();
+                let profs: Vec<usize> = self.gpus[gu].insts.iter().map(|i| i.0 as usize).chain([p]).collect();
                 let starts = self.pack(&profs).expect("fit_drained said it packs");
                 let gpu = &mut self.gpus[gu];
                 gpu.mask = 0;
@@ -638,10 +558,7 @@ impl Allocator for Dynamic {
                 grant.start_delay = self.costs.reconfig_s;
                 grant.wake_at = Some(now + self.costs.reconfig_s);
             } else {
-                let s = self
-                    .geo
-                    .best_start(self.gpus[gu].mask, p)
-                    .expect("fit said it fits");
+                let s = self.geo.best_start(self.gpus[gu].mask, p).expect("fit said it fits");
                 self.add_inst(gu, p, s, idx, inference);
             }
             self.refresh(gu);
@@ -679,22 +596,17 @@ impl Allocator for Dynamic {
         self.held[idx]
             .iter()
             .flat_map(|&g| {
-                self.gpus[g as usize]
-                    .insts
-                    .iter()
-                    .filter(move |i| i.2 as usize == idx)
-                    .map(move |&(p, start, _)| Hold {
-                        gpu: g,
-                        start,
-                        size: self.geo.profiles[p as usize].mem,
-                    })
+                self.gpus[g as usize].insts.iter().filter(move |i| i.2 as usize == idx).map(move |&(p, start, _)| Hold {
+                    gpu: g,
+                    start,
+                    size: self.geo.profiles[p as usize].mem,
+                })
             })
             .collect()
     }
 
     fn demand(&self, job: &Job) -> u32 {
-        self.shape(job.size)
-            .map_or(job.size, |(p, parts)| self.geo.profiles[p].compute * parts)
+        self.shape(job.size).map_or(job.size, |(p, parts)| self.geo.profiles[p].compute * parts)
     }
 
     fn free_for(&self, _job: &Job, now: f64) -> u32 {
@@ -736,11 +648,8 @@ pub struct Static {
 
 impl Static {
     pub fn new(geo: &Geometry, costs: &Costs, n_jobs: usize) -> Self {
-        let mut slots: Vec<(u32, u32, u32)> = geo
-            .static_layout
-            .iter()
-            .map(|&(p, s)| (geo.profiles[p].compute, s, geo.profiles[p].mem))
-            .collect();
+        let mut slots: Vec<(u32, u32, u32)> =
+            geo.static_layout.iter().map(|&(p, s)| (geo.profiles[p].compute, s, geo.profiles[p].mem)).collect();
         slots.sort_unstable();
         Static {
             owner: vec![vec![NONE; slots.len()]; costs.gpus as usize],
@@ -758,37 +667,21 @@ impl Allocator for Static {
     fn admissible(&self, job: &Job) -> Result<(), String> {
         let most = self.slots.last().map_or(0, |s| s.0);
         if job.size > most {
-            return Err(format!(
-                "job {} asks for {} slices; the largest static instance has {most}",
-                job.id, job.size
-            ));
+            return Err(format!("job {} asks for {} slices; the largest static instance has {most}", job.id, job.size));
         }
         Ok(())
     }
 
     fn place(&mut self, idx: usize, job: &Job, _now: f64) -> Option<Grant> {
-        let slot = (0..self.slots.len())
-            .find(|&k| self.slots[k].0 >= job.size && self.free_per_slot[k] > 0)?;
-        let gpu = self
-            .owner
-            .iter()
-            .position(|o| o[slot] == NONE)
-            .expect("counted free slot exists");
+        let slot = (0..self.slots.len()).find(|&k| self.slots[k].0 >= job.size && self.free_per_slot[k] > 0)?;
+        let gpu = self.owner.iter().position(|o| o[slot] == NONE).expect("counted free slot exists");
         self.owner[gpu][slot] = idx as u32;
         self.free_per_slot[slot] -= 1;
         self.free_compute -= self.slots[slot].0;
         self.held[idx] = Some((gpu as u32, slot as u8));
         let (compute, _, mem) = self.slots[slot];
-        let factor = if job.size == 1 && compute == 1 && mem > self.small_mem {
-            1.0 - self.double_leaf_speedup
-        } else {
-            1.0
-        };
-        Some(Grant {
-            factor,
-            slices: compute,
-            ..Grant::default()
-        })
+        let factor = if job.size == 1 && compute == 1 && mem > self.small_mem { 1.0 - self.double_leaf_speedup } else { 1.0 };
+        Some(Grant { factor, slices: compute, ..Grant::default() })
     }
 
     fn release(&mut self, idx: usize) {
@@ -802,11 +695,7 @@ impl Allocator for Static {
     fn holdings(&self, idx: usize) -> Vec<Hold> {
         self.held[idx]
             .iter()
-            .map(|&(gpu, slot)| Hold {
-                gpu,
-                start: self.slots[slot as usize].1,
-                size: self.slots[slot as usize].2,
-            })
+            .map(|&(gpu, slot)| Hold { gpu, start: self.slots[slot as usize].1, size: self.slots[slot as usize].2 })
             .collect()
     }
 

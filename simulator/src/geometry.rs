@@ -82,8 +82,7 @@ impl Geometry {
             leaves: Vec::new(),
             static_layout: Vec::new(),
         };
-        g.leaves =
-            Self::plan_leaves(m).with_context(|| format!("{}: no Flex-MIG leaf layout", m.name))?;
+        g.leaves = Self::plan_leaves(m).with_context(|| format!("{}: no Flex-MIG leaf layout", m.name))?;
         g.static_layout = g.plan_static();
         Ok(g)
     }
@@ -92,15 +91,8 @@ impl Geometry {
     /// applies).
     fn plan_leaves(m: &GpuModel) -> Result<Vec<Leaf>> {
         let layout = leaf_model::layout::plan(m).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut leaves: Vec<Leaf> = layout
-            .instances
-            .iter()
-            .map(|l| Leaf {
-                start: l.start,
-                size: l.size,
-                double: layout.role(l) == LeafRole::Double,
-            })
-            .collect();
+        let mut leaves: Vec<Leaf> =
+            layout.instances.iter().map(|l| Leaf { start: l.start, size: l.size, double: layout.role(l) == LeafRole::Double }).collect();
         leaves.sort_by_key(|l| l.start);
         Ok(leaves)
     }
@@ -113,9 +105,7 @@ impl Geometry {
         let (Some(two), Some(four)) = (pick(2), pick(4)) else {
             return Vec::new();
         };
-        let mut ones: Vec<usize> = (0..self.profiles.len())
-            .filter(|&p| self.profiles[p].compute == 1)
-            .collect();
+        let mut ones: Vec<usize> = (0..self.profiles.len()).filter(|&p| self.profiles[p].compute == 1).collect();
         ones.sort_by_key(|&p| std::cmp::Reverse(self.profiles[p].mem));
         for one in ones {
             let want = [one, two, four];
@@ -129,12 +119,7 @@ impl Geometry {
     /// Memory slices of the smallest 1g profile (a one-slice job on a 1g with more memory
     /// runs `double_leaf_speedup` faster).
     pub fn small_mem(&self) -> u32 {
-        self.profiles
-            .iter()
-            .filter(|p| p.compute == 1)
-            .map(|p| p.mem)
-            .min()
-            .unwrap_or(1)
+        self.profiles.iter().filter(|p| p.compute == 1).map(|p| p.mem).min().unwrap_or(1)
     }
 
     /// The exact Dynamic-MIG profile for a request of `slices` compute slices: the fewest
@@ -159,12 +144,7 @@ impl Geometry {
         }
         let mut order: Vec<usize> = (0..profs.len()).collect();
         // Largest and least flexible first.
-        order.sort_by_key(|&i| {
-            (
-                std::cmp::Reverse(self.profiles[profs[i]].mem),
-                self.profiles[profs[i]].placements.len(),
-            )
-        });
+        order.sort_by_key(|&i| (std::cmp::Reverse(self.profiles[profs[i]].mem), self.profiles[profs[i]].placements.len()));
         let mut starts = vec![0u32; profs.len()];
         if self.pack_rec(profs, &order, 0, 0, &mut starts) {
             Some(starts)
@@ -173,14 +153,7 @@ impl Geometry {
         }
     }
 
-    fn pack_rec(
-        &self,
-        profs: &[usize],
-        order: &[usize],
-        k: usize,
-        mask: u32,
-        starts: &mut [u32],
-    ) -> bool {
+    fn pack_rec(&self, profs: &[usize], order: &[usize], k: usize, mask: u32, starts: &mut [u32]) -> bool {
         let Some(&i) = order.get(k) else { return true };
         let p = &self.profiles[profs[i]];
         for &s in &p.placements {
@@ -257,17 +230,9 @@ mod tests {
     #[test]
     fn static_layout_is_1g_2g_4g_using_all_memory() {
         let g = h100();
-        let names: Vec<&str> = g
-            .static_layout
-            .iter()
-            .map(|&(p, _)| g.profiles[p].name.as_str())
-            .collect();
+        let names: Vec<&str> = g.static_layout.iter().map(|&(p, _)| g.profiles[p].name.as_str()).collect();
         assert_eq!(names, ["1g.20gb", "2g.20gb", "4g.40gb"]);
-        let four = g
-            .static_layout
-            .iter()
-            .find(|&&(p, _)| g.profiles[p].compute == 4)
-            .unwrap();
+        let four = g.static_layout.iter().find(|&&(p, _)| g.profiles[p].compute == 4).unwrap();
         assert_eq!(four.1, 0, "4g only goes at 0");
     }
 

@@ -25,9 +25,7 @@ use trace::Job;
 pub fn drop_oversized(jobs: Vec<Job>, geo: &Geometry, cfg: &Config) -> Vec<Job> {
     let fm = alloc::build(Mode::Fm, geo, &cfg.costs, 0);
     let dm = alloc::build(Mode::Dm, geo, &cfg.costs, 0);
-    jobs.into_iter()
-        .filter(|j| fm.admissible(j).is_ok() && dm.admissible(j).is_ok())
-        .collect()
+    jobs.into_iter().filter(|j| fm.admissible(j).is_ok() && dm.admissible(j).is_ok()).collect()
 }
 
 /// Runs all three modes on one trace: the `compare --json` object. A mode that cannot run
@@ -38,10 +36,7 @@ pub fn compare(jobs: &[Job], geo: &Geometry, cfg: &Config) -> Value {
     for mode in Mode::ALL {
         match simulate(jobs, geo, mode, cfg) {
             Ok(run) => {
-                out.insert(
-                    mode.key().into(),
-                    serde_json::to_value(run.metrics).expect("metrics serialise"),
-                );
+                out.insert(mode.key().into(), serde_json::to_value(run.metrics).expect("metrics serialise"));
             }
             Err(reason) => {
                 out.insert(mode.key().into(), Value::Null);

@@ -6,18 +6,12 @@ use flexmig_sim::alloc::{Costs, Mode};
 use flexmig_sim::geometry::{load_model, Geometry};
 use flexmig_sim::report::{write_all, Study};
 use flexmig_sim::sim::{simulate, Config, Scheduler};
-use flexmig_sim::trace::{
-    generate, parse_csv, parse_sacct, to_csv, Distribution, Job, Mix, SacctOptions, Synthetic,
-};
+use flexmig_sim::trace::{generate, parse_csv, parse_sacct, to_csv, Distribution, Job, Mix, SacctOptions, Synthetic};
 use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "flexmig-sim",
-    version,
-    about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG"
-)]
+#[command(name = "flexmig-sim", version, about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -158,10 +152,7 @@ impl ClusterArgs {
             ("--one-to-many-slowdown", self.one_to_many_slowdown),
             ("--cross-gpu-slowdown", self.cross_gpu_slowdown),
         ] {
-            anyhow::ensure!(
-                v.is_finite() && v >= 0.0,
-                "{name} must be a non-negative number, not {v}"
-            );
+            anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} must be a non-negative number, not {v}");
         }
         anyhow::ensure!(
             (0.0..1.0).contains(&self.double_leaf_speedup),
@@ -189,24 +180,16 @@ impl ClusterArgs {
 impl WorkloadArgs {
     fn jobs(&self, geo: &Geometry, gpus: u32) -> Result<Vec<Job>> {
         if let Some(p) = &self.trace {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading trace {}", p.display()))?;
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading trace {}", p.display()))?;
             return parse_csv(&text).with_context(|| format!("parsing trace {}", p.display()));
         }
         if let Some(p) = &self.sacct {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading sacct output {}", p.display()))?;
-            let opt = SacctOptions {
-                gpu_slices: self.gpu_slices.unwrap_or(geo.compute),
-                inference_partition: self.inference_partition.clone(),
-            };
-            return parse_sacct(&text, &opt)
-                .with_context(|| format!("parsing sacct output {}", p.display()));
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading sacct output {}", p.display()))?;
+            let opt =
+                SacctOptions { gpu_slices: self.gpu_slices.unwrap_or(geo.compute), inference_partition: self.inference_partition.clone() };
+            return parse_sacct(&text, &opt).with_context(|| format!("parsing sacct output {}", p.display()));
         }
-        anyhow::ensure!(
-            self.load.is_finite() && self.load > 0.0,
-            "--load must be a positive number (offered load, e.g. 0.9 or 2)"
-        );
+        anyhow::ensure!(self.load.is_finite() && self.load > 0.0, "--load must be a positive number (offered load, e.g. 0.9 or 2)");
         Ok(generate(&Synthetic {
             distribution: self.distribution,
             mix: self.mix,
@@ -228,11 +211,7 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Compare {
-            cluster,
-            workload,
-            json,
-        } => {
+        Cmd::Compare { cluster, workload, json } => {
             let geo = cluster.geometry()?;
             let mut jobs = workload.jobs(&geo, cluster.gpus)?;
             let cfg = cluster.config()?;
@@ -240,10 +219,7 @@ fn real_main() -> Result<()> {
                 let before = jobs.len();
                 jobs = flexmig_sim::drop_oversized(jobs, &geo, &cfg);
                 if jobs.len() < before {
-                    eprintln!(
-                        "flexmig-sim: left out {} of {before} jobs wider than one node",
-                        before - jobs.len()
-                    );
+                    eprintln!("flexmig-sim: left out {} of {before} jobs wider than one node", before - jobs.len());
                 }
             }
             let out = flexmig_sim::compare(&jobs, &geo, &cfg);
@@ -258,35 +234,20 @@ fn real_main() -> Result<()> {
             let geo = cluster.geometry()?;
             print!("{}", to_csv(&workload.jobs(&geo, cluster.gpus)?));
         }
-        Cmd::Figures {
-            cluster,
-            traces,
-            load,
-            out,
-        } => {
+        Cmd::Figures { cluster, traces, load, out } => {
             let geo = cluster.geometry()?;
-            let study = Study {
-                traces,
-                load,
-                base: cluster.config()?,
-            };
+            let study = Study { traces, load, base: cluster.config()? };
             let table = write_all(&geo, &study, &out)?;
             println!("{table}");
-            eprintln!(
-                "wrote {}/table.md, runs.csv, ratios-fifo.svg, ratios-backfill.svg",
-                out.display()
-            );
+            eprintln!("wrote {}/table.md, runs.csv, ratios-fifo.svg, ratios-backfill.svg", out.display());
         }
-        Cmd::Bench {
-            jobs,
-            gpus,
-            model,
-            scheduler,
-            load,
-            mix,
-        } => {
+        Cmd::Bench { jobs, gpus, model, scheduler, load, mix } => {
             let geo = Geometry::from_model(&load_model(&model)?)?;
-            println!("{model}, balanced sizes, {} mix, {} scheduler, offered load {load}, 8 GPUs per node\n", mix.as_str(), scheduler.as_str());
+            println!(
+                "{model}, balanced sizes, {} mix, {} scheduler, offered load {load}, 8 GPUs per node\n",
+                mix.as_str(),
+                scheduler.as_str()
+            );
             println!("| jobs | GPUs | mode | seconds | makespan (h) | drains |");
             println!("|---|---|---|---|---|---|");
             for &g in &gpus {
@@ -303,11 +264,7 @@ fn real_main() -> Result<()> {
                         scheduler,
                         backfill_window: 14,
                         record: false,
-                        costs: Costs {
-                            gpus: g,
-                            gpus_per_node: g.min(8),
-                            ..Costs::default()
-                        },
+                        costs: Costs { gpus: g, gpus_per_node: g.min(8), ..Costs::default() },
                     };
                     for mode in Mode::ALL {
                         let t0 = Instant::now();
@@ -330,12 +287,7 @@ fn real_main() -> Result<()> {
 }
 
 fn print_table(out: &serde_json::Value, geo: &Geometry, c: &ClusterArgs) {
-    println!(
-        "{} x{} ({} scheduler)",
-        geo.model,
-        c.gpus,
-        c.scheduler.as_str()
-    );
+    println!("{} x{} ({} scheduler)", geo.model, c.gpus, c.scheduler.as_str());
     println!(
         "{:<4} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8}",
         "mode", "makespan_s", "avg_jct_s", "avg_wait_s", "ext_frag_s", "util", "reconf"
@@ -343,11 +295,7 @@ fn print_table(out: &serde_json::Value, geo: &Geometry, c: &ClusterArgs) {
     for m in Mode::ALL {
         let v = &out[m.key()];
         if v.is_null() {
-            println!(
-                "{:<4} not admissible: {}",
-                m.key(),
-                out["not_admissible"][m.key()].as_str().unwrap_or("")
-            );
+            println!("{:<4} not admissible: {}", m.key(), out["not_admissible"][m.key()].as_str().unwrap_or(""));
             continue;
         }
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);

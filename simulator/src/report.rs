@@ -10,11 +10,7 @@ use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
-pub const DISTRIBUTIONS: [Distribution; 3] = [
-    Distribution::Small,
-    Distribution::Balanced,
-    Distribution::Large,
-];
+pub const DISTRIBUTIONS: [Distribution; 3] = [Distribution::Small, Distribution::Balanced, Distribution::Large];
 pub const MIXES: [Mix; 3] = [Mix::Training, Mix::Inference, Mix::Mixed];
 pub const SCHEDULERS: [Scheduler; 2] = [Scheduler::Fifo, Scheduler::Backfill];
 
@@ -54,8 +50,7 @@ impl Cell {
     /// Mean of `key` over the traces for mode `m`.
     pub fn mean(&self, m: Mode, key: &str) -> Option<f64> {
         let runs = &self.runs[m as usize];
-        (!runs.is_empty())
-            .then(|| runs.iter().map(|r| metric(r, key)).sum::<f64>() / runs.len() as f64)
+        (!runs.is_empty()).then(|| runs.iter().map(|r| metric(r, key)).sum::<f64>() / runs.len() as f64)
     }
     /// Mean of mode `m` over the mean of Dynamic-MIG.
     pub fn ratio(&self, m: Mode, key: &str) -> Option<f64> {
@@ -77,10 +72,7 @@ pub struct Study {
 pub fn run_study(geo: &Geometry, s: &Study) -> Vec<Cell> {
     let mut cells = Vec::new();
     for scheduler in SCHEDULERS {
-        let cfg = Config {
-            scheduler,
-            ..s.base.clone()
-        };
+        let cfg = Config { scheduler, ..s.base.clone() };
         for distribution in DISTRIBUTIONS {
             for mix in MIXES {
                 let mut runs: [Vec<Metrics>; 3] = Default::default();
@@ -99,12 +91,7 @@ pub fn run_study(geo: &Geometry, s: &Study) -> Vec<Cell> {
                         }
                     }
                 }
-                cells.push(Cell {
-                    scheduler,
-                    distribution,
-                    mix,
-                    runs,
-                });
+                cells.push(Cell { scheduler, distribution, mix, runs });
             }
         }
     }
@@ -137,15 +124,9 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
     );
     let _ = writeln!(t, "Change of Flex-MIG (FM) and Static-MIG (SM) against Dynamic-MIG (DM), ratio of means over the traces (negative is better for JCT, waiting time and makespan; positive is better for utilization). SM is n/a where a trace holds jobs larger than 4 slices.\n");
     let _ = writeln!(t, "| scheduler | sizes | mix | FM JCT | FM run | FM wait | FM makespan | FM util | SM JCT | SM wait | SM makespan | SM util | DM drains/trace | ext-frag delay FM / DM / SM (s) |");
-    let _ = writeln!(
-        t,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cells {
-        let ef = |m: Mode| {
-            c.mean(m, "avg_ext_frag_delay_s")
-                .map_or("n/a".into(), |v| format!("{v:.0}"))
-        };
+        let ef = |m: Mode| c.mean(m, "avg_ext_frag_delay_s").map_or("n/a".into(), |v| format!("{v:.0}"));
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} / {} / {} |",
@@ -168,33 +149,18 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
         );
     }
     let _ = writeln!(t, "\nAverages of the FM/DM ratios over cells:\n");
-    let _ = writeln!(
-        t,
-        "| scheduler | cells | FM JCT | FM run (execution) | FM wait | FM makespan | FM util |"
-    );
+    let _ = writeln!(t, "| scheduler | cells | FM JCT | FM run (execution) | FM wait | FM makespan | FM util |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|");
     let groups: [(&str, CellFilter); 5] = [
         ("all", Box::new(|_| true)),
-        (
-            "small-dominant",
-            Box::new(|c| c.distribution == Distribution::Small),
-        ),
-        (
-            "large-dominant",
-            Box::new(|c| c.distribution == Distribution::Large),
-        ),
-        (
-            "small-dominant mixed",
-            Box::new(|c| c.distribution == Distribution::Small && c.mix == Mix::Mixed),
-        ),
+        ("small-dominant", Box::new(|c| c.distribution == Distribution::Small)),
+        ("large-dominant", Box::new(|c| c.distribution == Distribution::Large)),
+        ("small-dominant mixed", Box::new(|c| c.distribution == Distribution::Small && c.mix == Mix::Mixed)),
         ("training only", Box::new(|c| c.mix == Mix::Training)),
     ];
     for sched in SCHEDULERS {
         for (name, keep) in &groups {
-            let sel: Vec<&Cell> = cells
-                .iter()
-                .filter(|c| c.scheduler == sched && keep(c))
-                .collect();
+            let sel: Vec<&Cell> = cells.iter().filter(|c| c.scheduler == sched && keep(c)).collect();
             let avg = |key: &str| {
                 let v: Vec<f64> = sel.iter().filter_map(|c| c.ratio(Mode::Fm, key)).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -211,10 +177,7 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
             );
         }
     }
-    let _ = writeln!(
-        t,
-        "\nLargest makespan cut of FM against DM in one cell (the paper's \"up to\"):\n"
-    );
+    let _ = writeln!(t, "\nLargest makespan cut of FM against DM in one cell (the paper's \"up to\"):\n");
     for sched in SCHEDULERS {
         let best = cells
             .iter()
@@ -222,14 +185,7 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
             .filter_map(|c| c.ratio(Mode::Fm, "makespan_s").map(|r| (r, c)))
             .min_by(|a, b| a.0.total_cmp(&b.0));
         if let Some((r, c)) = best {
-            let _ = writeln!(
-                t,
-                "- {}: {} ({} sizes, {} mix)",
-                sched.as_str(),
-                pct(Some(r)),
-                c.distribution.as_str(),
-                c.mix.as_str()
-            );
+            let _ = writeln!(t, "- {}: {} ({} sizes, {} mix)", sched.as_str(), pct(Some(r)), c.distribution.as_str(), c.mix.as_str());
         }
     }
     t
@@ -265,9 +221,7 @@ pub fn csv(cells: &[Cell]) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// One SVG per scheduler: a panel per metric, bars FM/DM and SM/DM per cell, a line at 1.
@@ -292,11 +246,8 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
         s.traces,
         scheduler.as_str()
     );
-    let _ = writeln!(
-        o,
-        r##"<rect x="{left}" y="36" width="12" height="12" fill="#1f77b4"/><text x="{}" y="46">FM / DM</text>"##,
-        left + 16.0
-    );
+    let _ =
+        writeln!(o, r##"<rect x="{left}" y="36" width="12" height="12" fill="#1f77b4"/><text x="{}" y="46">FM / DM</text>"##, left + 16.0);
     let _ = writeln!(
         o,
         r##"<rect x="{}" y="36" width="12" height="12" fill="#ff7f0e"/><text x="{}" y="46">SM / DM (only where admissible)</text>"##,
@@ -307,23 +258,11 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
     let gw = pw / n;
     for (k, (key, label)) in metrics.iter().enumerate() {
         let y0 = top + k as f64 * (ph + gap);
-        let vals: Vec<f64> = sel
-            .iter()
-            .flat_map(|c| [c.ratio(Mode::Fm, key), c.ratio(Mode::Sm, key)])
-            .flatten()
-            .collect();
+        let vals: Vec<f64> = sel.iter().flat_map(|c| [c.ratio(Mode::Fm, key), c.ratio(Mode::Sm, key)]).flatten().collect();
         let vmax = vals.iter().copied().fold(1.2_f64, f64::max) * 1.1;
         let y = |v: f64| y0 + ph - v / vmax * ph;
-        let _ = writeln!(
-            o,
-            r#"<text x="{left}" y="{}" font-weight="bold">{} (ratio to DM)</text>"#,
-            y0 - 6.0,
-            esc(label)
-        );
-        let _ = writeln!(
-            o,
-            r#"<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
-        );
+        let _ = writeln!(o, r#"<text x="{left}" y="{}" font-weight="bold">{} (ratio to DM)</text>"#, y0 - 6.0, esc(label));
+        let _ = writeln!(o, r#"<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
         let mut tick = 0.0;
         while tick <= vmax {
             let _ = writeln!(
@@ -346,10 +285,7 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
             let gx = left + i as f64 * gw;
             let x = gx + gw / 2.0;
             let bw = gw * 0.32;
-            for (j, (mode, color)) in [(Mode::Fm, "#1f77b4"), (Mode::Sm, "#ff7f0e")]
-                .iter()
-                .enumerate()
-            {
+            for (j, (mode, color)) in [(Mode::Fm, "#1f77b4"), (Mode::Sm, "#ff7f0e")].iter().enumerate() {
                 if let Some(r) = c.ratio(*mode, key) {
                     let x = gx + gw * 0.16 + j as f64 * bw;
                     let _ = writeln!(
@@ -391,16 +327,12 @@ pub fn write_all(geo: &Geometry, s: &Study, dir: &Path) -> Result<String> {
     let tbl = table(&cells, geo, s);
     let write = |name: &str, text: &str| -> Result<()> {
         let path = dir.join(name);
-        leaf_model::atomic::write_atomic(&path, text.as_bytes(), 0o644)
-            .with_context(|| format!("writing {}", path.display()))
+        leaf_model::atomic::write_atomic(&path, text.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
     };
     write("table.md", &tbl)?;
     write("runs.csv", &csv(&cells))?;
     for sched in SCHEDULERS {
-        write(
-            &format!("ratios-{}.svg", sched.as_str()),
-            &svg(&cells, sched, geo, s),
-        )?;
+        write(&format!("ratios-{}.svg", sched.as_str()), &svg(&cells, sched, geo, s))?;
     }
     Ok(tbl)
 }

@@ -162,11 +162,7 @@ impl<'a> Engine<'a> {
             queue: VecDeque::new(),
             out: vec![Outcome::default(); jobs.len()],
             version: vec![0; jobs.len()],
-            open: if cfg.record {
-                vec![Vec::new(); jobs.len()]
-            } else {
-                Vec::new()
-            },
+            open: if cfg.record { vec![Vec::new(); jobs.len()] } else { Vec::new() },
             segments: Vec::new(),
             drains: Vec::new(),
             busy_slice_s: 0.0,
@@ -216,12 +212,7 @@ impl<'a> Engine<'a> {
             });
         }
         let metrics = self.metrics(geo);
-        Run {
-            metrics,
-            outcomes: self.out,
-            segments: self.segments,
-            drains: self.drains,
-        }
+        Run { metrics, outcomes: self.out, segments: self.segments, drains: self.drains }
     }
 
     fn pass(&mut self, t: f64) {
@@ -258,13 +249,7 @@ impl<'a> Engine<'a> {
         o.end_s = o.start_s + job.duration_s * g.factor;
         o.slices = g.slices;
         let end = o.end_s;
-        self.heap.push(Reverse((
-            Time(end),
-            Event::End {
-                job: j as u32,
-                version: 0,
-            },
-        )));
+        self.heap.push(Reverse((Time(end), Event::End { job: j as u32, version: 0 })));
         if let Some(w) = g.wake_at {
             self.heap.push(Reverse((Time(w), Event::Wake)));
         }
@@ -275,32 +260,12 @@ impl<'a> Engine<'a> {
             o.drains += 1;
             self.version[d] += 1;
             self.drained_jobs += 1;
-            self.heap.push(Reverse((
-                Time(o.end_s),
-                Event::End {
-                    job: d as u32,
-                    version: self.version[d],
-                },
-            )));
+            self.heap.push(Reverse((Time(o.end_s), Event::End { job: d as u32, version: self.version[d] })));
         }
         if self.cfg.record {
             for &gpu in &g.drained_gpus {
-                let jobs = g
-                    .drained
-                    .iter()
-                    .copied()
-                    .filter(|&d| {
-                        self.open[d]
-                            .iter()
-                            .any(|&s| self.segments[s].hold.gpu == gpu)
-                    })
-                    .collect();
-                self.drains.push(Drain {
-                    at_s: t,
-                    gpu,
-                    for_job: j,
-                    jobs,
-                });
+                let jobs = g.drained.iter().copied().filter(|&d| self.open[d].iter().any(|&s| self.segments[s].hold.gpu == gpu)).collect();
+                self.drains.push(Drain { at_s: t, gpu, for_job: j, jobs });
             }
             for &d in &g.drained {
                 self.close(d, t);
@@ -314,12 +279,7 @@ impl<'a> Engine<'a> {
     fn open_holdings(&mut self, j: usize, t: f64) {
         for hold in self.alloc.holdings(j) {
             self.open[j].push(self.segments.len());
-            self.segments.push(Segment {
-                job: j,
-                hold,
-                from_s: t,
-                to_s: f64::INFINITY,
-            });
+            self.segments.push(Segment { job: j, hold, from_s: t, to_s: f64::INFINITY });
         }
     }
 
@@ -353,16 +313,8 @@ impl<'a> Engine<'a> {
                 drained_jobs: 0,
             };
         }
-        let first = self
-            .jobs
-            .iter()
-            .map(|j| j.submit_s)
-            .fold(f64::INFINITY, f64::min);
-        let last = self
-            .out
-            .iter()
-            .map(|o| o.end_s)
-            .fold(f64::NEG_INFINITY, f64::max);
+        let first = self.jobs.iter().map(|j| j.submit_s).fold(f64::INFINITY, f64::min);
+        let last = self.out.iter().map(|o| o.end_s).fold(f64::NEG_INFINITY, f64::max);
         let makespan = last - first;
         let nf = n as f64;
         let mean = |f: &dyn Fn(usize) -> f64| (0..n).map(f).sum::<f64>() / nf;
@@ -374,11 +326,7 @@ impl<'a> Engine<'a> {
             avg_wait_s: mean(&|i| self.out[i].start_s - self.jobs[i].submit_s),
             avg_run_s: mean(&|i| self.out[i].end_s - self.out[i].start_s),
             avg_ext_frag_delay_s: mean(&|i| self.out[i].ext_frag_s),
-            utilization: if capacity > 0.0 {
-                self.busy_slice_s / capacity
-            } else {
-                0.0
-            },
+            utilization: if capacity > 0.0 { self.busy_slice_s / capacity } else { 0.0 },
             reconfigurations: self.alloc.reconfigurations(),
             drained_jobs: self.drained_jobs,
         }

@@ -127,27 +127,14 @@ pub fn generate(s: &Synthetic) -> Vec<Job> {
     let (train, infer) = s.distribution.counts();
     let mut pool: Vec<(u32, Kind, u32)> = Vec::new();
     if s.mix != Mix::Inference {
-        pool.extend(
-            TRAIN_SIZES
-                .iter()
-                .zip(train)
-                .map(|(&z, c)| (z, Kind::Training, c)),
-        );
+        pool.extend(TRAIN_SIZES.iter().zip(train).map(|(&z, c)| (z, Kind::Training, c)));
     }
     if s.mix != Mix::Training {
-        pool.extend(
-            INFER_SIZES
-                .iter()
-                .zip(infer)
-                .map(|(&z, c)| (z, Kind::Inference, c)),
-        );
+        pool.extend(INFER_SIZES.iter().zip(infer).map(|(&z, c)| (z, Kind::Inference, c)));
     }
     let total: u32 = pool.iter().map(|p| p.2).sum();
     let mut shapes: Vec<(u32, Kind)> = match s.jobs {
-        None => pool
-            .iter()
-            .flat_map(|&(z, k, c)| (0..c).map(move |_| (z, k)))
-            .collect(),
+        None => pool.iter().flat_map(|&(z, k, c)| (0..c).map(move |_| (z, k))).collect(),
         Some(n) => (0..n)
             .map(|_| {
                 let mut r = rng.below(u64::from(total)) as u32;
@@ -177,13 +164,7 @@ pub fn generate(s: &Synthetic) -> Vec<Job> {
         .map(|(i, (size, kind))| {
             let (lo, hi) = DURATION_CLASSES[rng.below(3) as usize];
             let duration_s = (lo + (hi - lo) * rng.unit()).round();
-            let job = Job {
-                id: format!("j{i}"),
-                submit_s: t,
-                size,
-                duration_s,
-                kind,
-            };
+            let job = Job { id: format!("j{i}"), submit_s: t, size, duration_s, kind };
             t += (-(1.0 - rng.unit()).ln() * mean_gap).round();
             job
         })
@@ -198,15 +179,7 @@ const CSV_COLUMNS: [&str; 5] = ["id", "submit_s", "size", "duration_s", "kind"];
 pub fn to_csv(jobs: &[Job]) -> String {
     let mut out = format!("{CSV_MAGIC}\n{}\n", CSV_COLUMNS.join(","));
     for j in jobs {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{}",
-            j.id,
-            j.submit_s,
-            j.size,
-            j.duration_s,
-            j.kind.as_str()
-        );
+        let _ = writeln!(out, "{},{},{},{},{}", j.id, j.submit_s, j.size, j.duration_s, j.kind.as_str());
     }
     out
 }
@@ -218,17 +191,11 @@ pub fn to_csv(jobs: &[Job]) -> String {
 /// # Errors
 /// A missing or unknown version line, unknown or missing columns, or a bad value, naming the line.
 pub fn parse_csv(text: &str) -> Result<Vec<Job>> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     match lines.next() {
         Some((_, l)) if l.trim() == CSV_MAGIC => {}
         Some((_, l)) if l.starts_with("# flexmig-sim trace") => {
-            bail!(
-                "unsupported trace version {:?}: this flexmig-sim reads {CSV_MAGIC:?}",
-                l.trim()
-            )
+            bail!("unsupported trace version {:?}: this flexmig-sim reads {CSV_MAGIC:?}", l.trim())
         }
         _ => bail!("not a flexmig-sim trace: the first line must be {CSV_MAGIC:?}"),
     }
@@ -237,12 +204,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<Job>> {
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     let mut idx = [usize::MAX; 5];
     for (i, c) in cols.iter().enumerate() {
-        let k = CSV_COLUMNS.iter().position(|x| x == c).with_context(|| {
-            format!(
-                "unknown column {c:?} (columns are {})",
-                CSV_COLUMNS.join(",")
-            )
-        })?;
+        let k = CSV_COLUMNS
+            .iter()
+            .position(|x| x == c)
+            .with_context(|| format!("unknown column {c:?} (columns are {})", CSV_COLUMNS.join(",")))?;
         if idx[k] != usize::MAX {
             bail!("column {c:?} appears twice");
         }
@@ -256,30 +221,16 @@ pub fn parse_csv(text: &str) -> Result<Vec<Job>> {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         let lineno = n + 1;
         if f.len() != cols.len() {
-            bail!(
-                "line {lineno}: {} fields, the header has {}",
-                f.len(),
-                cols.len()
-            );
+            bail!("line {lineno}: {} fields, the header has {}", f.len(), cols.len());
         }
         let num = |k: usize| -> Result<f64> {
-            let v: f64 = f[idx[k]].parse().with_context(|| {
-                format!(
-                    "line {lineno}: {} {:?} is not a number",
-                    CSV_COLUMNS[k], f[idx[k]]
-                )
-            })?;
+            let v: f64 = f[idx[k]].parse().with_context(|| format!("line {lineno}: {} {:?} is not a number", CSV_COLUMNS[k], f[idx[k]]))?;
             if !v.is_finite() || v < 0.0 {
-                bail!(
-                    "line {lineno}: {} must be a non-negative number",
-                    CSV_COLUMNS[k]
-                );
+                bail!("line {lineno}: {} must be a non-negative number", CSV_COLUMNS[k]);
             }
             Ok(v)
         };
-        let size: u32 = f[idx[2]].parse().with_context(|| {
-            format!("line {lineno}: size {:?} is not a whole number", f[idx[2]])
-        })?;
+        let size: u32 = f[idx[2]].parse().with_context(|| format!("line {lineno}: size {:?} is not a whole number", f[idx[2]]))?;
         if size == 0 {
             bail!("line {lineno}: size must be at least 1");
         }
@@ -288,13 +239,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Job>> {
             "inference" => Kind::Inference,
             k => bail!("line {lineno}: kind {k:?} is neither training nor inference"),
         };
-        jobs.push(Job {
-            id: f[idx[0]].to_string(),
-            submit_s: num(1)?,
-            size,
-            duration_s: num(3)?,
-            kind,
-        });
+        jobs.push(Job { id: f[idx[0]].to_string(), submit_s: num(1)?, size, duration_s: num(3)?, kind });
     }
     Ok(jobs)
 }
@@ -318,10 +263,7 @@ pub struct SacctOptions {
 /// # Errors
 /// A missing required column or an unparsable time, naming the line.
 pub fn parse_sacct(text: &str, opt: &SacctOptions) -> Result<Vec<Job>> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().context("empty sacct output")?;
     let cols: Vec<&str> = header.split('|').map(str::trim).collect();
     let col = |name: &str| cols.iter().position(|c| c.eq_ignore_ascii_case(name));
@@ -330,13 +272,7 @@ pub fn parse_sacct(text: &str, opt: &SacctOptions) -> Result<Vec<Job>> {
             format!("sacct output lacks column {name}; run sacct -P -X -o JobID,Submit,Start,End,AllocTRES,ReqTRES,ElapsedRaw,Partition")
         })
     };
-    let (c_id, c_submit, c_start, c_end, c_alloc) = (
-        need("JobID")?,
-        need("Submit")?,
-        need("Start")?,
-        need("End")?,
-        need("AllocTRES")?,
-    );
+    let (c_id, c_submit, c_start, c_end, c_alloc) = (need("JobID")?, need("Submit")?, need("Start")?, need("End")?, need("AllocTRES")?);
     let (c_req, c_elapsed, c_part) = (col("ReqTRES"), col("ElapsedRaw"), col("Partition"));
     let mut jobs = Vec::new();
     for (n, line) in lines {
@@ -347,13 +283,9 @@ pub fn parse_sacct(text: &str, opt: &SacctOptions) -> Result<Vec<Job>> {
         if id.contains('.') {
             continue; // a job step
         }
-        let (Some(submit), Some(start)) = (parse_time(get(c_submit)), parse_time(get(c_start)))
-        else {
+        let (Some(submit), Some(start)) = (parse_time(get(c_submit)), parse_time(get(c_start))) else {
             if parse_time(get(c_submit)).is_none() {
-                bail!(
-                    "line {lineno}: Submit {:?} is not a time like 2024-05-01T12:00:00",
-                    get(c_submit)
-                );
+                bail!("line {lineno}: Submit {:?} is not a time like 2024-05-01T12:00:00", get(c_submit));
             }
             continue; // never started
         };
@@ -375,13 +307,7 @@ pub fn parse_sacct(text: &str, opt: &SacctOptions) -> Result<Vec<Job>> {
             (Some(p), Some(c)) if get(c) == p => Kind::Inference,
             _ => Kind::Training,
         };
-        jobs.push(Job {
-            id: id.to_string(),
-            submit_s: submit,
-            size,
-            duration_s: duration,
-            kind,
-        });
+        jobs.push(Job { id: id.to_string(), submit_s: submit, size, duration_s: duration, kind });
     }
     if let Some(t0) = jobs.iter().map(|j| j.submit_s).reduce(f64::min) {
         for j in &mut jobs {
@@ -407,10 +333,7 @@ pub fn tres_slices(tres: &str, gpu_slices: u32) -> u32 {
         if key == "gres/mig" {
             mig_untyped = Some(count);
         } else if let Some(profile) = key.strip_prefix("gres/mig:") {
-            let slices = profile
-                .split_once('g')
-                .and_then(|(n, _)| n.parse::<u32>().ok())
-                .unwrap_or(1);
+            let slices = profile.split_once('g').and_then(|(n, _)| n.parse::<u32>().ok()).unwrap_or(1);
             mig_typed += count * slices;
         } else if key == "gres/gpu" {
             gpu_untyped = Some(count);
@@ -418,11 +341,7 @@ pub fn tres_slices(tres: &str, gpu_slices: u32) -> u32 {
             gpu_typed += count;
         }
     }
-    let mig = if mig_typed > 0 {
-        mig_typed
-    } else {
-        mig_untyped.unwrap_or(0)
-    };
+    let mig = if mig_typed > 0 { mig_typed } else { mig_untyped.unwrap_or(0) };
     let gpus = gpu_untyped.unwrap_or(gpu_typed);
     mig + gpus * gpu_slices
 }
@@ -430,14 +349,8 @@ pub fn tres_slices(tres: &str, gpu_slices: u32) -> u32 {
 /// `YYYY-MM-DDTHH:MM:SS` (sacct's default time format) to seconds since 1970, UTC.
 fn parse_time(s: &str) -> Option<f64> {
     let (date, time) = s.split_once('T')?;
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    let t: Vec<i64> = time
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<i64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
     if d.len() != 3 || t.len() != 3 {
         return None;
     }
@@ -462,28 +375,11 @@ mod tests {
 
     #[test]
     fn table2_counts_and_repeatable_seeds() {
-        let s = Synthetic {
-            distribution: Distribution::Small,
-            mix: Mix::Mixed,
-            seed: 7,
-            jobs: None,
-            load: 2.0,
-            cluster_slices: 14,
-        };
+        let s = Synthetic { distribution: Distribution::Small, mix: Mix::Mixed, seed: 7, jobs: None, load: 2.0, cluster_slices: 14 };
         let a = generate(&s);
         assert_eq!(a.len(), 31 + 28);
-        assert_eq!(
-            a.iter()
-                .filter(|j| j.kind == Kind::Training && j.size == 1)
-                .count(),
-            16
-        );
-        assert_eq!(
-            a.iter()
-                .filter(|j| j.kind == Kind::Inference && j.size == 4)
-                .count(),
-            4
-        );
+        assert_eq!(a.iter().filter(|j| j.kind == Kind::Training && j.size == 1).count(), 16);
+        assert_eq!(a.iter().filter(|j| j.kind == Kind::Inference && j.size == 4).count(), 4);
         assert!(a.windows(2).all(|w| w[0].submit_s <= w[1].submit_s));
         assert!(a.iter().all(|j| (600.0..=7200.0).contains(&j.duration_s)));
         assert_eq!(a, generate(&s));
@@ -492,52 +388,26 @@ mod tests {
 
     #[test]
     fn csv_round_trip_and_rejections() {
-        let s = Synthetic {
-            distribution: Distribution::Large,
-            mix: Mix::Training,
-            seed: 1,
-            jobs: Some(20),
-            load: 1.0,
-            cluster_slices: 14,
-        };
+        let s = Synthetic { distribution: Distribution::Large, mix: Mix::Training, seed: 1, jobs: Some(20), load: 1.0, cluster_slices: 14 };
         let jobs = generate(&s);
         assert_eq!(parse_csv(&to_csv(&jobs)).unwrap(), jobs);
-        let reordered =
-            format!("{CSV_MAGIC}\nkind,id,size,submit_s,duration_s\ninference,a,2,5,60\n");
+        let reordered = format!("{CSV_MAGIC}\nkind,id,size,submit_s,duration_s\ninference,a,2,5,60\n");
         let j = parse_csv(&reordered).unwrap();
-        assert_eq!(
-            (j[0].kind, j[0].size, j[0].submit_s, j[0].duration_s),
-            (Kind::Inference, 2, 5.0, 60.0)
-        );
-        assert!(parse_csv("id,submit_s\n")
-            .unwrap_err()
-            .to_string()
-            .contains("first line"));
-        assert!(parse_csv("# flexmig-sim trace v9\n")
-            .unwrap_err()
-            .to_string()
-            .contains("version"));
+        assert_eq!((j[0].kind, j[0].size, j[0].submit_s, j[0].duration_s), (Kind::Inference, 2, 5.0, 60.0));
+        assert!(parse_csv("id,submit_s\n").unwrap_err().to_string().contains("first line"));
+        assert!(parse_csv("# flexmig-sim trace v9\n").unwrap_err().to_string().contains("version"));
         let extra = format!("{CSV_MAGIC}\nid,submit_s,size,duration_s,kind,user\n");
-        assert!(parse_csv(&extra)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown column \"user\""));
+        assert!(parse_csv(&extra).unwrap_err().to_string().contains("unknown column \"user\""));
         let bad = format!("{CSV_MAGIC}\nid,submit_s,size,duration_s,kind\na,0,0,5,training\n");
         assert!(parse_csv(&bad).unwrap_err().to_string().contains("line 3"));
     }
 
     #[test]
     fn tres_counts_gpus_and_mig_slices() {
-        assert_eq!(
-            tres_slices("billing=8,cpu=8,gres/gpu=2,mem=64G,node=1", 7),
-            14
-        );
+        assert_eq!(tres_slices("billing=8,cpu=8,gres/gpu=2,mem=64G,node=1", 7), 14);
         assert_eq!(tres_slices("cpu=1,gres/gpu:a100=1,gres/gpu=1", 7), 7);
         assert_eq!(tres_slices("cpu=4,gres/mig=3", 7), 3);
-        assert_eq!(
-            tres_slices("gres/mig=3,gres/mig:1g.10gb=1,gres/mig:2g.20gb=1", 7),
-            3
-        );
+        assert_eq!(tres_slices("gres/mig=3,gres/mig:1g.10gb=1,gres/mig:2g.20gb=1", 7), 3);
         assert_eq!(tres_slices("cpu=4,mem=1G", 7), 0);
     }
 
@@ -549,30 +419,15 @@ mod tests {
             101|2024-04-30T23:59:30|2024-05-01T00:00:00|2024-05-01T00:10:00|cpu=1,gres/gpu=1||serve|COMPLETED\n\
             102|2024-05-01T10:00:00|Unknown|Unknown||cpu=1,gres/mig=1|train|CANCELLED\n\
             103|2024-05-01T10:00:00|2024-05-01T10:00:00|2024-05-01T10:01:00|cpu=1||train|COMPLETED\n";
-        let opt = SacctOptions {
-            gpu_slices: 7,
-            inference_partition: Some("serve".into()),
-        };
+        let opt = SacctOptions { gpu_slices: 7, inference_partition: Some("serve".into()) };
         let jobs = parse_sacct(out, &opt).unwrap();
         assert_eq!(jobs.len(), 2);
         assert_eq!(
-            (
-                jobs[0].id.as_str(),
-                jobs[0].submit_s,
-                jobs[0].size,
-                jobs[0].duration_s,
-                jobs[0].kind
-            ),
+            (jobs[0].id.as_str(), jobs[0].submit_s, jobs[0].size, jobs[0].duration_s, jobs[0].kind),
             ("101", 0.0, 7, 600.0, Kind::Inference)
         );
         assert_eq!(
-            (
-                jobs[1].id.as_str(),
-                jobs[1].submit_s,
-                jobs[1].size,
-                jobs[1].duration_s,
-                jobs[1].kind
-            ),
+            (jobs[1].id.as_str(), jobs[1].submit_s, jobs[1].size, jobs[1].duration_s, jobs[1].kind),
             ("100", 36030.0, 2, 3600.0, Kind::Training)
         );
         let e = parse_sacct("JobID|Submit|Start\n", &opt).unwrap_err();

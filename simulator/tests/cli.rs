@@ -4,15 +4,8 @@ use serde_json::Value;
 use std::process::Command;
 
 fn sim(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flexmig-sim"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_flexmig-sim")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 fn compare(dist: &str, mix: &str, sched: &str, seed: &str) -> Value {
@@ -37,16 +30,8 @@ fn compare(dist: &str, mix: &str, sched: &str, seed: &str) -> Value {
 }
 
 fn check_mode(v: &Value) {
-    for key in [
-        "makespan_s",
-        "avg_jct_s",
-        "avg_wait_s",
-        "avg_ext_frag_delay_s",
-        "utilization",
-    ] {
-        let x = v[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} missing in {v}"));
+    for key in ["makespan_s", "avg_jct_s", "avg_wait_s", "avg_ext_frag_delay_s", "utilization"] {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"));
         assert!(x >= 0.0, "{key} = {x}");
     }
     assert!(v["reconfigurations"].is_u64());
@@ -64,10 +49,7 @@ fn compare_json_has_fm_dm_and_sm_where_admissible() {
         check_mode(&v["DM"]);
         assert_eq!(v["FM"]["reconfigurations"], 0);
         assert!(v["SM"].is_null());
-        assert!(v["not_admissible"]["SM"]
-            .as_str()
-            .unwrap()
-            .contains("slices"));
+        assert!(v["not_admissible"]["SM"].as_str().unwrap().contains("slices"));
         // Inference is 1/2/4 only: all three run.
         let v = compare("small", "inference", sched, "3");
         for m in ["FM", "DM", "SM"] {
@@ -77,48 +59,22 @@ fn compare_json_has_fm_dm_and_sm_where_admissible() {
         assert_eq!(v["config"]["scheduler"], sched);
     }
     // The same seed gives the same answer; another seed another trace.
-    assert_eq!(
-        compare("balanced", "mixed", "fifo", "5"),
-        compare("balanced", "mixed", "fifo", "5")
-    );
-    assert_ne!(
-        compare("balanced", "mixed", "fifo", "5")["DM"],
-        compare("balanced", "mixed", "fifo", "6")["DM"]
-    );
+    assert_eq!(compare("balanced", "mixed", "fifo", "5"), compare("balanced", "mixed", "fifo", "5"));
+    assert_ne!(compare("balanced", "mixed", "fifo", "5")["DM"], compare("balanced", "mixed", "fifo", "6")["DM"]);
 }
 
 #[test]
 fn generated_csv_trace_reads_back_to_the_same_result() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, csv, err) = sim(&[
-        "generate",
-        "--distribution",
-        "small",
-        "--mix",
-        "mixed",
-        "--seed",
-        "4",
-    ]);
+    let (ok, csv, err) = sim(&["generate", "--distribution", "small", "--mix", "mixed", "--seed", "4"]);
     assert!(ok, "{err}");
     let path = dir.path().join("t.csv");
     std::fs::write(&path, &csv).unwrap();
     let (ok, from_file, err) = sim(&["compare", "--trace", path.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
-    let (ok, direct, err) = sim(&[
-        "compare",
-        "--distribution",
-        "small",
-        "--mix",
-        "mixed",
-        "--seed",
-        "4",
-        "--json",
-    ]);
+    let (ok, direct, err) = sim(&["compare", "--distribution", "small", "--mix", "mixed", "--seed", "4", "--json"]);
     assert!(ok, "{err}");
-    let (a, b): (Value, Value) = (
-        serde_json::from_str(&from_file).unwrap(),
-        serde_json::from_str(&direct).unwrap(),
-    );
+    let (a, b): (Value, Value) = (serde_json::from_str(&from_file).unwrap(), serde_json::from_str(&direct).unwrap());
     assert_eq!(a["FM"], b["FM"]);
     assert_eq!(a["DM"], b["DM"]);
 }
@@ -135,14 +91,7 @@ fn sacct_input_and_errors() {
          3|2024-05-01T10:01:00|2024-05-01T11:00:00|2024-05-01T11:20:00|cpu=1,gres/mig:2g.10gb=1|gpu\n",
     )
     .unwrap();
-    let (ok, out, err) = sim(&[
-        "compare",
-        "--sacct",
-        path.to_str().unwrap(),
-        "--inference-partition",
-        "serve",
-        "--json",
-    ]);
+    let (ok, out, err) = sim(&["compare", "--sacct", path.to_str().unwrap(), "--inference-partition", "serve", "--json"]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["config"]["jobs"], 3);
@@ -151,24 +100,15 @@ fn sacct_input_and_errors() {
     // A whole-node job (8 GPUs = 56 slices) is wider than the 2-GPU node: FM and DM are
     // null unless it is left out.
     let wide = dir.path().join("wide.txt");
-    let text = std::fs::read_to_string(&path).unwrap()
-        + "4|2024-05-01T10:02:00|2024-05-01T12:00:00|2024-05-01T13:00:00|cpu=64,gres/gpu=8|gpu\n";
+    let text =
+        std::fs::read_to_string(&path).unwrap() + "4|2024-05-01T10:02:00|2024-05-01T12:00:00|2024-05-01T13:00:00|cpu=64,gres/gpu=8|gpu\n";
     std::fs::write(&wide, text).unwrap();
     let (ok, out, err) = sim(&["compare", "--sacct", wide.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["FM"].is_null() && v["DM"].is_null());
-    assert!(v["not_admissible"]["FM"]
-        .as_str()
-        .unwrap()
-        .contains("job 4"));
-    let (ok, out, err) = sim(&[
-        "compare",
-        "--sacct",
-        wide.to_str().unwrap(),
-        "--drop-oversized",
-        "--json",
-    ]);
+    assert!(v["not_admissible"]["FM"].as_str().unwrap().contains("job 4"));
+    let (ok, out, err) = sim(&["compare", "--sacct", wide.to_str().unwrap(), "--drop-oversized", "--json"]);
     assert!(ok, "{err}");
     assert!(err.contains("left out 1 of 4 jobs"), "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();

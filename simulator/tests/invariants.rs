@@ -11,13 +11,7 @@ fn a100() -> Geometry {
 }
 
 fn job(id: &str, submit_s: f64, size: u32, duration_s: f64, kind: Kind) -> Job {
-    Job {
-        id: id.into(),
-        submit_s,
-        size,
-        duration_s,
-        kind,
-    }
+    Job { id: id.into(), submit_s, size, duration_s, kind }
 }
 
 fn train(id: &str, submit_s: f64, size: u32, duration_s: f64) -> Job {
@@ -49,33 +43,18 @@ fn times(run: &Run) -> Vec<(f64, f64)> {
 fn check_invariants(jobs: &[Job], run: &Run, scheduler: Scheduler, mode: Mode) {
     // Every job ran, never before it arrived, for at least its duration.
     for (j, o) in jobs.iter().zip(&run.outcomes) {
-        assert!(
-            o.alloc_s >= j.submit_s,
-            "{mode:?}: job {} allocated at {} before it arrived at {}",
-            j.id,
-            o.alloc_s,
-            j.submit_s
-        );
-        assert!(
-            o.start_s >= o.alloc_s,
-            "{mode:?}: job {} starts before its allocation",
-            j.id
-        );
+        assert!(o.alloc_s >= j.submit_s, "{mode:?}: job {} allocated at {} before it arrived at {}", j.id, o.alloc_s, j.submit_s);
+        assert!(o.start_s >= o.alloc_s, "{mode:?}: job {} starts before its allocation", j.id);
         assert!(o.end_s > o.start_s, "{mode:?}: job {} never ran", j.id);
     }
     // No memory slice (leaf or instance) is held by two jobs at once.
     let segs = &run.segments;
     assert!(!segs.is_empty());
     for (i, a) in segs.iter().enumerate() {
-        assert!(
-            a.to_s.is_finite(),
-            "{mode:?}: job {} never released its slices",
-            a.job
-        );
+        assert!(a.to_s.is_finite(), "{mode:?}: job {} never released its slices", a.job);
         for b in &segs[i + 1..] {
-            let same_slices = a.hold.gpu == b.hold.gpu
-                && a.hold.start < b.hold.start + b.hold.size
-                && b.hold.start < a.hold.start + a.hold.size;
+            let same_slices =
+                a.hold.gpu == b.hold.gpu && a.hold.start < b.hold.start + b.hold.size && b.hold.start < a.hold.start + a.hold.size;
             let same_time = a.from_s < b.to_s && b.from_s < a.to_s;
             assert!(
                 !(same_slices && same_time),
@@ -115,25 +94,11 @@ fn check_invariants(jobs: &[Job], run: &Run, scheduler: Scheduler, mode: Mode) {
     }
     for d in &run.drains {
         for &j in &d.jobs {
-            assert_eq!(
-                jobs[j].kind,
-                Kind::Training,
-                "drained inference job {}",
-                jobs[j].id
-            );
+            assert_eq!(jobs[j].kind, Kind::Training, "drained inference job {}", jobs[j].id);
         }
         // The job the drain made room for may itself be inference; nothing else on the GPU may.
-        for s in segs.iter().filter(|s| {
-            s.hold.gpu == d.gpu && s.job != d.for_job && s.from_s <= d.at_s && d.at_s < s.to_s
-        }) {
-            assert_ne!(
-                jobs[s.job].kind,
-                Kind::Inference,
-                "GPU {} drained at {} while inference job {} ran",
-                d.gpu,
-                d.at_s,
-                jobs[s.job].id
-            );
+        for s in segs.iter().filter(|s| s.hold.gpu == d.gpu && s.job != d.for_job && s.from_s <= d.at_s && d.at_s < s.to_s) {
+            assert_ne!(jobs[s.job].kind, Kind::Inference, "GPU {} drained at {} while inference job {} ran", d.gpu, d.at_s, jobs[s.job].id);
         }
     }
     for (j, o) in jobs.iter().zip(&run.outcomes) {
@@ -141,45 +106,23 @@ fn check_invariants(jobs: &[Job], run: &Run, scheduler: Scheduler, mode: Mode) {
             assert_eq!(o.drains, 0);
         }
     }
-    assert_eq!(
-        run.metrics.drained_jobs,
-        run.outcomes
-            .iter()
-            .map(|o| u64::from(o.drains))
-            .sum::<u64>()
-    );
-    assert!(
-        (0.0..=1.0).contains(&run.metrics.utilization),
-        "{mode:?}: utilization {}",
-        run.metrics.utilization
-    );
+    assert_eq!(run.metrics.drained_jobs, run.outcomes.iter().map(|o| u64::from(o.drains)).sum::<u64>());
+    assert!((0.0..=1.0).contains(&run.metrics.utilization), "{mode:?}: utilization {}", run.metrics.utilization);
 }
 
 #[test]
 fn flex_fifo_holds_back_a_job_that_backfill_starts() {
     // One A100: 6 small leaves (slices 0-5) and the double leaf (6-7).
-    let jobs = [
-        train("a", 0.0, 6, 100.0),
-        train("b", 0.0, 1, 50.0),
-        train("c", 10.0, 2, 50.0),
-        train("d", 20.0, 1, 10.0),
-    ];
+    let jobs = [train("a", 0.0, 6, 100.0), train("b", 0.0, 1, 50.0), train("c", 10.0, 2, 50.0), train("d", 20.0, 1, 10.0)];
     let geo = a100();
     // FIFO: a takes the 6 small leaves, b the double leaf. c waits for a (t=100); d, behind
     // c, may not pass it although the double leaf is free from t=50.
     let fifo = simulate(&jobs, &geo, Mode::Fm, &plain(1, Scheduler::Fifo)).unwrap();
-    assert_eq!(
-        times(&fifo),
-        [(0.0, 100.0), (0.0, 50.0), (100.0, 150.0), (100.0, 110.0)]
-    );
+    assert_eq!(times(&fifo), [(0.0, 100.0), (0.0, 50.0), (100.0, 150.0), (100.0, 110.0)]);
     check_invariants(&jobs, &fifo, Scheduler::Fifo, Mode::Fm);
     // b and later d sit on the double leaf.
-    let double: Vec<&str> = fifo
-        .segments
-        .iter()
-        .filter(|s| s.hold.start == 6 && s.hold.size == 2)
-        .map(|s| jobs[s.job].id.as_str())
-        .collect();
+    let double: Vec<&str> =
+        fifo.segments.iter().filter(|s| s.hold.start == 6 && s.hold.size == 2).map(|s| jobs[s.job].id.as_str()).collect();
     assert_eq!(double, ["b", "d"]);
     // c waited at the head with no small leaf free: no external fragmentation.
     assert_eq!(fifo.outcomes[2].ext_frag_s, 0.0);
@@ -188,29 +131,15 @@ fn flex_fifo_holds_back_a_job_that_backfill_starts() {
 
     // Backfill: d starts on the double leaf when b leaves it at t=50.
     let bf = simulate(&jobs, &geo, Mode::Fm, &plain(1, Scheduler::Backfill)).unwrap();
-    assert_eq!(
-        times(&bf),
-        [(0.0, 100.0), (0.0, 50.0), (100.0, 150.0), (50.0, 60.0)]
-    );
+    assert_eq!(times(&bf), [(0.0, 100.0), (0.0, 50.0), (100.0, 150.0), (50.0, 60.0)]);
     check_invariants(&jobs, &bf, Scheduler::Backfill, Mode::Fm);
     // The checker is not vacuous: it rejects backfill's order as FIFO, and a double booking.
-    let as_fifo =
-        std::panic::catch_unwind(|| check_invariants(&jobs, &bf, Scheduler::Fifo, Mode::Fm));
+    let as_fifo = std::panic::catch_unwind(|| check_invariants(&jobs, &bf, Scheduler::Fifo, Mode::Fm));
     assert!(as_fifo.is_err());
     let mut broken = fifo.clone();
-    let d_seg = broken
-        .segments
-        .iter()
-        .position(|s| jobs[s.job].id == "d")
-        .unwrap();
+    let d_seg = broken.segments.iter().position(|s| jobs[s.job].id == "d").unwrap();
     broken.segments[d_seg].from_s = 40.0; // d on the double leaf while b still holds it
-    assert!(std::panic::catch_unwind(|| check_invariants(
-        &jobs,
-        &broken,
-        Scheduler::Fifo,
-        Mode::Fm
-    ))
-    .is_err());
+    assert!(std::panic::catch_unwind(|| check_invariants(&jobs, &broken, Scheduler::Fifo, Mode::Fm)).is_err());
 }
 
 #[test]
@@ -220,21 +149,11 @@ fn flex_spreads_round_robin_and_applies_slowdowns() {
     cfg.costs.one_to_many_slowdown = 0.10;
     cfg.costs.cross_gpu_slowdown = 0.05;
     cfg.costs.double_leaf_speedup = 0.20;
-    let jobs = [
-        train("x", 0.0, 4, 100.0),
-        train("p", 0.0, 1, 100.0),
-        train("q", 0.0, 1, 100.0),
-        train("r", 0.0, 1, 100.0),
-    ];
+    let jobs = [train("x", 0.0, 4, 100.0), train("p", 0.0, 1, 100.0), train("q", 0.0, 1, 100.0), train("r", 0.0, 1, 100.0)];
     let run = simulate(&jobs, &geo, Mode::Fm, &cfg).unwrap();
     check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Fm);
     // x: 2 small leaves on each GPU, one-to-many and cross-GPU.
-    let per_gpu = |j: usize, g: u32| {
-        run.segments
-            .iter()
-            .filter(|s| s.job == j && s.hold.gpu == g)
-            .count()
-    };
+    let per_gpu = |j: usize, g: u32| run.segments.iter().filter(|s| s.job == j && s.hold.gpu == g).count();
     assert_eq!((per_gpu(0, 0), per_gpu(0, 1)), (2, 2));
     assert!((run.outcomes[0].end_s - 100.0 * 1.10 * 1.05).abs() < 1e-9);
     // p and q take the double leaves of GPU 0 and 1 (20% faster); r finds no double leaf left.
@@ -274,23 +193,11 @@ fn dynamic_drains_when_the_tree_blocks() {
     assert_eq!(run.drains[0].jobs, [4]);
     assert_eq!(run.outcomes[4].end_s, 1000.0 + 170.0);
     assert_eq!(run.outcomes[4].drains, 1);
-    assert_eq!(
-        (
-            run.outcomes[5].alloc_s,
-            run.outcomes[5].start_s,
-            run.outcomes[5].end_s
-        ),
-        (150.0, 260.0, 760.0)
-    );
+    assert_eq!((run.outcomes[5].alloc_s, run.outcomes[5].start_s, run.outcomes[5].end_s), (150.0, 260.0, 760.0));
     let big = run.segments.iter().find(|s| s.job == 5).unwrap().hold;
     assert_eq!((big.start, big.size), (0, 4));
     // e was moved off slice 1 by the repack.
-    let e_after: Vec<u32> = run
-        .segments
-        .iter()
-        .filter(|s| s.job == 4)
-        .map(|s| s.hold.start)
-        .collect();
+    let e_after: Vec<u32> = run.segments.iter().filter(|s| s.job == 4).map(|s| s.hold.start).collect();
     assert_eq!(e_after.len(), 2);
     assert!(e_after[1] >= 4);
 }
@@ -303,10 +210,7 @@ fn dynamic_never_drains_a_gpu_running_inference() {
     check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Dm);
     assert_eq!(run.metrics.reconfigurations, 0);
     // big waits for e: starts at 1000.
-    assert_eq!(
-        (run.outcomes[5].start_s, run.outcomes[5].end_s),
-        (1000.0, 1500.0)
-    );
+    assert_eq!((run.outcomes[5].start_s, run.outcomes[5].end_s), (1000.0, 1500.0));
     // It waited at the head from 150 to 1000 with 6 compute slices free: external fragmentation.
     assert_eq!(run.outcomes[5].ext_frag_s, 850.0);
     // Flex-MIG runs the same trace without waiting: big takes 4 small leaves at 150.
@@ -344,17 +248,8 @@ fn static_serves_small_jobs_from_larger_instances_and_rejects_large_ones() {
     let sped = simulate(&jobs, &geo, Mode::Sm, &fast).unwrap();
     assert_eq!(times(&sped)[..2], [(0.0, 80.0), (0.0, 100.0)]);
     // s3 holds 4 slices for 100 s: utilization counts what is held.
-    assert!(
-        (run.metrics.utilization - (100.0 * 7.0 + 10.0 * 2.0 + 10.0 * 1.0) / (7.0 * 110.0)).abs()
-            < 1e-9
-    );
-    let err = simulate(
-        &[train("six", 0.0, 6, 10.0)],
-        &geo,
-        Mode::Sm,
-        &plain(1, Scheduler::Fifo),
-    )
-    .unwrap_err();
+    assert!((run.metrics.utilization - (100.0 * 7.0 + 10.0 * 2.0 + 10.0 * 1.0) / (7.0 * 110.0)).abs() < 1e-9);
+    let err = simulate(&[train("six", 0.0, 6, 10.0)], &geo, Mode::Sm, &plain(1, Scheduler::Fifo)).unwrap_err();
     assert!(err.contains("six"), "{err}");
 }
 
@@ -364,12 +259,7 @@ fn dynamic_splits_jobs_larger_than_a_gpu_over_one_node() {
     let jobs = [train("eight", 0.0, 8, 100.0), train("one", 0.0, 1, 100.0)];
     let run = simulate(&jobs, &geo, Mode::Dm, &plain(2, Scheduler::Fifo)).unwrap();
     check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Dm);
-    let holds: Vec<_> = run
-        .segments
-        .iter()
-        .filter(|s| s.job == 0)
-        .map(|s| (s.hold.gpu, s.hold.size))
-        .collect();
+    let holds: Vec<_> = run.segments.iter().filter(|s| s.job == 0).map(|s| (s.hold.gpu, s.hold.size)).collect();
     assert_eq!(holds, [(0, 4), (1, 4)]);
     assert_eq!(run.outcomes[0].slices, 8);
     // On one GPU there is no node to hold it.
@@ -380,30 +270,13 @@ fn dynamic_splits_jobs_larger_than_a_gpu_over_one_node() {
 fn generated_traces_keep_the_invariants_in_every_mode() {
     let geo = a100();
     for scheduler in [Scheduler::Fifo, Scheduler::Backfill] {
-        for (distribution, mix, gpus) in [
-            (Distribution::Small, Mix::Mixed, 2),
-            (Distribution::Large, Mix::Training, 4),
-            (Distribution::Balanced, Mix::Inference, 2),
-        ] {
+        for (distribution, mix, gpus) in
+            [(Distribution::Small, Mix::Mixed, 2), (Distribution::Large, Mix::Training, 4), (Distribution::Balanced, Mix::Inference, 2)]
+        {
             for seed in 1..=3 {
-                let jobs = generate(&Synthetic {
-                    distribution,
-                    mix,
-                    seed,
-                    jobs: None,
-                    load: 2.0,
-                    cluster_slices: 7 * gpus,
-                });
-                let cfg = Config {
-                    record: true,
-                    scheduler,
-                    backfill_window: 14,
-                    costs: Costs {
-                        gpus,
-                        gpus_per_node: gpus,
-                        ..Costs::default()
-                    },
-                };
+                let jobs = generate(&Synthetic { distribution, mix, seed, jobs: None, load: 2.0, cluster_slices: 7 * gpus });
+                let cfg =
+                    Config { record: true, scheduler, backfill_window: 14, costs: Costs { gpus, gpus_per_node: gpus, ..Costs::default() } };
                 for mode in Mode::ALL {
                     match simulate(&jobs, &geo, mode, &cfg) {
                         Ok(run) => check_invariants(&jobs, &run, scheduler, mode),

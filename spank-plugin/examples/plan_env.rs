@@ -60,7 +60,17 @@ fn run() -> Result<(), String> {
     let step_gpus: Vec<String> = (gpus..7 * gpus).chain(0..gpus).take(tasks as usize).map(|i| i.to_string()).collect();
     let plugin_args = PluginArgs::parse(&[format!("nccl_max_channels={channels}")])?;
     for t in 0..tasks {
-        let task = TaskView { job_id: 1, step_id: 0, is_batch: false, node_id: 0, nnodes: 1, local_task_id: t, local_task_count: tasks, global_task_id: t, total_task_count: tasks };
+        let task = TaskView {
+            job_id: 1,
+            step_id: 0,
+            is_batch: false,
+            node_id: 0,
+            nnodes: 1,
+            local_task_id: t,
+            local_task_count: tasks,
+            global_task_id: t,
+            total_task_count: tasks,
+        };
         let env = |k: &str| match k {
             "SLURM_STEP_GPUS" => Some(step_gpus.join(",")),
             "SLURM_STEP_NODELIST" => Some("localhost".to_string()),

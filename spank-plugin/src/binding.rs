@@ -71,7 +71,13 @@ pub fn parse_index_list(s: &str) -> Result<Vec<u32>, String> {
 ///
 /// # Errors
 /// An index with no leaf in the inventory, or an index given twice.
-pub fn balanced_leaves<'a>(inv: &'a Inventory, indices: &[u32], var: &str, list: &str, inventory_path: &str) -> Result<Vec<&'a Leaf>, String> {
+pub fn balanced_leaves<'a>(
+    inv: &'a Inventory,
+    indices: &[u32],
+    var: &str,
+    list: &str,
+    inventory_path: &str,
+) -> Result<Vec<&'a Leaf>, String> {
     let mut seen = BTreeSet::new();
     let mut per_gpu: BTreeMap<u32, Vec<&Leaf>> = BTreeMap::new();
     for &i in indices {
@@ -160,9 +166,7 @@ pub fn plan_task(
         }
     };
     let first_node = || {
-        ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"]
-            .iter()
-            .find_map(|v| env(v).and_then(|l| hostlist::first_host(&l)))
+        ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"].iter().find_map(|v| env(v).and_then(|l| hostlist::first_host(&l)))
     };
 
     let node_view = task.is_batch || mode == Mode::Node;
@@ -189,7 +193,9 @@ pub fn plan_task(
             out.push(EnvChange::Unset("NCCL_MIG_ID".into()));
         }
         if !task.is_batch && args.torch_env {
-            let addr = first_node().ok_or_else(|| format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed"))?;
+            let addr = first_node().ok_or_else(|| {
+                format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed")
+            })?;
             let port = master_port(task.job_id, task.step_id, args.master_ports).to_string();
             let n = leaves.len().to_string();
             set_default(&mut out, "MASTER_ADDR", addr.clone());
@@ -225,7 +231,9 @@ pub fn plan_task(
         set(&mut out, "FLEXMIG_GPU", leaf.gpu.to_string());
         set(&mut out, "FLEXMIG_PROFILE", leaf.profile.clone());
         if args.torch_env {
-            let addr = first_node().ok_or_else(|| format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed"))?;
+            let addr = first_node().ok_or_else(|| {
+                format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed")
+            })?;
             set_default(&mut out, "RANK", task.global_task_id.to_string());
             set_default(&mut out, "WORLD_SIZE", task.total_task_count.to_string());
             set_default(&mut out, "LOCAL_RANK", task.local_task_id.to_string());
@@ -282,7 +290,17 @@ mod tests {
     }
 
     fn task(local: u32, count: u32) -> TaskView {
-        TaskView { job_id: 42, step_id: 3, is_batch: false, node_id: 0, nnodes: 1, local_task_id: local, local_task_count: count, global_task_id: local, total_task_count: count }
+        TaskView {
+            job_id: 42,
+            step_id: 3,
+            is_batch: false,
+            node_id: 0,
+            nnodes: 1,
+            local_task_id: local,
+            local_task_count: count,
+            global_task_id: local,
+            total_task_count: count,
+        }
     }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -291,7 +309,12 @@ mod tests {
     }
 
     fn as_map(ch: &[EnvChange]) -> HashMap<String, String> {
-        ch.iter().filter_map(|c| match c { EnvChange::Set(k, v) => Some((k.clone(), v.clone())), _ => None }).collect()
+        ch.iter()
+            .filter_map(|c| match c {
+                EnvChange::Set(k, v) => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -364,7 +387,9 @@ mod tests {
     fn single_node_steps_get_few_nccl_channels_unless_tuned_elsewhere() {
         let inv = inventory();
         let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1")]);
-        let plan = |args: &PluginArgs, t: &TaskView, env: &dyn Fn(&str) -> Option<String>| as_map(&plan_task(Mode::Rank, args, &inv, t, env).unwrap().env);
+        let plan = |args: &PluginArgs, t: &TaskView, env: &dyn Fn(&str) -> Option<String>| {
+            as_map(&plan_task(Mode::Rank, args, &inv, t, env).unwrap().env)
+        };
         let d = PluginArgs::default();
         assert_eq!(plan(&d, &task(0, 2), &env)["NCCL_MAX_NCHANNELS"], "2");
         assert_eq!(as_map(&plan_task(Mode::Node, &d, &inv, &task(0, 1), &env).unwrap().env)["NCCL_MAX_NCHANNELS"], "2");

@@ -207,7 +207,14 @@ mod tests {
 
     #[test]
     fn all_keys() {
-        let a = PluginArgs::parse(&["inventory=/x/inv.toml", "nccl=/opt/nccl/lib/libnccl.so.2", "torch_env=no", "master_ports=30000-30010", "lock_dir=/tmp/l"]).unwrap();
+        let a = PluginArgs::parse(&[
+            "inventory=/x/inv.toml",
+            "nccl=/opt/nccl/lib/libnccl.so.2",
+            "torch_env=no",
+            "master_ports=30000-30010",
+            "lock_dir=/tmp/l",
+        ])
+        .unwrap();
         assert_eq!(a.lock_dir, PathBuf::from("/tmp/l"));
         assert_eq!(a.inventory, PathBuf::from("/x/inv.toml"));
         assert_eq!(a.nccl, Some(PathBuf::from("/opt/nccl/lib/libnccl.so.2")));

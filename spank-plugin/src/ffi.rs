@@ -11,8 +11,8 @@ pub(crate) mod bindings {
     include!(concat!(env!("OUT_DIR"), "/slurm_consts.rs"));
 }
 
-pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT, SLURM_VERSION_NUMBER};
 use bindings::{slurm_err_t as spank_err, spank_item};
+pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT, SLURM_VERSION_NUMBER};
 
 /// ESPANK_SUCCESS (a macro in slurm_errno.h, 0).
 const SUCCESS: bindings::spank_err_t = bindings::ESPANK_SUCCESS as bindings::spank_err_t;
@@ -246,7 +246,11 @@ fn check(rc: bindings::spank_err_t, what: &str) -> Result<(), String> {
     // SAFETY: spank_strerror returns a static string for any code.
     let text = unsafe {
         let p = bindings::spank_strerror(rc);
-        if p.is_null() { format!("code {rc}") } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+        if p.is_null() {
+            format!("code {rc}")
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
     };
     Err(format!("flexmig: {what} failed: {text}"))
 }

@@ -32,7 +32,12 @@ pub fn helper(args: &[&str]) -> Result<Output> {
 fn ok(args: &[&str]) -> Result<String> {
     let o = helper(args)?;
     if !o.status.success() {
-        bail!("flexmig-gres-helper {} failed:\n{}{}", args.join(" "), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "flexmig-gres-helper {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -100,10 +105,8 @@ pub fn build(model: &str, gpus: u32) -> Result<HelperNode> {
         .to_string();
     // Device files to mknod: every path gres.conf names, relative to @DEV@.
     let mut devices = Vec::new();
-    for f in gres_conf
-        .lines()
-        .filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("MultipleFiles=")))
-        .flat_map(|v| v.split(','))
+    for f in
+        gres_conf.lines().filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("MultipleFiles="))).flat_map(|v| v.split(','))
     {
         devices.push(f.strip_prefix("@DEV@/").with_context(|| format!("{f} is not under @DEV@"))?.to_string());
     }

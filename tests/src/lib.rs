@@ -172,9 +172,8 @@ pub fn built_artifact(env_var: &str, file: &str, package: &str) -> Result<PathBu
     if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug").join(file);
     if !p.exists() {
         bail!("{} not found: build it first (cargo build -p {package}) or set {env_var}", p.display());
@@ -211,9 +210,7 @@ fn free_port() -> Result<u16> {
 }
 
 fn which(prog: &str) -> Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).exists()))
-        .unwrap_or(false);
+    let found = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(prog).exists())).unwrap_or(false);
     if !found {
         bail!("{prog} not found: install slurm-wlm slurmctld slurmd slurm-client munge (scripts/test.sh does)");
     }
@@ -334,7 +331,9 @@ impl Cluster {
             .spawn()
             .context("starting slurmctld")?;
         cluster.children.push(("slurmctld".into(), ctld));
-        cluster.wait_for("slurmctld", || cluster.command("scontrol").arg("ping").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("UP")).unwrap_or(false))?;
+        cluster.wait_for("slurmctld", || {
+            cluster.command("scontrol").arg("ping").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("UP")).unwrap_or(false)
+        })?;
         for n in &names {
             let slurmd = cluster
                 .daemon("slurmd")
@@ -401,7 +400,17 @@ impl Cluster {
         let mut c = Command::new(prog);
         c.env("SLURM_CONF", self.conf()).current_dir(self.dir()).stdin(Stdio::null());
         // Keep the caller's flexmig-relevant settings out of jobs.
-        for v in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NCCL_MIG_ID", "CUDA_VISIBLE_DEVICES", "LD_PRELOAD"] {
+        for v in [
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "LOCAL_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "NCCL_MIG_ID",
+            "CUDA_VISIBLE_DEVICES",
+            "LD_PRELOAD",
+        ] {
             c.env_remove(v);
         }
         for (k, _) in std::env::vars() {

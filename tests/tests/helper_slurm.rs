@@ -24,7 +24,8 @@ fn verify(node: &HelperNode, c: &Cluster) -> Output {
 }
 
 /// One line per task: `<procid> <step gpus> <FLEXMIG_GPU> <FLEXMIG_PROFILE> <NCCL_MIG_ID>`.
-const TASK_LINE: &str = "echo \"$SLURM_PROCID ${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-none}} ${FLEXMIG_GPU:-none} ${FLEXMIG_PROFILE:-none} ${NCCL_MIG_ID:-none}\"";
+const TASK_LINE: &str =
+    "echo \"$SLURM_PROCID ${SLURM_STEP_GPUS:-${SLURM_JOB_GPUS:-none}} ${FLEXMIG_GPU:-none} ${FLEXMIG_PROFILE:-none} ${NCCL_MIG_ID:-none}\"";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Task {
@@ -39,7 +40,10 @@ fn parse_tasks(out: &str) -> BTreeMap<u32, Task> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let [id, gres, gpu, profile, uuid] = f.as_slice() else { return None };
-            Some((id.parse().ok()?, Task { gres: gres.to_string(), gpu: gpu.to_string(), profile: profile.to_string(), uuid: uuid.to_string() }))
+            Some((
+                id.parse().ok()?,
+                Task { gres: gres.to_string(), gpu: gpu.to_string(), profile: profile.to_string(), uuid: uuid.to_string() },
+            ))
         })
         .collect()
 }
@@ -48,7 +52,11 @@ fn parse_tasks(out: &str) -> BTreeMap<u32, Task> {
 fn check_tasks(inv: &Inventory, tasks: &BTreeMap<u32, Task>) -> Vec<u32> {
     let mut used = Vec::new();
     for (rank, t) in tasks {
-        let leaf = inv.leaves.iter().find(|l| l.uuid == t.uuid).unwrap_or_else(|| panic!("task {rank}: {} is not an inventory leaf: {tasks:#?}", t.uuid));
+        let leaf = inv
+            .leaves
+            .iter()
+            .find(|l| l.uuid == t.uuid)
+            .unwrap_or_else(|| panic!("task {rank}: {} is not an inventory leaf: {tasks:#?}", t.uuid));
         assert_eq!(t.gpu, leaf.gpu.to_string(), "task {rank}");
         assert_eq!(t.profile, leaf.profile, "task {rank}");
         assert!(!used.contains(&leaf.gres_index), "leaf bound twice: {tasks:#?}");

@@ -135,7 +135,15 @@ fn each_task_gets_its_own_leaf_alternating_gpus() {
 #[test]
 fn fewer_tasks_than_leaves_and_user_set_torch_vars() {
     let (c, leaves) = start(2);
-    let o = Cluster::output(c.command("srun").env("MASTER_PORT", "4242").env("NCCL_MIN_NCHANNELS", "8").args(["--flexmig", "-n2", "--gres=gpu:1g.5gb:4", "bash", "-c", &print_vars()])).unwrap();
+    let o = Cluster::output(c.command("srun").env("MASTER_PORT", "4242").env("NCCL_MIN_NCHANNELS", "8").args([
+        "--flexmig",
+        "-n2",
+        "--gres=gpu:1g.5gb:4",
+        "bash",
+        "-c",
+        &print_vars(),
+    ]))
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let tasks = parse_tasks(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(tasks.len(), 2);
@@ -183,7 +191,10 @@ fn sbatch_flexmig_reaches_inner_steps_and_the_batch_step_gets_the_node_view() {
         print_vars().replace('\'', "'\\''")
     );
     c.write_file("job.sh", &script).unwrap();
-    let o = Cluster::output(c.command("sbatch").args(["--wait", "--flexmig", "-n4", "--gres=gpu:1g.5gb:4", "-o"]).arg(&out).arg(c.dir().join("job.sh"))).unwrap();
+    let o = Cluster::output(
+        c.command("sbatch").args(["--wait", "--flexmig", "-n4", "--gres=gpu:1g.5gb:4", "-o"]).arg(&out).arg(c.dir().join("job.sh")),
+    )
+    .unwrap();
     let log = std::fs::read_to_string(&out).unwrap_or_default();
     assert!(o.status.success(), "{}\njob output:\n{log}", text(&o));
     let batch = log.lines().find(|l| l.starts_with("batch ")).expect("batch line");
@@ -200,7 +211,17 @@ fn sbatch_flexmig_reaches_inner_steps_and_the_batch_step_gets_the_node_view() {
 #[test]
 fn node_mode_gives_one_task_all_leaves() {
     let (c, leaves) = start(2);
-    let o = srun(&c, &["--flexmig=node", "-n1", "--gres=gpu:1g.5gb:4", "bash", "-c", "echo \"$FLEXMIG_LEAVES|$CUDA_VISIBLE_DEVICES|$LOCAL_WORLD_SIZE|$PET_NPROC_PER_NODE|${RANK-unset}|${NCCL_MIG_ID-unset}\""]);
+    let o = srun(
+        &c,
+        &[
+            "--flexmig=node",
+            "-n1",
+            "--gres=gpu:1g.5gb:4",
+            "bash",
+            "-c",
+            "echo \"$FLEXMIG_LEAVES|$CUDA_VISIBLE_DEVICES|$LOCAL_WORLD_SIZE|$PET_NPROC_PER_NODE|${RANK-unset}|${NCCL_MIG_ID-unset}\"",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let parts: Vec<&str> = line.split('|').collect();
@@ -218,7 +239,15 @@ fn node_mode_gives_one_task_all_leaves() {
 #[test]
 fn a_non_root_user_gets_bindings() {
     let (c, leaves) = start(2);
-    let o = Cluster::output(c.command_as_user("srun").unwrap().args(["--flexmig", "-n4", "--gres=gpu:1g.5gb:4", "bash", "-c", &format!("id -un; {}", print_vars())])).unwrap();
+    let o = Cluster::output(c.command_as_user("srun").unwrap().args([
+        "--flexmig",
+        "-n4",
+        "--gres=gpu:1g.5gb:4",
+        "bash",
+        "-c",
+        &format!("id -un; {}", print_vars()),
+    ]))
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.lines().filter(|l| *l == flexmig_integration::TEST_USER).count() == 4, "{out}");
@@ -276,14 +305,32 @@ fn errors_fail_cleanly_with_their_message() {
     std::fs::set_permissions(c.dir().join("flexmig.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
 
     // Bad plugstack arguments fail srun at once, naming the argument, with or without --flexmig.
-    c.write_file("plugstack.conf", &DEFAULT_PLUGSTACK.replace("@PLUGIN@", &c.plugin().display().to_string()).replace("inventory=@DIR@/flexmig.toml", "inventry=/etc/x.toml")).unwrap();
+    c.write_file(
+        "plugstack.conf",
+        &DEFAULT_PLUGSTACK
+            .replace("@PLUGIN@", &c.plugin().display().to_string())
+            .replace("inventory=@DIR@/flexmig.toml", "inventry=/etc/x.toml"),
+    )
+    .unwrap();
     expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["inventry=/etc/x.toml", "unknown key"]);
     expect(&["-n1"], &["inventry=/etc/x.toml"]);
-    c.write_file("plugstack.conf", &format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks nccl=/nonexistent/libnccl.so.2\n", c.plugin().display(), d = c.dir().display())).unwrap();
+    c.write_file(
+        "plugstack.conf",
+        &format!(
+            "required {} inventory={d}/flexmig.toml lock_dir={d}/locks nccl=/nonexistent/libnccl.so.2\n",
+            c.plugin().display(),
+            d = c.dir().display()
+        ),
+    )
+    .unwrap();
     expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["/nonexistent/libnccl.so.2", "does not exist"]);
 
     // Everything good again: works.
-    c.write_file("plugstack.conf", &format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display())).unwrap();
+    c.write_file(
+        "plugstack.conf",
+        &format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display()),
+    )
+    .unwrap();
     let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1", "true"]);
     assert!(o.status.success(), "{}", text(&o));
 }
@@ -292,17 +339,31 @@ fn errors_fail_cleanly_with_their_message() {
 fn nccl_argument_preloads_the_patched_library_and_channels_can_be_off() {
     let (cfg, _) = ClusterConfig::emulated(1);
     let mut cfg = cfg;
-    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off\n".into();
+    cfg.plugstack =
+        "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off\n"
+            .into();
     let c = Cluster::start(&cfg).unwrap();
     // Any loadable library stands in for the patched NCCL here.
     let libm = "/lib/x86_64-linux-gnu/libm.so.6";
     std::fs::copy(libm, c.dir().join("libnccl.so.2")).unwrap();
     let lib = c.dir().join("libnccl.so.2").display().to_string();
-    let o = Cluster::output(c.command("srun").env("LD_PRELOAD", libm).args(["--flexmig", "-n2", "--gres=gpu:2", "/bin/bash", "-c", "echo \"P=$LD_PRELOAD R=${RANK-unset} C=${NCCL_MAX_NCHANNELS-unset}\""])).unwrap();
+    let o = Cluster::output(c.command("srun").env("LD_PRELOAD", libm).args([
+        "--flexmig",
+        "-n2",
+        "--gres=gpu:2",
+        "/bin/bash",
+        "-c",
+        "echo \"P=$LD_PRELOAD R=${RANK-unset} C=${NCCL_MAX_NCHANNELS-unset}\"",
+    ]))
+    .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.lines().count() == 2, "{}", text(&o));
     for l in out.lines() {
-        assert_eq!(l, format!("P={lib} {libm} R=unset C=unset"), "the user's LD_PRELOAD stays after the patched NCCL; torch_env=no sets no RANK; nccl_max_channels=off none");
+        assert_eq!(
+            l,
+            format!("P={lib} {libm} R=unset C=unset"),
+            "the user's LD_PRELOAD stays after the patched NCCL; torch_env=no sets no RANK; nccl_max_channels=off none"
+        );
     }
 }
 
@@ -314,7 +375,13 @@ fn twenty_concurrent_steps_get_disjoint_leaves() {
     let script = "#!/bin/bash\nfor i in $(seq 1 20); do\n  srun --exact -n1 --gres=gpu:1 --flexmig bash -c 'echo \"$NCCL_MIG_ID $CUDA_VISIBLE_DEVICES $FLEXMIG_GPU $SLURM_STEP_GPUS $MASTER_PORT $(date +%s.%N)\"; sleep 3; date +%s.%N' > steps.$i.out 2>&1 &\ndone\nwait\n";
     c.write_file("steps.sh", script).unwrap();
     let workdir = tempfile::Builder::new().prefix("flexmig-steps-").tempdir().unwrap();
-    let o = Cluster::output(c.command("sbatch").current_dir(workdir.path()).args(["--wait", "-n20", "--gres=gpu:20", "-o", "batch.out"]).arg(c.dir().join("steps.sh"))).unwrap();
+    let o = Cluster::output(
+        c.command("sbatch")
+            .current_dir(workdir.path())
+            .args(["--wait", "-n20", "--gres=gpu:20", "-o", "batch.out"])
+            .arg(c.dir().join("steps.sh")),
+    )
+    .unwrap();
     assert!(o.status.success(), "{}\n{}", text(&o), std::fs::read_to_string(workdir.path().join("batch.out")).unwrap_or_default());
     let mut seen = BTreeSet::new();
     let mut ports = BTreeSet::new();
@@ -355,7 +422,13 @@ fn overlapping_steps_never_share_a_leaf() {
         wait\n\
         srun --flexmig -n2 bash -c 'echo C $NCCL_MIG_ID' > c.out 2>&1\n";
     c.write_file("overlap.sh", script).unwrap();
-    let o = Cluster::output(c.command("sbatch").current_dir(workdir.path()).args(["--wait", "-n2", "--gres=gpu:1g.5gb:2", "-o", "batch.out"]).arg(c.dir().join("overlap.sh"))).unwrap();
+    let o = Cluster::output(
+        c.command("sbatch")
+            .current_dir(workdir.path())
+            .args(["--wait", "-n2", "--gres=gpu:1g.5gb:2", "-o", "batch.out"])
+            .arg(c.dir().join("overlap.sh")),
+    )
+    .unwrap();
     let read = |f: &str| std::fs::read_to_string(workdir.path().join(f)).unwrap_or_default();
     assert!(o.status.success(), "{}\n{}", text(&o), read("batch.out"));
     let (a, b, cc) = (read("a.out"), read("b.out"), read("c.out"));
@@ -370,8 +443,17 @@ fn overlapping_steps_never_share_a_leaf() {
 fn plugin_exports_what_the_loader_needs_and_no_init_or_fini() {
     let so = flexmig_integration::plugin_so().unwrap();
     let o = std::process::Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output().unwrap();
-    let syms: BTreeSet<String> = String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split_whitespace().nth(2).map(str::to_string)).collect();
-    for s in ["plugin_name", "plugin_type", "plugin_version", "spank_plugin_version", "slurm_spank_init", "slurm_spank_task_init", "slurm_spank_task_init_privileged"] {
+    let syms: BTreeSet<String> =
+        String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.split_whitespace().nth(2).map(str::to_string)).collect();
+    for s in [
+        "plugin_name",
+        "plugin_type",
+        "plugin_version",
+        "spank_plugin_version",
+        "slurm_spank_init",
+        "slurm_spank_task_init",
+        "slurm_spank_task_init_privileged",
+    ] {
         assert!(syms.contains(s), "{s} not exported");
     }
     for s in ["init", "fini"] {
@@ -387,7 +469,11 @@ fn sbatch_refuses_an_unknown_mode_before_submitting() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown mode --flexmig=ranks"), "{}", text(&o));
     let q = Cluster::output(c.command("squeue").args(["-h", "-o", "%i"])).unwrap();
     let jobs = Cluster::output(c.command("scontrol").args(["show", "jobs"])).unwrap();
-    assert!(String::from_utf8_lossy(&q.stdout).trim().is_empty() && String::from_utf8_lossy(&jobs.stdout).contains("No jobs"), "a job was submitted: {}", text(&jobs));
+    assert!(
+        String::from_utf8_lossy(&q.stdout).trim().is_empty() && String::from_utf8_lossy(&jobs.stdout).contains("No jobs"),
+        "a job was submitted: {}",
+        text(&jobs)
+    );
 }
 
 /// Two nodes (two slurmd on loopback, per-node inventories named with %n): global ranks, node
@@ -396,7 +482,19 @@ fn sbatch_refuses_an_unknown_mode_before_submitting() {
 fn two_nodes_get_global_ranks_and_node_local_leaves() {
     let (cfg, leaves) = ClusterConfig::emulated_nodes(2, 2);
     let c = Cluster::start(&cfg).unwrap();
-    let o = srun(&c, &["--flexmig", "-N2", "-n6", "--ntasks-per-node=3", "--gres=gpu:1g.5gb:3", "bash", "-c", &format!("echo \"$SLURM_PROCID NODE=$SLURMD_NODENAME\"; {}", print_vars())]);
+    let o = srun(
+        &c,
+        &[
+            "--flexmig",
+            "-N2",
+            "-n6",
+            "--ntasks-per-node=3",
+            "--gres=gpu:1g.5gb:3",
+            "bash",
+            "-c",
+            &format!("echo \"$SLURM_PROCID NODE=$SLURMD_NODENAME\"; {}", print_vars()),
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let tasks = parse_tasks(&String::from_utf8_lossy(&o.stdout));
     assert_eq!(tasks.len(), 6, "{tasks:#?}");
@@ -406,7 +504,10 @@ fn two_nodes_get_global_ranks_and_node_local_leaves() {
     for (rank, t) in &tasks {
         let node = &t["NODE"];
         let idx: usize = node.trim_start_matches('n').parse::<usize>().unwrap() - 1;
-        let leaf = leaves[idx].iter().find(|l| l.uuid == t["NCCL_MIG_ID"]).unwrap_or_else(|| panic!("task {rank} on {node}: {} is not a leaf of {node}", t["NCCL_MIG_ID"]));
+        let leaf = leaves[idx]
+            .iter()
+            .find(|l| l.uuid == t["NCCL_MIG_ID"])
+            .unwrap_or_else(|| panic!("task {rank} on {node}: {} is not a leaf of {node}", t["NCCL_MIG_ID"]));
         assert!(seen.insert(leaf.uuid.clone()));
         assert_eq!(t["CUDA_VISIBLE_DEVICES"], leaf.uuid);
         assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string());

@@ -92,11 +92,8 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
 
     let gencode = gencode_flags(&archs);
     println!("nccl install: building in {} with {} for {} ({jobs} jobs)", work.display(), cuda_home.display(), gencode);
-    let make_vars = [
-        format!("CUDA_HOME={}", cuda_home.display()),
-        format!("NVCC_GENCODE={gencode}"),
-        format!("PREFIX={}", prefix.display()),
-    ];
+    let make_vars =
+        [format!("CUDA_HOME={}", cuda_home.display()), format!("NVCC_GENCODE={gencode}"), format!("PREFIX={}", prefix.display())];
     run_command(Command::new("make").arg("-C").arg(&work).arg(format!("-j{jobs}")).arg("src.build").args(&make_vars), "building NCCL")?;
     run_command(Command::new("make").arg("-C").arg(&work).arg("src.install").args(&make_vars), "installing NCCL")?;
 
@@ -283,10 +280,7 @@ mod tests {
 
     #[test]
     fn gencode() {
-        assert_eq!(
-            gencode_flags(&["80".into(), "90".into()]),
-            "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90"
-        );
+        assert_eq!(gencode_flags(&["80".into(), "90".into()]), "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90");
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub const PATCHES: &[EmbeddedPatch] = &[
     EmbeddedPatch {
         version: NcclVersion::new(2, 30, 7),
         name: "nccl-2.30.7.patch",
-        summary: "P2P guard only (stock 2.30 runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1 but connects them with P2P/CUMEM)",
+        summary:
+            "P2P guard only (stock 2.30 runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1 but connects them with P2P/CUMEM)",
         diff: include_str!("../../../nccl-patch/nccl-2.30.7.patch"),
     },
 ];
@@ -226,9 +227,9 @@ pub fn check_tree(root: &Path, diff: &str) -> anyhow::Result<(Applicability, BTr
     if let Some(e) = first_error {
         // Maybe the tree already carries the patch: every hunk's result present, in order.
         let reversed: Vec<FilePatch> = files.iter().map(reverse).collect();
-        let all_reverse = reversed.iter().all(|file| {
-            std::fs::read_to_string(root.join(&file.path)).map(|t| apply_to_text(&t, file).is_ok()).unwrap_or(false)
-        });
+        let all_reverse = reversed
+            .iter()
+            .all(|file| std::fs::read_to_string(root.join(&file.path)).map(|t| apply_to_text(&t, file).is_ok()).unwrap_or(false));
         if all_reverse {
             return Ok((Applicability::AlreadyApplied, BTreeMap::new()));
         }

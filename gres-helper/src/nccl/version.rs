@@ -105,7 +105,8 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    const VERSION_MK_2_28_9: &str = "##### version\nNCCL_MAJOR   := 2\nNCCL_MINOR   := 28\nNCCL_PATCH   := 9\nNCCL_SUFFIX  :=\nPKG_REVISION := 1\n";
+    const VERSION_MK_2_28_9: &str =
+        "##### version\nNCCL_MAJOR   := 2\nNCCL_MINOR   := 28\nNCCL_PATCH   := 9\nNCCL_SUFFIX  :=\nPKG_REVISION := 1\n";
 
     #[test]
     fn version_mk_of_2_28_9() {

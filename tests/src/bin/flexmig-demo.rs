@@ -45,7 +45,10 @@ fn run() -> Result<()> {
     println!("   plugstack.conf: {}", std::fs::read_to_string(cluster.dir().join("plugstack.conf"))?.trim());
     println!("   slurm.conf:     GresTypes=gpu,mig  JobSubmitPlugins=lua  CliFilterPlugins=lua");
     let v = helper_node::verify(&node, &cluster)?;
-    println!("   flexmig-gres-helper verify (NVML vs inventory vs gres.conf vs slurmd -G): {}", if v.status.success() { "agree" } else { "DIFFER" });
+    println!(
+        "   flexmig-gres-helper verify (NVML vs inventory vs gres.conf vs slurmd -G): {}",
+        if v.status.success() { "agree" } else { "DIFFER" }
+    );
     if !v.status.success() {
         bail!("verify failed:\n{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
     }
@@ -89,10 +92,14 @@ fn run() -> Result<()> {
     }
     for (n, rows) in &jobs {
         let gres = rows.first().map(|r| r.gres.as_str()).unwrap_or("");
-        println!("\n   mig:{n} job: Slurm allocated GRES {gres}; flexmig bound (rendezvous {}):", rows.first().map(|r| r.rendezvous.as_str()).unwrap_or(""));
+        println!(
+            "\n   mig:{n} job: Slurm allocated GRES {gres}; flexmig bound (rendezvous {}):",
+            rows.first().map(|r| r.rendezvous.as_str()).unwrap_or("")
+        );
         println!("   {:<5} {:<4} {:<6} {:<9} leaf (NCCL_MIG_ID = CUDA_VISIBLE_DEVICES)", "rank", "gpu", "gres", "profile");
         for r in rows {
-            let idx = node.inventory.leaves.iter().find(|l| l.uuid == r.leaf).map(|l| l.gres_index.to_string()).unwrap_or_else(|| "?".into());
+            let idx =
+                node.inventory.leaves.iter().find(|l| l.uuid == r.leaf).map(|l| l.gres_index.to_string()).unwrap_or_else(|| "?".into());
             let warn = if r.cuda == r.leaf { "" } else { "  (CUDA_VISIBLE_DEVICES differs!)" };
             println!("   {:<5} {:<4} {:<6} {:<9} {}{warn}", r.rank, r.gpu, idx, r.profile, r.leaf);
         }
