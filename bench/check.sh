@@ -26,6 +26,44 @@ assert L.plugin_env(0, 2, 1, max_channels=L.channels_arg("2"))["NCCL_MAX_NCHANNE
 assert L.channels_arg("off") is None
 print("bench/check: scripts compile")
 PY
+# A rank never outlives its driver: a driver killed from outside (an outer timeout, SIGKILL)
+# must not leave hung ranks holding the GPU or the MPS server for the next run.
+python3 - <<'PY'
+import os, signal, subprocess, sys, tempfile, textwrap, time
+d = tempfile.mkdtemp()
+worker = os.path.join(d, "w.py")
+open(worker, "w").write("import os, sys, time\nif sys.argv[1] == 'worker':\n    open(sys.argv[0] + '.pids', 'a').write(f'{os.getpid()}\\n')\n    time.sleep(60)\n")
+driver = textwrap.dedent(f"""
+    import os, sys
+    sys.path.insert(0, "tests/gpu")
+    import leaf_launch
+    leaf_launch.launch({worker!r}, [dict(os.environ)] * 2, [{worker!r} + ".0", {worker!r} + ".1"], 60)
+""")
+p = subprocess.Popen([sys.executable, "-c", driver])
+pids_file = worker + ".pids"
+for _ in range(100):
+    if os.path.exists(pids_file) and len(open(pids_file).read().split()) == 2:
+        break
+    time.sleep(0.1)
+pids = [int(x) for x in open(pids_file).read().split()]
+assert len(pids) == 2, pids
+p.kill()
+p.wait()
+def state(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+for _ in range(50):
+    if all(state(x) in ("Z", "X", "gone") for x in pids):
+        break
+    time.sleep(0.1)
+alive = [x for x in pids if state(x) not in ("Z", "X", "gone")]
+for x in alive:
+    os.kill(x, signal.SIGKILL)
+assert not alive, f"ranks {alive} outlived their killed driver"
+print("bench/check: ranks die with their driver")
+PY
 # The launcher's environment against the plugin's own code (binding::plan_task, through
 # spank-plugin/examples/plan_env.rs): the same variables, and the same values wherever the
 # emulation does not have to differ. By design they differ in what names a device or a port:

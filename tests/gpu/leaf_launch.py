@@ -66,6 +66,15 @@ def add_placement_args(parser):
     parser.add_argument("--plugin-max-channels", type=channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
 
 
+def _die_with_parent():
+    """In each rank, before exec: die when the driver dies (PR_SET_PDEATHSIG), so that a driver
+    killed by an outer timeout leaves no hung rank holding the GPU or the MPS server."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def launch(script, envs, log_paths, timeout, grace=10):
     """Starts `python script worker` once per environment, output to its log; waits until all
     exit or `timeout` seconds pass (once one rank fails, the others get `grace` seconds: they
@@ -74,7 +83,7 @@ def launch(script, envs, log_paths, timeout, grace=10):
     procs = []
     for env, path in zip(envs, log_paths):
         fh = open(path, "w")
-        procs.append((subprocess.Popen([sys.executable, script, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT), fh))
+        procs.append((subprocess.Popen([sys.executable, script, "worker"], env=env, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent), fh))
     deadline = time.time() + timeout
     while time.time() < deadline and any(p.poll() is None for p, _ in procs):
         if any(p.poll() not in (None, 0) for p, _ in procs):
