@@ -27,12 +27,9 @@ LIB=$WORK/patched-2.28.9/lib/libnccl.so.2
 echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | paste -sd ";")\", \"torch\": \"$($PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
 MPSFLAG=""
 if [ "${MPS:-1}" = 1 ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps-pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  # If a daemon still runs on this pipe directory (an earlier run of these scripts was killed), stop it.
-  echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 && sleep 2
-  nvidia-cuda-mps-control -d && sleep 1
-  trap 'echo quit | nvidia-cuda-mps-control >/dev/null 2>&1; sleep 2' EXIT
+  source "$REPO/bench/mps.sh"
+  mps_start
+  trap 'mps_stop >/dev/null 2>&1' EXIT
   MPSFLAG=--mps
 fi
 for model in ${MODELS:-resnet transformer}; do

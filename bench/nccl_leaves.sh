@@ -68,18 +68,7 @@ if has build; then
   [ -f "$PATCHED" ] || { tail -20 "$WORK/build-patched.log"; exit 2; }
 fi
 
-mps_start() {
-  export CUDA_MPS_PIPE_DIRECTORY=$WORK/mps-pipe CUDA_MPS_LOG_DIRECTORY=$WORK/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  # If a daemon still runs on this pipe directory (an earlier run of these scripts was killed), stop it.
-  echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 && sleep 2
-  nvidia-cuda-mps-control -d && sleep 1
-}
-mps_stop() {
-  echo quit | nvidia-cuda-mps-control 2>/dev/null
-  sleep 2
-  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-}
+source "$REPO/bench/mps.sh"
 trap 'mps_stop >/dev/null 2>&1' EXIT
 
 one() { # args for nccl_leaves.py run

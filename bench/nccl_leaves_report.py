@@ -142,7 +142,7 @@ def main():
     tune = tuned(runs, lambda r: (r["_file"], r["mps"], r["ranks"]))
     lines.append("| run | emulation | leaves k | setting | GB/s | vs default |")
     lines.append("|---|---|---|---|---|---|")
-    for (f, mps, k) in sorted(tune, key=lambda t: (int(t[0][3:].split("-")[0]) if t[0][3:].split("-")[0].isdigit() else 0, t[1], t[2])):
+    for (f, mps, k) in sorted(tune, key=lambda t: (run_number(t[0]), t[1], t[2])):
         d = tune[(f, mps, k)]
         base = busbw(d["base"], "all_reduce", 256 * MIB) if "base" in d else None
         for setting, r in d.items():
