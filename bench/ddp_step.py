@@ -165,7 +165,7 @@ def run(a):
     codes, text = leaf_launch.launch(HERE, envs, logs, a.timeout)
     res = leaf_launch.results(text)
     _, via = leaf_launch.transports(text)
-    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "gpus": 1 if a.variant == "single" else a.gpus, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via}
+    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "gpus": 1 if a.variant == "single" else a.gpus, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
     if res:
         r = res[0]
         out.update(r)

@@ -12,7 +12,7 @@
 # Environment: as bench/nccl_leaves.sh (NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR), MODELS, RANKS,
 # VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ..."),
 # MPS (1; 0 runs the ranks time-sliced, without the MPS daemon), PLUGIN_MAX_CHANNELS (the plugin's nccl_max_channels=, mirrored; default off, as recorded),
-# TIMEOUT (120: seconds before the ranks of one run are killed as hung),
+# TIMEOUT (120: seconds before the ranks of one run are killed as hung), PATCHED_LIB (as bench/nccl_leaves.sh),
 # GPUS (1; 2 spreads the leaves of the patched and net runs over GPUs 0 and 1, the plugin's order).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +23,7 @@ mkdir -p "$OUTDIR"
 J="$OUTDIR/ddp_step.jsonl"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 PHASES=build BUILD_NEW=0 MODES=none WORK=$WORK OUTDIR=$OUTDIR bash "$REPO/bench/nccl_leaves.sh" || exit 2
-LIB=$WORK/patched-2.28.9/lib/libnccl.so.2
+LIB=${PATCHED_LIB:-$WORK/patched-2.28.9/lib/libnccl.so.2}
 echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | paste -sd ";")\", \"torch\": \"$($PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
 MPSFLAG=""
 if [ "${MPS:-1}" = 1 ]; then

@@ -147,7 +147,7 @@ def report(label, variant, n, gpus, mps, env, tag, codes, text, plugin_max_chann
         err = (errs[-1] if errs else (text.strip().splitlines() or ["no output"])[-1])[:300]
     line = {
         "label": label, "variant": variant, "ranks": n, "gpus": gpus, "plugin_max_channels": plugin_max_channels, "mps": mps, "env": env, "tag": tag,
-        "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "exit": codes,
+        "nccl": ver.group(1) if ver else None, "transports": transports, "via": via, "ce_proxy": leaf_launch.ce_proxy(text), "exit": codes,
         "results": res[0] if res else [], "error": err,
     }
     print("RESULT " + json.dumps(line), flush=True)

@@ -21,7 +21,8 @@
 # GPUS ("1": leaves packed on GPU 0; "1 2" adds the leaves spread over GPUs 0 and 1, as for
 # bench/nccl_two_gpus.sh; more than 7 leaves per GPU are skipped), VARIANTS ("patched net multirank"),
 # TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all), BUILD_NEW=0
-# (skip the stock >= 2.30 build).
+# (skip the stock >= 2.30 build), PATCHED_LIB (measure this libnccl.so.2 as "patched" instead of the
+# one built here; it must exist), TIMEOUT (90: seconds before the ranks of one run are killed as hung).
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
@@ -50,7 +51,7 @@ if [ -z "$HELPER" ]; then
   (cd "$REPO" && cargo build -q --release -p flexmig-gres-helper) || exit 2
   HELPER="${CARGO_TARGET_DIR:-$REPO/target}/release/flexmig-gres-helper"
 fi
-PATCHED=$WORK/patched-2.28.9/lib/libnccl.so.2
+PATCHED=${PATCHED_LIB:-$WORK/patched-2.28.9/lib/libnccl.so.2}
 NEW=$WORK/stock-new/lib/libnccl.so.2
 
 echo "== nccl_leaves on $(hostname), $(date -u +%FT%TZ); phases: $PHASES; modes: $MODES" | tee "$OUTDIR/nccl_leaves.log"
@@ -72,7 +73,7 @@ source "$REPO/bench/mps.sh"
 trap 'mps_stop >/dev/null 2>&1' EXIT
 
 one() { # args for nccl_leaves.py run
-  $PY "$B" run --log "$WORK/logs" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" "$@" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J" | $PY "$B" summarize
+  $PY "$B" run --log "$WORK/logs" --timeout "${TIMEOUT:-90}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" "$@" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J" | $PY "$B" summarize
 }
 
 if has copy; then

@@ -121,3 +121,14 @@ def transports(text):
     counts = {t: sum(f" via {t}" in l for l in conn) for t in ("SHM", "P2P", "NET")}
     via = sorted({m.group(1) for l in conn for m in [re.search(r" via (\S+)", l)] if m})
     return counts, via
+
+
+def ce_proxy(text):
+    """Who drives the copy engines when NCCL's SHM transport uses them ("SHM/CE/..."): "direct" for
+    flexmig's patched library (the rank's own thread enqueues them; it logs `flexmig-shm-ce/1: copy
+    engines driven`), "proxy" for NCCL's proxy thread (stock, or NCCL_SHM_CE_DIRECT=0), None when no
+    copy engine is used."""
+    _, via = transports(text)
+    if not any("CE" in v for v in via):
+        return None
+    return "direct" if "flexmig-shm-ce/1: copy engines driven" in text else "proxy"
