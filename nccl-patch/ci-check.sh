@@ -152,5 +152,9 @@ fi
 for o in "${OBJS[@]}"; do [ -s "$o" ] || fail "missing object $o"; done
 grep -q "flexmig-mig-patch/" "$WORK/build/obj/init.o" && pass "init.o carries the flexmig-mig-patch marker" \
   || fail "no flexmig-mig-patch marker in init.o"
+if grep -q "flexmig-shm-ce/1" "$REPO/nccl-patch/nccl-$VERSION.patch"; then
+  grep -q "flexmig-shm-ce/1" "$WORK/build/obj/transport/shm.o" && pass "shm.o carries the copy-engine (flexmig-shm-ce/1) marker" \
+    || fail "no flexmig-shm-ce/1 marker in shm.o"
+fi
 
 finish

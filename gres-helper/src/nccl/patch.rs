@@ -23,6 +23,8 @@ pub struct EmbeddedPatch {
 }
 
 const FULL: &str = "MIG ids in peer info, synthetic topology bus ids, no P2P/NVLS between leaves of one GPU";
+const FULL_CE: &str = "MIG ids in peer info, synthetic topology bus ids, no P2P/NVLS between leaves of one GPU, \
+     SHM copy engines driven from the launching thread (NCCL_SHM_USE_CUDA_MEMCPY=1 without the proxy-thread deadlock)";
 
 /// Every patch flexmig carries, oldest release first.
 pub const PATCHES: &[EmbeddedPatch] = &[
@@ -35,13 +37,13 @@ pub const PATCHES: &[EmbeddedPatch] = &[
     EmbeddedPatch {
         version: NcclVersion::new(2, 28, 9),
         name: "nccl-2.28.9.patch",
-        summary: FULL,
+        summary: FULL_CE,
         diff: include_str!("../../../nccl-patch/nccl-2.28.9.patch"),
     },
     EmbeddedPatch {
         version: NcclVersion::new(2, 29, 7),
         name: "nccl-2.29.7.patch",
-        summary: FULL,
+        summary: FULL_CE,
         diff: include_str!("../../../nccl-patch/nccl-2.29.7.patch"),
     },
     EmbeddedPatch {
