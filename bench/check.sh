@@ -107,6 +107,8 @@ trap 'rm -rf "$tmp"' EXIT
     --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
     --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
     --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl \
+    run21-ce-proxy-control.jsonl run22-ce-direct.jsonl run23-ce-direct-channels.jsonl run24-ddp-ce-direct.jsonl \
+    run26-ce-direct-few-channels.jsonl run27-ce-direct-repeat.jsonl run28-ce-direct-2leaves.jsonl \
     --out "$tmp" --no-plots >/dev/null )
 diff -u "$R/report.md" "$tmp/report.md"
 echo "bench/check: $R/report.md is reproduced from the raw results"

@@ -5,7 +5,9 @@
       --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
       --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
       --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
-      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl --out .
+      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl \
+           run21-ce-proxy-control.jsonl run22-ce-direct.jsonl run23-ce-direct-channels.jsonl run24-ddp-ce-direct.jsonl \
+           run26-ce-direct-few-channels.jsonl run27-ce-direct-repeat.jsonl run28-ce-direct-2leaves.jsonl --out .
 
 (bench/check.sh runs exactly this and compares the result with the committed report.md.)
 
@@ -384,10 +386,16 @@ def failure(r):
     return "failed: " + (err[:80] if len(err) > 3 else "no result")
 
 
+def ce_label(path, r):
+    """The path's short name; copy engines driven from the rank's own thread (flexmig's patch,
+    run21 on) are marked."""
+    return PATH_SHORT[path] + (" (rank's thread)" if r.get("ce_proxy") == "direct" else "")
+
+
 def shm_summary(tune, ce_one, lines):
     """The runs above by kind of setting: per k the range of the issue's bound reached over all
     runs and settings of that kind, how many ran and how many hung."""
-    def kind(setting):
+    def kind(setting, r):
         path = shm_path(setting)
         if path == "sm4":
             return "SM loads/stores, NCCL's default" if setting == "base" else None
@@ -396,12 +404,14 @@ def shm_summary(tune, ce_one, lines):
         big = "NCCL_BUFFSIZE=" in setting and int(setting.split("NCCL_BUFFSIZE=")[1].split(",")[0]) >= (16 << 20)
         if not big:
             return None
+        if r.get("ce_proxy") == "direct":
+            return "copy engines both ways, 16-128 MiB buffers, driven from the rank's thread (flexmig's patch)"
         ctx = "NCCL_CREATE_THREAD_CONTEXT=1" in setting
         return "copy engines both ways, 16-128 MiB buffers, " + ("proxy thread with its own CUDA context (no hang seen)" if ctx else "proxy thread in the rank's context (can deadlock)")
     got = defaultdict(lambda: defaultdict(list))
     for (_, _, k), d in tune.items():
         for setting, r in d.items():
-            name = kind(setting)
+            name = kind(setting, r)
             if name:
                 v = busbw(r, "all_reduce", 256 * MIB)
                 got[name][k].append(100 * k * v / ce_one if v else None)
@@ -423,6 +433,29 @@ def shm_summary(tune, ce_one, lines):
             rng = f"{min(ok):.0f}-{max(ok):.0f}% ({len(ok)} measurements)" if ok else "-"
             cells.append(rng + (f", {hung} hung" if hung else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def direct_sizes(tune, lines):
+    """Copy engines driven from the rank's thread at every measured size, against the default
+    (SM path) of the same run where the run has one."""
+    rows = [(key, setting, r) for key in sorted(tune) for setting, r in tune[key].items() if r.get("ce_proxy") == "direct" and r["results"]]
+    if not rows:
+        return
+    sizes = sorted({x["bytes"] for _, _, r in rows for x in r["results"]})
+    lines.append("")
+    lines.append("Copy engines driven from the rank's thread at each size: bus bandwidth GB/s, and in brackets the ratio to the")
+    lines.append("default (SM path) of the same run (- where the run has none):")
+    lines.append("")
+    lines.append("| run | leaves k | setting | " + " | ".join(SIZES_LABEL.get(b, str(b)) for b in sizes) + " |")
+    lines.append("|---|---|---|" + "---|" * len(sizes))
+    for (_, f, k), setting, r in rows:
+        base = tune[(run_number(f), f, k)].get("base")
+        cells = []
+        for b in sizes:
+            v = busbw(r, "all_reduce", b)
+            w = busbw(base, "all_reduce", b) if base else None
+            cells.append("-" if not v else fmt(v) + (f" ({v / w:.2f})" if w else ""))
+        lines.append(f"| {f} | {k} | `{setting.replace(',', ' ')}` | " + " | ".join(cells) + " |")
 
 
 def paths_section(pcie_paths, ce_paths, lines):
@@ -513,13 +546,14 @@ def paths_section(pcie_paths, ce_paths, lines):
                 checked = [x.get("correct") for x in r["results"]]
                 check = "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
                 if not v:
-                    lines.append(f"| {f} | {k} | {name} | {PATH_SHORT[path]} | {failure(r)} | - | - | - | - |")
+                    lines.append(f"| {f} | {k} | {name} | {ce_label(path, r)} | {failure(r)} | - | - | - | - |")
                     continue
-                lines.append(f"| {f} | {k} | {name} | {PATH_SHORT[path]} | {fmt(v)} | {fmt(k * v)} | "
+                lines.append(f"| {f} | {k} | {name} | {ce_label(path, r)} | {fmt(v)} | {fmt(k * v)} | "
                              f"{100 * k * v / ceilings[path][0]:.0f}% | {100 * k * v / ce_one:.0f}% | {check} |")
                 if setting == "base" and k not in shm.get(setting, {}):
                     shm.setdefault(setting, {})[k] = k * v
         shm_summary(tune, ce_one, lines)
+        direct_sizes(tune, lines)
     ddp = []
     if ce_paths:
         load(ce_paths, ddp=ddp)
@@ -540,7 +574,8 @@ def paths_section(pcie_paths, ce_paths, lines):
             grads = {None: "not checked", True: "yes", False: "WRONG"}[d.get("grads_ok")]
             if "samples_per_s" in d:
                 rel = f"{d['samples_per_s'] / b['samples_per_s']:.3f}" if b and "samples_per_s" in b else "- (default failed)"
-                lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | {grads} | ran |")
+                who = " (rank's thread)" if d.get("ce_proxy") == "direct" else ""
+                lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}`{who} | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | {grads} | ran |")
             else:
                 codes = ",".join(sorted({str(c) for c in d["exit"]}))
                 lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
