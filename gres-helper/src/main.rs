@@ -387,6 +387,12 @@ fn make_fake_devices(node: &mut fake::FakeNode, p: &DevicePaths) -> Result<()> {
 }
 
 fn main() {
+    // Output piped into `head` or a closed pager ends the program quietly, as for any Unix tool,
+    // instead of a panic on the broken pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::exit(code),

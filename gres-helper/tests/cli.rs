@@ -179,3 +179,22 @@ fn gres_conf_then_verify_and_a_broken_inventory() {
     assert_eq!(code, 1);
     assert!(out.contains("malformed"), "{out}");
 }
+
+#[test]
+fn a_closed_stdout_ends_the_helper_quietly_without_a_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    // `helper ... | head -1`: the reader is gone before the helper writes.
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two-element array; the read end is closed once and the write end is
+    // owned by exactly one OwnedFd.
+    let stdout = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        OwnedFd::from_raw_fd(fds[1])
+    };
+    let o = helper().args(["plan", "--model", "H200", "--json"]).stdout(std::process::Stdio::from(stdout)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", o.status);
+}
