@@ -202,6 +202,11 @@ impl WorkloadArgs {
 }
 
 fn main() {
+    // Output piped into `head` ends the program quietly (SIGPIPE), not with a panic.
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = real_main() {
         eprintln!("flexmig-sim: {e:#}");
         std::process::exit(1);

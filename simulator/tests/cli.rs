@@ -119,3 +119,22 @@ fn sacct_input_and_errors() {
     assert!(!ok);
     assert!(err.contains("Z100") && err.contains("A100-40GB"), "{err}");
 }
+
+#[test]
+fn a_closed_stdout_ends_the_simulator_quietly_without_a_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two-element array; the read end is closed once and the write end is
+    // owned by exactly one OwnedFd.
+    let stdout = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        OwnedFd::from_raw_fd(fds[1])
+    };
+    let args = ["compare", "--distribution", "small", "--mix", "mixed", "--seed", "4", "--json"];
+    let o = Command::new(env!("CARGO_BIN_EXE_flexmig-sim")).args(args).stdout(std::process::Stdio::from(stdout)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", o.status);
+}
