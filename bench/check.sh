@@ -24,6 +24,12 @@ assert all(e["FLEXMIG_GPU"] == e["CUDA_VISIBLE_DEVICES"] and e["MASTER_PORT"] ==
 assert all("NCCL_MAX_NCHANNELS" not in e for e in envs)
 assert L.plugin_env(0, 2, 1, max_channels=L.channels_arg("2"))["NCCL_MAX_NCHANNELS"] == "2"
 assert L.channels_arg("off") is None
+# Which path a run's copy engines took, from NCCL's own log lines (recorded as ce_proxy).
+conn = "vm:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] via SHM/{}/{}\n"
+direct = "vm:1:1 [0] NCCL INFO flexmig-shm-ce/1: copy engines driven from the rank's stream, no proxy thread\n"
+assert L.ce_proxy(conn.format("direct", "direct")) is None
+assert L.ce_proxy(conn.format("CE", "CE")) == "proxy"
+assert L.ce_proxy(conn.format("direct", "CE") + direct) == "direct"
 print("bench/check: scripts compile")
 PY
 # A rank never outlives its driver: a driver killed from outside (an outer timeout, SIGKILL)
