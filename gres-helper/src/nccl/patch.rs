@@ -11,6 +11,8 @@ use super::version::NcclVersion;
 
 /// The string every flexmig patch adds to libnccl (in an INFO format string); `nccl status` looks for it.
 pub const PATCH_MARKER: &str = "flexmig-mig-patch/";
+/// The string the copy-engine SHM change (hunk 9) adds to libnccl; `nccl status` reports it.
+pub const SHM_CE_MARKER: &str = "flexmig-shm-ce/";
 
 /// One embedded patch: the NCCL release it was made against, and its unified diff (`patch -p1` format).
 #[derive(Debug, Clone, Copy)]
@@ -362,6 +364,10 @@ mod tests {
             assert!(files.iter().any(|f| f.path == Path::new("src/init.cc")), "{}", p.name);
             assert!(p.diff.contains(PATCH_MARKER), "{} lacks the marker", p.name);
             assert!(p.diff.contains("NCCL_MIG_ID"), "{}", p.name);
+            // The copy-engine SHM change exists for the releases PyTorch and Debian ship.
+            let ce = p.version == NcclVersion::new(2, 28, 9) || p.version == NcclVersion::new(2, 29, 7);
+            assert_eq!(p.diff.contains(SHM_CE_MARKER), ce, "{}", p.name);
+            assert_eq!(p.summary.contains("SHM copy engines"), ce, "{}", p.name);
         }
     }
 }

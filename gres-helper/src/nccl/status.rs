@@ -5,14 +5,15 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::patch::PATCH_MARKER;
+use super::patch::{PATCH_MARKER, SHM_CE_MARKER};
 use super::version::{find, library_version, NcclVersion};
 
 /// What a libnccl is, for flexmig.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LibraryKind {
-    /// Carries the flexmig MIG patch (NCCL_MIG_ID).
-    Patched { version: Option<NcclVersion> },
+    /// Carries the flexmig MIG patch (NCCL_MIG_ID); `shm_ce_direct`: also the copy-engine SHM change
+    /// (NCCL_SHM_USE_CUDA_MEMCPY=1 driven from the rank's thread, without the proxy-thread deadlock).
+    Patched { version: Option<NcclVersion>, shm_ce_direct: bool },
     /// Stock, but new enough to run several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1.
     StockMultiRank { version: NcclVersion },
     /// Stock and too old: ranks on MIG leaves of one GPU fail with "Duplicate GPU detected".
@@ -29,8 +30,13 @@ impl fmt::Display for LibraryKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = |v: &Option<NcclVersion>| v.map(|v| v.to_string()).unwrap_or_else(|| "of unknown version".into());
         match self {
-            LibraryKind::Patched { version } => {
-                write!(f, "patched: NCCL {} with the flexmig MIG patch (reads NCCL_MIG_ID)", v(version))
+            LibraryKind::Patched { version, shm_ce_direct } => {
+                write!(f, "patched: NCCL {} with the flexmig MIG patch (reads NCCL_MIG_ID)", v(version))?;
+                if *shm_ce_direct {
+                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) runs without the proxy thread")
+                } else {
+                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) uses NCCL's proxy thread, which can hang: leave it off")
+                }
             }
             LibraryKind::StockMultiRank { version } => write!(
                 f,
@@ -51,7 +57,7 @@ impl fmt::Display for LibraryKind {
 pub fn classify(bytes: &[u8]) -> LibraryKind {
     let version = library_version(bytes);
     if find(bytes, PATCH_MARKER.as_bytes()).is_some() {
-        return LibraryKind::Patched { version };
+        return LibraryKind::Patched { version, shm_ce_direct: find(bytes, SHM_CE_MARKER.as_bytes()).is_some() };
     }
     match version {
         Some(v) if v >= NcclVersion::MULTI_RANK_GPU => LibraryKind::StockMultiRank { version: v },
@@ -87,7 +93,17 @@ mod tests {
     #[test]
     fn patched_library() {
         let b = lib(&["NCCL version 2.28.9+cuda13.0", "flexmig-mig-patch/1: rank %d busId %lx NCCL_MIG_ID %s"]);
-        assert_eq!(classify(&b), LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)) });
+        let k = classify(&b);
+        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: false });
+        assert!(k.to_string().contains("can hang: leave it off"), "{k}");
+        let b = lib(&[
+            "NCCL version 2.28.9+cuda13.0",
+            "flexmig-mig-patch/1: rank %d busId %lx NCCL_MIG_ID %s",
+            "flexmig-shm-ce/1: copy engines driven from the rank's streams",
+        ]);
+        let k = classify(&b);
+        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: true });
+        assert!(k.to_string().contains("runs without the proxy thread"), "{k}");
     }
 
     #[test]
