@@ -67,6 +67,26 @@ impl ClusterConfig {
 }
 
 /// The plugstack line that loads the built plugin with the cluster's inventory.
+/// Every variable the flexmig plugin may set in a task. The harness keeps the caller's values of
+/// them out of jobs, so that a step without `--flexmig` can be checked for having none of them.
+pub const PLUGIN_VARS: &[&str] = &[
+    "CUDA_VISIBLE_DEVICES",
+    "NCCL_MIG_ID",
+    "NCCL_MULTI_RANK_GPU_ENABLE",
+    "NCCL_MAX_NCHANNELS",
+    "FLEXMIG_GPU",
+    "FLEXMIG_PROFILE",
+    "FLEXMIG_LEAF",
+    "FLEXMIG_LEAVES",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LD_PRELOAD",
+];
+
 pub const DEFAULT_PLUGSTACK: &str = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks\n";
 
 /// One emulated leaf of [`ClusterConfig::emulated`].
@@ -400,17 +420,7 @@ impl Cluster {
         let mut c = Command::new(prog);
         c.env("SLURM_CONF", self.conf()).current_dir(self.dir()).stdin(Stdio::null());
         // Keep the caller's flexmig-relevant settings out of jobs.
-        for v in [
-            "RANK",
-            "WORLD_SIZE",
-            "LOCAL_RANK",
-            "LOCAL_WORLD_SIZE",
-            "MASTER_ADDR",
-            "MASTER_PORT",
-            "NCCL_MIG_ID",
-            "CUDA_VISIBLE_DEVICES",
-            "LD_PRELOAD",
-        ] {
+        for v in PLUGIN_VARS {
             c.env_remove(v);
         }
         for (k, _) in std::env::vars() {

@@ -4,36 +4,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Output;
 
-use flexmig_integration::{Cluster, ClusterConfig, EmulatedLeaf, DEFAULT_PLUGSTACK};
+use flexmig_integration::{Cluster, ClusterConfig, EmulatedLeaf, DEFAULT_PLUGSTACK, PLUGIN_VARS};
 
-/// The variables a task is checked for.
-const VARS: &[&str] = &[
-    "SLURM_PROCID",
-    "SLURM_LOCALID",
-    "SLURM_STEP_GPUS",
-    "SLURM_JOB_GPUS",
-    "CUDA_VISIBLE_DEVICES",
-    "NCCL_MIG_ID",
-    "NCCL_MULTI_RANK_GPU_ENABLE",
-    "NCCL_MAX_NCHANNELS",
-    "FLEXMIG_GPU",
-    "FLEXMIG_PROFILE",
-    "FLEXMIG_LEAF",
-    "FLEXMIG_LEAVES",
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "LD_PRELOAD",
-];
+/// The variables a task is checked for: Slurm's own, and everything the plugin may set.
+fn vars() -> Vec<&'static str> {
+    ["SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].into_iter().chain(PLUGIN_VARS.iter().copied()).collect()
+}
 
 /// A bash snippet that prints `<procid> NAME=value` (or `NAME` alone when unset) per variable.
 fn print_vars() -> String {
     format!(
         "for v in {}; do if [ -n \"${{!v+x}}\" ]; then echo \"$SLURM_PROCID $v=${{!v}}\"; else echo \"$SLURM_PROCID $v\"; fi; done",
-        VARS.join(" ")
+        vars().join(" ")
     )
 }
 
@@ -172,7 +154,7 @@ fn without_flexmig_nothing_changes() {
         for t in tasks.values() {
             // Slurm's own value (GRES indices with task/none) is left as it is.
             assert_eq!(t["CUDA_VISIBLE_DEVICES"], t["SLURM_STEP_GPUS"], "{extra:?}");
-            for v in VARS.iter().copied().filter(|v| !v.starts_with("SLURM_") && *v != "CUDA_VISIBLE_DEVICES") {
+            for v in vars().into_iter().filter(|v| !v.starts_with("SLURM_") && *v != "CUDA_VISIBLE_DEVICES") {
                 assert!(!t.contains_key(v), "{extra:?}: {v} set without --flexmig");
             }
         }
