@@ -20,7 +20,7 @@
 # by default, so NCCL picks its channels as in the recorded results; the plugin's default is 2),
 # GPUS ("1": leaves packed on GPU 0; "1 2" adds the leaves spread over GPUs 0 and 1, as for
 # bench/nccl_two_gpus.sh; more than 7 leaves per GPU are skipped), VARIANTS ("patched net multirank"),
-# TUNE ("..." settings, see below), ONLY_FUNCS (kernels to build; empty for all), BUILD_NEW=0
+# TUNE ("..." settings, see below), TUNE_COLLS (all_reduce; comma-separated, all_gather too), ONLY_FUNCS (kernels to build; empty for all), BUILD_NEW=0
 # (skip the stock >= 2.30 build), PATCHED_LIB (measure this libnccl.so.2 as "patched" instead of the
 # one built here; it must exist), TIMEOUT (90: seconds before the ranks of one run are killed as hung).
 set -uo pipefail
@@ -109,7 +109,7 @@ for mode in $MODES; do
         for s in $TUNE; do
           envs=()
           if [ "$s" != base ]; then IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done; fi
-          one --variant patched --lib "$PATCHED" --ranks "$k" --gpus "$g" $mflag --colls all_reduce --sizes 4194304,33554432,268435456 --tag "tune:$s" "${envs[@]}"
+          one --variant patched --lib "$PATCHED" --ranks "$k" --gpus "$g" $mflag --colls "${TUNE_COLLS:-all_reduce}" --sizes 4194304,33554432,268435456 --tag "tune:$s" "${envs[@]}"
         done
       done
     done

@@ -21,6 +21,16 @@
 // device and D2H_BLOCKS for device to host.
 // Prints one JSON line: the bandwidth of each direction (bytes / the time it took) and the total.
 // One mode per process: a failing mode (a kernel fault is sticky) cannot spoil the others.
+//
+//   pcie_paths loop_DIR FLOWS CHUNK_KIB SECONDS START_MS
+//
+// Copy engines in a steady stream of CHUNK_KIB copies, as NCCL's SHM transport issues them one
+// slice at a time, for SECONDS from START_MS (milliseconds since the epoch): several processes
+// given the same START_MS (bench/pcie_paths.sh, under MPS) measure what the link moves for
+// several leaves at once. DIR: h2d or d2h (FLOWS streams in that direction), both (FLOWS streams
+// each way), pipe (FLOWS pipes, each a device-to-host copy into a host slot followed, on a
+// second stream, by the host-to-device copy out of it, the slot reused once that copy is done:
+// one SHM connection's dependencies). Each flow has kSlots slots, so up to kSlots copies queued.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,6 +39,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
+
+#include <time.h>
+#include <unistd.h>
 
 #define CK(x)                                                                                       \
   do {                                                                                              \
@@ -120,9 +134,121 @@ static void launch(const std::string& kind, const Dir& d, int blocks, size_t byt
   CK(cudaGetLastError());
 }
 
+constexpr int kSlots = 4;
+
+static double now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+// One flow of loop mode: host slots, device slots, and per slot the event that frees it.
+struct Flow {
+  bool d2h = false, h2d = false;
+  char *host = nullptr, *dsrc = nullptr, *ddst = nullptr;
+  cudaStream_t s_d2h = nullptr, s_h2d = nullptr;
+  cudaEvent_t mid[kSlots], done[kSlots];
+  size_t next = 0;
+};
+
+static int loop_main(const std::string& dir, int flows, size_t chunk, double seconds, double start_ms) {
+  if (dir != "h2d" && dir != "d2h" && dir != "both" && dir != "pipe") {
+    fprintf(stderr, "pcie_paths: unknown loop direction %s (h2d, d2h, both or pipe)\n", dir.c_str());
+    return 1;
+  }
+  std::vector<Flow> fs;
+  for (int i = 0; i < flows; ++i) {
+    if (dir == "pipe") {
+      fs.emplace_back();
+      fs.back().d2h = fs.back().h2d = true;
+      continue;
+    }
+    if (dir != "d2h") fs.emplace_back(), fs.back().h2d = true;
+    if (dir != "h2d") fs.emplace_back(), fs.back().d2h = true;
+  }
+  const size_t bytes = chunk * kSlots;
+  for (Flow& f : fs) {
+    CK(cudaHostAlloc((void**)&f.host, bytes, cudaHostAllocDefault));
+    memset(f.host, 1, bytes);
+    if (f.d2h) {
+      CK(cudaMalloc((void**)&f.dsrc, bytes));
+      CK(cudaMemset(f.dsrc, 2, bytes));
+      CK(cudaStreamCreateWithFlags(&f.s_d2h, cudaStreamNonBlocking));
+    }
+    if (f.h2d) {
+      CK(cudaMalloc((void**)&f.ddst, bytes));
+      CK(cudaMemset(f.ddst, 0, bytes));
+      CK(cudaStreamCreateWithFlags(&f.s_h2d, cudaStreamNonBlocking));
+    }
+    for (int s = 0; s < kSlots; ++s) {
+      CK(cudaEventCreateWithFlags(&f.mid[s], cudaEventDisableTiming));
+      CK(cudaEventCreateWithFlags(&f.done[s], cudaEventDisableTiming));
+    }
+  }
+  // Warm up every path once, then wait for the common start.
+  for (Flow& f : fs) {
+    if (f.d2h) CK(cudaMemcpyAsync(f.host, f.dsrc, chunk, cudaMemcpyDeviceToHost, f.s_d2h));
+    if (f.h2d) CK(cudaMemcpyAsync(f.ddst, f.host, chunk, cudaMemcpyHostToDevice, f.s_h2d));
+  }
+  CK(cudaDeviceSynchronize());
+  const double late = now_ms() - start_ms;
+  while (now_ms() < start_ms) usleep(100);
+  const double t0 = now_ms(), stop = t0 + seconds * 1e3;
+  size_t moved_h2d = 0, moved_d2h = 0;
+  while (now_ms() < stop) {
+    for (Flow& f : fs) {
+      const int s = f.next % kSlots;
+      // The slot is free once its last copy is done (for a pipe: the copy out of the host slot).
+      if (cudaEventQuery(f.done[s]) != cudaSuccess) continue;
+      char* h = f.host + s * chunk;
+      if (f.d2h) {
+        CK(cudaMemcpyAsync(h, f.dsrc + s * chunk, chunk, cudaMemcpyDeviceToHost, f.s_d2h));
+        moved_d2h += chunk;
+        CK(cudaEventRecord(f.h2d ? f.mid[s] : f.done[s], f.s_d2h));
+      }
+      if (f.h2d) {
+        if (f.d2h) CK(cudaStreamWaitEvent(f.s_h2d, f.mid[s], 0));
+        CK(cudaMemcpyAsync(f.ddst + s * chunk, h, chunk, cudaMemcpyHostToDevice, f.s_h2d));
+        moved_h2d += chunk;
+        CK(cudaEventRecord(f.done[s], f.s_h2d));
+      }
+      ++f.next;
+    }
+  }
+  CK(cudaDeviceSynchronize());
+  const double secs = (now_ms() - t0) / 1e3;
+  // Check the bytes: host slots hold the device source (2), pipes' device slots too, other
+  // host-to-device slots the host's 1.
+  for (Flow& f : fs) {
+    char probe = 0;
+    if (f.h2d) CK(cudaMemcpy(&probe, f.ddst + chunk - 1, 1, cudaMemcpyDeviceToHost));
+    const char got = f.h2d ? probe : f.host[chunk - 1], want = f.d2h ? 2 : 1;
+    if (f.next && got != want) {
+      printf("{\"mode\": \"loop_%s\", \"error\": \"wrong bytes at the end of a slot\"}\n", dir.c_str());
+      return 3;
+    }
+  }
+  const double gb = 1e9;
+  printf("{\"mode\": \"loop_%s\", \"flows\": %d, \"chunk_kib\": %zu, \"procs\": %s, \"mps\": %s, \"start_ms\": %.0f, \"late_ms\": %.1f, \"seconds\": %.3f, "
+         "\"h2d_GBps\": %.2f, \"d2h_GBps\": %.2f}\n",
+         dir.c_str(), flows, chunk >> 10, getenv("PCIE_PROCS") ? getenv("PCIE_PROCS") : "1", getenv("CUDA_MPS_PIPE_DIRECTORY") ? "true" : "false",
+         start_ms, late > 0 ? late : 0.0, secs, moved_h2d / gb / secs, moved_d2h / gb / secs);
+  return late > 0 ? 4 : 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 6 && strncmp(argv[1], "loop_", 5) == 0) {
+    const int flows = atoi(argv[2]);
+    const size_t chunk = (size_t)atol(argv[3]) << 10;
+    if (flows < 1 || chunk == 0) {
+      fprintf(stderr, "pcie_paths: FLOWS and CHUNK_KIB must be >= 1\n");
+      return 1;
+    }
+    return loop_main(argv[1] + 5, flows, chunk, atof(argv[4]), atof(argv[5]));
+  }
   if (argc < 3) {
-    fprintf(stderr, "usage: %s (ce|sm4|sm8|tma)_(h2d|d2h|both)|A+B_both BLOCKS[:D2H_BLOCKS] [MIB]\n", argv[0]);
+    fprintf(stderr, "usage: %s (ce|sm4|sm8|tma)_(h2d|d2h|both)|A+B_both BLOCKS[:D2H_BLOCKS] [MIB]\n"
+                    "       %s loop_(h2d|d2h|both|pipe) FLOWS CHUNK_KIB SECONDS START_MS\n", argv[0], argv[0]);
     return 1;
   }
   const std::string mode = argv[1];

@@ -10,6 +10,12 @@
 # SPLITS (H2D:D2H CTA counts for SM loads against SM stores),
 # PATHS ("sm4 sm8 tma"), MIXED ("ce+sm4 sm4+ce"), MIB (256), GPU (0). Results: $OUTDIR/pcie_paths.jsonl, one JSON line per
 # measurement after a first line naming the machine.
+#
+# PHASES ("paths loop"): "paths" is the above; "loop" measures copy engines as several leaves
+# drive them at once: PROCS (1 2 4 7) processes started together under MPS, each with one flow
+# (one stream each way, or one pipe), against one process with as many flows, in copies of
+# CHUNKS_KIB (1024 4096 8192 16384) for LOOP_SECONDS (1.5) each, for LOOP_DIRS (both pipe).
+# One JSON line per process; lines of one measurement share start_ms.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${WORK:-/tmp/flexmig-bench}
@@ -21,6 +27,8 @@ nvcc -O3 -std=c++17 -arch=sm_90 -o "$BIN" "$REPO/bench/pcie_paths.cu" || exit 2
 export CUDA_VISIBLE_DEVICES=${GPU:-0}
 echo "{\"machine\": \"$(nvidia-smi -i "${GPU:-0}" --query-gpu=name,driver_version,mig.mode.current,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader)\", \"nvcc\": \"$(nvcc --version | tail -1)\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
 run() { "$BIN" "$@" "${MIB:-256}" | tee -a "$J"; }
+PHASES=${PHASES:-paths loop}
+if [[ " $PHASES " == *" paths "* ]]; then
 for d in h2d d2h both; do run "ce_$d" 1; done
 for p in ${PATHS:-sm4 sm8 tma}; do
   for d in h2d d2h both; do
@@ -36,4 +44,32 @@ for m in ${MIXED:-ce+sm4 sm4+ce}; do
 done
 # The copy engines once more at the end: the machine did not change under the run.
 for d in h2d d2h both; do run "ce_$d" 1; done
+fi
+# loop PROCS FLOWS DIR CHUNK_KIB: PROCS processes with FLOWS flows each, started together.
+loop() {
+  local procs=$1 flows=$2 dir=$3 kib=$4 start pids=() i
+  start=$(($(date +%s%3N) + 2500))
+  for ((i = 0; i < procs; i++)); do
+    PCIE_PROCS=$procs "$BIN" "loop_$dir" "$flows" "$kib" "${LOOP_SECONDS:-1.5}" "$start" >"$WORK/loop.$i" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  cat "$WORK"/loop.* | tee -a "$J"
+  rm -f "$WORK"/loop.*
+}
+if [[ " $PHASES " == *" loop "* ]]; then
+  loop 1 1 both 8192 # without MPS, against ce_both above
+  # shellcheck source=bench/mps.sh
+  source "$REPO/bench/mps.sh"
+  mps_start
+  for dir in ${LOOP_DIRS:-both pipe}; do
+    for kib in ${CHUNKS_KIB:-1024 4096 8192 16384}; do
+      for p in ${PROCS:-1 2 4 7}; do
+        loop "$p" 1 "$dir" "$kib"
+        [ "$p" -gt 1 ] && loop 1 "$p" "$dir" "$kib"
+      done
+    done
+  done
+  mps_stop
+fi
 echo "== done $(date -u +%FT%TZ)"
