@@ -38,6 +38,12 @@ pub struct InstallArgs {
     /// Build the release as it is, without the flexmig patch (for comparisons).
     #[arg(long, conflicts_with_all = ["check_only", "patch_only"])]
     pub no_patch: bool,
+    /// Steps per slice of ring all-reduce and all-gather (Simple protocol): 2 is NCCL's own, 1 cuts
+    /// each 4-step chunk into 4 slices instead of 2. With the copy-engine SHM mode
+    /// (NCCL_SHM_USE_CUDA_MEMCPY=1) that lifts 2 leaves from 77% to 82% of the link's bound
+    /// (BENCHMARKS.md, runs 32-34); it changes the kernels for every transport, so it is off by default.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2), conflicts_with_all = ["check_only", "no_patch"])]
+    pub ring_slice_steps: Option<u8>,
 }
 
 pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
@@ -79,6 +85,10 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
             Applicability::AlreadyApplied => println!("nccl install: {} was already applied", p.name),
         },
         Plan::StockMultiRank => println!("{}", stock_note(version)),
+    }
+    if let Some(steps) = args.ring_slice_steps {
+        set_ring_slice_steps(&work, steps)?;
+        println!("nccl install: ring all-reduce and all-gather slices of {steps} step(s) per 4-step chunk (--ring-slice-steps)");
     }
     let Some(cuda_home) = cuda_home else {
         println!("nccl install: patched tree ready in {} (--patch-only: not built)", work.display());
@@ -175,6 +185,64 @@ fn prepare_work_dir(source: &Path, work: &Path) -> anyhow::Result<()> {
     from.push("/.");
     run_command(Command::new("cp").arg("-a").arg(&from).arg(work), "copying the NCCL source")?;
     Ok(())
+}
+
+/// The string `--ring-slice-steps` compiles into the library, for `nccl status`.
+pub const RING_SLICE_MARKER: &str = "flexmig-ring-slice-steps=";
+
+/// Sets the slice steps of ring all-reduce and all-gather in the build copy's
+/// src/include/collectives.h (compile-time constants of NCCL's kernels and host code), and adds a
+/// string that names the setting to the library. The chunk stays at NCCL_STEPS/2 (4 steps): 8-step
+/// chunks hang (BENCHMARKS.md, run31).
+fn set_ring_slice_steps(work: &Path, steps: u8) -> anyhow::Result<()> {
+    let path = work.join("src/include/collectives.h");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut found = [0usize; 4];
+    const NAMES: [&str; 4] = ["ALLREDUCE_SLICESTEPS", "ALLGATHER_SLICESTEPS", "ALLREDUCE_CHUNKSTEPS", "ALLGATHER_CHUNKSTEPS"];
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let name = match (words.next(), words.next()) {
+            (Some("#define"), Some(name)) => NAMES.iter().position(|n| *n == name),
+            _ => None,
+        };
+        match name {
+            Some(i) if i < 2 => {
+                found[i] += 1;
+                out.push_str(&format!("#define {} {steps} // flexmig-gres-helper nccl install --ring-slice-steps {steps}\n", NAMES[i]));
+                if i == 1 {
+                    // Next to the defines, inside the header's include guard.
+                    out.push_str(&format!(
+                        "// The setting, named in the library for `flexmig-gres-helper nccl status`.\n\
+                         __attribute__((used)) static const char flexmigRingSliceSteps[] = \"{RING_SLICE_MARKER}{steps}\";\n"
+                    ));
+                }
+            }
+            Some(i) => {
+                // The chunk must be NCCL's 4 steps, which the slice divides.
+                let value: String = line.split_whitespace().skip(2).collect();
+                if value != "(NCCL_STEPS/2)" {
+                    bail!("{}: {} is {value}, not (NCCL_STEPS/2); --ring-slice-steps knows only that chunk", path.display(), NAMES[i]);
+                }
+                found[i] += 1;
+                out.push_str(line);
+                out.push('\n');
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if let Some(i) = found.iter().position(|n| *n != 1) {
+        bail!(
+            "{} defines {} {} times, not once: this NCCL release is laid out differently; build without --ring-slice-steps",
+            path.display(),
+            NAMES[i],
+            found[i]
+        );
+    }
+    leaf_model::atomic::write_atomic(&path, out.as_bytes(), 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
 fn run_command(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -293,6 +361,58 @@ mod tests {
         assert_eq!(root, tree);
         assert_eq!(version::source_version(&root).unwrap(), NcclVersion::new(2, 29, 7));
         assert!(find_source_root(&tree.join("makefiles")).is_err());
+    }
+
+    fn collectives_tree(text: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src/include")).unwrap();
+        std::fs::write(dir.path().join("src/include/collectives.h"), text).unwrap();
+        dir
+    }
+
+    const COLLECTIVES_2_28: &str = "#include \"device.h\"\n\n// CHUNKSIZE must be a multiple of SLICESIZE\n\
+        #define ALLREDUCE_SLICESTEPS (NCCL_STEPS/4)\n#define ALLREDUCE_CHUNKSTEPS (NCCL_STEPS/2)\n\
+        #define ALLGATHER_SLICESTEPS (NCCL_STEPS/4)\n#define ALLGATHER_CHUNKSTEPS (NCCL_STEPS/2)\n\
+        #define REDUCESCATTER_SLICESTEPS (NCCL_STEPS/4)\n";
+
+    #[test]
+    fn ring_slice_steps_rewrites_both_collectives() {
+        // 2.28/2.29 write (NCCL_STEPS/4), 2.30 (NCCL_STEPS / 4).
+        for text in [COLLECTIVES_2_28.to_string(), COLLECTIVES_2_28.replace("NCCL_STEPS/", "NCCL_STEPS / ")] {
+            let dir = collectives_tree(&text);
+            set_ring_slice_steps(dir.path(), 1).unwrap();
+            let out = std::fs::read_to_string(dir.path().join("src/include/collectives.h")).unwrap();
+            assert!(out.contains("#define ALLREDUCE_SLICESTEPS 1 //"), "{out}");
+            assert!(out.contains("#define ALLGATHER_SLICESTEPS 1 //"), "{out}");
+            // Chunks and the other collectives stay as they were.
+            assert!(out.contains("#define ALLREDUCE_CHUNKSTEPS (NCCL_STEPS"), "{out}");
+            assert!(out.contains("#define REDUCESCATTER_SLICESTEPS (NCCL_STEPS"), "{out}");
+            assert!(out.contains(&format!("\"{RING_SLICE_MARKER}1\"")), "{out}");
+            assert_eq!(out.matches("SLICESTEPS 1").count(), 2, "{out}");
+            // Inside the include guard: right after the all-gather define, before the rest.
+            let marker = out.find(RING_SLICE_MARKER).unwrap();
+            assert!(marker > out.find("#define ALLGATHER_SLICESTEPS").unwrap() && marker < out.find("#define REDUCESCATTER").unwrap(), "{out}");
+        }
+    }
+
+    #[test]
+    fn ring_slice_steps_refuses_an_unknown_layout() {
+        let path = |d: &tempfile::TempDir| d.path().join("src/include/collectives.h");
+        // A define missing: nothing written.
+        let text = COLLECTIVES_2_28.replace("#define ALLGATHER_SLICESTEPS (NCCL_STEPS/4)\n", "");
+        let dir = collectives_tree(&text);
+        let err = set_ring_slice_steps(dir.path(), 1).unwrap_err().to_string();
+        assert!(err.contains("ALLGATHER_SLICESTEPS 0 times"), "{err}");
+        assert_eq!(std::fs::read_to_string(path(&dir)).unwrap(), text);
+        // Another chunk size: refused, since the slice must divide it.
+        let text = COLLECTIVES_2_28.replace("#define ALLREDUCE_CHUNKSTEPS (NCCL_STEPS/2)", "#define ALLREDUCE_CHUNKSTEPS NCCL_STEPS");
+        let dir = collectives_tree(&text);
+        let err = set_ring_slice_steps(dir.path(), 1).unwrap_err().to_string();
+        assert!(err.contains("ALLREDUCE_CHUNKSTEPS is NCCL_STEPS"), "{err}");
+        assert_eq!(std::fs::read_to_string(path(&dir)).unwrap(), text);
+        // No tree at all.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(set_ring_slice_steps(empty.path(), 1).unwrap_err().to_string().contains("collectives.h"));
     }
 
     #[test]

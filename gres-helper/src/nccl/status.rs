@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::install::RING_SLICE_MARKER;
 use super::patch::{PATCH_MARKER, SHM_CE_MARKER};
 use super::version::{find, library_version, NcclVersion};
 
@@ -13,7 +14,8 @@ use super::version::{find, library_version, NcclVersion};
 pub enum LibraryKind {
     /// Carries the flexmig MIG patch (NCCL_MIG_ID); `shm_ce_direct`: also the copy-engine SHM change
     /// (NCCL_SHM_USE_CUDA_MEMCPY=1 driven from the rank's thread, without the proxy-thread deadlock).
-    Patched { version: Option<NcclVersion>, shm_ce_direct: bool },
+    /// `ring_slice_steps`: built with `nccl install --ring-slice-steps N` (None: NCCL's own slicing).
+    Patched { version: Option<NcclVersion>, shm_ce_direct: bool, ring_slice_steps: Option<u8> },
     /// Stock, but new enough to run several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1.
     StockMultiRank { version: NcclVersion },
     /// Stock and too old: ranks on MIG leaves of one GPU fail with "Duplicate GPU detected".
@@ -30,12 +32,16 @@ impl fmt::Display for LibraryKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = |v: &Option<NcclVersion>| v.map(|v| v.to_string()).unwrap_or_else(|| "of unknown version".into());
         match self {
-            LibraryKind::Patched { version, shm_ce_direct } => {
+            LibraryKind::Patched { version, shm_ce_direct, ring_slice_steps } => {
                 write!(f, "patched: NCCL {} with the flexmig MIG patch (reads NCCL_MIG_ID)", v(version))?;
                 if *shm_ce_direct {
-                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) runs without the proxy thread")
+                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) runs without the proxy thread")?;
                 } else {
-                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) uses NCCL's proxy thread, which can hang: leave it off")
+                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) uses NCCL's proxy thread, which can hang: leave it off")?;
+                }
+                match ring_slice_steps {
+                    Some(n) => write!(f, "; ring all-reduce/all-gather slices of {n} step(s) (built with --ring-slice-steps {n})"),
+                    None => Ok(()),
                 }
             }
             LibraryKind::StockMultiRank { version } => write!(
@@ -57,12 +63,22 @@ impl fmt::Display for LibraryKind {
 pub fn classify(bytes: &[u8]) -> LibraryKind {
     let version = library_version(bytes);
     if find(bytes, PATCH_MARKER.as_bytes()).is_some() {
-        return LibraryKind::Patched { version, shm_ce_direct: find(bytes, SHM_CE_MARKER.as_bytes()).is_some() };
+        return LibraryKind::Patched {
+            version,
+            shm_ce_direct: find(bytes, SHM_CE_MARKER.as_bytes()).is_some(),
+            ring_slice_steps: ring_slice_steps(bytes),
+        };
     }
     match version {
         Some(v) if v >= NcclVersion::MULTI_RANK_GPU => LibraryKind::StockMultiRank { version: v },
         _ => LibraryKind::Unusable { version },
     }
+}
+
+/// The digit after the `--ring-slice-steps` marker, if the library carries one.
+fn ring_slice_steps(bytes: &[u8]) -> Option<u8> {
+    let at = find(bytes, RING_SLICE_MARKER.as_bytes())? + RING_SLICE_MARKER.len();
+    bytes.get(at).filter(|b| b.is_ascii_digit()).map(|b| b - b'0')
 }
 
 /// Reads and classifies the library at `path` (symbolic links followed).
@@ -94,7 +110,7 @@ mod tests {
     fn patched_library() {
         let b = lib(&["NCCL version 2.28.9+cuda13.0", "flexmig-mig-patch/1: rank %d busId %lx NCCL_MIG_ID %s"]);
         let k = classify(&b);
-        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: false });
+        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: false, ring_slice_steps: None });
         assert!(k.to_string().contains("can hang: leave it off"), "{k}");
         let b = lib(&[
             "NCCL version 2.28.9+cuda13.0",
@@ -102,8 +118,18 @@ mod tests {
             "flexmig-shm-ce/1: copy engines driven from the rank's streams",
         ]);
         let k = classify(&b);
-        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: true });
+        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: true, ring_slice_steps: None });
         assert!(k.to_string().contains("runs without the proxy thread"), "{k}");
+        assert!(!k.to_string().contains("slices"), "{k}");
+        let b = lib(&[
+            "NCCL version 2.28.9+cuda13.0",
+            "flexmig-mig-patch/1: rank %d busId %lx NCCL_MIG_ID %s",
+            "flexmig-shm-ce/1: copy engines driven from the rank's streams",
+            "flexmig-ring-slice-steps=1",
+        ]);
+        let k = classify(&b);
+        assert_eq!(k, LibraryKind::Patched { version: Some(NcclVersion::new(2, 28, 9)), shm_ce_direct: true, ring_slice_steps: Some(1) });
+        assert!(k.to_string().contains("slices of 1 step(s) (built with --ring-slice-steps 1)"), "{k}");
     }
 
     #[test]
