@@ -10,7 +10,7 @@
 # workaround, and against one process with k/7 of the GPU and k times the batch (one bigger
 # instance). Results: $OUTDIR/ddp_step.jsonl.
 # Environment: as bench/nccl_leaves.sh (NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR), MODELS, RANKS,
-# VARIANTS ("single patched net"), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ..."),
+# VARIANTS ("single patched net"; empty for none, only TUNE), TUNE (extra patched runs with NCCL settings, "K=V[,K=V] ..."),
 # MPS (1; 0 runs the ranks time-sliced, without the MPS daemon), PLUGIN_MAX_CHANNELS (the plugin's nccl_max_channels=, mirrored; default off, as recorded),
 # TIMEOUT (120: seconds before the ranks of one run are killed as hung), PATCHED_LIB (as bench/nccl_leaves.sh),
 # GPUS (1; 2 spreads the leaves of the patched and net runs over GPUs 0 and 1, the plugin's order).
@@ -34,7 +34,7 @@ if [ "${MPS:-1}" = 1 ]; then
 fi
 for model in ${MODELS:-resnet transformer}; do
   for k in ${RANKS:-2 4 7}; do
-    for v in ${VARIANTS:-single patched net}; do
+    for v in ${VARIANTS-single patched net}; do
       $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --timeout "${TIMEOUT:-120}" $MPSFLAG | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
     done
     # SHM settings for the patched library inside a real step (TUNE="K=V[,K=V] ...").

@@ -14,9 +14,11 @@
 #
 # Environment: SLICINGS ("4x2 4x1": CHUNKSTEPSxSLICESTEPS of all-reduce and all-gather, out of
 # NCCL_STEPS = 8; 4x2 is NCCL's own), TUNE_RANKS ("2"), TUNE (the settings, as for nccl_leaves.sh),
-# TUNE_COLLS (all_reduce,all_gather), COPY (1: measure the pinned copies first), NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR, TIMEOUT (60), as for
+# TUNE_COLLS (all_reduce,all_gather), COPY (1: measure the pinned copies first), COLLS (1; 0 skips
+# the collectives), NCCL_SRC, FLEXMIG_HELPER, WORK, OUTDIR, TIMEOUT (60), as for
 # bench/nccl_leaves.sh. Each run's setting gains FLEXMIG_BENCH_SLICING=CxS (an inert variable that
-# names the library in the results). Results: $OUTDIR/nccl_leaves.jsonl.
+# names the library in the results), DDP_MODELS ("": no training steps; e.g. "transformer"),
+# DDP_RANKS ("2 7"). Results: $OUTDIR/nccl_leaves.jsonl and $OUTDIR/ddp_step.jsonl.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
@@ -56,6 +58,7 @@ echo "nccl_slicing: builds done in $(($(date +%s) - t0)) s"
 M3=NCCL_SHM_USE_CUDA_MEMCPY=1,NCCL_SHM_MEMCPY_MODE=3
 SETTINGS=${TUNE:-"base $M3,NCCL_BUFFSIZE=33554432,NCCL_MAX_NCHANNELS=2 $M3,NCCL_BUFFSIZE=67108864,NCCL_MAX_NCHANNELS=1"}
 for v in $SLICINGS; do
+  [ "${COLLS:-1}" = 0 ] && break
   tune=""
   for s in $SETTINGS; do
     if [ "$s" = base ]; then tune+=" FLEXMIG_BENCH_SLICING=$v"; else tune+=" $s,FLEXMIG_BENCH_SLICING=$v"; fi
@@ -63,3 +66,15 @@ for v in $SLICINGS; do
   PATCHED_LIB=$(lib "$v") PHASES=tune MODES=mps TUNE_RANKS="${TUNE_RANKS:-2}" TUNE_COLLS="${TUNE_COLLS:-all_reduce,all_gather}" \
     TIMEOUT="${TIMEOUT:-60}" TUNE="$tune" FLEXMIG_HELPER="$HELPER" bash "$REPO/bench/nccl_leaves.sh"
 done
+# Training steps on each slicing (DDP_MODELS, "" to skip): the plugin's default (SM path, 2
+# channels) and the settings above, over DDP_RANKS leaves.
+if [ -n "${DDP_MODELS:-}" ]; then
+  for v in $SLICINGS; do
+    tune=""
+    for s in $SETTINGS; do
+      if [ "$s" = base ]; then tune+=" FLEXMIG_BENCH_SLICING=$v"; else tune+=" $s,FLEXMIG_BENCH_SLICING=$v"; fi
+    done
+    PATCHED_LIB=$(lib "$v") MODELS="$DDP_MODELS" RANKS="${DDP_RANKS:-2 7}" VARIANTS="" PLUGIN_MAX_CHANNELS=2 TIMEOUT="${TIMEOUT:-60}" \
+      TUNE="$tune" FLEXMIG_HELPER="$HELPER" bash "$REPO/bench/ddp_step.sh"
+  done
+fi
