@@ -32,6 +32,8 @@ assert L.ce_proxy(conn.format("CE", "CE")) == "proxy"
 assert L.ce_proxy(conn.format("direct", "CE") + direct) == "direct"
 print("bench/check: scripts compile")
 PY
+for f in bench/*.sh tests/gpu/*.sh; do bash -n "$f"; done
+echo "bench/check: shell scripts parse"
 # A rank never outlives its driver: a driver killed from outside (an outer timeout, SIGKILL)
 # must not leave hung ranks holding the GPU or the MPS server for the next run.
 python3 - <<'PY'
@@ -115,6 +117,8 @@ trap 'rm -rf "$tmp"' EXIT
     --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl \
     run21-ce-proxy-control.jsonl run22-ce-direct.jsonl run23-ce-direct-channels.jsonl run24-ddp-ce-direct.jsonl \
     run26-ce-direct-few-channels.jsonl run27-ce-direct-repeat.jsonl run28-ce-direct-2leaves.jsonl \
+    --pcie-loop run29-pcie-loop.jsonl \
+    --slicing run31-slicing.jsonl run32-slicing-4x1.jsonl run33-slicing-buffers.jsonl run34-slicing-confirm.jsonl run35-ddp-slicing.jsonl \
     --out "$tmp" --no-plots >/dev/null )
 diff -u "$R/report.md" "$tmp/report.md"
 echo "bench/check: $R/report.md is reproduced from the raw results"

@@ -85,6 +85,8 @@ def main():
     ap.add_argument("--plain-steps", nargs="*", default=[], help="bench/ddp_step.sh results with MPS=0 (time-sliced)")
     ap.add_argument("--pcie", nargs="*", default=[], help="bench/pcie_paths.sh results")
     ap.add_argument("--ce", nargs="*", default=[], help="copy-engine SHM settings: collectives and DDP steps (tags tune:)")
+    ap.add_argument("--pcie-loop", nargs="*", default=[], help="bench/pcie_paths.sh PHASES=loop results (several processes at once)")
+    ap.add_argument("--slicing", nargs="*", default=[], help="bench/nccl_slicing.sh results: collectives and DDP steps")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
@@ -199,6 +201,10 @@ def main():
     if a.plain_steps:
         plain_steps_section(a.plain_steps, lines)
     ceiling = paths_section(a.pcie, a.ce, lines) if a.pcie else None
+    if a.pcie_loop:
+        loop_section(a.pcie_loop, lines)
+    if a.slicing:
+        slicing_section(a.slicing, ceiling["ce_one"] if ceiling else limit, lines)
     open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -465,6 +471,8 @@ def paths_section(pcie_paths, ce_paths, lines):
     for p in pcie_paths:
         for line in open(p):
             d = json.loads(line)
+            if str(d.get("mode", "")).startswith("loop_"):
+                continue  # loop_section
             (meas if "mode" in d and "error" not in d else meta).append(d)
     m = next((x for x in meta if "machine" in x), {})
     # The last measurement of a mode and CTA count wins (copy engines run first and last).
@@ -580,6 +588,120 @@ def paths_section(pcie_paths, ce_paths, lines):
                 codes = ",".join(sorted({str(c) for c in d["exit"]}))
                 lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
     return {"got": got, "blocks": blocks, "ce_both": ce_both, "ce_one": ce_one, "shm": shm}
+
+
+def loop_section(files, lines):
+    """Copy engines driven as several leaves drive them (bench/pcie_paths.sh PHASES=loop): the
+    processes of one measurement share start_ms; their rates add up."""
+    groups = defaultdict(list)
+    for p in files:
+        for line in open(p):
+            d = json.loads(line)
+            if str(d.get("mode", "")).startswith("loop_") and "error" not in d:
+                groups[d["start_ms"]].append(d)
+    got = {}
+    for g in groups.values():
+        d = g[0]
+        key = (d["mode"][5:], d["chunk_kib"], d["mps"], int(d["procs"]), d["flows"])
+        late = max(x["late_ms"] for x in g)
+        got[key] = (sum(x["h2d_GBps"] for x in g), sum(x["d2h_GBps"] for x in g), len(g) == int(d["procs"]) and late == 0)
+    if not got:
+        return
+    lines.append("")
+    lines.append("## What the link moves for several leaves at once (bench/pcie_paths.sh, PHASES=loop)")
+    lines.append("")
+    lines.append("Copy engines in a steady stream of copies of one size, as NCCL's SHM transport issues its slices, for 1.5 s from")
+    lines.append("a common start: N processes under MPS with one flow each (a leaf), against one process with N flows. \"both\":")
+    lines.append("each flow copies host to device and device to host on two streams; \"pipe\": each flow copies device to host")
+    lines.append("into a host slot and then, on a second stream, host to device out of it (one SHM connection's order), 4")
+    lines.append("slots per flow. GB/s summed over the processes, host to device / device to host:")
+    lines.append("")
+    ns = sorted({k[3] for k in got} | {k[4] for k in got})
+    lines.append("| flows | copy size | " + " | ".join(f"{n} process{'es' if n > 1 else ''}" for n in ns) + " | " + " | ".join(f"1 process, {n} flows" for n in ns if n > 1) + " |")
+    lines.append("|---|---|" + "---|" * (2 * len(ns) - 1))
+    cell = lambda v: "-" if v is None else (f"{v[0]:.1f} / {v[1]:.1f}" + ("" if v[2] else " (late start)"))  # noqa: E731
+    for (mode, kib) in sorted({(k[0], k[1]) for k in got if k[2]}):
+        procs = [cell(got.get((mode, kib, True, n, 1))) for n in ns]
+        flows = [cell(got.get((mode, kib, True, 1, n))) for n in ns if n > 1]
+        lines.append(f"| {mode} | {kib >> 10} MiB | " + " | ".join(procs) + " | " + " | ".join(flows) + " |")
+    for k, v in sorted(got.items()):
+        if not k[2]:
+            lines.append("")
+            lines.append(f"Without MPS, one process, one flow, {k[0]}, {k[1] >> 10} MiB copies: {cell(v)} GB/s.")
+
+
+def slicing_section(files, ce_one, lines):
+    """Ring slicing (bench/nccl_slicing.sh): the same settings on libraries built with different
+    CHUNKSTEPSxSLICESTEPS (FLEXMIG_BENCH_SLICING=CxS in the setting), side by side per run."""
+    ddp = []
+    runs, _, _ = load(files, ddp=ddp)
+    copies = {}
+    for p in files:
+        for line in open(p):
+            d = json.loads(line)
+            if "pinned_copy_GBs" in d:
+                copies[os.path.basename(p).split(".")[0]] = min(d["pinned_copy_GBs"]["h2d"], d["pinned_copy_GBs"]["d2h"])
+
+    def split(tag):
+        envs = tag[5:].split(",")
+        sl = next(e.split("=")[1] for e in envs if e.startswith("FLEXMIG_BENCH_SLICING="))
+        rest = [e for e in envs if not e.startswith("FLEXMIG_BENCH_SLICING=")]
+        return sl, ("default" if not rest else "`" + " ".join(rest) + "`")
+
+    got = defaultdict(dict)
+    for r in runs:
+        if "FLEXMIG_BENCH_SLICING=" in r.get("tag", ""):
+            sl, setting = split(r["tag"])
+            got[(run_number(r["_file"]), r["_file"], r["ranks"], setting)][sl] = r
+    if not got:
+        return
+    lines.append("")
+    lines.append("## Ring slicing (bench/nccl_slicing.sh)")
+    lines.append("")
+    lines.append("Patched 2.28.9 built with ring all-reduce/all-gather chunks of CHUNKSTEPS steps cut into slices of SLICESTEPS")
+    lines.append("(CxS; 4x2 is NCCL's own, 4x1 is `flexmig-gres-helper nccl install --ring-slice-steps 1`), the same settings side")
+    lines.append("by side (MPS). Bus bandwidth GB/s; % of the issue's bound (copy/k, copy of the same run where it has one, else")
+    lines.append(f"{ce_one:.1f} GB/s from bench/pcie_paths.sh); ratios against 4x2 of the same run and setting:")
+    lines.append("")
+    lines.append("| run | leaves k | setting | slicing | all_reduce 256 MiB | % of bound | all_gather 256 MiB | all_reduce 4 MiB | vs 4x2: all_reduce 256 MiB / all_gather 256 MiB / all_reduce 4 MiB | bytes checked |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for key in sorted(got):
+        _, f, k, setting = key
+        copy = copies.get(f, ce_one)
+        ref = got[key].get("4x2")
+        for sl in sorted(got[key], key=lambda x: (x != "4x2", x)):
+            r = got[key][sl]
+            ar, ag, small = busbw(r, "all_reduce", 256 * MIB), busbw(r, "all_gather", 256 * MIB), busbw(r, "all_reduce", 4 * MIB)
+            if not ar:
+                lines.append(f"| {f} | {k} | {setting} | {sl} | {failure(r)} | - | - | - | - | - |")
+                continue
+            checked = [x.get("correct") for x in r["results"]]
+            check = "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
+            if sl != "4x2" and ref and busbw(ref, "all_reduce", 256 * MIB):
+                rb = [busbw(ref, c, b) for c, b in (("all_reduce", 256 * MIB), ("all_gather", 256 * MIB), ("all_reduce", 4 * MIB))]
+                ratio = " / ".join("-" if not (v and w) else f"{v / w:.2f}" for v, w in zip((ar, ag, small), rb))
+            else:
+                ratio = "-"
+            lines.append(f"| {f} | {k} | {setting} | {sl} | {fmt(ar)} | {100 * k * ar / copy:.0f}% | {fmt(ag)} | {fmt(small)} | {ratio} | {check} |")
+    steps = defaultdict(dict)
+    for d in ddp:
+        if "FLEXMIG_BENCH_SLICING=" in d.get("tag", ""):
+            sl, setting = split(d["tag"])
+            steps[(os.path.basename(d["_file"]).split(".")[0], d["model"], d["ranks"], setting)][sl] = d
+    if steps:
+        lines.append("")
+        lines.append("Training steps on each slicing (DDP, MPS, the plugin's environment with 2 channels; the setting overrides it):")
+        lines.append("")
+        lines.append("| run | model | leaves k | setting | step ms 4x2 | step ms 4x1 | 4x1 / 4x2 | comm 4x2 | comm 4x1 | gradients checked |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for (f, model, k, setting), d in sorted(steps.items()):
+            a, b = d.get("4x2"), d.get("4x1")
+            if not (a and b and "step_s" in a and "step_s" in b):
+                lines.append(f"| {f} | {model} | {k} | {setting} | - | - | - | - | - | failed or missing |")
+                continue
+            grads = "yes" if a.get("grads_ok") and b.get("grads_ok") else ("WRONG" if False in (a.get("grads_ok"), b.get("grads_ok")) else "not checked")
+            lines.append(f"| {f} | {model} | {k} | {setting} | {a['step_s'] * 1e3:.1f} | {b['step_s'] * 1e3:.1f} | {b['step_s'] / a['step_s']:.3f} | "
+                         f"{a['comm_share'] * 100:.0f}% | {b['comm_share'] * 100:.0f}% | {grads} |")
 
 
 def plot_paths(plt, c, path):
