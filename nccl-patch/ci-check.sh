@@ -12,6 +12,7 @@
 #    matching tree is at hand, and checks that a second application is recognised.
 # 3. Compiles the host sources the patch touches with g++ against CUDA 13.0 headers taken from
 #    PyPI wheels (nvidia-cuda-runtime, nvidia-cuda-crt, nvidia-cuda-cccl; downloaded, not installed).
+# 4. Does the same for a copy patched with `--ring-slice-steps 1` (the two host sources that use it).
 #
 # Environment: FLEXMIG_HELPER (the helper binary; default: cargo build), WORK (default
 # /tmp/flexmig-nccl-ci, recreated each run), CACHE (wheels; default /var/tmp/flexmig-nccl-ci-cache).
@@ -155,6 +156,28 @@ grep -q "flexmig-mig-patch/" "$WORK/build/obj/init.o" && pass "init.o carries th
 if grep -q "flexmig-shm-ce/1" "$REPO/nccl-patch/nccl-$VERSION.patch"; then
   grep -q "flexmig-shm-ce/1" "$WORK/build/obj/transport/shm.o" && pass "shm.o carries the copy-engine (flexmig-shm-ce/1) marker" \
     || fail "no flexmig-shm-ce/1 marker in shm.o"
+fi
+
+# --- 4. the 1-step ring slicing (`--ring-slice-steps 1`): the header rewritten, and the host sources
+# that use it compile and carry the marker for `nccl status`
+if "$HELPER" nccl install --source "$TARBALL" --prefix "$WORK/prefix-slices" --patch-only --ring-slice-steps 1 >"$WORK/slices.log" 2>&1; then
+  STREE=$WORK/prefix-slices/src/nccl-$VERSION
+  H=$STREE/src/include/collectives.h
+  if grep -q "^#define ALLREDUCE_SLICESTEPS 1 " "$H" && grep -q "^#define ALLGATHER_SLICESTEPS 1 " "$H"; then
+    pass "--ring-slice-steps 1 rewrote the slice constants in collectives.h"
+  else
+    fail "--ring-slice-steps 1 left collectives.h as it was"
+  fi
+  SOBJS=("$WORK/build-slices/obj/collectives.o" "$WORK/build-slices/obj/enqueue.o")
+  if make -C "$STREE/src" -j"$(nproc)" CUDA_HOME="$CUDA_HOME_WHEEL" CUDA_VERSION=13.0 NVCC=/bin/false \
+       BUILDDIR="$WORK/build-slices" "${SOBJS[@]}" >"$WORK/compile-slices.log" 2>&1 \
+     && grep -q "flexmig-ring-slice-steps=1" "${SOBJS[1]}"; then
+    pass "with --ring-slice-steps 1, g++ compiled collectives.cc and enqueue.cc, which carry its marker"
+  else
+    grep -E "error|Error" "$WORK/compile-slices.log" | head -20; fail "compiling with --ring-slice-steps 1"
+  fi
+else
+  tail -5 "$WORK/slices.log"; fail "installer --patch-only --ring-slice-steps 1"
 fi
 
 finish
