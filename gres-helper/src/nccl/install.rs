@@ -391,7 +391,10 @@ mod tests {
             assert_eq!(out.matches("SLICESTEPS 1").count(), 2, "{out}");
             // Inside the include guard: right after the all-gather define, before the rest.
             let marker = out.find(RING_SLICE_MARKER).unwrap();
-            assert!(marker > out.find("#define ALLGATHER_SLICESTEPS").unwrap() && marker < out.find("#define REDUCESCATTER").unwrap(), "{out}");
+            assert!(
+                marker > out.find("#define ALLGATHER_SLICESTEPS").unwrap() && marker < out.find("#define REDUCESCATTER").unwrap(),
+                "{out}"
+            );
         }
     }
 
