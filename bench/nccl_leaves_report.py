@@ -203,8 +203,7 @@ def main():
     ceiling = paths_section(a.pcie, a.ce, lines) if a.pcie else None
     if a.pcie_loop:
         loop_section(a.pcie_loop, lines)
-    if a.slicing:
-        slicing_section(a.slicing, ceiling["ce_one"] if ceiling else limit, lines)
+    slicing = slicing_section(a.slicing, ceiling["ce_one"] if ceiling else limit, lines) if a.slicing else None
     open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -237,6 +236,8 @@ def main():
         plot_ddp(plt, os.path.join(a.out, "ddp-step.png"))
     if ceiling:
         plot_paths(plt, ceiling, os.path.join(a.out, "pcie-paths.png"))
+    if slicing:
+        plot_slicing(plt, slicing, os.path.join(a.out, "slicing.png"))
 
 
 def spread_bound(copy_each_way, k, gpus):
@@ -663,6 +664,7 @@ def slicing_section(files, ce_one, lines):
     lines.append("by side (MPS). Bus bandwidth GB/s; % of the issue's bound (copy/k, copy of the same run where it has one, else")
     lines.append(f"{ce_one:.1f} GB/s from bench/pcie_paths.sh); ratios against 4x2 of the same run and setting:")
     lines.append("")
+    shares = {}
     lines.append("| run | leaves k | setting | slicing | all_reduce 256 MiB | % of bound | all_gather 256 MiB | all_reduce 4 MiB | vs 4x2: all_reduce 256 MiB / all_gather 256 MiB / all_reduce 4 MiB | bytes checked |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for key in sorted(got):
@@ -683,6 +685,7 @@ def slicing_section(files, ce_one, lines):
             else:
                 ratio = "-"
             lines.append(f"| {f} | {k} | {setting} | {sl} | {fmt(ar)} | {100 * k * ar / copy:.0f}% | {fmt(ag)} | {fmt(small)} | {ratio} | {check} |")
+            shares[(f, k, setting, sl)] = 100 * k * ar / copy
     steps = defaultdict(dict)
     for d in ddp:
         if "FLEXMIG_BENCH_SLICING=" in d.get("tag", ""):
@@ -702,6 +705,36 @@ def slicing_section(files, ce_one, lines):
             grads = "yes" if a.get("grads_ok") and b.get("grads_ok") else ("WRONG" if False in (a.get("grads_ok"), b.get("grads_ok")) else "not checked")
             lines.append(f"| {f} | {model} | {k} | {setting} | {a['step_s'] * 1e3:.1f} | {b['step_s'] * 1e3:.1f} | {b['step_s'] / a['step_s']:.3f} | "
                          f"{a['comm_share'] * 100:.0f}% | {b['comm_share'] * 100:.0f}% | {grads} |")
+    return shares
+
+
+def plot_slicing(plt, shares, path):
+    """The last slicing run with a default: per k, the share of the issue's bound of the default
+    (SM path) and of the best copy-engine setting, for each slicing, against the 80% target."""
+    last = max((f for f, _, s, _ in shares if s == "default"), key=run_number)
+    ks = sorted({k for f, k, _, _ in shares if f == last})
+    bars = []
+    for sl in ("4x2", "4x1"):
+        bars.append((f"SM path (default), {sl}", [shares.get((last, k, "default", sl), 0) for k in ks]))
+        best = [max((v for (f, kk, s, x), v in shares.items() if f == last and kk == k and x == sl and s != "default"), default=0) for k in ks]
+        bars.append((f"copy engines, best setting, {sl}", best))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.2
+    for i, (label, ys) in enumerate(bars):
+        xs = [j + (i - 1.5) * width for j in range(len(ks))]
+        ax.bar(xs, ys, width, label=label)
+        for x, y in zip(xs, ys):
+            ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
+    ax.axhline(80, color="gray", ls="--", lw=1, label="issue's target (80%)")
+    ax.set_xticks(range(len(ks)), [f"{k} leaves" for k in ks])
+    ax.set_ylabel("% of the bound copy/k (all_reduce, 256 MiB)")
+    ax.set_ylim(0, 118)
+    ax.set_title(f"Ring slicing, NCCL's 4x2 against 1-step 4x1 ({last}, MPS)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print("wrote", path)
 
 
 def plot_paths(plt, c, path):
