@@ -9,7 +9,9 @@
 #            install` (arch from nvidia-smi), preloads it into PyTorch and runs 2, 4 and 7 ranks
 #            through all_reduce, all_gather, reduce_scatter, broadcast and send/recv, checking
 #            results exactly and requiring SHM (no P2P) in the NCCL_DEBUG=INFO log; then the
-#            refusals: the same MIG id twice, no MIG id (stock behaviour), PyTorch's stock 2.28.9.
+#            refusals: CUDA graphs and CUDA_LAUNCH_BLOCKING=1 with copy-engine SHM (also on a split
+#            communicator that shares its parent's connections), the same MIG id twice, no MIG id
+#            (stock behaviour), PyTorch's stock 2.28.9.
 #   new      builds the newest stock NCCL >= 2.30 (`--no-patch`) and runs the same cases with
 #            NCCL_MULTI_RANK_GPU_ENABLE=1 (which the plugin exports), recording the transport.
 #   extra    builds patched 2.29.7 and the P2P-guard patch of 2.30.x and runs 2 and 4 ranks each.
@@ -113,6 +115,16 @@ if part patched && [ -n "${PREFIX[patched-2.28.9]:-}" ]; then
   for n in 2 4 7; do
     case_ "patched-2.28.9-$n" "$n" ok --preload "$L" --mig-ids distinct --require-shm
   done
+  # Copy-engine SHM driven from the rank's thread (hunk 9): CUDA graphs and CUDA_LAUNCH_BLOCKING=1
+  # would push its work from a host callback, so NCCL refuses them by name, also on a communicator
+  # split from one whose connections it shares (without that, the split's capture succeeded and its
+  # replay failed with "operation not permitted" in the host callback and hung).
+  CE=(--env NCCL_SHM_USE_CUDA_MEMCPY=1 --env NCCL_SHM_MEMCPY_MODE=3)
+  REFUSED="fail:which CUDA graphs and CUDA_LAUNCH_BLOCKING=1 do not allow"
+  case_ patched-graph-ce 2 "$REFUSED" --preload "$L" --mig-ids distinct "${CE[@]}" --env FLEXMIG_SCENARIO=graph
+  case_ patched-split-graph-ce 2 "$REFUSED" --preload "$L" --mig-ids distinct "${CE[@]}" --env FLEXMIG_SCENARIO=split-graph \
+    --env NCCL_COMM_SPLIT_SHARE_RESOURCES=1
+  case_ patched-launch-blocking-ce 2 "$REFUSED" --preload "$L" --mig-ids distinct "${CE[@]}" --env CUDA_LAUNCH_BLOCKING=1
   case_ patched-same-mig-id 2 "fail:Duplicate GPU detected" --preload "$L" --mig-ids same
   case_ patched-no-mig-id 2 "fail:Duplicate GPU detected" --preload "$L" --mig-ids none
   case_ stock-2.28.9-torch 2 "fail:Duplicate GPU detected" --mig-ids distinct

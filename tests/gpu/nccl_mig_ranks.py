@@ -4,6 +4,7 @@ all_reduce, all_gather, reduce_scatter, broadcast and send/recv results exactly.
 
 Driver:  nccl_mig_ranks.py run --ranks 4 --label patched-4 --log DIR [--preload LIB]
          [--mig-ids distinct|same|none] [--env K=V ...] [--unset VAR ...] [--expect ok|fail:TEXT] [--gpus G]
+         (--env FLEXMIG_SCENARIO=graph|split-graph: CUDA graph capture instead of the collectives; see graph_worker)
 Worker:  started by the driver with RANK/WORLD_SIZE/... in its environment.
 
 The driver prints one summary line:
@@ -22,6 +23,56 @@ sys.path.insert(0, os.path.dirname(HERE))
 import leaf_launch  # noqa: E402
 
 
+def graph_worker(scenario, rank, n, dev):
+    """FLEXMIG_SCENARIO=graph: an all_reduce checked eagerly, then captured in a CUDA graph and replayed
+    (checked); split-graph: the same on a communicator split from the world one (ncclCommSplit, which
+    shares the parent's connections under NCCL_COMM_SPLIT_SHARE_RESOURCES=1). A capture NCCL refuses
+    prints CAPTURE_REFUSED and exits 4."""
+    import torch
+    import torch.distributed as dist
+
+    m = 1 << 20
+    want = torch.arange(m, device=dev, dtype=torch.float32) % 1024 * (n * (n + 1) // 2)
+    x = torch.arange(m, device=dev, dtype=torch.float32) % 1024 * (rank + 1)
+    # The world communicator connects first (NCCL connects at the first collective), so that a split
+    # that shares resources reuses these connections instead of making its own.
+    dist.all_reduce(x)
+    checks = {"eager_all_reduce": torch.equal(x, want)}
+    group = dist.new_group(list(range(n))) if scenario == "split-graph" else None
+    if group is not None:
+        x = torch.arange(m, device=dev, dtype=torch.float32) % 1024 * (rank + 1)
+        dist.all_reduce(x, group=group)
+        checks["split_all_reduce"] = torch.equal(x, want)
+    torch.cuda.synchronize()
+    print(f"rank {rank}: eager all_reduce {checks}", flush=True)
+    y = torch.empty(m, device=dev, dtype=torch.float32)
+    # Warm up on a side stream, as PyTorch's CUDA graph notes ask for NCCL, then capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        dist.all_reduce(y, group=group)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):
+            dist.all_reduce(y, group=group)
+    except Exception as e:  # noqa: BLE001 (whatever torch raises for an NCCL error)
+        print(f"rank {rank}: CAPTURE_REFUSED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        os._exit(4)  # the communicator is in an error state: no orderly teardown
+    print(f"rank {rank}: captured", flush=True)
+    for _ in range(2):
+        y.copy_(torch.arange(m, device=dev, dtype=torch.float32) % 1024 * (rank + 1))
+        g.replay()
+    torch.cuda.synchronize()
+    checks["graph_all_reduce"] = torch.equal(y, want)
+    ver = ".".join(str(v) for v in torch.cuda.nccl.version())
+    dist.barrier()
+    dist.destroy_process_group()
+    print("RESULT " + json.dumps({"rank": rank, "nccl": ver, "checks": checks, "busbw": 0.0}), flush=True)
+    sys.exit(0 if all(checks.values()) else 3)
+
+
 def worker():
     import torch
     import torch.distributed as dist
@@ -31,6 +82,9 @@ def worker():
     dev = torch.device("cuda", 0)
     torch.cuda.set_device(dev)
     dist.init_process_group("nccl", device_id=dev)  # eager NCCL init: duplicate checks fire here
+    scenario = os.environ.get("FLEXMIG_SCENARIO", "")
+    if scenario:
+        return graph_worker(scenario, rank, n, dev)
     ver = ".".join(str(x) for x in torch.cuda.nccl.version())
     checks = {}
 
