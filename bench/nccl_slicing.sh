@@ -57,12 +57,17 @@ echo "nccl_slicing: builds done in $(($(date +%s) - t0)) s"
 [ "${COPY:-1}" = 0 ] || PHASES=copy FLEXMIG_HELPER="$HELPER" bash "$REPO/bench/nccl_leaves.sh"
 M3=NCCL_SHM_USE_CUDA_MEMCPY=1,NCCL_SHM_MEMCPY_MODE=3
 SETTINGS=${TUNE:-"base $M3,NCCL_BUFFSIZE=33554432,NCCL_MAX_NCHANNELS=2 $M3,NCCL_BUFFSIZE=67108864,NCCL_MAX_NCHANNELS=1"}
+# The settings for slicing $1, each naming the library (FLEXMIG_BENCH_SLICING, inert).
+tagged() {
+  local s out=""
+  for s in $SETTINGS; do
+    if [ "$s" = base ]; then out+=" FLEXMIG_BENCH_SLICING=$1"; else out+=" $s,FLEXMIG_BENCH_SLICING=$1"; fi
+  done
+  echo "$out"
+}
 for v in $SLICINGS; do
   [ "${COLLS:-1}" = 0 ] && break
-  tune=""
-  for s in $SETTINGS; do
-    if [ "$s" = base ]; then tune+=" FLEXMIG_BENCH_SLICING=$v"; else tune+=" $s,FLEXMIG_BENCH_SLICING=$v"; fi
-  done
+  tune=$(tagged "$v")
   PATCHED_LIB=$(lib "$v") PHASES=tune MODES=mps TUNE_RANKS="${TUNE_RANKS:-2}" TUNE_COLLS="${TUNE_COLLS:-all_reduce,all_gather}" \
     TIMEOUT="${TIMEOUT:-60}" TUNE="$tune" FLEXMIG_HELPER="$HELPER" bash "$REPO/bench/nccl_leaves.sh"
 done
@@ -70,10 +75,7 @@ done
 # channels) and the settings above, over DDP_RANKS leaves.
 if [ -n "${DDP_MODELS:-}" ]; then
   for v in $SLICINGS; do
-    tune=""
-    for s in $SETTINGS; do
-      if [ "$s" = base ]; then tune+=" FLEXMIG_BENCH_SLICING=$v"; else tune+=" $s,FLEXMIG_BENCH_SLICING=$v"; fi
-    done
+    tune=$(tagged "$v")
     PATCHED_LIB=$(lib "$v") MODELS="$DDP_MODELS" RANKS="${DDP_RANKS:-2 7}" VARIANTS="" PLUGIN_MAX_CHANNELS=2 TIMEOUT="${TIMEOUT:-60}" \
       TUNE="$tune" FLEXMIG_HELPER="$HELPER" bash "$REPO/bench/ddp_step.sh"
   done
