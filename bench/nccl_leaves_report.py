@@ -393,6 +393,12 @@ def failure(r):
     return "failed: " + (err[:80] if len(err) > 3 else "no result")
 
 
+def bytes_checked(r):
+    """Whether a collective run verified its results: yes, WRONG, or not checked (runs before run16)."""
+    checked = [x.get("correct") for x in r["results"]]
+    return "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
+
+
 def ce_label(path, r):
     """The path's short name; copy engines driven from the rank's own thread (flexmig's patch,
     run21 on) are marked."""
@@ -552,8 +558,7 @@ def paths_section(pcie_paths, ce_paths, lines):
                 path = shm_path(setting)
                 name = "default" if setting == "base" else "`" + setting.replace(",", " ") + "`"
                 v = busbw(r, "all_reduce", 256 * MIB)
-                checked = [x.get("correct") for x in r["results"]]
-                check = "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
+                check = bytes_checked(r)
                 if not v:
                     lines.append(f"| {f} | {k} | {name} | {ce_label(path, r)} | {failure(r)} | - | - | - | - |")
                     continue
@@ -677,8 +682,7 @@ def slicing_section(files, ce_one, lines):
             if not ar:
                 lines.append(f"| {f} | {k} | {setting} | {sl} | {failure(r)} | - | - | - | - | - |")
                 continue
-            checked = [x.get("correct") for x in r["results"]]
-            check = "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
+            check = bytes_checked(r)
             if sl != "4x2" and ref and busbw(ref, "all_reduce", 256 * MIB):
                 rb = [busbw(ref, c, b) for c, b in (("all_reduce", 256 * MIB), ("all_gather", 256 * MIB), ("all_reduce", 4 * MIB))]
                 ratio = " / ".join("-" if not (v and w) else f"{v / w:.2f}" for v, w in zip((ar, ag, small), rb))
