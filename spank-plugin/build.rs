@@ -1,5 +1,6 @@
-//! Generates the Rust bindings to `slurm/spank.h` and stamps the plugin with the version of
-//! the Slurm it is built against (the plugin loader refuses a plugin of another major.minor).
+//! Generates the Rust bindings to `slurm/spank.h` (which also stamp the plugin with the version
+//! of the Slurm it is built against: the plugin loader refuses a plugin of another major.minor),
+//! and turns that version into cfgs for what differs between releases.
 //!
 //! `SLURM_INCLUDE_DIR` points at the directory holding `slurm/spank.h` (default `/usr/include`).
 
@@ -48,7 +49,7 @@ fn main() {
         .expect("the C preprocessor could not read slurm/slurm.h (install libslurm-dev)");
     let text = String::from_utf8_lossy(&expanded);
     let batch = macro_value(&text, "flexmig_batch_script");
-    let version = macro_value(&text, "flexmig_slurm_version");
+    let version = parse_c_int(&macro_value(&text, "flexmig_slurm_version"));
     println!("cargo:rerun-if-changed=consts.c");
     std::fs::write(
         out.join("slurm_consts.rs"),
@@ -58,8 +59,16 @@ fn main() {
         ),
     )
     .unwrap();
-    let v: u64 = parse_c_int(&version);
-    println!("cargo:rustc-env=FLEXMIG_SLURM_VERSION={}.{}.{}", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff);
+    // Slurm 25.05 lets a plugin choose what its failing init does (slurm_spank_init_failure_mode).
+    println!("cargo::rustc-check-cfg=cfg(flexmig_init_failure_mode)");
+    if version >= slurm_version(25, 5) {
+        println!("cargo:rustc-cfg=flexmig_init_failure_mode");
+    }
+}
+
+/// SLURM_VERSION_NUMBER of a release (SLURM_VERSION_NUM in slurm_version.h).
+fn slurm_version(major: u64, minor: u64) -> u64 {
+    (major << 16) | (minor << 8)
 }
 
 fn macro_value(expanded: &str, key: &str) -> String {

@@ -22,7 +22,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut gpus = 1u32;
     let mut tasks = 1u32;
     let mut channels = "off".to_string();
@@ -33,11 +33,11 @@ fn run() -> Result<(), String> {
             "--gpus" => gpus = value()?.parse().map_err(|e| format!("--gpus: {e}"))?,
             "--tasks" => tasks = value()?.parse().map_err(|e| format!("--tasks: {e}"))?,
             "--max-channels" => channels = value()?,
-            _ => return Err(format!("unknown argument {a}; use --gpus G --tasks K [--max-channels N|off]")),
+            _ => return Err(format!("unknown argument {a}; use --gpus G --tasks K [--max-channels N|off]").into()),
         }
     }
     if gpus == 0 || tasks == 0 || tasks > 7 * gpus {
-        return Err(format!("--tasks {tasks}: {gpus} GPUs have 1..={} leaves", 7 * gpus));
+        return Err(format!("--tasks {tasks}: {gpus} GPUs have 1..={} leaves", 7 * gpus).into());
     }
     let mut inv = Inventory::new();
     let mut gres = 0;
@@ -70,6 +70,7 @@ fn run() -> Result<(), String> {
             local_task_count: tasks,
             global_task_id: t,
             total_task_count: tasks,
+            step_gpus: None,
         };
         let env = |k: &str| match k {
             "SLURM_STEP_GPUS" => Some(step_gpus.join(",")),

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use leaf_model::{Inventory, Leaf};
 
 use crate::config::{Mode, PluginArgs};
+use crate::error::{Error, Result};
 use crate::hostlist;
 
 /// What Slurm tells the plugin about the task being started.
@@ -21,6 +22,22 @@ pub struct TaskView {
     pub local_task_count: u32,
     pub global_task_id: u32,
     pub total_task_count: u32,
+    /// The step's GPUs (`SLURM_STEP_GPUS`, `SLURM_JOB_GPUS` for the batch script) as slurmstepd
+    /// set them for the whole step, before per-task GPU binding (`--gpus-per-task`,
+    /// `--gpu-bind`) narrowed them to the task's own; None where that is not known (then the
+    /// task's list is the step's).
+    pub step_gpus: Option<String>,
+}
+
+impl TaskView {
+    /// The variable Slurm lists the allocated GRES indices in.
+    pub fn gpu_var(&self) -> &'static str {
+        if self.is_batch {
+            "SLURM_JOB_GPUS"
+        } else {
+            "SLURM_STEP_GPUS"
+        }
+    }
 }
 
 /// One change to the task's environment.
@@ -46,7 +63,7 @@ pub const TORCH_VARS: [&str; 6] = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WO
 ///
 /// # Errors
 /// Anything that is not a comma-separated list of indices or ascending ranges.
-pub fn parse_index_list(s: &str) -> Result<Vec<u32>, String> {
+pub fn parse_index_list(s: &str) -> std::result::Result<Vec<u32>, String> {
     let mut out = Vec::new();
     for part in s.split(',') {
         let part = part.trim();
@@ -71,26 +88,20 @@ pub fn parse_index_list(s: &str) -> Result<Vec<u32>, String> {
 ///
 /// # Errors
 /// An index with no leaf in the inventory, or an index given twice.
-pub fn balanced_leaves<'a>(
-    inv: &'a Inventory,
-    indices: &[u32],
-    var: &str,
-    list: &str,
-    inventory_path: &str,
-) -> Result<Vec<&'a Leaf>, String> {
+pub fn balanced_leaves<'a>(inv: &'a Inventory, indices: &[u32], var: &str, list: &str, inventory_path: &str) -> Result<Vec<&'a Leaf>> {
     let mut seen = BTreeSet::new();
     let mut per_gpu: BTreeMap<u32, Vec<&Leaf>> = BTreeMap::new();
     for &i in indices {
         if !seen.insert(i) {
-            return Err(format!(
-                "flexmig: GRES index {i} appears twice in {var}={list}; refusing to bind two ranks to one MIG leaf (report this to the Slurm admin)"
-            ));
+            return Err(Error::node(format!(
+                "GRES index {i} appears twice in {var}={list}; refusing to bind two ranks to one MIG leaf (report this to the Slurm admin)"
+            )));
         }
         let leaf = inv.leaf_by_gres_index(i).ok_or_else(|| {
-            format!(
-                "flexmig: GRES index {i} (from {var}={list}) has no MIG leaf in the node inventory {inventory_path}: \
+            Error::node(format!(
+                "GRES index {i} (from {var}={list}) has no MIG leaf in the node inventory {inventory_path}: \
                  the inventory and gres.conf disagree; the admin should run `flexmig-gres-helper verify` on this node"
-            )
+            ))
         })?;
         per_gpu.entry(leaf.gpu).or_default().push(leaf);
     }
@@ -130,8 +141,40 @@ fn preload_with(lib: &str, existing: Option<&str>) -> Option<String> {
     }
 }
 
-/// Everything the plugin decides for one task, given the mode, the plugstack arguments,
-/// the node inventory and the job environment (`env`).
+/// Variables that only flexmig sets: present in a step's environment, they come from an outer
+/// flexmig view (the batch script of `sbatch --flexmig`, a `--flexmig=node` launcher).
+const RANK_VIEW: [&str; 3] = ["FLEXMIG_LEAF", "FLEXMIG_GPU", "FLEXMIG_PROFILE"];
+const NODE_VIEW: [&str; 3] = ["FLEXMIG_LEAVES", "FLEXMIG_GPUS", "FLEXMIG_PROFILES"];
+
+/// The step's leaves as listed in `var` (task-time value), balanced across GPUs.
+fn allocated<'a>(args: &PluginArgs, inv: &'a Inventory, task: &TaskView, list: Option<String>, node: &str) -> Result<Vec<&'a Leaf>> {
+    let var = task.gpu_var();
+    let list = list.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        Error::step(format!(
+            "no GPUs are allocated to this {} on {node} ({var} is not set): ask for MIG leaves with \
+             --gres=mig:N (or --gres=gpu:<profile>:N) in sbatch/srun, or run without --flexmig (--flexmig=off for a step inside an `sbatch --flexmig` job)",
+            if task.is_batch { "batch script" } else { "step" }
+        ))
+    })?;
+    let indices = parse_index_list(&list).map_err(|e| Error::slurm(format!("cannot read {var}={list} on {node}: {e}")))?;
+    balanced_leaves(inv, &indices, var, &list, &args.inventory.display().to_string())
+}
+
+/// The leaves whose lock files root opens for a task (in task_init_privileged): every leaf of the
+/// step, since per-task GPU binding picks among them only later; none for the batch script,
+/// which binds nothing, and none without a binding mode.
+///
+/// # Errors
+/// As [`plan_task`] for the step's GPU list.
+pub fn leaves_to_lock(mode: Mode, args: &PluginArgs, inv: &Inventory, task: &TaskView, node: &str) -> Result<Vec<String>> {
+    if mode == Mode::Off || task.is_batch {
+        return Ok(Vec::new());
+    }
+    Ok(allocated(args, inv, task, task.step_gpus.clone(), node)?.iter().map(|l| l.uuid.clone()).collect())
+}
+
+/// Everything the plugin decides for one task, given the mode, the plugstack arguments, the node
+/// inventory and the job environment (`env`, as the task will see it).
 ///
 /// # Errors
 /// A message for the user saying what is wrong and what to do.
@@ -141,128 +184,199 @@ pub fn plan_task(
     inv: &Inventory,
     task: &TaskView,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<TaskPlan, String> {
+) -> Result<TaskPlan> {
+    let mut plan = Plan { env, out: Vec::new() };
     if mode == Mode::Off {
-        return Ok(TaskPlan::default());
+        plan.drop_inherited_view(args);
+        return Ok(TaskPlan { env: plan.out, exclusive: Vec::new() });
     }
     let node = env("SLURMD_NODENAME").unwrap_or_else(|| "this node".into());
-    let var = if task.is_batch { "SLURM_JOB_GPUS" } else { "SLURM_STEP_GPUS" };
-    let list = env(var).filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-        format!(
-            "flexmig: no GPUs are allocated to this {} on {node} ({var} is not set): ask for MIG leaves with \
-             --gres=mig:N (or --gres=gpu:<profile>:N) in sbatch/srun, or run without --flexmig (--flexmig=off for a step inside an `sbatch --flexmig` job)",
-            if task.is_batch { "batch script" } else { "step" }
-        )
-    })?;
-    let indices = parse_index_list(&list).map_err(|e| format!("flexmig: cannot read {var}={list} on {node}: {e}"))?;
-    let inv_path = args.inventory.display().to_string();
-    let leaves = balanced_leaves(inv, &indices, var, &list, &inv_path)?;
-    let mut out = Vec::new();
-    let mut exclusive = Vec::new();
-    let set = |out: &mut Vec<EnvChange>, k: &str, v: String| out.push(EnvChange::Set(k.to_string(), v));
-    let set_default = |out: &mut Vec<EnvChange>, k: &str, v: String| {
-        if env(k).is_none() {
-            out.push(EnvChange::Set(k.to_string(), v));
-        }
+    let var = task.gpu_var();
+    let task_list = env(var);
+    let leaves = allocated(args, inv, task, task_list.clone(), &node)?;
+    // Per-task GPU binding narrowed the task's list: Slurm chose the task's leaves itself.
+    let bound_by_slurm = match (&task.step_gpus, &task_list) {
+        (Some(step), Some(own)) => index_set(step) != index_set(own),
+        _ => false,
     };
-    let first_node = || {
-        ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"].iter().find_map(|v| env(v).and_then(|l| hostlist::first_host(&l)))
+    let exclusive = if task.is_batch || mode == Mode::Node {
+        plan.node_view(args, task, &leaves, &node)?
+    } else {
+        let leaf = if bound_by_slurm {
+            leaves[0]
+        } else {
+            if task.local_task_count as usize > leaves.len() {
+                let list = task_list.unwrap_or_default();
+                let n = leaves.len();
+                return Err(Error::step(format!(
+                    "this step has {} tasks on {node} but only {n} MIG leaves ({var}={list}), so task {n} and up would have no leaf: \
+                     ask for --gres=mig:{} or run at most {n} tasks per node (--ntasks-per-node={n})",
+                    task.local_task_count, task.local_task_count,
+                )));
+            }
+            leaves[task.local_task_id as usize]
+        };
+        plan.rank_view(args, task, leaf, &node)?
     };
+    plan.nccl_channels(args, task);
+    plan.nccl_preload(args, &node)?;
+    Ok(TaskPlan { env: plan.out, exclusive })
+}
 
-    let node_view = task.is_batch || mode == Mode::Node;
-    if node_view {
+fn index_set(list: &str) -> Option<BTreeSet<u32>> {
+    parse_index_list(list).ok().map(|v| v.into_iter().collect())
+}
+
+/// The environment changes of one task, as they are decided.
+struct Plan<'e> {
+    env: &'e dyn Fn(&str) -> Option<String>,
+    out: Vec<EnvChange>,
+}
+
+impl Plan<'_> {
+    fn set(&mut self, k: &str, v: impl Into<String>) {
+        self.out.push(EnvChange::Set(k.to_string(), v.into()));
+    }
+
+    /// Sets `k` unless the user did (and the value is the user's own, `keep_users`).
+    fn set_unless_users(&mut self, k: &str, v: impl Into<String>, keep_users: bool) {
+        if !(keep_users && (self.env)(k).is_some()) {
+            self.set(k, v);
+        }
+    }
+
+    fn unset_present(&mut self, vars: &[&str]) {
+        for v in vars {
+            if (self.env)(v).is_some() {
+                self.out.push(EnvChange::Unset(v.to_string()));
+            }
+        }
+    }
+
+    fn first_node(&self, node: &str) -> Result<String> {
+        ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"]
+            .iter()
+            .find_map(|v| (self.env)(v).and_then(|l| hostlist::first_host(&l)))
+            .ok_or_else(|| {
+                Error::slurm(format!("cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed"))
+            })
+    }
+
+    /// One leaf for the task: its device, its MIG id and the torch.distributed variables.
+    fn rank_view(&mut self, args: &PluginArgs, task: &TaskView, leaf: &Leaf, node: &str) -> Result<Vec<String>> {
+        // An outer node view (the batch script's) names leaves this task does not hold.
+        self.unset_present(&NODE_VIEW);
+        self.set("CUDA_VISIBLE_DEVICES", leaf.cuda_device());
+        self.set("NCCL_MIG_ID", leaf.uuid.clone());
+        self.set("NCCL_MULTI_RANK_GPU_ENABLE", "1");
+        self.set("FLEXMIG_LEAF", leaf.uuid.clone());
+        self.set("FLEXMIG_GPU", leaf.gpu.to_string());
+        self.set("FLEXMIG_PROFILE", leaf.profile.clone());
+        if args.torch_env {
+            let addr = self.first_node(node)?;
+            // srun gives every task the same environment, so in a step of several tasks a rank
+            // or size that is already set was inherited (srun run from inside a torchrun
+            // worker, say) and is wrong for all tasks but at most one: Slurm's values win.
+            let users = task.total_task_count <= 1;
+            self.set_unless_users("RANK", task.global_task_id.to_string(), users);
+            self.set_unless_users("WORLD_SIZE", task.total_task_count.to_string(), users);
+            self.set_unless_users("LOCAL_RANK", task.local_task_id.to_string(), users);
+            self.set_unless_users("LOCAL_WORLD_SIZE", task.local_task_count.to_string(), users);
+            self.set_unless_users("MASTER_ADDR", addr, true);
+            self.set_unless_users("MASTER_PORT", master_port(task.job_id, task.step_id, args.master_ports).to_string(), true);
+        }
+        Ok(vec![leaf.uuid.clone()])
+    }
+
+    /// All of the node's leaves for one process (a launcher such as torchrun, or the batch
+    /// script, whose inner steps bind the leaves).
+    fn node_view(&mut self, args: &PluginArgs, task: &TaskView, leaves: &[&Leaf], node: &str) -> Result<Vec<String>> {
         if !task.is_batch && task.local_task_count > 1 {
-            return Err(format!(
-                "flexmig: --flexmig=node runs one task per node that gets all of the node's leaves, but this step has \
+            return Err(Error::step(format!(
+                "--flexmig=node runs one task per node that gets all of the node's leaves, but this step has \
                  {} tasks on {node}: use `srun --ntasks-per-node=1 --flexmig=node` (or --flexmig for one leaf per task)",
                 task.local_task_count
-            ));
+            )));
         }
+        self.unset_present(&RANK_VIEW);
         let join = |f: &dyn Fn(&Leaf) -> String| leaves.iter().map(|l| f(l)).collect::<Vec<_>>().join(",");
-        set(&mut out, "CUDA_VISIBLE_DEVICES", join(&|l| l.cuda_device().to_string()));
-        set(&mut out, "FLEXMIG_LEAVES", join(&|l| l.uuid.clone()));
-        set(&mut out, "FLEXMIG_GPUS", join(&|l| l.gpu.to_string()));
-        set(&mut out, "FLEXMIG_PROFILES", join(&|l| l.profile.clone()));
-        set(&mut out, "NCCL_MULTI_RANK_GPU_ENABLE", "1".into());
-        if !task.is_batch {
-            // The batch script only launches steps; those bind the leaves.
-            exclusive = leaves.iter().map(|l| l.uuid.clone()).collect();
-        }
+        self.set("CUDA_VISIBLE_DEVICES", join(&|l| l.cuda_device().to_string()));
+        self.set("FLEXMIG_LEAVES", join(&|l| l.uuid.clone()));
+        self.set("FLEXMIG_GPUS", join(&|l| l.gpu.to_string()));
+        self.set("FLEXMIG_PROFILES", join(&|l| l.profile.clone()));
+        self.set("NCCL_MULTI_RANK_GPU_ENABLE", "1");
         // One process holds several leaves: a single NCCL_MIG_ID would be wrong for its workers.
-        if env("NCCL_MIG_ID").is_some() {
-            out.push(EnvChange::Unset("NCCL_MIG_ID".into()));
+        self.unset_present(&["NCCL_MIG_ID"]);
+        if task.is_batch {
+            return Ok(Vec::new()); // the batch script only launches steps; those bind the leaves
         }
-        if !task.is_batch && args.torch_env {
-            let addr = first_node().ok_or_else(|| {
-                format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed")
-            })?;
+        if args.torch_env {
+            let addr = self.first_node(node)?;
             let port = master_port(task.job_id, task.step_id, args.master_ports).to_string();
             let n = leaves.len().to_string();
-            set_default(&mut out, "MASTER_ADDR", addr.clone());
-            set_default(&mut out, "MASTER_PORT", port.clone());
-            set_default(&mut out, "LOCAL_WORLD_SIZE", n.clone());
-            set_default(&mut out, "NODE_RANK", task.node_id.to_string());
+            // As in rank_view: with several tasks an inherited node rank is wrong for most.
+            let users = task.total_task_count <= 1;
+            self.set_unless_users("MASTER_ADDR", addr.clone(), true);
+            self.set_unless_users("MASTER_PORT", port.clone(), true);
+            self.set_unless_users("LOCAL_WORLD_SIZE", n.clone(), true);
+            self.set_unless_users("NODE_RANK", task.node_id.to_string(), users);
             // torchrun reads its options from PET_* variables.
-            set_default(&mut out, "PET_NPROC_PER_NODE", n);
-            set_default(&mut out, "PET_NNODES", task.nnodes.to_string());
-            set_default(&mut out, "PET_NODE_RANK", task.node_id.to_string());
-            set_default(&mut out, "PET_MASTER_ADDR", addr);
-            set_default(&mut out, "PET_MASTER_PORT", port);
+            self.set_unless_users("PET_NPROC_PER_NODE", n, true);
+            self.set_unless_users("PET_NNODES", task.nnodes.to_string(), users);
+            self.set_unless_users("PET_NODE_RANK", task.node_id.to_string(), users);
+            self.set_unless_users("PET_MASTER_ADDR", addr, true);
+            self.set_unless_users("PET_MASTER_PORT", port, true);
         }
-    } else {
-        if task.local_task_count as usize > leaves.len() {
-            return Err(format!(
-                "flexmig: this step has {} tasks on {node} but only {} MIG leaves ({var}={list}), so task {} and up would have no leaf: \
-                 ask for --gres=mig:{} or run at most {} tasks per node (--ntasks-per-node={})",
-                task.local_task_count,
-                leaves.len(),
-                leaves.len(),
-                task.local_task_count,
-                leaves.len(),
-                leaves.len()
-            ));
+        Ok(leaves.iter().map(|l| l.uuid.clone()).collect())
+    }
+
+    /// `--flexmig=off` inside a flexmig job: take back what the outer view set.
+    fn drop_inherited_view(&mut self, args: &PluginArgs) {
+        let inherited = RANK_VIEW.iter().chain(&NODE_VIEW).any(|v| (self.env)(v).is_some());
+        if !inherited {
+            return;
         }
-        let leaf = leaves[task.local_task_id as usize];
-        exclusive.push(leaf.uuid.clone());
-        set(&mut out, "CUDA_VISIBLE_DEVICES", leaf.cuda_device().to_string());
-        set(&mut out, "NCCL_MIG_ID", leaf.uuid.clone());
-        set(&mut out, "NCCL_MULTI_RANK_GPU_ENABLE", "1".into());
-        set(&mut out, "FLEXMIG_LEAF", leaf.uuid.clone());
-        set(&mut out, "FLEXMIG_GPU", leaf.gpu.to_string());
-        set(&mut out, "FLEXMIG_PROFILE", leaf.profile.clone());
-        if args.torch_env {
-            let addr = first_node().ok_or_else(|| {
-                format!("flexmig: cannot tell the step's first node on {node}: SLURM_STEP_NODELIST is not set or malformed")
-            })?;
-            set_default(&mut out, "RANK", task.global_task_id.to_string());
-            set_default(&mut out, "WORLD_SIZE", task.total_task_count.to_string());
-            set_default(&mut out, "LOCAL_RANK", task.local_task_id.to_string());
-            set_default(&mut out, "LOCAL_WORLD_SIZE", task.local_task_count.to_string());
-            set_default(&mut out, "MASTER_ADDR", addr);
-            set_default(&mut out, "MASTER_PORT", master_port(task.job_id, task.step_id, args.master_ports).to_string());
+        self.unset_present(&RANK_VIEW);
+        self.unset_present(&NODE_VIEW);
+        self.unset_present(&["NCCL_MIG_ID", "NCCL_MULTI_RANK_GPU_ENABLE"]);
+        if let (Some(lib), Some(preload)) = (&args.nccl, (self.env)("LD_PRELOAD")) {
+            let lib = lib.display().to_string();
+            let rest: Vec<&str> = preload.split([' ', ':']).filter(|e| !e.is_empty() && *e != lib).collect();
+            if rest.len() != preload.split([' ', ':']).filter(|e| !e.is_empty()).count() {
+                if rest.is_empty() {
+                    self.out.push(EnvChange::Unset("LD_PRELOAD".into()));
+                } else {
+                    self.set("LD_PRELOAD", rest.join(" "));
+                }
+            }
         }
     }
-    if let Some(n) = args.nccl_max_channels {
-        // Single-node steps only: between nodes NCCL needs its channels for the network. The
-        // batch step is left alone so that its inner steps decide for themselves.
-        let user_tuned = NCCL_CHANNEL_VARS.iter().any(|v| env(v).is_some());
-        if !task.is_batch && task.nnodes == 1 && !user_tuned {
-            set(&mut out, "NCCL_MAX_NCHANNELS", n.to_string());
+
+    fn nccl_channels(&mut self, args: &PluginArgs, task: &TaskView) {
+        if let Some(n) = args.nccl_max_channels {
+            // Single-node steps only: between nodes NCCL needs its channels for the network. The
+            // batch step is left alone so that its inner steps decide for themselves.
+            let user_tuned = NCCL_CHANNEL_VARS.iter().any(|v| (self.env)(v).is_some());
+            if !task.is_batch && task.nnodes == 1 && !user_tuned {
+                self.set("NCCL_MAX_NCHANNELS", n.to_string());
+            }
         }
     }
-    if let Some(lib) = &args.nccl {
+
+    fn nccl_preload(&mut self, args: &PluginArgs, node: &str) -> Result<()> {
+        let Some(lib) = &args.nccl else { return Ok(()) };
         let lib = lib.display().to_string();
         if !std::path::Path::new(&lib).is_file() {
-            return Err(format!(
-                "flexmig: the patched NCCL {lib} named by nccl= in plugstack.conf does not exist on {node}: \
+            return Err(Error::node(format!(
+                "the patched NCCL {lib} named by nccl= in plugstack.conf does not exist on {node}: \
                  install it there (flexmig-gres-helper nccl install) or fix the plugstack.conf line"
-            ));
+            )));
         }
-        if let Some(v) = preload_with(&lib, env("LD_PRELOAD").as_deref()) {
-            set(&mut out, "LD_PRELOAD", v);
+        if let Some(v) = preload_with(&lib, (self.env)("LD_PRELOAD").as_deref()) {
+            self.set("LD_PRELOAD", v);
         }
+        Ok(())
     }
-    Ok(TaskPlan { env: out, exclusive })
 }
 
 #[cfg(test)]
@@ -300,6 +414,7 @@ mod tests {
             local_task_count: count,
             global_task_id: local,
             total_task_count: count,
+            step_gpus: None,
         }
     }
 
@@ -343,8 +458,9 @@ mod tests {
     fn unknown_and_repeated_indices_are_refused() {
         let inv = inventory();
         let e = balanced_leaves(&inv, &[0, 99], "SLURM_STEP_GPUS", "0,99", "/etc/slurm/flexmig.toml").unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("GRES index 99") && e.contains("flexmig-gres-helper verify") && e.contains("/etc/slurm/flexmig.toml"), "{e}");
-        let e = balanced_leaves(&inv, &[3, 3], "SLURM_STEP_GPUS", "3,3", "inv").unwrap_err();
+        let e = balanced_leaves(&inv, &[3, 3], "SLURM_STEP_GPUS", "3,3", "inv").unwrap_err().to_string();
         assert!(e.contains("appears twice"), "{e}");
     }
 
@@ -374,9 +490,26 @@ mod tests {
     fn user_set_torch_vars_are_kept_and_torch_env_can_be_off() {
         let inv = inventory();
         let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), ("MASTER_PORT", "1234"), ("RANK", "5")]);
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
+        assert!(!m.contains_key("MASTER_PORT") && !m.contains_key("RANK"), "a one-task step keeps the user's own: {m:?}");
+        assert_eq!(m["WORLD_SIZE"], "1");
+        // In a step of several tasks every task got the same RANK from srun: inherited, not the
+        // user's per-task choice, so each task gets its own.
+        let env = env_of(&[
+            ("SLURM_STEP_GPUS", "0,7"),
+            ("SLURM_STEP_NODELIST", "n1"),
+            ("MASTER_PORT", "1234"),
+            ("RANK", "0"),
+            ("LOCAL_RANK", "0"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_WORLD_SIZE", "8"),
+        ]);
         let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(1, 2), &env).unwrap().env);
-        assert!(!m.contains_key("MASTER_PORT") && !m.contains_key("RANK"));
-        assert_eq!(m["WORLD_SIZE"], "2");
+        assert_eq!(
+            (m["RANK"].as_str(), m["LOCAL_RANK"].as_str(), m["WORLD_SIZE"].as_str(), m["LOCAL_WORLD_SIZE"].as_str()),
+            ("1", "1", "2", "2")
+        );
+        assert!(!m.contains_key("MASTER_PORT"), "a step-wide rendezvous port stays the user's");
         let args = PluginArgs { torch_env: false, ..PluginArgs::default() };
         let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(1, 2), &env).unwrap().env);
         assert!(TORCH_VARS.iter().all(|v| !m.contains_key(*v)), "{m:?}");
@@ -425,16 +558,75 @@ mod tests {
     fn too_many_tasks_and_no_gpus_fail_with_advice() {
         let inv = inventory();
         let env = env_of(&[("SLURM_STEP_GPUS", "0,1"), ("SLURM_STEP_NODELIST", "n1"), ("SLURMD_NODENAME", "n1")]);
-        let e = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 3), &env).unwrap_err();
+        let e = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 3), &env).unwrap_err().to_string();
         assert!(e.contains("3 tasks on n1") && e.contains("--gres=mig:3"), "{e}");
-        let e = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env_of(&[("SLURM_JOB_GPUS", "0")])).unwrap_err();
+        let e =
+            plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env_of(&[("SLURM_JOB_GPUS", "0")])).unwrap_err().to_string();
         assert!(e.contains("SLURM_STEP_GPUS is not set") && e.contains("--gres=mig:N"), "{e}");
     }
 
     #[test]
-    fn off_changes_nothing() {
+    fn off_changes_nothing_outside_a_flexmig_view_and_takes_an_inherited_one_back() {
         let inv = inventory();
-        assert_eq!(plan_task(Mode::Off, &PluginArgs::default(), &inv, &task(0, 99), &env_of(&[])).unwrap(), TaskPlan::default());
+        let plain = env_of(&[("SLURM_STEP_GPUS", "0"), ("NCCL_MULTI_RANK_GPU_ENABLE", "1"), ("LD_PRELOAD", "/opt/nccl/libnccl.so.2")]);
+        let args = PluginArgs { nccl: Some("/opt/nccl/libnccl.so.2".into()), ..PluginArgs::default() };
+        assert_eq!(plan_task(Mode::Off, &args, &inv, &task(0, 99), &plain).unwrap(), TaskPlan::default());
+        // Inside `sbatch --flexmig`, an `srun --flexmig=off` step inherits the batch script's view.
+        let batch_view = env_of(&[
+            ("FLEXMIG_LEAVES", "MIG-0-0,MIG-1-0"),
+            ("FLEXMIG_GPUS", "0,1"),
+            ("FLEXMIG_PROFILES", "1g.5gb,1g.5gb"),
+            ("NCCL_MULTI_RANK_GPU_ENABLE", "1"),
+            ("LD_PRELOAD", "/opt/nccl/libnccl.so.2 /x/libfoo.so"),
+        ]);
+        let plan = plan_task(Mode::Off, &args, &inv, &task(0, 1), &batch_view).unwrap();
+        for v in ["FLEXMIG_LEAVES", "FLEXMIG_GPUS", "FLEXMIG_PROFILES", "NCCL_MULTI_RANK_GPU_ENABLE"] {
+            assert!(plan.env.contains(&EnvChange::Unset(v.into())), "{v}: {plan:?}");
+        }
+        assert_eq!(as_map(&plan.env)["LD_PRELOAD"], "/x/libfoo.so");
+        assert!(plan.exclusive.is_empty());
+    }
+
+    #[test]
+    fn each_step_sees_only_its_own_view() {
+        let inv = inventory();
+        // A rank step inside `sbatch --flexmig` inherits FLEXMIG_LEAVES listing all the job's leaves.
+        let env = env_of(&[
+            ("SLURM_STEP_GPUS", "0,7"),
+            ("SLURM_STEP_NODELIST", "n1"),
+            ("FLEXMIG_LEAVES", "MIG-0-0,MIG-1-0,MIG-0-1"),
+            ("FLEXMIG_GPUS", "0,1,0"),
+            ("FLEXMIG_PROFILES", "a,b,c"),
+        ]);
+        let plan = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 2), &env).unwrap();
+        for v in ["FLEXMIG_LEAVES", "FLEXMIG_GPUS", "FLEXMIG_PROFILES"] {
+            assert!(plan.env.contains(&EnvChange::Unset(v.into())), "{v}");
+        }
+        // A node step inherits a rank view from an outer rank task.
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), ("FLEXMIG_LEAF", "MIG-0-0"), ("FLEXMIG_GPU", "0")]);
+        let plan = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap();
+        assert!(plan.env.contains(&EnvChange::Unset("FLEXMIG_LEAF".into())) && plan.env.contains(&EnvChange::Unset("FLEXMIG_GPU".into())));
+    }
+
+    #[test]
+    fn per_task_gpu_binding_binds_the_leaf_slurm_gave_the_task() {
+        let inv = inventory();
+        // --gpus-per-task=1 over 4 leaves: Slurm narrowed task 2's list to index 7.
+        let t = TaskView { step_gpus: Some("0,1,7,8".into()), ..task(2, 4) };
+        let env = env_of(&[("SLURM_STEP_GPUS", "7"), ("SLURM_STEP_NODELIST", "n1")]);
+        let plan = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap();
+        assert_eq!(plan.exclusive, ["MIG-1-0"]);
+        assert_eq!(as_map(&plan.env)["NCCL_MIG_ID"], "MIG-1-0");
+        // Root opens the locks of every leaf of the step, since the task's own is chosen later.
+        let all = leaves_to_lock(Mode::Rank, &PluginArgs::default(), &inv, &t, "n1").unwrap();
+        assert_eq!(all.len(), 4);
+        // The batch script binds nothing, so it opens no locks.
+        let b = TaskView { is_batch: true, step_gpus: Some("0,1".into()), ..task(0, 1) };
+        assert!(leaves_to_lock(Mode::Rank, &PluginArgs::default(), &inv, &b, "n1").unwrap().is_empty());
+        // Unnarrowed (the task's list is the step's): the balanced choice, as without binding.
+        let t = TaskView { step_gpus: Some("0,1,7,8".into()), ..task(1, 4) };
+        let env = env_of(&[("SLURM_STEP_GPUS", "0,1,7,8"), ("SLURM_STEP_NODELIST", "n1")]);
+        assert_eq!(plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap().exclusive, ["MIG-1-0"]);
     }
 
     #[test]
@@ -453,7 +645,7 @@ mod tests {
         assert_eq!(m["PET_NPROC_PER_NODE"], "4");
         assert_eq!(m["MASTER_ADDR"], "n1");
         assert!(!m.contains_key("RANK"));
-        let e = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 2), &env).unwrap_err();
+        let e = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 2), &env).unwrap_err().to_string();
         assert!(e.contains("--ntasks-per-node=1"), "{e}");
     }
 
@@ -484,7 +676,7 @@ mod tests {
         let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env2).unwrap().env);
         assert!(!m.contains_key("LD_PRELOAD"));
         std::fs::remove_file(&lib).unwrap();
-        let e = plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap_err();
+        let e = plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap_err().to_string();
         assert!(e.contains("does not exist") && e.contains("nccl="), "{e}");
     }
 

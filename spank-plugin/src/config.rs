@@ -1,8 +1,10 @@
-//! The plugin's configuration: the plugstack.conf arguments and the `--flexmig[=MODE]` option.
-//! Pure parsing, no FFI.
+//! The plugin's configuration: the plugstack.conf arguments, the `--flexmig[=MODE]` option and
+//! the node name that `%n` in a path stands for. Pure parsing, no FFI.
 
 use std::fmt;
 use std::path::PathBuf;
+
+use crate::error::{Error, Result};
 
 /// What `--flexmig[=MODE]` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,18 +22,18 @@ impl Mode {
     ///
     /// # Errors
     /// An unknown mode, with the list of known ones.
-    pub fn parse(arg: Option<&str>) -> Result<Mode, String> {
+    pub fn parse(arg: Option<&str>) -> Result<Mode> {
         match arg.map(str::trim) {
             // `sbatch --flexmig` (no argument) exports the option to inner steps as the literal
             // text "(null)" (SLURM_SPANK__SLURM_SPANK_OPTION_flexmig_flexmig=(null)).
             None | Some("") | Some("(null)") | Some("rank") => Ok(Mode::Rank),
             Some("node") => Ok(Mode::Node),
             Some("off") => Ok(Mode::Off),
-            Some(other) => Err(format!(
-                "flexmig: unknown mode --flexmig={other}: use --flexmig (one MIG leaf per task), \
+            Some(other) => Err(Error::step(format!(
+                "unknown mode --flexmig={other}: use --flexmig (one MIG leaf per task), \
                  --flexmig=node (one task per node with all its leaves, for launchers like torchrun) \
                  or --flexmig=off"
-            )),
+            ))),
         }
     }
 }
@@ -89,14 +91,16 @@ impl PluginArgs {
     ///
     /// # Errors
     /// A path uses `%n` but the node name is unknown.
-    pub fn for_node(&self, node: Option<&str>) -> Result<PluginArgs, String> {
-        let expand = |p: &std::path::Path, key: &str| -> Result<PathBuf, String> {
+    pub fn for_node(&self, node: Option<&NodeName>) -> Result<PluginArgs> {
+        let expand = |p: &std::path::Path, key: &str| -> Result<PathBuf> {
             let s = p.to_string_lossy();
             if !s.contains("%n") {
                 return Ok(p.to_path_buf());
             }
-            let n = node.ok_or_else(|| format!("flexmig: {key}={s} uses %n, but the node name (SLURMD_NODENAME) is not known here"))?;
-            Ok(PathBuf::from(s.replace("%n", n)))
+            let n = node.ok_or_else(|| {
+                Error::config(format!("{key}={s} in plugstack.conf uses %n, but slurmstepd did not say this node's name (SLURMD_NODENAME)"))
+            })?;
+            Ok(PathBuf::from(s.replace("%n", n.as_str())))
         };
         Ok(PluginArgs {
             inventory: expand(&self.inventory, "inventory")?,
@@ -104,6 +108,39 @@ impl PluginArgs {
             lock_dir: expand(&self.lock_dir, "lock_dir")?,
             ..self.clone()
         })
+    }
+}
+
+/// A node's Slurm name, checked to be a plain host name: it is put into paths that root opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName(String);
+
+impl NodeName {
+    /// # Errors
+    /// Anything but letters, digits, `-`, `_` and inner dots (no `/`, no `..`, no leading dot).
+    pub fn parse(name: &str) -> Result<NodeName> {
+        let plain = !name.is_empty()
+            && name.len() <= 255
+            && !name.starts_with(['.', '-'])
+            && !name.contains("..")
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !plain {
+            return Err(Error::node(format!(
+                "the node name `{}` is not a plain host name (letters, digits, `-`, `_`, inner dots), so it cannot stand for %n in a path",
+                name.escape_default()
+            )));
+        }
+        Ok(NodeName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -118,12 +155,14 @@ impl PluginArgs {
     /// # Errors
     /// An unknown key, a missing `=`, a repeated key, or a bad value; the message names the
     /// argument and the plugstack.conf line to fix.
-    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<PluginArgs, String> {
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<PluginArgs> {
         let mut out = PluginArgs::default();
         let mut seen = Vec::new();
         for raw in args {
             let raw = raw.as_ref();
-            let bad = |why: String| format!("flexmig: bad argument `{raw}` in plugstack.conf: {why}");
+            let bad = |why: String| {
+                Error::config(format!("bad argument `{raw}` in plugstack.conf: {why}; fix the flexmig line of plugstack.conf"))
+            };
             let (key, value) = raw.split_once('=').ok_or_else(|| bad(format!("expected key=value; known keys: {KEYS}")))?;
             if seen.contains(&key) {
                 return Err(bad(format!("`{key}` is given twice")));
@@ -144,6 +183,9 @@ impl PluginArgs {
 }
 
 fn absolute_path(v: &str) -> Result<PathBuf, String> {
+    if v.split('/').any(|c| c == "..") {
+        return Err(format!("`{v}` holds `..`"));
+    }
     if v.is_empty() {
         return Err("the path is empty".into());
     }
@@ -194,7 +236,7 @@ mod tests {
         assert_eq!(Mode::parse(Some("rank")).unwrap(), Mode::Rank);
         assert_eq!(Mode::parse(Some("node")).unwrap(), Mode::Node);
         assert_eq!(Mode::parse(Some("off")).unwrap(), Mode::Off);
-        let e = Mode::parse(Some("ranks")).unwrap_err();
+        let e = Mode::parse(Some("ranks")).unwrap_err().to_string();
         assert!(e.contains("--flexmig=ranks") && e.contains("--flexmig=node"), "{e}");
     }
 
@@ -228,10 +270,10 @@ mod tests {
     #[test]
     fn node_name_expansion() {
         let a = PluginArgs::parse(&["inventory=/etc/slurm/flexmig/%n.toml", "lock_dir=/run/flexmig/%n"]).unwrap();
-        let b = a.for_node(Some("gpu07")).unwrap();
+        let b = a.for_node(Some(&NodeName::parse("gpu07").unwrap())).unwrap();
         assert_eq!(b.inventory, PathBuf::from("/etc/slurm/flexmig/gpu07.toml"));
         assert_eq!(b.lock_dir, PathBuf::from("/run/flexmig/gpu07"));
-        assert!(a.for_node(None).unwrap_err().contains("%n"));
+        assert!(a.for_node(None).unwrap_err().to_string().contains("%n"));
         let plain = PluginArgs::default();
         assert_eq!(plain.for_node(None).unwrap(), plain);
     }
@@ -251,10 +293,22 @@ mod tests {
             ("nccl_max_channels=65", "channel count"),
             ("nccl_max_channels=many", "channel count"),
         ] {
-            let e = PluginArgs::parse(&[arg]).unwrap_err();
-            assert!(e.contains(arg) && e.contains(needle), "{arg}: {e}");
+            let e = PluginArgs::parse(&[arg]).unwrap_err().to_string();
+            assert!(e.starts_with("flexmig: bad argument") && e.contains(arg) && e.contains(needle), "{arg}: {e}");
         }
-        let e = PluginArgs::parse(&["torch_env=no", "torch_env=yes"]).unwrap_err();
+        let e = PluginArgs::parse(&["torch_env=no", "torch_env=yes"]).unwrap_err().to_string();
         assert!(e.contains("twice"), "{e}");
+        assert!(PluginArgs::parse(&["lock_dir=/run/../etc"]).unwrap_err().to_string().contains("`..`"));
+    }
+
+    #[test]
+    fn node_names_are_plain_host_names() {
+        for ok in ["localhost", "gpu07", "n1.cluster", "rack-2_n03"] {
+            assert_eq!(NodeName::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "..", "../../x/d", "a/b", ".hidden", "-n", "a..b", "n\n", "n 1", "\0"] {
+            let e = NodeName::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("not a plain host name"), "{bad}: {e}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! in, and safe wrappers over the few spank_* calls the plugin makes. Nothing outside this
 //! module calls into C.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_uint, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
@@ -12,7 +12,9 @@ pub(crate) mod bindings {
 }
 
 use bindings::{slurm_err_t as spank_err, spank_item};
-pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT, SLURM_VERSION_NUMBER};
+pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT};
+
+use crate::error::{Error, Result};
 
 /// ESPANK_SUCCESS (a macro in slurm_errno.h, 0).
 const SUCCESS: bindings::spank_err_t = bindings::ESPANK_SUCCESS as bindings::spank_err_t;
@@ -62,11 +64,11 @@ pub(crate) fn log(level: Level, msg: &str) {
 
 /// Runs a callback body for Slurm: Ok -> 0, Err -> the message logged as an error and -1, a
 /// panic -> logged and -1. No panic ever unwinds into Slurm.
-pub(crate) fn guard<F: FnOnce() -> Result<(), String>>(callback: &str, f: F) -> c_int {
+pub(crate) fn guard<F: FnOnce() -> Result<()>>(callback: &str, f: F) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => 0,
-        Ok(Err(msg)) => {
-            tracing::error!("{msg}");
+        Ok(Err(e)) => {
+            tracing::error!("{}", e.message());
             -1
         }
         Err(panic) => {
@@ -82,11 +84,78 @@ pub(crate) fn guard<F: FnOnce() -> Result<(), String>>(callback: &str, f: F) -> 
     }
 }
 
+/// Declares a SPANK callback Slurm calls by name: the C signature, the handle and arguments
+/// made safe, and the body run inside [`guard`]. A task callback (`task`) that fails also ends
+/// the task: Slurm ignores a failing callback of an `optional` plugin, and a task must never
+/// run on a leaf it was not bound to.
+macro_rules! spank_callback {
+    ($(#[$doc:meta])* $symbol:ident => $body:path) => {
+        spank_callback!(@emit $(#[$doc])* $symbol, $body, false);
+    };
+    ($(#[$doc:meta])* task $symbol:ident => $body:path) => {
+        spank_callback!(@emit $(#[$doc])* $symbol, $body, true);
+    };
+    (@emit $(#[$doc:meta])* $symbol:ident, $body:path, $ends_task:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
+        #[no_mangle]
+        pub unsafe extern "C" fn $symbol(sp: spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+            // SAFETY: Slurm passes the handle of this callback and ac valid argument strings.
+            let (spank, args) = unsafe { (Spank(sp), args(ac, av)) };
+            let rc = guard(stringify!($symbol), || {
+                let _span = tracing::debug_span!(stringify!($symbol)).entered();
+                $body(&spank, &args)
+            });
+            if rc != 0 && $ends_task {
+                // SAFETY: task callbacks run in the forked task, before exec; _exit ends only it.
+                unsafe { libc::_exit(1) };
+            }
+            rc
+        }
+    };
+}
+
+spank_callback!(
+    /// Called in every context (srun, sbatch/salloc, slurmstepd, slurmd).
+    slurm_spank_init => crate::init
+);
+spank_callback!(
+    /// Called in each forked task as root, before it becomes the user.
+    task slurm_spank_task_init_privileged => crate::task_init_privileged
+);
+spank_callback!(
+    /// Called in each forked task as the user, after Slurm set its GPU variables, before exec.
+    task slurm_spank_task_init => crate::task_init
+);
+
+/// What a failing `slurm_spank_init` does on Slurm >= 25.05: fail the job, never drain the
+/// node. (flexmig's own init does not fail on a configuration error; this covers the rest.)
+#[cfg(flexmig_init_failure_mode)]
+#[no_mangle]
+#[used]
+pub static slurm_spank_init_failure_mode: c_int = bindings::slurm_err_t::ESPANK_JOB_FAILURE as c_int;
+
+// The symbols Slurm's plugin loader reads (what SPANK_PLUGIN(flexmig, 1) declares in C).
+#[no_mangle]
+#[used]
+pub static plugin_name: [u8; 8] = *b"flexmig\0";
+#[no_mangle]
+#[used]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+#[no_mangle]
+#[used]
+pub static plugin_version: c_uint = bindings::SLURM_VERSION_NUMBER;
+#[no_mangle]
+#[used]
+pub static spank_plugin_version: c_uint = 1;
+
 /// The arguments Slurm passes to a callback (from plugstack.conf).
 ///
 /// # Safety
 /// `argv` must point to `argc` valid NUL-terminated strings (or be null with argc 0).
-pub(crate) unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
+unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
     if argv.is_null() || argc <= 0 {
         return Vec::new();
     }
@@ -104,9 +173,9 @@ pub(crate) unsafe fn args(argc: c_int, argv: *mut *mut c_char) -> Vec<String> {
         .collect()
 }
 
-/// A C string from Rust, or the error message naming it.
-fn cstring(s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("flexmig: `{s}` holds a NUL byte"))
+/// A C string from Rust, or the error naming it.
+fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::step(format!("`{}` holds a NUL byte", s.escape_default())))
 }
 
 /// The context this plugin instance runs in (srun, slurmstepd, sbatch/salloc, ...).
@@ -115,19 +184,34 @@ pub(crate) fn context() -> Context {
     unsafe { bindings::spank_context() }
 }
 
-/// The registered `--flexmig[=MODE]` option. Slurm keeps a pointer to it, so it lives for the
-/// life of the process.
-fn option(cb: bindings::spank_opt_cb_f) -> &'static mut bindings::spank_option {
-    Box::leak(Box::new(bindings::spank_option {
-        name: c"flexmig".as_ptr().cast_mut(),
-        arginfo: c"MODE".as_ptr().cast_mut(),
-        usage: c"Run one task per MIG leaf (flexmig). MODE: rank (default: one leaf per task, ranks alternating across the node's GPUs), node (one task per node with all its leaves, for launchers such as torchrun), off."
-            .as_ptr()
-            .cast_mut(),
-        has_arg: 2,
-        val: 0,
-        cb,
-    }))
+/// `--flexmig[=MODE]`. Slurm copies it when it is registered; getopt looks it up by name.
+struct FlexmigOption(bindings::spank_option);
+
+// SAFETY: the option only holds pointers to static strings and a function; nothing mutates it.
+unsafe impl Sync for FlexmigOption {}
+
+static FLEXMIG_OPTION: FlexmigOption = FlexmigOption(bindings::spank_option {
+    name: c"flexmig".as_ptr().cast_mut(),
+    arginfo: c"MODE".as_ptr().cast_mut(),
+    usage: c"Run one task per MIG leaf (flexmig). MODE: rank (default: one leaf per task, ranks alternating across the node's GPUs), node (one task per node with all its leaves, for launchers such as torchrun), off."
+        .as_ptr()
+        .cast_mut(),
+    has_arg: 2,
+    val: 0,
+    cb: Some(option_callback),
+});
+
+/// The `--flexmig` option callback.
+extern "C" fn option_callback(_val: c_int, optarg: *const c_char, remote: c_int) -> c_int {
+    guard("the --flexmig option", || {
+        let arg = if optarg.is_null() {
+            None
+        } else {
+            // SAFETY: Slurm passes a NUL-terminated option argument (or NULL).
+            Some(unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned())
+        };
+        crate::option_given(arg.as_deref(), remote != 0)
+    })
 }
 
 /// A handle for the duration of one callback.
@@ -135,26 +219,19 @@ fn option(cb: bindings::spank_opt_cb_f) -> &'static mut bindings::spank_option {
 pub(crate) struct Spank(spank_t);
 
 impl Spank {
-    /// # Safety
-    /// `sp` must be the handle Slurm passed to the running callback.
-    pub(crate) unsafe fn new(sp: spank_t) -> Self {
-        Spank(sp)
-    }
-
-    /// Registers `--flexmig[=MODE]` with `cb` as its callback.
-    pub(crate) fn register_option(&self, cb: bindings::spank_opt_cb_f) -> Result<(), String> {
-        // SAFETY: self.0 is the live handle; the option struct is leaked, so it outlives Slurm's use.
-        let rc = unsafe { bindings::spank_option_register(self.0, option(cb)) };
+    /// Registers `--flexmig[=MODE]`.
+    pub(crate) fn register_option(&self) -> Result<()> {
+        // SAFETY: self.0 is the live handle; Slurm copies the (static) option.
+        let rc = unsafe { bindings::spank_option_register(self.0, std::ptr::from_ref(&FLEXMIG_OPTION.0).cast_mut()) };
         check(rc, "registering --flexmig")
     }
 
     /// Whether the user gave `--flexmig` and with what argument: None if not given,
     /// Some(None) for a bare `--flexmig`.
     pub(crate) fn flexmig_option(&self) -> Option<Option<String>> {
-        let opt = option(None);
         let mut arg: *mut c_char = std::ptr::null_mut();
-        // SAFETY: live handle, a valid option struct naming our option, a valid out pointer.
-        let rc = unsafe { bindings::spank_option_getopt(self.0, opt, &mut arg) };
+        // SAFETY: live handle, the option struct naming our option (only read), a valid out pointer.
+        let rc = unsafe { bindings::spank_option_getopt(self.0, std::ptr::from_ref(&FLEXMIG_OPTION.0).cast_mut(), &mut arg) };
         if rc != SUCCESS {
             return None;
         }
@@ -185,7 +262,7 @@ impl Spank {
     }
 
     /// Sets (overwrites) a variable of the job's environment.
-    pub(crate) fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
+    pub(crate) fn setenv(&self, name: &str, value: &str) -> Result<()> {
         let (n, v) = (cstring(name)?, cstring(value)?);
         // SAFETY: live handle and NUL-terminated strings.
         let rc = unsafe { bindings::spank_setenv(self.0, n.as_ptr(), v.as_ptr(), 1) };
@@ -193,7 +270,7 @@ impl Spank {
     }
 
     /// Removes a variable from the job's environment.
-    pub(crate) fn unsetenv(&self, name: &str) -> Result<(), String> {
+    pub(crate) fn unsetenv(&self, name: &str) -> Result<()> {
         let n = cstring(name)?;
         // SAFETY: live handle and a NUL-terminated string.
         let rc = unsafe { bindings::spank_unsetenv(self.0, n.as_ptr()) };
@@ -201,7 +278,7 @@ impl Spank {
     }
 
     /// A `uint32_t` item (S_JOB_ID, S_JOB_STEPID, S_JOB_NODEID, ...).
-    pub(crate) fn item_u32(&self, item: Item) -> Result<u32, String> {
+    pub(crate) fn item_u32(&self, item: Item) -> Result<u32> {
         let mut v: u32 = 0;
         let code = match item {
             Item::JobId => spank_item::S_JOB_ID,
@@ -216,7 +293,7 @@ impl Spank {
                 // SAFETY: S_TASK_ID takes an (int *), which `&mut i` is.
                 let rc = unsafe { bindings::spank_get_item(self.0, spank_item::S_TASK_ID, &mut i as *mut c_int) };
                 check(rc, "reading S_TASK_ID")?;
-                return u32::try_from(i).map_err(|_| format!("flexmig: Slurm gave a negative task id {i}"));
+                return u32::try_from(i).map_err(|_| Error::slurm(format!("Slurm gave a negative task id {i}")));
             }
         };
         // SAFETY: every item above takes a (uint32_t *), which `&mut v` is.
@@ -239,7 +316,7 @@ pub(crate) enum Item {
     TaskGlobalId,
 }
 
-fn check(rc: bindings::spank_err_t, what: &str) -> Result<(), String> {
+fn check(rc: bindings::spank_err_t, what: &str) -> Result<()> {
     if rc == SUCCESS {
         return Ok(());
     }
@@ -252,7 +329,155 @@ fn check(rc: bindings::spank_err_t, what: &str) -> Result<(), String> {
             CStr::from_ptr(p).to_string_lossy().into_owned()
         }
     };
-    Err(format!("flexmig: {what} failed: {text}"))
+    Err(Error::slurm(format!("{what} failed: {text}")))
+}
+
+/// The few system calls the plugin makes as root on paths: relative to an already checked
+/// directory, never following a symbolic link, with owner and mode read from the open file.
+pub(crate) mod sys {
+    use std::ffi::{CStr, CString};
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStringExt;
+    use std::path::PathBuf;
+
+    /// What the plugin checks of a file: its type, owner, permission bits and link count.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Stat {
+        pub kind: Kind,
+        pub uid: u32,
+        pub mode: u32,
+        pub nlink: u64,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Kind {
+        Dir,
+        File,
+        Symlink,
+        Other,
+    }
+
+    impl From<&libc::stat> for Stat {
+        fn from(st: &libc::stat) -> Self {
+            let kind = match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => Kind::Dir,
+                libc::S_IFREG => Kind::File,
+                libc::S_IFLNK => Kind::Symlink,
+                _ => Kind::Other,
+            };
+            #[allow(clippy::useless_conversion)] // nlink_t differs between architectures
+            Stat { kind, uid: st.st_uid, mode: st.st_mode & 0o7777, nlink: u64::from(st.st_nlink) }
+        }
+    }
+
+    fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+        // SAFETY: a non-negative result of open/openat is a new descriptor nobody else owns.
+        cvt(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The root directory.
+    pub(crate) fn open_root() -> io::Result<OwnedFd> {
+        // SAFETY: a NUL-terminated path and flags; no other preconditions.
+        owned(unsafe { libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })
+    }
+
+    /// A directory entry of `dir`, which must itself be a directory (not a link to one).
+    pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, flags.
+        owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) })
+    }
+
+    /// A regular file of `dir` opened read-only, never through a link; created with `create`
+    /// permission bits when given and missing.
+    pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &CStr, create: Option<u32>) -> io::Result<OwnedFd> {
+        let mut flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        if create.is_some() {
+            flags |= libc::O_CREAT;
+        }
+        let mode = create.unwrap_or(0) as libc::c_uint;
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, flags and a mode.
+        owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })
+    }
+
+    pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a mode.
+        cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// The entry `name` of `dir` itself (a link is not followed).
+    pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+        // SAFETY: an all-zero stat is a valid value for fstatat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a writable stat.
+        cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+        Ok(Stat::from(&st))
+    }
+
+    pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+        // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a writable stat.
+        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        Ok(Stat::from(&st))
+    }
+
+    /// The target of the link `name` in `dir`.
+    pub(crate) fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<PathBuf> {
+        let mut buf = vec![0u8; libc::PATH_MAX as usize];
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a buffer of buf.len() bytes.
+        let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.truncate(n as usize);
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+    }
+
+    pub(crate) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+        // SAFETY: a valid descriptor and a mode.
+        cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+    }
+
+    /// Takes an exclusive flock without waiting: Ok(false) when another open file holds it.
+    pub(crate) fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+        // SAFETY: flock on a valid descriptor.
+        match cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hands a descriptor to the program the task execs (it stays open, and its lock held, for
+    /// as long as the task and its children live).
+    pub(crate) fn keep_across_exec(fd: OwnedFd) -> io::Result<RawFd> {
+        // SAFETY: F_SETFD on a valid descriptor we own.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) })?;
+        Ok(fd.into_raw_fd())
+    }
+
+    /// A path component as a C string.
+    pub(crate) fn c_name(name: &std::ffi::OsStr) -> io::Result<CString> {
+        use std::os::unix::ffi::OsStrExt;
+        CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path component holds a NUL byte"))
+    }
+
+    /// This process's effective user id.
+    #[cfg(test)]
+    pub(crate) fn euid() -> u32 {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() }
+    }
 }
 
 #[cfg(test)]
@@ -262,8 +487,8 @@ mod tests {
     #[test]
     fn guard_maps_ok_err_and_panic() {
         assert_eq!(guard("t", || Ok(())), 0);
-        assert_eq!(guard("t", || Err("flexmig: bad".into())), -1);
+        assert_eq!(guard("t", || Err(Error::step("bad"))), -1);
         assert_eq!(guard("t", || panic!("boom")), -1, "a panic must not unwind into Slurm");
-        assert_eq!(guard("t", || -> Result<(), String> { panic!("{}", String::from("owned")) }), -1);
+        assert_eq!(guard("t", || -> Result<()> { panic!("{}", String::from("owned")) }), -1);
     }
 }

@@ -1,102 +1,143 @@
-//! Leaf locks: one exclusive flock per MIG leaf for as long as the task bound to it lives, so
-//! two tasks can never share a leaf, even when Slurm lets two steps share GRES (`--overlap`).
+//! Leaf locks: one exclusive flock per MIG leaf for as long as the task bound to it lives, so two
+//! tasks never share a leaf, even when Slurm lets two steps share GRES (`--overlap`).
 //!
-//! Root prepares `<lock_dir>/<MIG uuid>.lock` (in slurm_spank_task_init_privileged); the
-//! task, as the user, opens it read-only and takes `flock(LOCK_EX | LOCK_NB)`. The descriptor
-//! is left open across exec (no FD_CLOEXEC), so the lock is held until the task and everything
-//! it started have exited; Slurm ends those with the step.
+//! Root opens `<lock_dir>/<MIG uuid>.lock` for the leaves of the step (in
+//! slurm_spank_task_init_privileged): the directory and files are root's alone (0700, 0600), so no
+//! user can open them to hold a leaf without a job or remove one that is held. The task then, as
+//! the user, takes `flock(LOCK_EX | LOCK_NB)` on the descriptor of the leaf it binds and keeps it
+//! open across exec, so the lock is held until the task and everything it started have exited.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::IntoRawFd;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
-fn lock_path(dir: &Path, uuid: &str) -> PathBuf {
-    dir.join(format!("{uuid}.lock"))
-}
+use crate::error::{Error, Result};
+use crate::ffi::sys;
+use crate::trusted_fs::{self, Missing};
 
-/// Creates the lock directory (0755) and one lock file (0644) per leaf where missing.
-/// Runs as root; users can open the files but not create, remove or chmod them.
+/// Lock files of a step's leaves, opened by root, not yet locked.
+#[derive(Debug, Default)]
+pub struct OpenLocks(BTreeMap<String, OwnedFd>);
+
+/// Opens (creating where missing) the lock files of `uuids` in `dir`.
 ///
 /// # Errors
-/// I/O errors, naming the path.
-pub fn prepare<'a>(dir: &Path, uuids: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
-    let ctx = |p: &Path, e: io::Error| format!("flexmig: preparing leaf lock {}: {e}", p.display());
-    if !dir.is_dir() {
-        fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| ctx(dir, e))?;
-    }
+/// A lock directory or file root cannot trust (not root's, writable by others, a link), or I/O;
+/// the message says what the admin should fix.
+pub fn open<'a>(dir: &Path, uuids: impl IntoIterator<Item = &'a str>) -> Result<OpenLocks> {
+    let fix = "the lock directory (plugstack argument lock_dir=) must be root's alone; remove what is in the way or name another";
+    let d = trusted_fs::open_dir(dir, Missing::Create).map_err(|e| Error::node(format!("leaf locks: {e}; {fix}")))?;
+    let mut out = BTreeMap::new();
     for uuid in uuids {
-        let p = lock_path(dir, uuid);
-        if !p.exists() {
-            let f = fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o644).open(&p).map_err(|e| ctx(&p, e))?;
-            f.set_permissions(fs::Permissions::from_mode(0o644)).map_err(|e| ctx(&p, e))?;
+        let name = format!("{uuid}.lock");
+        let path = d.path.join(&name);
+        let cname = sys::c_name(name.as_ref()).map_err(|e| Error::node(format!("leaf lock {}: {e}", path.display())))?;
+        let fd = sys::open_file_at(d.fd.as_fd(), &cname, Some(0o600))
+            .map_err(|e| Error::node(format!("cannot open the leaf lock {}: {e}; {fix}", path.display())))?;
+        let st = sys::fstat(fd.as_fd()).map_err(|e| Error::node(format!("leaf lock {}: {e}", path.display())))?;
+        trusted_fs::trusted_file(&path, &st).map_err(|e| Error::node(format!("leaf lock: {e}; {fix}")))?;
+        if st.mode & 0o077 != 0 {
+            // Made readable by an earlier release: make it root's alone.
+            sys::fchmod(fd.as_fd(), 0o600).map_err(|e| Error::node(format!("leaf lock {}: chmod: {e}", path.display())))?;
         }
+        out.insert(uuid.to_string(), fd);
     }
-    Ok(())
+    Ok(OpenLocks(out))
 }
 
-/// Takes the exclusive lock of one leaf for the rest of this process's life and its exec'd
-/// successors. Returns the descriptor, deliberately leaked.
-///
-/// # Errors
-/// The leaf is locked by another task, or the lock file cannot be opened.
-pub fn lock(dir: &Path, uuid: &str) -> Result<i32, String> {
-    let p = lock_path(dir, uuid);
-    let f = fs::OpenOptions::new().read(true).open(&p).map_err(|e| {
-        format!(
-            "flexmig: cannot open the lock of MIG leaf {uuid} ({}): {e}; the lock directory is made by slurmstepd as root \
-             (plugstack argument lock_dir=), check that it exists and is readable",
-            p.display()
-        )
-    })?;
-    let fd = f.into_raw_fd();
-    // SAFETY: fd is a valid open descriptor we own.
-    let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        // SAFETY: closing the descriptor we own and will not use again.
-        unsafe { libc::close(fd) };
-        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            format!(
-                "flexmig: MIG leaf {uuid} is already bound to another running flexmig task on this node \
-                 (a step started with --overlap, or a step without --gres sharing the job's leaves?); \
-                 give each concurrent step its own leaves (srun --exact --gres=mig:N ...)"
-            )
-        } else {
-            format!("flexmig: cannot lock MIG leaf {uuid} ({}): {err}", p.display())
-        });
+impl OpenLocks {
+    /// Locks the leaves `uuids` for the rest of this task's life (the descriptors stay open across
+    /// exec) and closes the other lock files.
+    ///
+    /// # Errors
+    /// A leaf already bound to another task, a leaf whose lock was not opened, or I/O.
+    pub fn hold(mut self, uuids: &[&str]) -> Result<()> {
+        let mut held = Vec::new();
+        for uuid in uuids {
+            let fd = self.0.remove(*uuid).ok_or_else(|| {
+                Error::step(format!("MIG leaf {uuid} is not one of the leaves Slurm allocated to this step; refusing to bind it"))
+            })?;
+            match sys::try_lock_exclusive(fd.as_fd()) {
+                Ok(true) => held.push(fd),
+                Ok(false) => {
+                    return Err(Error::step(format!(
+                        "MIG leaf {uuid} is already bound to another running flexmig task on this node \
+                         (a step started with --overlap, a step without --gres sharing the job's leaves, \
+                         or --gpu-bind=map_gpu naming one GPU twice?); give each concurrent step its own leaves \
+                         (srun --exact --gres=mig:N ...)"
+                    )))
+                }
+                Err(e) => return Err(Error::node(format!("cannot lock MIG leaf {uuid}: {e}"))),
+            }
+        }
+        for fd in held {
+            sys::keep_across_exec(fd).map_err(|e| Error::node(format!("keeping a leaf lock open: {e}")))?;
+        }
+        Ok(()) // the remaining descriptors close here
     }
-    // Keep it across exec so the task itself holds the lock.
-    // SAFETY: fcntl on our own valid descriptor.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    Ok(fd)
+
+    /// The leaves whose lock files are open.
+    pub fn leaves(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn scratch() -> tempfile::TempDir {
+        assert_eq!(sys::euid(), 0, "the lock tests check root ownership: run them as root (scripts/test.sh does)");
+        let d = tempfile::Builder::new().prefix("flexmig-locks-").tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
 
     #[test]
     fn second_lock_of_a_leaf_is_refused_until_the_first_is_released() {
-        let dir = std::env::temp_dir().join(format!("flexmig-locks-{}", std::process::id()));
-        prepare(&dir, ["MIG-a", "MIG-b"]).unwrap();
-        assert_eq!(fs::metadata(lock_path(&dir, "MIG-a")).unwrap().permissions().mode() & 0o777, 0o644);
-        let fd = lock(&dir, "MIG-a").unwrap();
-        // flock locks belong to the open file description: a second open conflicts even in
-        // the same process, as it would in another task.
-        let e = lock(&dir, "MIG-a").unwrap_err();
+        let d = scratch();
+        let dir = d.path().join("locks");
+        let first = open(&dir, ["MIG-a", "MIG-b"]).unwrap();
+        assert_eq!(first.leaves().collect::<Vec<_>>(), ["MIG-a", "MIG-b"]);
+        let m = std::fs::metadata(dir.join("MIG-a.lock")).unwrap();
+        assert_eq!((m.mode() & 0o777, m.uid()), (0o600, 0), "root's alone");
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // flock locks belong to the open file description: a second open conflicts even in the
+        // same process, as it would in another task.
+        let keep = sys::try_lock_exclusive(first.0["MIG-a"].as_fd()).unwrap();
+        assert!(keep);
+        let e = open(&dir, ["MIG-a"]).unwrap().hold(&["MIG-a"]).unwrap_err().to_string();
         assert!(e.contains("already bound") && e.contains("--overlap"), "{e}");
-        let fd_b = lock(&dir, "MIG-b").unwrap();
-        // SAFETY: closing descriptors this test owns.
-        unsafe {
-            libc::close(fd);
-            libc::close(fd_b);
-        }
-        let fd = lock(&dir, "MIG-a").unwrap();
-        // SAFETY: as above.
-        unsafe { libc::close(fd) };
-        assert!(lock(&dir, "MIG-missing").unwrap_err().contains("cannot open the lock"));
-        fs::remove_dir_all(&dir).unwrap();
+        open(&dir, ["MIG-b"]).unwrap().hold(&["MIG-b"]).unwrap();
+        drop(first);
+        open(&dir, ["MIG-a"]).unwrap().hold(&["MIG-a"]).unwrap();
+        let e = open(&dir, ["MIG-a"]).unwrap().hold(&["MIG-c"]).unwrap_err().to_string();
+        assert!(e.contains("not one of the leaves Slurm allocated"), "{e}");
+    }
+
+    #[test]
+    fn refuses_lock_dirs_and_files_a_user_could_touch() {
+        let d = scratch();
+        // A lock directory a user made first.
+        let dir = d.path().join("userlocks");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+        let e = open(&dir, ["MIG-a"]).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534") && e.contains("lock_dir="), "{e}");
+        // A lock file that is not root's, or a link in place of one (dangling or not).
+        let dir = d.path().join("locks");
+        open(&dir, std::iter::empty()).unwrap();
+        std::fs::write(dir.join("MIG-u.lock"), "").unwrap();
+        std::os::unix::fs::chown(dir.join("MIG-u.lock"), Some(65534), None).unwrap();
+        assert!(open(&dir, ["MIG-u"]).unwrap_err().to_string().contains("owned by uid 65534"));
+        symlink(d.path().join("target"), dir.join("MIG-l.lock")).unwrap();
+        assert!(open(&dir, ["MIG-l"]).is_err());
+        assert!(!d.path().join("target").exists(), "root must not create a link's target");
+        // A lock file of an earlier release (0644) becomes root's alone.
+        std::fs::write(dir.join("MIG-old.lock"), "").unwrap();
+        std::fs::set_permissions(dir.join("MIG-old.lock"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        open(&dir, ["MIG-old"]).unwrap();
+        assert_eq!(std::fs::metadata(dir.join("MIG-old.lock")).unwrap().mode() & 0o777, 0o600);
     }
 }

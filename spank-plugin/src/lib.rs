@@ -1,170 +1,165 @@
 //! flexmig's SPANK plugin: `srun --flexmig` gives every task one MIG leaf of its own.
 //!
-//! Loaded by srun, sbatch, salloc and slurmstepd from plugstack.conf:
+//! Loaded by srun, sbatch, salloc, slurmd and slurmstepd from plugstack.conf:
 //! `required /usr/lib/x86_64-linux-gnu/slurm-wlm/flexmig.so inventory=/etc/slurm/flexmig.toml`.
-//! In each task of a `--flexmig` step it reads the step's GRES indices, looks the leaves up in
-//! the node inventory, orders them round-robin across physical GPUs and exports the task's
-//! leaf (CUDA_VISIBLE_DEVICES, NCCL_MIG_ID, ...) and the torch.distributed variables.
-//! Steps without `--flexmig` are never touched.
+//! In each task of a `--flexmig` step, root opens the inventory and the lock files of the step's
+//! leaves (`task_init_privileged`); then, as the user, the task is given its leaf: the GRES
+//! indices Slurm allocated are looked up in the inventory, ordered round-robin across physical
+//! GPUs, the leaf is locked and CUDA_VISIBLE_DEVICES, NCCL_MIG_ID, ... and the torch.distributed
+//! variables are exported (`task_init`). Steps without `--flexmig` are never touched, and a
+//! configuration error only ever fails `--flexmig` steps.
+//!
+//! The C boundary (the symbols Slurm calls, the spank_* calls, the system calls on lock files) is
+//! [`ffi`]; everything here and below is safe Rust.
 
 pub mod binding;
 pub mod config;
+pub mod error;
 mod ffi;
 pub mod hostlist;
 pub mod leaf_lock;
 mod slurm_log;
+mod trusted_fs;
 
-use std::ffi::{c_char, c_int, c_uint};
+use std::sync::{Mutex, OnceLock};
 
 use binding::{EnvChange, TaskView};
-use config::{Mode, PluginArgs};
+use config::{Mode, NodeName, PluginArgs};
+use error::{Error, Result};
 use ffi::{Context, Item, Spank};
 use leaf_model::Inventory;
 
-/// The Slurm version this plugin was built against (major.minor.micro).
-pub const SLURM_VERSION: &str = env!("FLEXMIG_SLURM_VERSION");
+/// The plugstack arguments as `slurm_spank_init` found them. A bad argument is kept as an error
+/// for the `--flexmig` steps to report: it must not stop anything else.
+static ARGS: OnceLock<Result<PluginArgs>> = OnceLock::new();
 
-// The symbols Slurm's plugin loader reads (what SPANK_PLUGIN(flexmig, 1) declares in C).
-#[no_mangle]
-#[used]
-pub static plugin_name: [u8; 8] = *b"flexmig\0";
-#[no_mangle]
-#[used]
-pub static plugin_type: [u8; 6] = *b"spank\0";
-#[no_mangle]
-#[used]
-pub static plugin_version: c_uint = ffi::SLURM_VERSION_NUMBER;
-#[no_mangle]
-#[used]
-pub static spank_plugin_version: c_uint = 1;
+fn plugin_args() -> Result<PluginArgs> {
+    ARGS.get().cloned().unwrap_or_else(|| Err(Error::slurm("slurm_spank_init did not run before this callback")))
+}
 
-/// Called in every context (srun, sbatch/salloc, slurmstepd, slurmd): checks the plugstack
-/// arguments and registers `--flexmig[=MODE]`.
-///
-/// # Safety
-/// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
-#[no_mangle]
-pub unsafe extern "C" fn slurm_spank_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+/// `slurm_spank_init`, in every context: checks the plugstack arguments and registers
+/// `--flexmig[=MODE]`. Never fails: a failing init of a `required` plugin keeps slurmd from
+/// starting, fails every step on the node and drains it.
+fn init(spank: &Spank, args: &[String]) -> Result<()> {
     let ctx = ffi::context();
     slurm_log::init(matches!(ctx, Context::S_CTX_LOCAL | Context::S_CTX_ALLOCATOR));
-    ffi::guard("slurm_spank_init", || {
-        let _span = tracing::debug_span!("init").entered();
-        // SAFETY: Slurm passes ac valid argument strings.
-        let args = unsafe { ffi::args(ac, av) };
-        PluginArgs::parse(&args)?;
-        if matches!(ctx, Context::S_CTX_LOCAL | Context::S_CTX_REMOTE | Context::S_CTX_ALLOCATOR) {
-            // SAFETY: sp is the handle of this callback.
-            let spank = unsafe { Spank::new(sp) };
-            spank.register_option(Some(option_callback))?;
-        }
-        Ok(())
-    })
-}
-
-/// The `--flexmig` option callback: refuses an unknown mode in srun/sbatch/salloc, before
-/// anything starts. In slurmstepd it runs after init, twice, and does nothing (the task reads
-/// the option itself with spank_option_getopt).
-extern "C" fn option_callback(_val: c_int, optarg: *const c_char, remote: c_int) -> c_int {
-    ffi::guard("the --flexmig option", || {
-        if remote != 0 {
-            return Ok(());
-        }
-        let arg = if optarg.is_null() {
-            None
-        } else {
-            // SAFETY: Slurm passes a NUL-terminated option argument (or NULL).
-            Some(unsafe { std::ffi::CStr::from_ptr(optarg) }.to_string_lossy().into_owned())
-        };
-        Mode::parse(arg.as_deref()).map(|_| ())
-    })
-}
-
-/// Runs in each forked task as root, before the task becomes the user: makes sure the leaf
-/// lock files exist (root-owned, so users cannot tamper with them).
-///
-/// # Safety
-/// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
-#[no_mangle]
-pub unsafe extern "C" fn slurm_spank_task_init_privileged(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
-    ffi::guard("slurm_spank_task_init_privileged", || {
-        let _span = tracing::debug_span!("task_init_privileged").entered();
-        // SAFETY: sp is the handle of this callback.
-        let spank = unsafe { Spank::new(sp) };
-        let Some(arg) = spank.flexmig_option() else {
-            return Ok(());
-        };
-        if !matches!(Mode::parse(arg.as_deref()), Ok(Mode::Rank | Mode::Node)) {
-            return Ok(()); // task_init reports a bad mode
-        }
-        // SAFETY: Slurm passes ac valid argument strings.
-        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?.for_node(node_name(&spank).as_deref())?;
-        // An unreadable inventory is reported by task_init, as the user sees it.
-        if let Ok(inventory) = Inventory::load(&args.inventory) {
-            leaf_lock::prepare(&args.lock_dir, inventory.leaves.iter().map(|l| l.uuid.as_str()))?;
-        }
-        Ok(())
-    })
-}
-
-/// Runs in each forked task, as the user, after Slurm set the GPU variables and before exec.
-///
-/// # Safety
-/// Called by Slurm with its live handle and `ac` valid argument strings in `av`.
-#[no_mangle]
-pub unsafe extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
-    ffi::guard("slurm_spank_task_init", || {
-        let _span = tracing::debug_span!("task_init").entered();
-        // SAFETY: sp is the handle of this callback.
-        let spank = unsafe { Spank::new(sp) };
-        let Some(arg) = spank.flexmig_option() else {
-            return Ok(()); // no --flexmig: never touch the step
-        };
-        let mode = Mode::parse(arg.as_deref())?;
-        if mode == Mode::Off {
-            return Ok(());
-        }
-        // SAFETY: Slurm passes ac valid argument strings.
-        let args = PluginArgs::parse(&unsafe { ffi::args(ac, av) })?.for_node(spank.getenv("SLURMD_NODENAME").as_deref())?;
-        let task = task_view(&spank)?;
-        let inventory = Inventory::load(&args.inventory).map_err(|e| format!("flexmig: {e}"))?;
-        let plan = binding::plan_task(mode, &args, &inventory, &task, &|k| spank.getenv(k))?;
-        for uuid in &plan.exclusive {
-            leaf_lock::lock(&args.lock_dir, uuid)?;
-        }
-        let changes = plan.env;
-        for c in &changes {
-            match c {
-                EnvChange::Set(k, v) => spank.setenv(k, v)?,
-                EnvChange::Unset(k) => spank.unsetenv(k)?,
-            }
-        }
-        let shown: Vec<String> = changes
-            .iter()
-            .filter_map(|c| match c {
-                EnvChange::Set(k, v) if k.starts_with("FLEXMIG_") || k == "CUDA_VISIBLE_DEVICES" => Some(format!("{k}={v}")),
-                _ => None,
-            })
-            .collect();
-        tracing::debug!("job {} step {} task {} (mode {mode}): {}", task.job_id, task.step_id, task.global_task_id, shown.join(" "));
-        Ok(())
-    })
-}
-
-/// This node's Slurm name. SLURMD_NODENAME is set for the task only after
-/// task_init_privileged, so there it is the step's node list at this node's index.
-fn node_name(spank: &Spank) -> Option<String> {
-    if let Some(n) = spank.getenv("SLURMD_NODENAME") {
-        return Some(n);
+    let parsed = PluginArgs::parse(args);
+    if let (Err(e), Context::S_CTX_SLURMD) = (&parsed, ctx) {
+        // Once per slurmd start, in its log.
+        tracing::error!("{}; steps without --flexmig are not affected, --flexmig steps on this node fail until this is fixed", e.message());
     }
-    let id = spank.item_u32(Item::NodeId).ok()? as usize;
-    ["SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"]
-        .iter()
-        .find_map(|v| spank.getenv(v))
-        .and_then(|l| hostlist::expand(&l))
-        .and_then(|hosts| hosts.get(id).cloned())
+    let _ = ARGS.set(parsed);
+    if matches!(ctx, Context::S_CTX_LOCAL | Context::S_CTX_REMOTE | Context::S_CTX_ALLOCATOR) {
+        if let Err(e) = spank.register_option() {
+            tracing::error!("{}; --flexmig is not available", e.message());
+        }
+    }
+    Ok(())
 }
 
-fn task_view(spank: &Spank) -> Result<TaskView, String> {
+/// The `--flexmig` option as srun, sbatch or salloc read it: an unknown mode, or a plugstack
+/// line they cannot use, fails the command before anything is submitted or started.
+fn option_given(arg: Option<&str>, remote: bool) -> Result<()> {
+    if remote {
+        return Ok(()); // slurmstepd: the task reads the option itself
+    }
+    if Mode::parse(arg)? != Mode::Off {
+        plugin_args()?;
+    }
+    Ok(())
+}
+
+/// What root prepared in a task for `task_init`, which runs later in the same process.
+#[derive(Debug)]
+struct Prepared {
+    args: PluginArgs,
+    inventory: Inventory,
+    step_gpus: Option<String>,
+    locks: leaf_lock::OpenLocks,
+}
+
+static PREPARED: Mutex<Option<Result<Prepared>>> = Mutex::new(None);
+
+/// `slurm_spank_task_init_privileged`, in each task as root: reads the inventory and opens the
+/// lock files of the step's leaves. What goes wrong is reported by `task_init`, where the user
+/// sees it.
+fn task_init_privileged(spank: &Spank, _args: &[String]) -> Result<()> {
+    let Some(arg) = spank.flexmig_option() else {
+        return Ok(());
+    };
+    let Ok(mode @ (Mode::Rank | Mode::Node)) = Mode::parse(arg.as_deref()) else {
+        return Ok(()); // off, or a bad mode task_init reports
+    };
+    let prepared = prepare(spank, mode);
+    *PREPARED.lock().unwrap_or_else(|p| p.into_inner()) = Some(prepared);
+    Ok(())
+}
+
+fn prepare(spank: &Spank, mode: Mode) -> Result<Prepared> {
+    let node = trusted_node_name()?;
+    let args = plugin_args()?.for_node(node.as_ref())?;
+    let node_shown = node.as_ref().map_or("this node".to_string(), NodeName::to_string);
+    let text = trusted_fs::read_file(&args.inventory).map_err(|e| {
+        Error::node(format!(
+            "cannot use the node inventory on {node_shown}: {e}; the admin writes it with `flexmig-gres-helper gres-conf --inventory PATH` \
+             (a file of root's, in a directory of root's) and names it with inventory= in plugstack.conf"
+        ))
+    })?;
+    let inventory = Inventory::parse(&text, &args.inventory.display().to_string()).map_err(|e| Error::node(e.to_string()))?;
+    let task = task_view(spank, None)?;
+    let step_gpus = spank.getenv(task.gpu_var());
+    let task = TaskView { step_gpus: step_gpus.clone(), ..task };
+    let uuids = binding::leaves_to_lock(mode, &args, &inventory, &task, &node_shown)?;
+    let locks = leaf_lock::open(&args.lock_dir, uuids.iter().map(String::as_str))?;
+    Ok(Prepared { args, inventory, step_gpus, locks })
+}
+
+/// This node's Slurm name as slurmd told slurmstepd (slurmstepd puts it in its own process
+/// environment). The job's SLURMD_NODENAME is not used: until the task starts it is whatever the
+/// user's shell exported through srun.
+fn trusted_node_name() -> Result<Option<NodeName>> {
+    std::env::var("SLURMD_NODENAME").ok().map(|n| NodeName::parse(&n)).transpose()
+}
+
+/// `slurm_spank_task_init`, in each task as the user, before exec: binds the task's leaf and
+/// exports what the task needs.
+fn task_init(spank: &Spank, _args: &[String]) -> Result<()> {
+    let Some(arg) = spank.flexmig_option() else {
+        return Ok(()); // no --flexmig: never touch the step
+    };
+    let mode = Mode::parse(arg.as_deref())?;
+    let prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let (plan, locks) = if mode == Mode::Off {
+        let args = plugin_args().unwrap_or_default();
+        (binding::plan_task(mode, &args, &Inventory::new(), &task_view(spank, None)?, &|k| spank.getenv(k))?, None)
+    } else {
+        let p = prepared.ok_or_else(|| Error::slurm("slurm_spank_task_init_privileged did not run for this task"))??;
+        let task = task_view(spank, p.step_gpus.clone())?;
+        (binding::plan_task(mode, &p.args, &p.inventory, &task, &|k| spank.getenv(k))?, Some(p.locks))
+    };
+    if let Some(locks) = locks {
+        let exclusive: Vec<&str> = plan.exclusive.iter().map(String::as_str).collect();
+        locks.hold(&exclusive)?;
+    }
+    for c in &plan.env {
+        match c {
+            EnvChange::Set(k, v) => spank.setenv(k, v)?,
+            EnvChange::Unset(k) => spank.unsetenv(k)?,
+        }
+    }
+    let shown: Vec<String> = plan
+        .env
+        .iter()
+        .filter_map(|c| match c {
+            EnvChange::Set(k, v) if k.starts_with("FLEXMIG_") || k == "CUDA_VISIBLE_DEVICES" => Some(format!("{k}={v}")),
+            _ => None,
+        })
+        .collect();
+    tracing::debug!("mode {mode}: {}", shown.join(" "));
+    Ok(())
+}
+
+fn task_view(spank: &Spank, step_gpus: Option<String>) -> Result<TaskView> {
     let step_id = spank.item_u32(Item::StepId)?;
     Ok(TaskView {
         job_id: spank.item_u32(Item::JobId)?,
@@ -176,5 +171,6 @@ fn task_view(spank: &Spank) -> Result<TaskView, String> {
         local_task_count: spank.item_u32(Item::LocalTaskCount)?,
         global_task_id: spank.item_u32(Item::TaskGlobalId)?,
         total_task_count: spank.item_u32(Item::TotalTaskCount)?,
+        step_gpus,
     })
 }

@@ -48,10 +48,8 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SlurmLayer {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut m = Message::default();
         event.record(&mut m);
-        let mut line = m.0;
-        if !line.starts_with("flexmig") {
-            line.insert_str(0, "flexmig: ");
-        }
+        // The one place log lines get their prefix.
+        let mut line = format!("flexmig: {}", m.0);
         if let Some(span) = ctx.event_span(event) {
             if *event.metadata().level() >= Level::DEBUG {
                 line.push_str(&format!(" [{}]", span.name()));
