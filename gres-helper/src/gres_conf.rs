@@ -2,19 +2,18 @@
 //! slurm.conf `NodeName ... Gres=` line, the node inventory the SPANK plugin reads, and the
 //! size-aware policy the Lua filters read.
 //!
-//! Leaf order (= Slurm GRES index, since Slurm numbers a node's gpu GRES in gres.conf line
-//! order and hands out the lowest free indices first):
-//! 1. the double leaves, one per GPU in turn, so a single-leaf job (which the Lua filters turn
-//!    into an untyped `gpu:1`) gets a double leaf while one is free;
-//! 2. then the small leaves round-robin across GPUs (small leaf 0 of GPU 0, of GPU 1, ...,
-//!    then small leaf 1 of each GPU, ...), so a `gpu:<small>:N` job is spread evenly over the
-//!    node's GPUs (topology-aware placement).
+//! The leaf order is [`leaf_model::gres_order`]'s: doubles first, one per GPU in turn, then the
+//! small leaves round-robin across GPUs, grouped by type. Slurm numbers a node's gpu GRES in the
+//! type order of the slurm.conf `Gres=` line and by gres.conf line order only within a type, so
+//! the node line written here names the types in the gres.conf order: with it, gpu line k of
+//! gres.conf is GRES index k, which the inventory records.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use leaf_model::gres_order::{self, GresCount, OrderLeaf};
 use leaf_model::inventory::{Gpu, Inventory, Leaf};
 use leaf_model::layout::LeafRole;
 
@@ -121,15 +120,15 @@ pub struct NodeLeaf {
     pub files: Vec<PathBuf>,
 }
 
-/// The node's leaves in GRES order, with their device files.
+/// The node's leaves in GRES order ([`gres_order::flexmig_order`]), with their device files.
 ///
 /// # Errors
 /// A GPU with MIG off or a GPU instance that is not a leaf (run `apply` first), no leaves at
 /// all, missing MIG minors.
 pub fn ordered_leaves(node: &mut dyn Node, paths: &DevicePaths, minors: &MigMinors) -> Result<(Vec<GpuInfo>, Vec<NodeLeaf>)> {
     let gpus = node.gpus()?;
-    // (role, rank within its role on its GPU, gpu) -> leaf
-    let mut keyed = Vec::new();
+    let mut keys = Vec::new();
+    let mut found = Vec::new();
     for g in &gpus {
         let mut insts = node.instances(g.index)?;
         if insts.is_empty() {
@@ -159,36 +158,29 @@ pub fn ordered_leaves(node: &mut dyn Node, paths: &DevicePaths, minors: &MigMino
                 paths.cap_device(minors.get(g.minor, inst.id, None).with_context(|| format!("GPU {} leaf {}", g.index, ci.uuid))?),
                 paths.cap_device(minors.get(g.minor, inst.id, Some(ci.id)).with_context(|| format!("GPU {} leaf {}", g.index, ci.uuid))?),
             ];
-            keyed.push((
-                // Doubles sort before smalls, then by rank, then GPU: round-robin.
-                (u8::from(role == LeafRole::Small), *r, g.index),
-                NodeLeaf {
-                    gres_index: 0,
-                    gpu: g.index,
-                    gpu_minor: g.minor,
-                    gi: inst.id,
-                    ci: ci.id,
-                    profile: inst.profile.clone(),
-                    start: inst.start,
-                    role,
-                    uuid: ci.uuid.clone(),
-                    files,
-                },
-            ));
+            keys.push(OrderLeaf { gpu: g.index, role, profile: inst.profile.clone(), rank: *r });
+            found.push(NodeLeaf {
+                gres_index: 0,
+                gpu: g.index,
+                gpu_minor: g.minor,
+                gi: inst.id,
+                ci: ci.id,
+                profile: inst.profile.clone(),
+                start: inst.start,
+                role,
+                uuid: ci.uuid.clone(),
+                files,
+            });
             *r += 1;
         }
     }
-    if keyed.is_empty() {
+    if found.is_empty() {
         bail!("the node has no MIG leaves; run `flexmig-gres-helper apply` first");
     }
-    keyed.sort_by_key(|k| k.0);
-    let leaves = keyed
+    let leaves = gres_order::flexmig_order(&keys)
         .into_iter()
-        .enumerate()
-        .map(|(i, (_, mut l))| {
-            l.gres_index = u32::try_from(i).expect("few leaves");
-            l
-        })
+        .zip(0u32..)
+        .map(|(i, gres_index)| NodeLeaf { gres_index, ..found[i].clone() })
         .collect();
     Ok((gpus, leaves))
 }
@@ -201,10 +193,14 @@ pub fn gres_line(leaf: &NodeLeaf) -> String {
 
 /// The gres.conf text.
 pub fn gres_conf_text(leaves: &[NodeLeaf]) -> String {
-    let mut s = String::from(
+    let mut s = format!(
         "# flexmig: written by `flexmig-gres-helper gres-conf`; do not edit by hand.\n\
-         # One line per MIG leaf. The line order is Slurm's GRES index order, which the\n\
-         # flexmig node inventory records: reorder nothing (check with `flexmig-gres-helper verify`).\n",
+         # One line per MIG leaf. Slurm numbers the node's gpu GRES in the type order of its\n\
+         # slurm.conf `Gres=` line and by the line order here only within a type. The node line\n\
+         # gres-conf writes, Gres={}, names the types in this file's order,\n\
+         # so line k is GRES index k, as the flexmig node inventory records. Reorder nothing,\n\
+         # here or in the Gres= line (check with `flexmig-gres-helper verify`).\n",
+        gres_order::gres_value(&node_gres(leaves))
     );
     for l in leaves {
         let _ = writeln!(s, "# GRES index {}: GPU {} {} at memory slice {} ({})", l.gres_index, l.gpu, l.profile, l.start, l.uuid);
@@ -213,21 +209,14 @@ pub fn gres_conf_text(leaves: &[NodeLeaf]) -> String {
     s
 }
 
-/// `gpu:<type>:<count>` items in GRES order of first appearance.
-pub fn gres_counts(leaves: &[NodeLeaf]) -> Vec<(String, u32)> {
-    let mut out: Vec<(String, u32)> = Vec::new();
-    for l in leaves {
-        match out.iter_mut().find(|(t, _)| *t == l.profile) {
-            Some((_, n)) => *n += 1,
-            None => out.push((l.profile.clone(), 1)),
-        }
-    }
-    out
+/// The gpu items of the node's slurm.conf `Gres=` line for leaves in GRES order.
+pub fn node_gres(leaves: &[NodeLeaf]) -> Vec<GresCount> {
+    gres_order::node_gres(leaves.iter().map(|l| l.profile.as_str()))
 }
 
 /// The slurm.conf node line: `NodeName=<node> Gres=gpu:<type>:<n>,... <extra>`.
 pub fn node_line(node_name: &str, leaves: &[NodeLeaf], extra: &str) -> String {
-    let gres = gres_counts(leaves).iter().map(|(t, n)| format!("gpu:{t}:{n}")).collect::<Vec<_>>().join(",");
+    let gres = gres_order::gres_value(&node_gres(leaves));
     let extra = extra.trim();
     if extra.is_empty() {
         format!("NodeName={node_name} Gres={gres}")
@@ -336,6 +325,31 @@ mod tests {
             let on0 = smalls[..n].iter().filter(|g| **g == 0).count();
             assert!(on0.abs_diff(n - on0) <= 1);
         }
+    }
+
+    #[test]
+    fn gres_conf_lines_are_slurms_index_order_on_a_node_mixing_models() {
+        // 1g.10gb is the double of the A100-40GB and the small of the A100-80GB: Slurm numbers
+        // all 1g.10gb leaves together, so gres.conf must list them together.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let mut f = FakeNodeFile::create("A100-40GB", 2, true).unwrap();
+        f.gpus[1] = FakeNodeFile::create("A100-80GB", 2, true).unwrap().gpus.remove(1);
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let minors = MigMinors::parse(&fake_mig_minors(&[0, 1]), "t").unwrap();
+        let (_, leaves) = ordered_leaves(&mut node, &DevicePaths::default(), &minors).unwrap();
+        let line = node_line("n1", &leaves, "");
+        assert_eq!(line, "NodeName=n1 Gres=gpu:1g.10gb:7,gpu:1g.20gb:1,gpu:1g.5gb:6");
+        let gres = leaf_model::gres_order::parse_node_gres(line.split("Gres=").nth(1).unwrap()).unwrap();
+        let text = gres_conf_text(&leaves);
+        let types: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("Name=gpu Type=")).map(|l| l.split_whitespace().next().unwrap()).collect();
+        let slurm = leaf_model::gres_order::slurm_gres_indices(&gres, &types);
+        assert_eq!(slurm, leaves.iter().map(|l| Some(l.gres_index)).collect::<Vec<_>>());
+        assert_eq!((leaves[0].gpu, leaves[0].role), (0, LeafRole::Double), "the first double leaf still comes first");
     }
 
     #[test]

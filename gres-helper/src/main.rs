@@ -270,27 +270,32 @@ fn run(cli: Cli) -> Result<i32> {
             let node_name = a.node_name.unwrap_or_else(host_short_name);
             let line = gres_conf::node_line(&node_name, &leaves, &a.node_options);
             let inv = gres_conf::inventory(&gpus, &leaves);
-            let mut wrote = false;
-            if let Some(path) = &a.gres_conf {
-                write_out(path, &gres, "gres.conf")?;
-                wrote = true;
+            // gres.conf, the node line and the inventory only agree as a set: write all of
+            // them or none.
+            let mut set = Vec::new();
+            let mut add = |path: &Option<PathBuf>, text: String, what: &'static str| {
+                if let Some(p) = path {
+                    set.push((leaf_model::atomic::FileWrite { path: p.clone(), contents: text.into_bytes(), mode: 0o644 }, what));
+                }
+            };
+            add(&a.gres_conf, gres.clone(), "gres.conf");
+            add(
+                &a.node_conf,
+                format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper gres-conf)\n{line}\n"),
+                "slurm.conf node line",
+            );
+            if a.inventory.is_some() {
+                inv.validate().map_err(|e| anyhow::anyhow!("the inventory to write is inconsistent ({e}); nothing was written"))?;
             }
-            if let Some(path) = &a.node_conf {
-                write_out(
-                    path,
-                    &format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper gres-conf)\n{line}\n"),
-                    "slurm.conf node line",
-                )?;
-                wrote = true;
+            add(&a.inventory, inv.to_toml_string(), "node inventory");
+            if a.policy.is_some() {
+                add(&a.policy, gres_conf::policy_lua(&leaves).context("nothing was written")?, "Lua policy");
             }
-            if let Some(path) = &a.inventory {
-                inv.write_atomic(path).with_context(|| format!("writing the inventory {}", path.display()))?;
-                eprintln!("wrote node inventory {}", path.display());
-                wrote = true;
-            }
-            if let Some(path) = &a.policy {
-                write_out(path, &gres_conf::policy_lua(&leaves)?, "Lua policy")?;
-                wrote = true;
+            let wrote = !set.is_empty();
+            let files: Vec<_> = set.iter().map(|(f, _)| f.clone()).collect();
+            leaf_model::atomic::write_set(&files).context("gres-conf writes its files as a set")?;
+            for (f, what) in &set {
+                eprintln!("wrote {what} {}", f.path.display());
             }
             if !wrote {
                 println!(

@@ -198,3 +198,54 @@ fn a_closed_stdout_ends_the_helper_quietly_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", o.status);
 }
+
+/// A fake 2 x A100-40GB node with MIG leaves applied and a driver-style mig-minors file;
+/// returns the work dir and the global arguments pointing at it.
+fn applied_node() -> (tempfile::TempDir, Vec<std::ffi::OsString>) {
+    let (d, node) = dir_setup("A100-40GB");
+    let minors = d.path().join("mig-minors");
+    let global: Vec<std::ffi::OsString> =
+        vec!["--fake-node".into(), node.into(), "--dev-root".into(), d.path().join("dev").into(), "--mig-minors".into(), minors.into()];
+    assert_eq!(run(helper().args(&global).arg("apply")).0, 0);
+    let (code, _, err) = run(helper().args(&global).args(["fake-node", "devices"]));
+    // Without root mknod fails, but the mig-minors file is written first.
+    assert!(code == 0 || err.contains("mknod"), "{err}");
+    (d, global)
+}
+
+#[test]
+fn gres_conf_changes_none_of_its_files_when_one_cannot_be_written() {
+    let (d, global) = applied_node();
+    let p = |n: &str| d.path().join(n);
+    let gres_conf = |inventory: &Path| {
+        let mut c = helper();
+        c.args(&global).arg("gres-conf").arg("--gres-conf").arg(p("gres.conf")).arg("--node-conf").arg(p("node.conf"));
+        c.arg("--inventory").arg(inventory).arg("--policy").arg(p("flexmig_policy.lua")).args(["--node-name", "gpu01"]);
+        run(&mut c)
+    };
+    let (code, _, err) = gres_conf(&p("flexmig.toml"));
+    assert_eq!(code, 0, "{err}");
+    // The old set: stale files an earlier gres-conf wrote.
+    let names = ["gres.conf", "node.conf", "flexmig.toml", "flexmig_policy.lua"];
+    for n in names {
+        std::fs::write(p(n), format!("old {n}\n")).unwrap();
+    }
+    // Inventory targets that cannot be written even as root: under a regular file (no
+    // directory to put a temporary in), and an existing directory (nothing to rename over).
+    std::fs::write(p("not-a-dir"), "").unwrap();
+    std::fs::create_dir(p("inventory-dir")).unwrap();
+    for bad in [p("not-a-dir").join("flexmig.toml"), p("inventory-dir")] {
+        let (code, _, err) = gres_conf(&bad);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&bad.display().to_string()) && err.contains("none of the files was changed"), "{err}");
+        for n in names {
+            assert_eq!(std::fs::read_to_string(p(n)).unwrap(), format!("old {n}\n"), "{n} changed although {} failed", bad.display());
+        }
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("flexmig-tmp") || n.contains("flexmig-old"))
+            .collect();
+        assert!(left.is_empty(), "temporaries left: {left:?}");
+    }
+}
