@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 pub mod helper_node;
+pub mod task_env;
 
 /// The name of the unprivileged user the tests run jobs as.
 pub const TEST_USER: &str = "flexmig-test";

@@ -1,89 +1,10 @@
 //! The SPANK plugin under a real Slurm: real srun/sbatch/salloc, real slurmstepd, the built
 //! .so loaded from plugstack.conf, emulated MIG leaves as char devices.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Output;
+use std::collections::{BTreeMap, BTreeSet};
 
-use flexmig_integration::{Cluster, ClusterConfig, EmulatedLeaf, DEFAULT_PLUGSTACK, PLUGIN_VARS};
-
-/// The variables a task is checked for: Slurm's own, and everything the plugin may set.
-fn vars() -> Vec<&'static str> {
-    ["SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"].into_iter().chain(PLUGIN_VARS.iter().copied()).collect()
-}
-
-/// A bash snippet that prints `<procid> NAME=value` (or `NAME` alone when unset) per variable.
-fn print_vars() -> String {
-    format!(
-        "for v in {}; do if [ -n \"${{!v+x}}\" ]; then echo \"$SLURM_PROCID $v=${{!v}}\"; else echo \"$SLURM_PROCID $v\"; fi; done",
-        vars().join(" ")
-    )
-}
-
-/// Task environments by SLURM_PROCID, from [`print_vars`] output (unset variables absent).
-fn parse_tasks(stdout: &str) -> BTreeMap<u32, HashMap<String, String>> {
-    let mut out: BTreeMap<u32, HashMap<String, String>> = BTreeMap::new();
-    for line in stdout.lines() {
-        let Some((id, rest)) = line.split_once(' ') else { continue };
-        let Ok(id) = id.parse::<u32>() else { continue };
-        let m = out.entry(id).or_default();
-        if let Some((k, v)) = rest.split_once('=') {
-            m.insert(k.to_string(), v.to_string());
-        }
-    }
-    out
-}
-
-fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn srun(c: &Cluster, args: &[&str]) -> Output {
-    Cluster::output(c.command("srun").args(args)).unwrap()
-}
-
-fn start(gpus: u32) -> (Cluster, Vec<EmulatedLeaf>) {
-    let (cfg, leaves) = ClusterConfig::emulated(gpus);
-    (Cluster::start(&cfg).unwrap(), leaves)
-}
-
-/// Checks one flexmig step's bindings against the inventory: distinct leaves, CUDA device ==
-/// MIG id == the leaf of an allocated GRES index, FLEXMIG_GPU right, ranks alternating GPUs
-/// where the allocation allows, torch variables right. Returns the leaves used.
-fn check_rank_step(tasks: &BTreeMap<u32, HashMap<String, String>>, leaves: &[EmulatedLeaf], ntasks: u32) -> BTreeSet<String> {
-    assert_eq!(tasks.len() as u32, ntasks, "{tasks:#?}");
-    let by_uuid: HashMap<&str, &EmulatedLeaf> = leaves.iter().map(|l| (l.uuid.as_str(), l)).collect();
-    let mut used = BTreeSet::new();
-    let port = &tasks[&0]["MASTER_PORT"];
-    let mut gpus_in_order = Vec::new();
-    for (rank, t) in tasks {
-        let uuid = &t["NCCL_MIG_ID"];
-        let leaf = by_uuid.get(uuid.as_str()).unwrap_or_else(|| panic!("task {rank}: {uuid} is not an inventory leaf"));
-        assert!(used.insert(uuid.clone()), "leaf {uuid} bound twice: {tasks:#?}");
-        assert_eq!(&t["CUDA_VISIBLE_DEVICES"], uuid, "task {rank}");
-        assert_eq!(t["FLEXMIG_LEAF"], *uuid);
-        assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string(), "task {rank}");
-        assert_eq!(t["FLEXMIG_PROFILE"], leaf.profile);
-        assert_eq!(t["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
-        assert_eq!(t["NCCL_MAX_NCHANNELS"], "2", "single-node steps get few NCCL channels by default");
-        let allocated: Vec<u32> = t["SLURM_STEP_GPUS"].split(',').map(|s| s.parse().unwrap()).collect();
-        assert!(allocated.contains(&leaf.gres_index), "task {rank}: leaf {} not allocated to the step ({allocated:?})", leaf.gres_index);
-        assert_eq!(t["RANK"], rank.to_string());
-        assert_eq!(t["RANK"], t["SLURM_PROCID"]);
-        assert_eq!(t["LOCAL_RANK"], t["SLURM_LOCALID"]);
-        assert_eq!(t["WORLD_SIZE"], ntasks.to_string());
-        assert_eq!(t["LOCAL_WORLD_SIZE"], ntasks.to_string());
-        assert_eq!(t["MASTER_ADDR"], "localhost");
-        assert_eq!(&t["MASTER_PORT"], port, "one MASTER_PORT for the whole step");
-        gpus_in_order.push(leaf.gpu);
-    }
-    // Round-robin: while both GPUs still have allocated leaves, consecutive ranks alternate.
-    let per_gpu = |g: u32| gpus_in_order.iter().filter(|&&x| x == g).count();
-    let balanced = 2 * per_gpu(0).min(per_gpu(1));
-    for w in gpus_in_order[..balanced].windows(2) {
-        assert_ne!(w[0], w[1], "ranks do not alternate GPUs: {gpus_in_order:?}");
-    }
-    used
-}
+use flexmig_integration::task_env::{check_rank_step, parse_tasks, print_vars, srun, start, text, vars};
+use flexmig_integration::{Cluster, ClusterConfig, DEFAULT_PLUGSTACK};
 
 #[test]
 fn option_is_listed_in_help_of_srun_sbatch_and_salloc() {
@@ -264,7 +185,7 @@ fn errors_fail_cleanly_with_their_message() {
     expect(&["--flexmig=bogus", "-n1", "--gres=gpu:1"], &["unknown mode --flexmig=bogus"]);
 
     std::fs::remove_file(c.dir().join("flexmig.toml")).unwrap();
-    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["cannot read the node inventory", "flexmig.toml"]);
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["cannot use the node inventory", "flexmig.toml does not exist"]);
     c.write_file("flexmig.toml", "version = 1\n[[leaf]\n").unwrap();
     expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["is malformed"]);
     c.write_file("flexmig.toml", &good_inventory.replace("version = 1", "version = 9")).unwrap();
@@ -279,14 +200,17 @@ fn errors_fail_cleanly_with_their_message() {
     let dup = good_inventory.replace(&format!("uuid = \"{}\"", leaves[1].uuid), &format!("uuid = \"{}\"", leaves[0].uuid));
     c.write_file("flexmig.toml", &dup).unwrap();
     expect(&["--flexmig", "-n2", "--gres=gpu:1g.5gb:2"], &["listed twice", &leaves[0].uuid]);
-    // Unreadable for the user.
+    // Root reads the inventory for every user's step, so only a file of root's is used.
     c.write_file("flexmig.toml", &good_inventory).unwrap();
-    std::fs::set_permissions(c.dir().join("flexmig.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let o = Cluster::output(c.command_as_user("srun").unwrap().args(["--flexmig", "-n1", "--gres=gpu:1", "true"])).unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{}", text(&o));
-    std::fs::set_permissions(c.dir().join("flexmig.toml"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let inv = c.dir().join("flexmig.toml");
+    std::os::unix::fs::chown(&inv, Some(65534), None).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["cannot use the node inventory", "owned by uid 65534, not by root"]);
+    std::os::unix::fs::chown(&inv, Some(0), None).unwrap();
+    std::fs::set_permissions(&inv, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["writable by others than root"]);
+    std::fs::set_permissions(&inv, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
 
-    // Bad plugstack arguments fail srun at once, naming the argument, with or without --flexmig.
+    // A bad plugstack argument fails --flexmig at once, naming the argument; other steps run.
     c.write_file(
         "plugstack.conf",
         &DEFAULT_PLUGSTACK
@@ -295,7 +219,8 @@ fn errors_fail_cleanly_with_their_message() {
     )
     .unwrap();
     expect(&["--flexmig", "-n1", "--gres=gpu:1"], &["inventry=/etc/x.toml", "unknown key"]);
-    expect(&["-n1"], &["inventry=/etc/x.toml"]);
+    let o = srun(&c, &["-n1", "--gres=gpu:1", "true"]);
+    assert!(o.status.success(), "a step without --flexmig must not fail on flexmig's configuration: {}", text(&o));
     c.write_file(
         "plugstack.conf",
         &format!(
