@@ -1,0 +1,12 @@
+//! flexmig's host-side all-reduce between the MIG leaves of one node (see README.md): each rank
+//! copies its buffer down into one shared host segment, CPU threads of all ranks reduce it, each
+//! rank copies the result back up.
+//!
+//! - [`reduce`]: the CPU reduction (fp32, bf16, fp16; sum, average), vectorised and exact;
+//! - [`ffi::shm`]: the per-communicator shared segment and its layout;
+//! - [`pipeline`]: the chunk protocol (counters, slots, reducer threads, dead peers);
+//! - [`sim`]: the GPU side simulated with threads, for tests without a GPU.
+pub mod ffi;
+pub mod pipeline;
+pub mod reduce;
+pub mod sim;

@@ -1,0 +1,470 @@
+//! The chunk pipeline: how one all-reduce moves through the shared segment.
+//!
+//! A call's buffer is cut into chunks of one slot each. Chunk c of a call is round `r = first + c`
+//! of the communicator (rounds count up over all calls, the same on every rank, since every rank
+//! makes the same calls in the same order), and uses slot `r % depth`. Per round:
+//!
+//! 1. each rank's *down* stream waits until `reduced[slot] >= r - depth + 1` (the reducers are done
+//!    reading the slot's previous inputs), copies its chunk into its input slot, and writes
+//!    `arrived[slot][rank] = r + 1`;
+//! 2. the reducer threads (T per rank, k·T shares per chunk) wait until every rank's `arrived` is
+//!    `>= r + 1` and every rank's `consumed` is `>= r - depth + 1` (the slot's previous result has
+//!    been copied up everywhere), reduce their share into the result slot, and count it in
+//!    `done[slot]`; the share that completes the round stores `reduced[slot] = r + 1`;
+//! 3. each rank's *up* stream waits until `reduced[slot] >= r + 1`, copies the result into its
+//!    output buffer, and writes `consumed[slot][rank] = r + 1`.
+//!
+//! The streams only ever wait for one counter to reach a value (`cuStreamWaitValue64` GEQ) and only
+//! write their own counters (`cuStreamWriteValue64`); down and up are separate streams, so copies of
+//! different chunks run both ways at once. Counters only grow. When a peer dies or the communicator
+//! is aborted, every `reduced` is raised to [`RELEASED`], which satisfies every wait any stream has
+//! or will enqueue: no stream hangs, and the error is reported by the next call.
+//!
+//! [`Streams`] is what the GPU (or the CPU-only simulation) provides: the ops above, in stream order.
+
+use crate::ffi::shm::{process_alive, Counter, Geometry, Segment, ShmError};
+use crate::reduce::{self, DType, Op};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The value every `reduced` counter is raised to on abort: above any round a stream waits for.
+pub const RELEASED: u64 = 1 << 62;
+
+/// How often a waiting reducer checks that its peers still run.
+const PEER_CHECK: Duration = Duration::from_millis(50);
+
+/// The two streams of a rank: copies into the segment, copies out of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Down,
+    Up,
+}
+
+/// Stream-ordered operations of one rank for one call, in the order they must run on each side.
+pub trait Streams {
+    type Error;
+    /// The side waits until counter `c` of slot `slot` is at least `value`.
+    fn wait_geq(&mut self, side: Side, slot: usize, c: Counter, value: u64) -> Result<(), Self::Error>;
+    /// The side writes `value` into counter `c` of `slot`, after everything before it on that side.
+    fn write(&mut self, side: Side, slot: usize, c: Counter, value: u64) -> Result<(), Self::Error>;
+    /// Down: bytes `offset..offset + len` of the send buffer into this rank's input slot.
+    fn copy_down(&mut self, offset: usize, slot: usize, len: usize) -> Result<(), Self::Error>;
+    /// Up: the first `len` bytes of result slot `slot` into bytes `offset..` of the receive buffer.
+    fn copy_up(&mut self, slot: usize, offset: usize, len: usize) -> Result<(), Self::Error>;
+}
+
+/// The chunks of a call of `bytes` with slots of `slot_bytes`: (index, offset, length).
+pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+    (0..bytes.div_ceil(slot_bytes)).map(move |c| (c as u64, c * slot_bytes, (bytes - c * slot_bytes).min(slot_bytes)))
+}
+
+/// Enqueues one call's stream operations for `rank`, rounds from `first_round`.
+///
+/// # Errors
+/// Whatever the streams return; the call is then broken and the communicator must be aborted.
+pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64, bytes: usize) -> Result<(), S::Error> {
+    let depth = g.depth as u64;
+    for (c, off, len) in chunks(bytes, g.slot_bytes) {
+        let r = first_round + c;
+        let slot = (r % depth) as usize;
+        if r >= depth {
+            s.wait_geq(Side::Down, slot, Counter::Reduced, r - depth + 1)?;
+        }
+        s.copy_down(off, slot, len)?;
+        s.write(Side::Down, slot, Counter::Arrived(rank), r + 1)?;
+        s.wait_geq(Side::Up, slot, Counter::Reduced, r + 1)?;
+        s.copy_up(slot, off, len)?;
+        s.write(Side::Up, slot, Counter::Consumed(rank), r + 1)?;
+    }
+    Ok(())
+}
+
+/// Why a communicator's host path stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// A peer process is gone (killed, crashed, exited mid-collective).
+    PeerDied,
+    /// A rank aborted the communicator (ncclCommAbort, or a failure enqueuing a call).
+    Aborted,
+    /// Destroy found work the peers never finished.
+    Unfinished,
+}
+
+impl AbortReason {
+    fn code(self) -> u32 {
+        match self {
+            AbortReason::PeerDied => 1,
+            AbortReason::Aborted => 2,
+            AbortReason::Unfinished => 3,
+        }
+    }
+    fn from_code(c: u32) -> Option<AbortReason> {
+        match c {
+            1 => Some(AbortReason::PeerDied),
+            2 => Some(AbortReason::Aborted),
+            3 => Some(AbortReason::Unfinished),
+            _ => None,
+        }
+    }
+}
+
+/// The state of an aborted communicator: why, and which rank it is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", match reason {
+    AbortReason::PeerDied => format!("flexmig-hostreduce: rank {rank} died; the communicator is unusable"),
+    AbortReason::Aborted => format!("flexmig-hostreduce: rank {rank} aborted the communicator"),
+    AbortReason::Unfinished => format!("flexmig-hostreduce: rank {rank} destroyed the communicator with all-reduces its peers never finished"),
+})]
+pub struct Abort {
+    pub reason: AbortReason,
+    pub rank: usize,
+}
+
+/// The settings every rank of a communicator must share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub geometry: Geometry,
+    /// Reducer threads per rank.
+    pub threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Shm(#[from] ShmError),
+    #[error("rank {rank} never mapped the shared segment")]
+    NeverAttached { rank: usize },
+    #[error("rank {rank} (pid {pid}) is not visible from this process (separate pid namespaces?): a dead peer could not be detected")]
+    PeerInvisible { rank: usize, pid: u32 },
+    #[error("cannot start a reducer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One call, as the reducer threads see it.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    first_round: u64,
+    bytes: usize,
+    dtype: DType,
+    op: Op,
+}
+
+/// The CPU side of one rank of a communicator: its mapping of the segment and its reducer threads.
+#[derive(Debug)]
+pub struct HostComm {
+    seg: Arc<Segment>,
+    settings: Settings,
+    next_round: Mutex<u64>,
+    senders: Mutex<Vec<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl HostComm {
+    /// Sets up rank `rank`'s side: rank 0 creates the segment at `path` and waits until every rank
+    /// has mapped it, the others open it (all within `timeout`); each then checks that it can see
+    /// its peers' processes and starts its reducer threads. When this returns on every rank, the
+    /// segment's name is gone from the file system.
+    ///
+    /// # Errors
+    /// [`SetupError`]; on rank 0 the name is removed before returning an error.
+    pub fn setup(path: &std::path::Path, rank: usize, settings: Settings, timeout: Duration) -> Result<HostComm, SetupError> {
+        let g = settings.geometry;
+        let seg = if rank == 0 {
+            let s = Segment::create(path, g)?;
+            s.wait_attached(timeout)?;
+            s
+        } else {
+            Segment::open(path, g, rank, timeout)?
+        };
+        // Every peer has registered its pid once it attached; rank 0 saw all attach, the others
+        // may be ahead of the last one: wait for its pid too.
+        let t0 = Instant::now();
+        for r in 0..g.nranks {
+            let h = seg.header();
+            while h.pids[r].load(Ordering::Acquire) == 0 && t0.elapsed() < timeout {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let pid = h.pids[r].load(Ordering::Acquire);
+            if pid == 0 {
+                return Err(SetupError::NeverAttached { rank: r });
+            }
+            if !process_alive(pid, h.start_times[r].load(Ordering::Relaxed)) {
+                return Err(SetupError::PeerInvisible { rank: r, pid });
+            }
+        }
+        let seg = Arc::new(seg);
+        let comm = HostComm { seg, settings, next_round: Mutex::new(0), senders: Mutex::new(Vec::new()), threads: Mutex::new(Vec::new()) };
+        for t in 0..settings.threads {
+            let (tx, rx) = mpsc::channel();
+            let worker = Reducer { seg: comm.seg.clone(), settings, share: rank * settings.threads + t };
+            let h = std::thread::Builder::new()
+                .name(format!("hostreduce-{rank}.{t}"))
+                .spawn(move || worker.run(rx))
+                .map_err(SetupError::Thread)?;
+            comm.senders.lock().unwrap().push(tx);
+            comm.threads.lock().unwrap().push(h);
+        }
+        Ok(comm)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.seg.rank()
+    }
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+    pub fn segment_arc(&self) -> Arc<Segment> {
+        self.seg.clone()
+    }
+
+    /// The abort state, if the communicator's host path is dead.
+    pub fn aborted(&self) -> Option<Abort> {
+        aborted(&self.seg)
+    }
+
+    /// Starts one all-reduce of `bytes` (a whole number of `dtype` elements): hands it to the
+    /// reducer threads and returns its first round, for [`enqueue`] on this rank's streams.
+    ///
+    /// # Errors
+    /// The abort state when the communicator is already dead: nothing was started.
+    pub fn start(&self, bytes: usize, dtype: DType, op: Op) -> Result<u64, Abort> {
+        if let Some(a) = self.aborted() {
+            return Err(a);
+        }
+        let mut next = self.next_round.lock().unwrap();
+        let first_round = *next;
+        *next += bytes.div_ceil(self.settings.geometry.slot_bytes) as u64;
+        let job = Job { first_round, bytes, dtype, op };
+        for tx in self.senders.lock().unwrap().iter() {
+            // A reducer only ends when its sender is dropped, so sending cannot fail here.
+            let _ = tx.send(job);
+        }
+        Ok(first_round)
+    }
+
+    /// Aborts the communicator for every rank: peers' calls fail, every stream wait is released.
+    pub fn abort(&self, reason: AbortReason) {
+        set_abort(&self.seg, reason, self.rank());
+    }
+
+    /// Stops the reducer threads after they finished the calls already started; if that takes more
+    /// than `timeout` (peers that never make the same calls), aborts first. Every stream wait on this
+    /// segment is satisfied afterwards.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.senders.lock().unwrap().clear();
+        let threads: Vec<_> = self.threads.lock().unwrap().drain(..).collect();
+        let t0 = Instant::now();
+        while threads.iter().any(|h| !h.is_finished()) {
+            if t0.elapsed() > timeout && self.aborted().is_none() {
+                self.abort(AbortReason::Unfinished);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for h in threads {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for HostComm {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(10));
+    }
+}
+
+fn aborted(seg: &Segment) -> Option<Abort> {
+    let h = seg.header();
+    let code = h.abort.load(Ordering::Acquire);
+    AbortReason::from_code(code).map(|reason| Abort { reason, rank: h.abort_rank.load(Ordering::Relaxed) as usize })
+}
+
+/// Marks the segment aborted (the first reason wins) and releases every stream wait.
+fn set_abort(seg: &Segment, reason: AbortReason, rank: usize) {
+    let h = seg.header();
+    if h.abort.compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        h.abort_rank.store(rank as u32, Ordering::Relaxed);
+        h.abort.store(reason.code(), Ordering::Release);
+    }
+    release(seg);
+}
+
+fn release(seg: &Segment) {
+    for slot in 0..seg.geometry().depth {
+        seg.counter(slot, Counter::Reduced).fetch_max(RELEASED, Ordering::AcqRel);
+    }
+}
+
+/// One reducer thread: share `share` of every chunk of every call.
+struct Reducer {
+    seg: Arc<Segment>,
+    settings: Settings,
+    share: usize,
+}
+
+impl Reducer {
+    fn run(self, jobs: mpsc::Receiver<Job>) {
+        for job in jobs {
+            if self.reduce_job(job).is_err() {
+                release(&self.seg);
+            }
+        }
+    }
+
+    fn reduce_job(&self, job: Job) -> Result<(), Abort> {
+        let g = self.settings.geometry;
+        let depth = g.depth as u64;
+        let shares = g.nranks * self.settings.threads;
+        let size = job.dtype.size();
+        for (c, _, len) in chunks(job.bytes, g.slot_bytes) {
+            let r = job.first_round + c;
+            let slot = (r % depth) as usize;
+            self.wait(|| {
+                (0..g.nranks).all(|i| {
+                    self.seg.counter(slot, Counter::Arrived(i)).load(Ordering::Acquire) > r
+                        && (r < depth || self.seg.counter(slot, Counter::Consumed(i)).load(Ordering::Acquire) > r - depth)
+                })
+            })?;
+            let e = reduce::share(len / size, shares, self.share);
+            if !e.is_empty() {
+                let bytes = e.start * size..e.end * size;
+                // SAFETY: every rank's `arrived` says its input for round r is in the slot, and no
+                // copy down of round r + depth starts before `reduced` reaches r + 1, which needs this
+                // share; every rank's `consumed` has passed round r - depth, so no one reads this
+                // share of the result slot, and no other share overlaps it (reduce::share).
+                let (ins, out) = unsafe { (self.seg.inputs(slot, bytes.clone()), self.seg.result_mut(slot, bytes)) };
+                // Lengths agree by construction; an error here would be a bug in share arithmetic.
+                reduce::reduce(job.dtype, job.op, &ins, out).expect("share ranges fit the slots");
+            }
+            let done = self.seg.counter(slot, Counter::Done).fetch_add(1, Ordering::AcqRel) + 1;
+            if done == (r / depth + 1) * shares as u64 {
+                self.seg.counter(slot, Counter::Reduced).fetch_max(r + 1, Ordering::AcqRel);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for `ready`: spins while the peers' data is coming (a chunk takes tens of
+    /// microseconds), then yields, then sleeps; checks the abort flag throughout and the peers'
+    /// processes every [`PEER_CHECK`], aborting the communicator when one is gone.
+    fn wait(&self, ready: impl Fn() -> bool) -> Result<(), Abort> {
+        let t0 = Instant::now();
+        let mut next_check = PEER_CHECK;
+        let mut spins = 0u32;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(a) = aborted(&self.seg) {
+                return Err(a);
+            }
+            spins += 1;
+            if spins < 4096 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waited = t0.elapsed();
+            if waited < Duration::from_millis(2) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(if waited < Duration::from_millis(20) { 20 } else { 200 }));
+            }
+            if waited > next_check {
+                next_check = waited + PEER_CHECK;
+                let h = self.seg.header();
+                for r in 0..self.settings.geometry.nranks {
+                    if !process_alive(h.pids[r].load(Ordering::Acquire), h.start_times[r].load(Ordering::Relaxed)) {
+                        set_abort(&self.seg, AbortReason::PeerDied, r);
+                        return Err(aborted(&self.seg).expect("just set"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Record(Vec<(Side, String)>);
+    impl Streams for Record {
+        type Error = ();
+        fn wait_geq(&mut self, side: Side, slot: usize, c: Counter, value: u64) -> Result<(), ()> {
+            self.0.push((side, format!("wait {c:?}[{slot}]>={value}")));
+            Ok(())
+        }
+        fn write(&mut self, side: Side, slot: usize, c: Counter, value: u64) -> Result<(), ()> {
+            self.0.push((side, format!("write {c:?}[{slot}]={value}")));
+            Ok(())
+        }
+        fn copy_down(&mut self, offset: usize, slot: usize, len: usize) -> Result<(), ()> {
+            self.0.push((Side::Down, format!("down {offset}+{len}->[{slot}]")));
+            Ok(())
+        }
+        fn copy_up(&mut self, slot: usize, offset: usize, len: usize) -> Result<(), ()> {
+            self.0.push((Side::Up, format!("up [{slot}]->{offset}+{len}")));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_buffer() {
+        assert_eq!(chunks(10_000, 4096).collect::<Vec<_>>(), vec![(0, 0, 4096), (1, 4096, 4096), (2, 8192, 1808)]);
+        assert_eq!(chunks(4096, 4096).count(), 1);
+        assert_eq!(chunks(0, 4096).count(), 0);
+    }
+
+    #[test]
+    fn each_stream_waits_for_the_slot_then_copies_then_signals() {
+        let g = Geometry { nranks: 3, depth: 2, slot_bytes: 4096 };
+        let mut rec = Record::default();
+        // rounds 1, 2, 3 of rank 2: round 1 uses slot 1 for the first time, round 2 reuses slot 0
+        enqueue(&mut rec, g, 2, 1, 3 * 4096 - 100).unwrap();
+        let side = |s| rec.0.iter().filter(|(x, _)| *x == s).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
+        assert_eq!(
+            side(Side::Down),
+            [
+                "down 0+4096->[1]",
+                "write Arrived(2)[1]=2",
+                "wait Reduced[0]>=1",
+                "down 4096+4096->[0]",
+                "write Arrived(2)[0]=3",
+                "wait Reduced[1]>=2",
+                "down 8192+3996->[1]",
+                "write Arrived(2)[1]=4",
+            ]
+        );
+        assert_eq!(
+            side(Side::Up),
+            [
+                "wait Reduced[1]>=2",
+                "up [1]->0+4096",
+                "write Consumed(2)[1]=2",
+                "wait Reduced[0]>=3",
+                "up [0]->4096+4096",
+                "write Consumed(2)[0]=3",
+                "wait Reduced[1]>=4",
+                "up [1]->8192+3996",
+                "write Consumed(2)[1]=4",
+            ]
+        );
+    }
+
+    #[test]
+    fn abort_codes_round_trip_and_unknown_codes_are_healthy() {
+        for r in [AbortReason::PeerDied, AbortReason::Aborted, AbortReason::Unfinished] {
+            assert_eq!(AbortReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(AbortReason::from_code(0), None);
+        assert_eq!(AbortReason::from_code(u32::MAX), None);
+        let a = Abort { reason: AbortReason::PeerDied, rank: 3 };
+        assert_eq!(a.to_string(), "flexmig-hostreduce: rank 3 died; the communicator is unusable");
+    }
+}

@@ -1,0 +1,142 @@
+//! The whole pipeline with ranks as threads of this process (each with its own mapping of the
+//! segment and its own reducer threads, the streams simulated): byte-exact results, slot reuse
+//! over many rounds, calls queued back to back, the segment's name gone once set up, aborts.
+mod common;
+use common::{leftovers, unique_path};
+use flexmig_hostreduce::ffi::shm::{Geometry, Segment, ShmError};
+use flexmig_hostreduce::pipeline::{AbortReason, HostComm, Settings, SetupError};
+use flexmig_hostreduce::sim::{test_call, test_expected, test_input, SimRank};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+const SEED: u64 = 42;
+const T: Duration = Duration::from_secs(5);
+
+/// Sets up `k` ranks on threads, queues `calls` all-reduces on each without waiting in between,
+/// then checks every rank's every output against the scalar reference.
+fn run(k: usize, depth: usize, threads: usize, calls: usize) {
+    let slot_bytes = 4096;
+    let path = unique_path("pipe");
+    let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads };
+    let barrier = Arc::new(Barrier::new(k));
+    let handles: Vec<_> = (0..k)
+        .map(|rank| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let sim = SimRank::new(HostComm::setup(&path, rank, settings, T).expect("setup"));
+                barrier.wait();
+                // Every rank is set up: the name is gone, the memory lives on in the mappings.
+                assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
+                let mut pending = Vec::new();
+                for call in 0..calls {
+                    let (dtype, op, n) = test_call(call, slot_bytes);
+                    let recv = Arc::new(Mutex::new(vec![0xeeu8; n * dtype.size()]));
+                    let send = Arc::new(test_input(SEED, call, rank, dtype, n));
+                    pending.push((call, recv.clone(), sim.all_reduce(send, recv, dtype, op).unwrap()));
+                }
+                for (call, recv, done) in pending {
+                    assert!(done.wait(T), "rank {rank} call {call} did not complete");
+                    let (dtype, op, n) = test_call(call, slot_bytes);
+                    assert!(
+                        *recv.lock().unwrap() == test_expected(SEED, call, k, dtype, op, n),
+                        "k={k} rank {rank} call {call}: {dtype} {op:?} n={n}: wrong bytes"
+                    );
+                }
+                assert_eq!(sim.comm.aborted(), None);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(leftovers(&path).is_empty());
+}
+
+#[test]
+fn one_rank_reduces_to_itself() {
+    run(1, 2, 1, 24);
+}
+
+#[test]
+fn two_ranks_depth_two() {
+    run(2, 2, 1, 24);
+}
+
+#[test]
+fn three_ranks_two_threads_each() {
+    run(3, 3, 2, 24);
+}
+
+#[test]
+fn seven_leaves() {
+    run(7, 4, 1, 24);
+}
+
+#[test]
+fn a_second_segment_of_the_same_name_is_refused() {
+    let path = unique_path("dup");
+    let g = Geometry { nranks: 2, depth: 2, slot_bytes: 4096 };
+    let first = Segment::create(&path, g).unwrap();
+    assert!(matches!(Segment::create(&path, g), Err(ShmError::Exists(_))));
+    first.unlink();
+    assert!(leftovers(&path).is_empty());
+}
+
+#[test]
+fn a_rank_that_never_attaches_leaves_nothing_behind() {
+    let path = unique_path("noshow");
+    let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let err = HostComm::setup(&path, 0, settings, Duration::from_millis(200)).unwrap_err();
+    assert!(matches!(err, SetupError::Shm(ShmError::AttachTimeout { attached: 1, nranks: 2, .. })), "{err}");
+    assert!(leftovers(&path).is_empty(), "{:?}", leftovers(&path));
+    // and a rank whose rank 0 never came gives up too
+    let err = HostComm::setup(&path, 1, settings, Duration::from_millis(100)).unwrap_err();
+    assert!(matches!(err, SetupError::Shm(ShmError::NotCreated { .. })), "{err}");
+}
+
+#[test]
+fn a_segment_of_another_shape_is_refused() {
+    let path = unique_path("shape");
+    let g = Geometry { nranks: 2, depth: 2, slot_bytes: 4096 };
+    let _owner = Segment::create(&path, g).unwrap();
+    let other = Geometry { slot_bytes: 8192, ..g };
+    assert!(matches!(Segment::open(&path, other, 1, T), Err(ShmError::Mismatch { .. })));
+    let other = Geometry { depth: 3, ..g };
+    assert!(matches!(Segment::open(&path, other, 1, T), Err(ShmError::Mismatch { .. })));
+    _owner.unlink();
+}
+
+#[test]
+fn bad_geometry_is_refused() {
+    for g in [
+        Geometry { nranks: 0, depth: 2, slot_bytes: 4096 },
+        Geometry { nranks: 65, depth: 2, slot_bytes: 4096 },
+        Geometry { nranks: 2, depth: 1, slot_bytes: 4096 },
+        Geometry { nranks: 2, depth: 2, slot_bytes: 1000 },
+    ] {
+        assert!(matches!(Segment::create(&unique_path("bad"), g), Err(ShmError::BadGeometry(_))), "{g:?}");
+    }
+}
+
+/// A rank that aborts while its peer waits in a call: the peer's streams are released and the
+/// peer sees the abort, naming the rank, and its next call is refused.
+#[test]
+fn abort_releases_a_waiting_peer() {
+    let path = unique_path("abort");
+    let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let p1 = path.clone();
+    let aborter = std::thread::spawn(move || {
+        let sim = SimRank::new(HostComm::setup(&p1, 1, settings, T).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        sim.comm.abort(AbortReason::Aborted);
+    });
+    let sim = SimRank::new(HostComm::setup(&path, 0, settings, T).unwrap());
+    let (dtype, op, n) = test_call(12, 4096);
+    let recv = Arc::new(Mutex::new(vec![0u8; n * dtype.size()]));
+    let done = sim.all_reduce(Arc::new(test_input(SEED, 12, 0, dtype, n)), recv, dtype, op).unwrap();
+    assert!(done.wait(T), "streams not released by the peer's abort");
+    let a = sim.comm.aborted().expect("abort visible");
+    assert_eq!((a.reason, a.rank), (AbortReason::Aborted, 1));
+    assert_eq!(sim.all_reduce(Arc::new(vec![0; 4]), Arc::new(Mutex::new(vec![0; 4])), dtype, op).unwrap_err(), a);
+    aborter.join().unwrap();
+}
