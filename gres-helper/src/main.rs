@@ -14,6 +14,7 @@ mod mig_layout;
 mod nccl;
 mod node;
 mod nvml;
+mod slurm_conf;
 mod verify;
 
 use gres_conf::DevicePaths;
@@ -119,10 +120,15 @@ struct VerifyArgs {
     /// The slurmd binary to run as `slurmd -G`.
     #[arg(long, value_name = "PATH", default_value = "slurmd")]
     slurmd: PathBuf,
-    /// SLURM_CONF for `slurmd -G`.
+    /// slurm.conf, whose `NodeName=... Gres=` line for this node is checked (its type order
+    /// decides the GRES indices), and SLURM_CONF for `slurmd -G`
+    /// [default: $SLURM_CONF, else /etc/slurm/slurm.conf].
     #[arg(long, value_name = "PATH")]
     slurm_conf: Option<PathBuf>,
-    /// `-N` for `slurmd -G`, where the NodeName is not the host name.
+    /// Skip the slurm.conf check.
+    #[arg(long)]
+    no_slurm_conf: bool,
+    /// This node's NodeName in slurm.conf, also `-N` for `slurmd -G` [default: the host's short name].
     #[arg(long)]
     node_name: Option<String>,
     /// Read saved `slurmd -G` output from this file instead of running slurmd.
@@ -316,21 +322,30 @@ fn run(cli: Cli) -> Result<i32> {
             } else {
                 Some(verify::run_slurmd_g(&a.slurmd, a.slurm_conf.as_deref(), a.node_name.as_deref())?)
             };
-            let input = verify::VerifyInputs { paths: &p, gres_conf: &a.gres_conf, inventory: &a.inventory, slurmd_g };
+            let conf_path = a.slurm_conf.clone().unwrap_or_else(slurm_conf::default_path);
+            let node_name = a.node_name.clone().unwrap_or_else(host_short_name);
+            let slurm_conf = (!a.no_slurm_conf).then_some(verify::SlurmConfCheck { path: &conf_path, node_name: &node_name });
+            let input = verify::VerifyInputs { paths: &p, gres_conf: &a.gres_conf, inventory: &a.inventory, slurmd_g, slurm_conf };
             let diffs = verify::verify(node.as_mut(), &input)?;
             if diffs.is_empty() {
-                println!(
-                    "verify: NVML, {}, {}{} agree",
-                    a.inventory.display(),
-                    a.gres_conf.display(),
-                    if a.no_slurmd { "" } else { " and slurmd -G" }
-                );
+                let mut sources = vec!["NVML".to_string(), a.inventory.display().to_string(), a.gres_conf.display().to_string()];
+                if !a.no_slurm_conf {
+                    sources.push(format!("{}'s NodeName={node_name} line", conf_path.display()));
+                }
+                if !a.no_slurmd {
+                    sources.push("slurmd -G".into());
+                }
+                let last = sources.pop().unwrap_or_default();
+                println!("verify: {} and {last} agree", sources.join(", "));
                 Ok(0)
             } else {
                 for d in &diffs {
                     println!("{d}");
                 }
-                eprintln!("verify: {} difference(s); regenerate with `flexmig-gres-helper gres-conf` and restart slurmd", diffs.len());
+                eprintln!(
+                    "verify: {} difference(s); fix each as it says (`flexmig-gres-helper gres-conf` rewrites gres.conf, the inventory and the node line), then restart slurmd",
+                    diffs.len()
+                );
                 Ok(1)
             }
         }

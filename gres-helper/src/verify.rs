@@ -1,16 +1,23 @@
-//! `verify`: the node's MIG leaves (NVML), the node inventory, gres.conf and what slurmd itself
-//! reports (`slurmd -G`) must agree on which leaf has which GRES index. The SPANK plugin binds
-//! tasks through that index, so a disagreement puts a task on the wrong leaf.
+//! `verify`: the node's MIG leaves (NVML), the node inventory, gres.conf, the node's slurm.conf
+//! `Gres=` line and what slurmd itself reports (`slurmd -G`) must agree on which leaf has which
+//! GRES index. The SPANK plugin binds tasks through that index, so a disagreement puts a task
+//! on the wrong leaf.
+//!
+//! Slurm's index of a gres.conf line follows the type order of the `Gres=` line, and the line
+//! order only within a type ([`leaf_model::gres_order::slurm_gres_indices`]): gres.conf is
+//! checked against the `Gres=` line the node's leaves need, and slurm.conf's line against that.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use leaf_model::gres_order::{gres_value, parse_node_gres, slurm_gres_indices, GresCount};
 use leaf_model::inventory::Inventory;
 
-use crate::gres_conf::{ordered_leaves, DevicePaths, MigMinors, NodeLeaf};
+use crate::gres_conf::{node_gres, ordered_leaves, DevicePaths, MigMinors, NodeLeaf};
 use crate::node::Node;
+use crate::slurm_conf::{self, NodeEntry};
 
 /// One gpu GRES record, from gres.conf or from `slurmd -G`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,26 +130,43 @@ pub struct VerifyInputs<'a> {
     pub inventory: &'a Path,
     /// `slurmd -G` output; None skips that check.
     pub slurmd_g: Option<String>,
+    /// slurm.conf and the node's NodeName there; None skips that check.
+    pub slurm_conf: Option<SlurmConfCheck<'a>>,
+}
+
+/// Which slurm.conf line to check.
+#[derive(Debug, Clone, Copy)]
+pub struct SlurmConfCheck<'a> {
+    pub path: &'a Path,
+    pub node_name: &'a str,
 }
 
 fn describe(l: &NodeLeaf) -> String {
     format!("{} (GPU {} {} at memory slice {})", l.uuid, l.gpu, l.profile, l.start)
 }
 
-/// Checks the records of one source (gres.conf or slurmd) against the inventory: record k
-/// (Slurm GRES index k) must name the device files of the leaf the inventory gives index k.
+/// Checks the records of one source (gres.conf or slurmd) against the inventory: the record
+/// with Slurm GRES index k must name the device files of the leaf the inventory gives index k.
+/// `indices[i]` is record i's GRES index (None: slurmd drops it, `dropped` says why).
 fn check_records(
     what: &str,
     records: &[GresRecord],
+    indices: &[Option<u32>],
+    dropped: &dyn Fn(&GresRecord) -> String,
     inv: &Inventory,
     by_files: &BTreeMap<Vec<PathBuf>, &NodeLeaf>,
     diffs: &mut Vec<String>,
 ) {
-    let mut index = 0u32;
-    for r in records {
+    let mut total = 0u32;
+    for (r, index) in records.iter().zip(indices) {
+        total += r.count.max(1);
         if r.count != 1 {
             diffs.push(format!("{}: Count={} (a MIG leaf is one GRES; write one line per leaf)", r.origin, r.count));
         }
+        let Some(index) = *index else {
+            diffs.push(format!("{}: {}", r.origin, dropped(r)));
+            continue;
+        };
         let leaf = by_files.get(&r.files);
         let inv_leaf = inv.leaf_by_gres_index(index);
         match (leaf, inv_leaf) {
@@ -172,12 +196,67 @@ fn check_records(
                 }
             }
         }
-        index += r.count.max(1);
     }
     let n = u32::try_from(inv.leaves.len()).unwrap_or(u32::MAX);
-    if index != n {
-        diffs.push(format!("{what} has {index} gpu GRES, the inventory {n} leaves"));
+    if total != n {
+        diffs.push(format!("{what} has {total} gpu GRES, the inventory {n} leaves"));
     }
+}
+
+/// Why slurmd drops a gres.conf line when the node's `Gres=` is `gres`.
+fn dropped_by_slurmd(r: &GresRecord, gres: &[GresCount]) -> String {
+    let value = gres_value(gres);
+    match r.type_name.as_deref() {
+        None => format!("has no Type=; a MIG leaf's line needs Type=<its profile> (the node needs Gres={value})"),
+        Some(t) => match gres.iter().find(|g| g.type_name == t) {
+            None => format!("Type={t}, but the node has no {t} leaf (its leaves need Gres={value}); slurmd would drop this line"),
+            Some(g) => format!("one {t} line more than the node's {} {t} leaves (Gres={value}); slurmd would drop this line", g.count),
+        },
+    }
+}
+
+/// Checks the node's slurm.conf `Gres=` against `want`, the gpu items its leaves need.
+fn check_slurm_conf(check: SlurmConfCheck<'_>, entry: Option<NodeEntry>, want: &[GresCount], diffs: &mut Vec<String>) {
+    let want_value = gres_value(want);
+    let node = check.node_name;
+    let Some(e) = entry else {
+        diffs.push(format!(
+            "{} has no NodeName line for {node} (pass --node-name if slurm.conf names this node otherwise); the node needs NodeName={node} Gres={want_value} (see the line `flexmig-gres-helper gres-conf --node-conf` writes)",
+            check.path.display()
+        ));
+        return;
+    };
+    if !e.also.is_empty() {
+        diffs.push(format!("{}: node {node} is also named on {}; keep one line for it", e.origin, e.also.join(", ")));
+    }
+    let Some((value, origin)) = e.gres else {
+        diffs.push(format!(
+            "{}: NodeName={} has no Gres= (nor a NodeName=DEFAULT line before it), so Slurm gives the node no MIG leaves: add Gres={want_value}, then restart slurmctld and slurmd",
+            e.origin, e.names
+        ));
+        return;
+    };
+    let place = if origin == e.origin { origin } else { format!("{origin} (NodeName=DEFAULT, in effect for {} on {})", e.names, e.origin) };
+    let fixed = slurm_conf::replace_gpu_items(&value, &want_value);
+    let have = match parse_node_gres(&value) {
+        Ok(h) => h,
+        Err(err) => {
+            diffs.push(format!("{place}: Gres={value}: {err}; set Gres={fixed}, then restart slurmctld and slurmd"));
+            return;
+        }
+    };
+    if have == want {
+        return;
+    }
+    let key = |v: &[GresCount]| {
+        let mut k: Vec<(String, u64)> = v.iter().map(|g| (g.type_name.clone(), g.count)).collect();
+        k.sort();
+        k
+    };
+    let how = if key(&have) == key(want) { "names the leaf types in another order" } else { "has other leaf types or counts" };
+    diffs.push(format!(
+        "{place}: Gres={value} {how} than the node's leaves, gres.conf and the inventory, which need Gres={want_value}: Slurm numbers a node's gpu GRES in the type order of this line (and by gres.conf line order only within a type), so with this line tasks would run on leaves Slurm gave to other jobs; set Gres={fixed}, then restart slurmctld and slurmd"
+    ));
 }
 
 /// Compares NVML, inventory, gres.conf and slurmd; returns the differences (empty: all agree).
@@ -230,10 +309,27 @@ pub fn verify(node: &mut dyn Node, input: &VerifyInputs<'_>) -> Result<Vec<Strin
         }
     }
 
+    // Read slurm.conf first: an unreadable one is an error, not a difference.
+    let slurm_conf = match input.slurm_conf {
+        Some(c) => Some((
+            c,
+            slurm_conf::find_node(c.path, c.node_name)
+                .context("reading slurm.conf (pass --slurm-conf PATH, or --no-slurm-conf to skip this check)")?,
+        )),
+        None => None,
+    };
+    // The Gres= line the node's leaves need; gres.conf is numbered as Slurm would with it.
+    let want = node_gres(&leaves);
     let by_files: BTreeMap<Vec<PathBuf>, &NodeLeaf> = leaves.iter().map(|l| (l.files.clone(), l)).collect();
     let text = std::fs::read_to_string(input.gres_conf).with_context(|| format!("cannot read gres.conf {}", input.gres_conf.display()))?;
     let records = parse_gres_conf(&text)?;
-    check_records(&format!("{}", input.gres_conf.display()), &records, &inv, &by_files, &mut diffs);
+    let types: Vec<&str> = records.iter().map(|r| r.type_name.as_deref().unwrap_or("")).collect();
+    let indices = slurm_gres_indices(&want, &types);
+    let dropped = |r: &GresRecord| dropped_by_slurmd(r, &want);
+    check_records(&format!("{}", input.gres_conf.display()), &records, &indices, &dropped, &inv, &by_files, &mut diffs);
+    if let Some((check, entry)) = slurm_conf {
+        check_slurm_conf(check, entry, &want, &mut diffs);
+    }
 
     if let Some(out) = &input.slurmd_g {
         let records = parse_slurmd_g(out);
@@ -243,7 +339,9 @@ pub fn verify(node: &mut dyn Node, input: &VerifyInputs<'_>) -> Result<Vec<Strin
                 out.trim()
             ));
         } else {
-            check_records("slurmd -G", &records, &inv, &by_files, &mut diffs);
+            // slurmd has numbered them already: the index of a record is its position.
+            let indices: Vec<Option<u32>> = (0..).take(records.len()).map(Some).collect();
+            check_records("slurmd -G", &records, &indices, &|_| String::new(), &inv, &by_files, &mut diffs);
         }
     }
     Ok(diffs)
@@ -295,8 +393,29 @@ mod tests {
     fn run(s: &mut Setup, slurmd: Option<String>) -> Vec<String> {
         let gres = s.dir.path().join("gres.conf");
         let inv = s.dir.path().join("flexmig.toml");
-        let input = VerifyInputs { paths: &s.paths, gres_conf: &gres, inventory: &inv, slurmd_g: slurmd };
+        let input = VerifyInputs { paths: &s.paths, gres_conf: &gres, inventory: &inv, slurmd_g: slurmd, slurm_conf: None };
         verify(&mut s.node, &input).unwrap()
+    }
+
+    /// verify with a slurm.conf of `text` (node gpu01), without slurmd.
+    fn run_with_slurm_conf(s: &mut Setup, text: &str) -> Vec<String> {
+        let conf = s.dir.path().join("slurm.conf");
+        std::fs::write(&conf, text).unwrap();
+        let gres = s.dir.path().join("gres.conf");
+        let inv = s.dir.path().join("flexmig.toml");
+        let slurm_conf = Some(SlurmConfCheck { path: &conf, node_name: "gpu01" });
+        let input = VerifyInputs { paths: &s.paths, gres_conf: &gres, inventory: &inv, slurmd_g: None, slurm_conf };
+        verify(&mut s.node, &input).unwrap()
+    }
+
+    /// What slurmd -G prints for `gres.conf` lines naming `leaves` under `Gres=gres`: the
+    /// lines grouped by the line's type order.
+    fn slurmd_as_numbered(leaves: &[NodeLeaf], gres: &str) -> String {
+        let types: Vec<&str> = leaves.iter().map(|l| l.profile.as_str()).collect();
+        let idx = slurm_gres_indices(&parse_node_gres(gres).unwrap(), &types);
+        let mut numbered: Vec<(u32, NodeLeaf)> = idx.iter().zip(leaves).filter_map(|(i, l)| Some(((*i)?, l.clone()))).collect();
+        numbered.sort_by_key(|(i, _)| *i);
+        slurmd_output(&numbered.into_iter().map(|(_, l)| l).collect::<Vec<_>>())
     }
 
     #[test]
@@ -316,9 +435,91 @@ mod tests {
         std::fs::write(&gres, lines.join("\n")).unwrap();
         let mut swapped = s.leaves.clone();
         swapped.swap(0, 2);
-        let d = run(&mut s, Some(slurmd_output(&swapped)));
-        assert!(d.iter().any(|m| m.contains("gres.conf line 1 (GRES index 0)") && m.contains("wrong leaf")), "{d:#?}");
-        assert!(d.iter().any(|m| m.contains("slurmd -G record 1 (GRES index 0)")), "{d:#?}");
+        let d = run(&mut s, Some(slurmd_as_numbered(&swapped, "gpu:1g.10gb:2,gpu:1g.5gb:12")));
+        // Slurm numbers by type: the small leaf now on line 1 keeps GRES index 2 (still the
+        // first small line), the doubles swap places: line 2 is GRES index 0.
+        assert!(d.iter().any(|m| m.contains("gres.conf line 2 (GRES index 0)") && m.contains("wrong leaf")), "{d:#?}");
+        assert!(d.iter().any(|m| m.contains("gres.conf line 3 (GRES index 1)") && m.contains("wrong leaf")), "{d:#?}");
+        assert!(!d.iter().any(|m| m.contains("gres.conf line 1 ")), "{d:#?}");
+        assert!(d.iter().any(|m| m.contains("slurmd -G record 1 (GRES index 0)") && m.contains("wrong leaf")), "{d:#?}");
+        assert_eq!(d.len(), 4, "{d:#?}");
+    }
+
+    #[test]
+    fn checks_the_gres_type_order_of_slurm_conf() {
+        let mut s = setup();
+        let right = "gpu:1g.10gb:2,gpu:1g.5gb:12";
+        let conf = |gres: &str| format!("ClusterName=x\nNodeName=gpu[01-02] CPUs=64 Gres={gres} State=UNKNOWN\n");
+        assert_eq!(run_with_slurm_conf(&mut s, &conf(right)), Vec::<String>::new());
+        // The types swapped: one difference, saying what to write, other GRES kept.
+        let d = run_with_slurm_conf(&mut s, &conf("nic:1,gpu:1g.5gb:12,gpu:1g.10gb:2"));
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert!(
+            d[0].contains("slurm.conf line 2: Gres=nic:1,gpu:1g.5gb:12,gpu:1g.10gb:2 names the leaf types in another order"),
+            "{}",
+            d[0]
+        );
+        assert!(
+            d[0].contains("need Gres=gpu:1g.10gb:2,gpu:1g.5gb:12") && d[0].contains("set Gres=nic:1,gpu:1g.10gb:2,gpu:1g.5gb:12,"),
+            "{}",
+            d[0]
+        );
+        // The same with slurmd -G: slurmd numbers the 1g.5gb leaves first, every record is off.
+        let out = slurmd_as_numbered(&s.leaves, "gpu:1g.5gb:12,gpu:1g.10gb:2");
+        let d = run(&mut s, Some(out));
+        assert!(d.iter().filter(|m| m.contains("slurmd -G record") && m.contains("wrong leaf")).count() >= 12, "{d:#?}");
+        for (gres, want) in [
+            ("gpu:1g.10gb:2,gpu:1g.5gb:10", "has other leaf types or counts"),
+            ("gpu:1g.10gb:2", "has other leaf types or counts"),
+            ("gpu:14", "has no type"),
+        ] {
+            let d = run_with_slurm_conf(&mut s, &conf(gres));
+            assert_eq!(d.len(), 1, "{gres}: {d:#?}");
+            assert!(d[0].contains(want) && d[0].contains(&format!("set Gres={right}")), "{gres}: {}", d[0]);
+        }
+    }
+
+    #[test]
+    fn checks_default_lines_missing_nodes_and_missing_gres() {
+        let mut s = setup();
+        let d = run_with_slurm_conf(&mut s, "NodeName=DEFAULT Gres=gpu:1g.5gb:12,gpu:1g.10gb:2\nNodeName=gpu01 CPUs=4\n");
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert!(d[0].contains("slurm.conf line 1 (NodeName=DEFAULT, in effect for gpu01 on") && d[0].contains("line 2)"), "{}", d[0]);
+        let d = run_with_slurm_conf(&mut s, "NodeName=gpu02 Gres=gpu:1g.10gb:2,gpu:1g.5gb:12\n");
+        assert!(
+            d[0].contains("has no NodeName line for gpu01") && d[0].contains("NodeName=gpu01 Gres=gpu:1g.10gb:2,gpu:1g.5gb:12"),
+            "{d:#?}"
+        );
+        let d = run_with_slurm_conf(&mut s, "NodeName=gpu01 CPUs=4\n");
+        assert!(d[0].contains("has no Gres=") && d[0].contains("add Gres=gpu:1g.10gb:2,gpu:1g.5gb:12"), "{d:#?}");
+        let d = run_with_slurm_conf(&mut s, "NodeName=gpu01 Gres=gpu:1g.10gb:2,gpu:1g.5gb:12\nNodeName=gpu[01-02]\n");
+        assert!(d[0].contains("also named on") && d[0].contains("line 2"), "{d:#?}");
+        // An unreadable slurm.conf is an error, not a difference.
+        let gres = s.dir.path().join("gres.conf");
+        let inv = s.dir.path().join("flexmig.toml");
+        let missing = s.dir.path().join("none.conf");
+        let slurm_conf = Some(SlurmConfCheck { path: &missing, node_name: "gpu01" });
+        let input = VerifyInputs { paths: &s.paths, gres_conf: &gres, inventory: &inv, slurmd_g: None, slurm_conf };
+        let e = format!("{:#}", verify(&mut s.node, &input).unwrap_err());
+        assert!(e.contains("none.conf") && e.contains("--no-slurm-conf"), "{e}");
+    }
+
+    #[test]
+    fn gres_conf_lines_slurmd_would_drop() {
+        let mut s = setup();
+        let gres = s.dir.path().join("gres.conf");
+        let text = std::fs::read_to_string(&gres).unwrap();
+        let extra = "Name=gpu Type=1g.20gb MultipleFiles=/dev/nvidia0\nName=gpu Type=1g.10gb MultipleFiles=/dev/nvidia1\nName=gpu MultipleFiles=/dev/nvidia1\n";
+        std::fs::write(&gres, format!("{text}{extra}")).unwrap();
+        let d = run(&mut s, None);
+        let n = text.lines().count();
+        assert!(
+            d.iter().any(|m| m.starts_with(&format!("gres.conf line {}: Type=1g.20gb, but the node has no 1g.20gb leaf", n + 1))),
+            "{d:#?}"
+        );
+        assert!(d.iter().any(|m| m.starts_with(&format!("gres.conf line {}: one 1g.10gb line more than the node's 2", n + 2))), "{d:#?}");
+        assert!(d.iter().any(|m| m.starts_with(&format!("gres.conf line {}: has no Type=", n + 3))), "{d:#?}");
+        assert!(d.iter().any(|m| m.contains("has 17 gpu GRES, the inventory 14 leaves")), "{d:#?}");
     }
 
     #[test]

@@ -155,13 +155,30 @@ fn gres_conf_then_verify_and_a_broken_inventory() {
         .args(["--node-name", "gpu01"]));
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&line).unwrap().contains("NodeName=gpu01 Gres=gpu:1g.10gb:2,gpu:1g.5gb:12"));
+    // slurm.conf takes the node line gres-conf wrote through an Include; SLURM_CONF finds it.
+    let slurm_conf = d.path().join("slurm.conf");
+    std::fs::write(&slurm_conf, "ClusterName=x\nInclude node.conf\n").unwrap();
     let verify = |extra: &[&str]| {
         let mut c = helper();
         common(&mut c);
-        run(c.arg("verify").arg("--gres-conf").arg(&gres).arg("--inventory").arg(&inv).args(extra))
+        c.env("SLURM_CONF", &slurm_conf);
+        run(c.arg("verify").arg("--gres-conf").arg(&gres).arg("--inventory").arg(&inv).args(["--node-name", "gpu01"]).args(extra))
     };
     let (code, out, err) = verify(&["--no-slurmd"]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("slurm.conf's NodeName=gpu01 line"), "{out}");
+    // The admin's own node line with the types swapped: every GRES index would shift.
+    let swapped = d.path().join("swapped.conf");
+    std::fs::write(&swapped, "NodeName=gpu01 CPUs=64 Gres=gpu:1g.5gb:12,gpu:1g.10gb:2\n").unwrap();
+    let (code, out, err) = verify(&["--no-slurmd", "--slurm-conf", swapped.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("swapped.conf line 1: Gres=gpu:1g.5gb:12,gpu:1g.10gb:2 names the leaf types in another order"), "{out}");
+    assert!(out.contains("set Gres=gpu:1g.10gb:2,gpu:1g.5gb:12,"), "{out}");
+    let (code, out, err) = verify(&["--no-slurmd", "--no-slurm-conf", "--slurm-conf", swapped.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = verify(&["--no-slurmd", "--slurm-conf", "/nonexistent/slurm.conf"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/slurm.conf") && err.contains("--no-slurm-conf"), "{err}");
     // A hand-edited inventory that swaps two leaves' GRES indices.
     let t = std::fs::read_to_string(&inv).unwrap();
     let t = t.replacen("gres_index = 0\n", "gres_index = 99\n", 1).replacen("gres_index = 1\n", "gres_index = 0\n", 1).replacen(
