@@ -173,6 +173,66 @@ pub fn leaves_to_lock(mode: Mode, args: &PluginArgs, inv: &Inventory, task: &Tas
     Ok(allocated(args, inv, task, task.step_gpus.clone(), node)?.iter().map(|l| l.uuid.clone()).collect())
 }
 
+/// The GRES type Slurm allocated at each index, from slurmctld's detail entry for this node
+/// (`scontrol show job -d`: `gpu:1g.10gb:2(IDX:0-1),gpu:1g.20gb:1(IDX:12),mig:0`). Untyped
+/// entries (`gpu:2(IDX:0-1)`) say nothing of types and are left out.
+pub fn allocated_types(detail: &str) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    let mut depth = 0;
+    let mut start = 0;
+    let mut entries = Vec::new();
+    for (i, c) in detail.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                entries.push(&detail[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&detail[start..]);
+    for e in entries {
+        let Some((head, rest)) = e.trim().split_once("(IDX:") else { continue };
+        let parts: Vec<&str> = head.split(':').collect();
+        let [name, ty, _count] = parts[..] else { continue };
+        let Ok(indices) = parse_index_list(rest.trim_end_matches(')')) else { continue };
+        if name == "gpu" {
+            for i in indices {
+                out.insert(i, ty.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Refuses a step whose leaves are not of the type Slurm allocated at their GRES index: then
+/// slurm.conf's `Gres=` type order numbers the leaves differently from gres.conf and the
+/// inventory, and the leaf the inventory names may be one Slurm gave another job.
+///
+/// # Errors
+/// The first leaf whose profile differs, with what the admin should run.
+pub fn check_allocated_types(args: &PluginArgs, inv: &Inventory, task: &TaskView, types: &BTreeMap<u32, String>, node: &str) -> Result<()> {
+    for leaf in allocated(args, inv, task, task.step_gpus.clone(), node)? {
+        match types.get(&leaf.gres_index) {
+            Some(ty) if *ty != leaf.profile => {
+                return Err(Error::node(format!(
+                    "Slurm allocated GRES index {} on {node} as a {ty}, but the node inventory {} names the {} leaf {} there: \
+                     slurm.conf's Gres= type order and gres.conf disagree, so the leaf may belong to another job; refusing to bind it. \
+                     The admin should run `flexmig-gres-helper verify` on this node",
+                    leaf.gres_index,
+                    args.inventory.display(),
+                    leaf.profile,
+                    leaf.uuid
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Everything the plugin decides for one task, given the mode, the plugstack arguments, the node
 /// inventory and the job environment (`env`, as the task will see it).
 ///
@@ -678,6 +738,29 @@ mod tests {
         std::fs::remove_file(&lib).unwrap();
         let e = plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap_err().to_string();
         assert!(e.contains("does not exist") && e.contains("nccl="), "{e}");
+    }
+
+    #[test]
+    fn allocated_types_read_scontrols_detail() {
+        let t = allocated_types("gpu:1g.5gb:3(IDX:0-1,5),gpu:1g.10gb:1(IDX:12),gpu:2(IDX:7-8),mig:0,license:x(CNT:1)");
+        let want: BTreeMap<u32, String> =
+            [(0, "1g.5gb"), (1, "1g.5gb"), (5, "1g.5gb"), (12, "1g.10gb")].map(|(i, t)| (i, t.to_string())).into();
+        assert_eq!(t, want);
+        assert!(allocated_types("").is_empty());
+        assert!(allocated_types("gpu:1g.5gb:2(IDX:x)").is_empty());
+    }
+
+    #[test]
+    fn a_leaf_of_another_type_than_slurm_allocated_is_refused() {
+        let inv = inventory();
+        let t = TaskView { step_gpus: Some("6,13".into()), ..task(0, 2) };
+        // Index 6 is a double (1g.10gb) leaf in the inventory; Slurm says it gave a 1g.5gb there.
+        let types: BTreeMap<u32, String> = [(6, "1g.5gb".to_string()), (13, "1g.10gb".to_string())].into();
+        let e = check_allocated_types(&PluginArgs::default(), &inv, &t, &types, "n1").unwrap_err().to_string();
+        assert!(e.contains("GRES index 6") && e.contains("as a 1g.5gb") && e.contains("flexmig-gres-helper verify"), "{e}");
+        let types: BTreeMap<u32, String> = [(6, "1g.10gb".to_string())].into();
+        check_allocated_types(&PluginArgs::default(), &inv, &t, &types, "n1").unwrap();
+        check_allocated_types(&PluginArgs::default(), &inv, &t, &BTreeMap::new(), "n1").unwrap();
     }
 
     #[test]

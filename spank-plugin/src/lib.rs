@@ -80,6 +80,32 @@ struct Prepared {
 
 static PREPARED: Mutex<Option<Result<Prepared>>> = Mutex::new(None);
 
+/// The GRES types slurmctld says the job was given on this node, by index (None: not known).
+/// Asked once per step, before the tasks are forked, so they inherit it.
+static JOB_GRES_TYPES: OnceLock<Option<std::collections::BTreeMap<u32, String>>> = OnceLock::new();
+
+/// `slurm_spank_user_init`, once per step in slurmstepd: asks slurmctld which GRES types the job
+/// was given on this node, for the tasks to check their leaves against.
+fn user_init(spank: &Spank, _args: &[String]) -> Result<()> {
+    let Some(arg) = spank.flexmig_option() else {
+        return Ok(());
+    };
+    if !matches!(Mode::parse(arg.as_deref()), Ok(Mode::Rank | Mode::Node)) {
+        return Ok(());
+    }
+    let types = (|| {
+        let node = trusted_node_name().ok()??;
+        let (nodes, details) = ffi::job_gres_detail(spank.item_u32(Item::JobId).ok()?)?;
+        let at = hostlist::expand(&nodes)?.iter().position(|n| n == node.as_str())?;
+        Some(binding::allocated_types(details.get(at)?))
+    })();
+    if types.is_none() {
+        tracing::debug!("the job's GRES types on this node are not known: leaves are not checked against them");
+    }
+    let _ = JOB_GRES_TYPES.set(types);
+    Ok(())
+}
+
 /// `slurm_spank_task_init_privileged`, in each task as root: reads the inventory and opens the
 /// lock files of the step's leaves. What goes wrong is reported by `task_init`, where the user
 /// sees it.
@@ -109,6 +135,9 @@ fn prepare(spank: &Spank, mode: Mode) -> Result<Prepared> {
     let task = task_view(spank, None)?;
     let step_gpus = spank.getenv(task.gpu_var());
     let task = TaskView { step_gpus: step_gpus.clone(), ..task };
+    if let Some(Some(types)) = JOB_GRES_TYPES.get() {
+        binding::check_allocated_types(&args, &inventory, &task, types, &node_shown)?;
+    }
     let uuids = binding::leaves_to_lock(mode, &args, &inventory, &task, &node_shown)?;
     let locks = leaf_lock::open(&args.lock_dir, uuids.iter().map(String::as_str))?;
     Ok(Prepared { args, inventory, step_gpus, locks })

@@ -182,15 +182,27 @@ fn a_bad_plugstack_argument_fails_only_flexmig_steps_and_never_the_node() {
     // srun's copy is good, the node's is bad: the task fails with the node's error, and a batch
     // job with --flexmig fails without draining the node. With `optional` too.
     let good = c.dir().join("plugstack-good.conf");
-    std::fs::write(&good, format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display()))
-        .unwrap();
+    std::fs::write(
+        &good,
+        format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display()),
+    )
+    .unwrap();
     let conf = std::fs::read_to_string(c.conf()).unwrap();
     let client = c.dir().join("slurm-client.conf");
-    std::fs::write(&client, conf.replace(&format!("PlugStackConfig={}", c.dir().join("plugstack.conf").display()), &format!("PlugStackConfig={}", good.display())))
-        .unwrap();
+    std::fs::write(
+        &client,
+        conf.replace(
+            &format!("PlugStackConfig={}", c.dir().join("plugstack.conf").display()),
+            &format!("PlugStackConfig={}", good.display()),
+        ),
+    )
+    .unwrap();
     for keyword in ["required", "optional"] {
-        c.write_file("plugstack.conf", &format!("{keyword} {} inventory={d}/flexmig.toml bogus=1\n", c.plugin().display(), d = c.dir().display()))
-            .unwrap();
+        c.write_file(
+            "plugstack.conf",
+            &format!("{keyword} {} inventory={d}/flexmig.toml bogus=1\n", c.plugin().display(), d = c.dir().display()),
+        )
+        .unwrap();
         let mut cmd = c.command("srun");
         cmd.env("SLURM_CONF", &client);
         let e = refused(&c, &mut cmd, &["--flexmig", "-n1", "--gres=gpu:1"]);
@@ -218,7 +230,8 @@ fn inherited_ranks_are_replaced_in_steps_of_several_tasks() {
     check_rank_step(&parse_tasks(&String::from_utf8_lossy(&o.stdout)), &leaves, 2);
     // One task: the user's own value stays (documented).
     let mut cmd = c.command("srun");
-    let o = Cluster::output(cmd.env("RANK", "5").args(["--flexmig", "-n1", "--gres=gpu:1g.5gb:1", "bash", "-c", "echo RANK=$RANK"])).unwrap();
+    let o =
+        Cluster::output(cmd.env("RANK", "5").args(["--flexmig", "-n1", "--gres=gpu:1g.5gb:1", "bash", "-c", "echo RANK=$RANK"])).unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("RANK=5"), "{}", text(&o));
 }
 
@@ -236,7 +249,10 @@ fn inner_steps_see_only_their_own_view() {
     let step0: Vec<&&str> = lines.iter().filter(|l| l.starts_with("0.")).collect();
     assert!(step0.iter().any(|l| l.contains("FLEXMIG_LEAF=")), "the rank step is bound: {log}");
     for l in &step0 {
-        assert!(!l.contains("FLEXMIG_LEAVES=") && !l.contains("FLEXMIG_GPUS=") && !l.contains("FLEXMIG_PROFILES="), "rank step kept the batch view: {l}");
+        assert!(
+            !l.contains("FLEXMIG_LEAVES=") && !l.contains("FLEXMIG_GPUS=") && !l.contains("FLEXMIG_PROFILES="),
+            "rank step kept the batch view: {l}"
+        );
     }
     let uuids: BTreeSet<&str> = step0.iter().filter_map(|l| l.split("FLEXMIG_LEAF=").nth(1)).collect();
     assert_eq!(uuids.len(), 2, "{log}");
@@ -250,7 +266,11 @@ fn inner_steps_see_only_their_own_view() {
 fn per_task_gpu_binding_binds_each_task_to_the_leaf_slurm_gave_it() {
     let (c, leaves) = start(2);
     let show = print_vars();
-    for binding in [vec!["--gpus-per-task=1"], vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=single:1"], vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=map_gpu:3,2,1,0"]] {
+    for binding in [
+        vec!["--gpus-per-task=1"],
+        vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=single:1"],
+        vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=map_gpu:3,2,1,0"],
+    ] {
         let mut args = vec!["--flexmig", "-n4"];
         args.extend(&binding);
         args.extend(["bash", "-c", &show]);
@@ -267,4 +287,23 @@ fn per_task_gpu_binding_binds_each_task_to_the_leaf_slurm_gave_it() {
             assert!(seen.insert(leaf.uuid.clone()), "{binding:?}: two tasks on one leaf");
         }
     }
+}
+
+#[test]
+fn a_leaf_of_another_type_than_slurm_allocated_is_never_bound() {
+    // The admin wrote the types of the node's Gres= in another order than gres.conf lists them:
+    // Slurm numbers the double leaves first, the inventory the small ones.
+    let (mut cfg, leaves) = ClusterConfig::emulated(2);
+    assert_eq!(cfg.node_gres, "gpu:1g.5gb:12,gpu:1g.10gb:2");
+    cfg.node_gres = "gpu:1g.10gb:2,gpu:1g.5gb:12".into();
+    let c = Cluster::start(&cfg).unwrap();
+    let e = refused(&c, &mut c.command("srun"), &["--flexmig", "-n1", "--gres=gpu:1g.10gb:1"]);
+    assert!(e.contains("as a 1g.10gb") && e.contains("flexmig-gres-helper verify"), "{e}");
+    assert!(e.contains(&leaves[0].uuid), "names the leaf the inventory has there: {e}");
+    let (o, log) = sbatch(&c, None, &["--flexmig", "-n1", "--gres=gpu:1g.10gb:1"], "echo batch-ran");
+    assert!(!o.status.success() && !log.contains("batch-ran") && log.contains("as a 1g.10gb"), "{}\n{log}", text(&o));
+    assert_eq!(node_state(&c), "idle");
+    // Steps without --flexmig are Slurm's business.
+    let o = srun(&c, &["-n1", "--gres=gpu:1g.10gb:1", "true"]);
+    assert!(o.status.success(), "{}", text(&o));
 }
