@@ -5,8 +5,12 @@
 //! - [`reduce`]: the CPU reduction (fp32, bf16, fp16; sum, average), vectorised and exact;
 //! - [`ffi::shm`]: the per-communicator shared segment and its layout;
 //! - [`pipeline`]: the chunk protocol (counters, slots, reducer threads, dead peers);
+//! - [`select`]: the measured table behind `FLEXMIG_HOSTREDUCE=auto`;
+//! - [`config`]: environment, the ranks' agreement at communicator creation;
 //! - [`sim`]: the GPU side simulated with threads, for tests without a GPU.
+pub mod config;
 pub mod ffi;
 pub mod pipeline;
 pub mod reduce;
+pub mod select;
 pub mod sim;

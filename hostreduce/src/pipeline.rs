@@ -63,18 +63,35 @@ pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usi
 
 /// Enqueues one call's stream operations for `rank`, rounds from `first_round`.
 ///
+/// The two sides are handed out interleaved, each chunk's copy down `depth - 1` chunks ahead of its
+/// copy up: where both streams end up on one hardware queue (CUDA maps streams onto a few), the
+/// queue runs them in this order, which still overlaps chunks and never waits for something queued
+/// behind the wait (every counter a wait needs is produced by work handed out before it).
+///
 /// # Errors
 /// Whatever the streams return; the call is then broken and the communicator must be aborted.
 pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64, bytes: usize) -> Result<(), S::Error> {
     let depth = g.depth as u64;
-    for (c, off, len) in chunks(bytes, g.slot_bytes) {
+    let all: Vec<_> = chunks(bytes, g.slot_bytes).collect();
+    let ahead = g.depth - 1;
+    let down = |s: &mut S, (c, off, len): (u64, usize, usize)| -> Result<(), S::Error> {
         let r = first_round + c;
         let slot = (r % depth) as usize;
         if r >= depth {
             s.wait_geq(Side::Down, slot, Counter::Reduced, r - depth + 1)?;
         }
         s.copy_down(off, slot, len)?;
-        s.write(Side::Down, slot, Counter::Arrived(rank), r + 1)?;
+        s.write(Side::Down, slot, Counter::Arrived(rank), r + 1)
+    };
+    for &ch in all.iter().take(ahead) {
+        down(s, ch)?;
+    }
+    for (i, &(c, off, len)) in all.iter().enumerate() {
+        if let Some(&next) = all.get(i + ahead) {
+            down(s, next)?;
+        }
+        let r = first_round + c;
+        let slot = (r % depth) as usize;
         s.wait_geq(Side::Up, slot, Counter::Reduced, r + 1)?;
         s.copy_up(slot, off, len)?;
         s.write(Side::Up, slot, Counter::Consumed(rank), r + 1)?;

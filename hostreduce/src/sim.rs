@@ -56,8 +56,8 @@ pub type RecvBuf = Arc<Mutex<Vec<u8>>>;
 pub struct SimRank {
     pub comm: HostComm,
     seg: Arc<Segment>,
-    down: Stream,
-    up: Stream,
+    down: Arc<Stream>,
+    up: Arc<Stream>,
 }
 
 /// Waits for a call's two streams to pass their last operation (an event on each stream).
@@ -110,7 +110,16 @@ impl SimRank {
     pub fn new(comm: HostComm) -> SimRank {
         let seg = comm.segment_arc();
         let r = comm.rank();
-        SimRank { comm, seg, down: Stream::new(format!("sim-down-{r}")), up: Stream::new(format!("sim-up-{r}")) }
+        SimRank { comm, seg, down: Arc::new(Stream::new(format!("sim-down-{r}"))), up: Arc::new(Stream::new(format!("sim-up-{r}"))) }
+    }
+
+    /// A rank whose two sides share one in-order queue, as two CUDA streams do when they are
+    /// mapped onto the same hardware queue: only an order of operations without waits on work
+    /// queued behind them completes.
+    pub fn new_one_queue(comm: HostComm) -> SimRank {
+        let seg = comm.segment_arc();
+        let q = Arc::new(Stream::new(format!("sim-queue-{}", comm.rank())));
+        SimRank { comm, seg, down: q.clone(), up: q }
     }
 
     fn stream(&self, side: Side) -> &Stream {

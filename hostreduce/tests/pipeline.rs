@@ -15,6 +15,10 @@ const T: Duration = Duration::from_secs(5);
 /// Sets up `k` ranks on threads, queues `calls` all-reduces on each without waiting in between,
 /// then checks every rank's every output against the scalar reference.
 fn run(k: usize, depth: usize, threads: usize, calls: usize) {
+    run_with(k, depth, threads, calls, SimRank::new)
+}
+
+fn run_with(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank) {
     let slot_bytes = 4096;
     let path = unique_path("pipe");
     let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads };
@@ -23,7 +27,7 @@ fn run(k: usize, depth: usize, threads: usize, calls: usize) {
         .map(|rank| {
             let (path, barrier) = (path.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let sim = SimRank::new(HostComm::setup(&path, rank, settings, T).expect("setup"));
+                let sim = make(HostComm::setup(&path, rank, settings, T).expect("setup"));
                 barrier.wait();
                 // Every rank is set up: the name is gone, the memory lives on in the mappings.
                 assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
@@ -70,6 +74,12 @@ fn three_ranks_two_threads_each() {
 #[test]
 fn seven_leaves() {
     run(7, 4, 1, 24);
+}
+
+#[test]
+fn both_sides_on_one_queue_still_complete() {
+    run_with(3, 2, 1, 24, SimRank::new_one_queue);
+    run_with(4, 4, 2, 24, SimRank::new_one_queue);
 }
 
 #[test]
