@@ -22,6 +22,9 @@
 //! pid = 4242
 //! name = "python"
 //! ```
+//!
+//! `process_query_error = "Insufficient Permissions"` (optional, per GPU) makes listing the
+//! GPU's processes fail with that message, as NVML's query can.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -63,6 +66,9 @@ pub struct FakeGpu {
     pub instances: Vec<FakeInstance>,
     #[serde(default, rename = "process", skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<FakeProcess>,
+    /// Listing the processes fails with this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_query_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +184,7 @@ impl FakeNodeFile {
                 enable_needs_reset: false,
                 instances: Vec::new(),
                 processes: Vec::new(),
+                process_query_error: None,
             })
             .collect();
         Ok(FakeNodeFile { version: VERSION, gpus })
@@ -271,6 +278,9 @@ impl Node for FakeNode {
 
     fn processes(&mut self, gpu: u32) -> Result<Vec<GpuProcess>> {
         let (_, g) = self.gpu_mut(gpu)?;
+        if let Some(e) = &g.process_query_error {
+            bail!("listing the processes of fake GPU {gpu}: {e}");
+        }
         Ok(g.processes.iter().map(|p| GpuProcess { pid: p.pid, name: p.name.clone() }).collect())
     }
 

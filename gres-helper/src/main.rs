@@ -14,6 +14,7 @@ mod mig_layout;
 mod nccl;
 mod node;
 mod nvml;
+mod signals;
 mod slurm_conf;
 mod verify;
 
@@ -240,11 +241,13 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Apply { layout, force } => {
+            signals::ignore_sigpipe();
             let mut node = open_node(g)?;
             let want = want_layout(node.as_mut(), layout.as_deref())?;
             let mut out = std::io::stdout();
             mig_layout::apply(node.as_mut(), &want, force, &mut out)?;
-            out.flush()?;
+            // A closed stdout is no error of apply's: the change is done.
+            let _ = out.flush();
             Ok(0)
         }
         Command::Assert { layout } => {
@@ -408,7 +411,8 @@ fn make_fake_devices(node: &mut fake::FakeNode, p: &DevicePaths) -> Result<()> {
 
 fn main() {
     // Output piped into `head` or a closed pager ends the program quietly, as for any Unix tool,
-    // instead of a panic on the broken pipe (Rust ignores SIGPIPE by default).
+    // instead of a panic on the broken pipe (Rust ignores SIGPIPE by default). `apply` alone
+    // ignores it again: it must finish its change.
     // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

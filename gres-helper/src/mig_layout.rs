@@ -157,12 +157,23 @@ pub fn differences(node: &mut dyn Node, want: &NodeLayout) -> Result<Vec<String>
     Ok(out)
 }
 
+/// Writes one line of apply's report. A reader that went away (`apply | head -1`, a dropped
+/// ssh session) must not stop a change halfway, so write errors are ignored.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {
+        let _ = writeln!($out, $($arg)*);
+    };
+}
+
 /// Makes the node match `want`: enables MIG mode where needed, destroys the GPU instances
 /// that differ and creates the missing leaves; GPUs already right are not touched. Refuses,
-/// before changing anything, when a GPU to change has running processes, unless `force`.
+/// before changing anything, when a GPU to change has running processes or its processes
+/// cannot be listed, unless `force`. Once changing, nothing stops it halfway: SIGPIPE, SIGHUP,
+/// SIGINT and SIGTERM are held until the change is done (then named in the report), and
+/// failures to write the report are ignored.
 ///
 /// # Errors
-/// Processes on a GPU to change, a GPU needing a reset, node failures.
+/// Processes on a GPU to change or a failed process query, a GPU needing a reset, node failures.
 pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn Write) -> Result<()> {
     let gpus = node.gpus()?;
     let mut plan_per_gpu = Vec::new();
@@ -176,37 +187,52 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
         let c = changes_for(&g, &current, w)?;
         plan_per_gpu.push((g, c));
     }
-    // Refuse before touching anything.
-    let mut busy = Vec::new();
+    // Refuse before touching anything. A process list that cannot be read is no proof that
+    // the GPU is idle.
+    let (mut busy, mut unknown) = (Vec::new(), Vec::new());
     for (g, c) in &plan_per_gpu {
         if c.is_empty() {
             continue;
         }
-        let procs = node.processes(g.index)?;
-        if !procs.is_empty() {
-            let list = procs.iter().map(|p| format!("{} ({})", p.pid, p.name)).collect::<Vec<_>>().join(", ");
-            busy.push(format!("GPU {} ({}) has running processes: {list}", g.index, g.uuid));
+        match node.processes(g.index) {
+            Ok(procs) if procs.is_empty() => {}
+            Ok(procs) => {
+                let list = procs.iter().map(|p| format!("{} ({})", p.pid, p.name)).collect::<Vec<_>>().join(", ");
+                busy.push(format!("GPU {} ({}) has running processes: {list}", g.index, g.uuid));
+            }
+            Err(e) => unknown.push(format!("GPU {} ({}): its processes cannot be listed ({e:#})", g.index, g.uuid)),
         }
     }
-    if !busy.is_empty() && !force {
+    if !(busy.is_empty() && unknown.is_empty()) && !force {
+        let mut advice = Vec::new();
+        if !busy.is_empty() {
+            advice.push("stop the processes (drain the node in Slurm first)");
+        }
+        if !unknown.is_empty() {
+            advice.push("make the process query work (run as root; `nvidia-smi` shows whether the driver answers)");
+        }
         bail!(
-            "{}; nothing was changed: stop them (drain the node in Slurm first) and run apply again, or pass --force to change the GPUs anyway",
-            busy.join("; ")
+            "{}; nothing was changed: {} and run apply again, or pass --force to change the GPUs anyway",
+            busy.iter().chain(&unknown).cloned().collect::<Vec<_>>().join("; "),
+            advice.join(" and ")
         );
     }
-    for line in &busy {
-        writeln!(out, "warning: {line}; changing it anyway (--force)")?;
+    for line in busy.iter().chain(&unknown) {
+        say!(out, "warning: {line}; changing it anyway (--force)");
     }
+    let held = crate::signals::Held::new();
     let mut needs_reset = Vec::new();
     for (g, c) in &plan_per_gpu {
         let i = g.index;
         if c.is_empty() {
-            writeln!(out, "GPU {i}: already as planned, not touched")?;
+            say!(out, "GPU {i}: already as planned, not touched");
             continue;
         }
         if c.enable_mig {
             match node.set_mig_mode(i, true).with_context(|| format!("enabling MIG mode on GPU {i}"))? {
-                MigModeChange::Done => writeln!(out, "GPU {i}: MIG mode enabled")?,
+                MigModeChange::Done => {
+                    say!(out, "GPU {i}: MIG mode enabled");
+                }
                 MigModeChange::NeedsReset => {
                     needs_reset.push(i);
                     continue;
@@ -215,7 +241,7 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
         }
         for d in &c.destroy {
             node.destroy_instance(i, d.id).with_context(|| format!("destroying GPU instance {} on GPU {i}", d.id))?;
-            writeln!(out, "GPU {i}: destroyed {} at memory slice {} (GPU instance id {})", d.profile, d.start, d.id)?;
+            say!(out, "GPU {i}: destroyed {} at memory slice {} (GPU instance id {})", d.profile, d.start, d.id);
         }
         for p in &c.create {
             let profile = g.model.profile(&p.profile).ok_or_else(|| anyhow!("GPU {i} ({}) has no profile {}", g.name, p.profile))?;
@@ -223,10 +249,16 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
                 .create_leaf(i, profile, p.start)
                 .with_context(|| format!("creating {} at memory slice {} on GPU {i}", p.profile, p.start))?;
             let uuid = made.leaf_ci().map_or("?", |ci| ci.uuid.as_str()).to_string();
-            writeln!(out, "GPU {i}: created {} at memory slice {} (GPU instance id {}, {uuid})", p.profile, p.start, made.id)?;
+            say!(out, "GPU {i}: created {} at memory slice {} (GPU instance id {}, {uuid})", p.profile, p.start, made.id);
         }
     }
     node.commit()?;
+    let _ = out.flush();
+    for sig in held.release() {
+        let line = format!("apply: {sig} arrived while the GPUs were being changed; the change was finished first");
+        say!(out, "{line}");
+        let _ = writeln!(std::io::stderr(), "flexmig-gres-helper: {line}");
+    }
     if !needs_reset.is_empty() {
         let list = needs_reset.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         bail!(
@@ -322,6 +354,109 @@ mod tests {
         assert!(String::from_utf8(log).unwrap().contains("--force"));
         let mut node = FakeNode::load(&p).unwrap();
         assert!(differences(&mut node, &want).unwrap().is_empty());
+    }
+
+    #[test]
+    fn apply_refuses_a_gpu_whose_processes_cannot_be_listed_unless_forced() {
+        let (_d, p) = fake("A100-80GB", 2, true);
+        let mut f = FakeNode::load(&p).unwrap().file().clone();
+        f.gpus[1].process_query_error = Some("Insufficient Permissions".into());
+        std::fs::write(&p, f.to_toml_string()).unwrap();
+        let before = std::fs::read_to_string(&p).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        let e = format!("{:#}", apply(&mut node, &want, false, &mut Vec::new()).unwrap_err());
+        assert!(e.contains("GPU 1") && e.contains("cannot be listed") && e.contains("Insufficient Permissions"), "{e}");
+        assert!(e.contains("nothing was changed") && e.contains("--force") && !e.contains("GPU 0"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), before, "refused apply must not change the node");
+        let mut log = Vec::new();
+        apply(&mut node, &want, true, &mut log).unwrap();
+        let log = String::from_utf8(log).unwrap();
+        assert!(log.contains("warning: GPU 1") && log.contains("cannot be listed") && log.contains("--force"), "{log}");
+        let mut node = FakeNode::load(&p).unwrap();
+        assert!(differences(&mut node, &want).unwrap().is_empty());
+        // Once the GPU is as planned, a failing query does not matter: apply changes nothing.
+        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+    }
+
+    /// A report writer whose reader has gone (`apply | head -1`).
+    struct ClosedPipe;
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_report_nobody_reads_does_not_stop_the_change() {
+        let (_d, p) = fake("H100-80GB", 2, false);
+        let mut node = FakeNode::load(&p).unwrap();
+        let want = plan_node(&mut node).unwrap();
+        apply(&mut node, &want, false, &mut ClosedPipe).unwrap();
+        let mut node = FakeNode::load(&p).unwrap();
+        assert_eq!(differences(&mut node, &want).unwrap(), Vec::<String>::new());
+    }
+
+    /// A node on which `sig` arrives (Ctrl-C, a dropped ssh session, kill) while the n-th leaf
+    /// is being created.
+    #[derive(Debug)]
+    struct Interrupted {
+        inner: FakeNode,
+        sig: libc::c_int,
+        at: usize,
+        created: usize,
+    }
+
+    impl Node for Interrupted {
+        fn gpus(&mut self) -> Result<Vec<GpuInfo>> {
+            self.inner.gpus()
+        }
+        fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>> {
+            self.inner.instances(gpu)
+        }
+        fn processes(&mut self, gpu: u32) -> Result<Vec<crate::node::GpuProcess>> {
+            self.inner.processes(gpu)
+        }
+        fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigModeChange> {
+            self.inner.set_mig_mode(gpu, enabled)
+        }
+        fn destroy_instance(&mut self, gpu: u32, gi: u32) -> Result<()> {
+            self.inner.destroy_instance(gpu, gi)
+        }
+        fn create_leaf(&mut self, gpu: u32, profile: &leaf_model::mig::GiProfile, start: u32) -> Result<GpuInstance> {
+            self.created += 1;
+            if self.created == self.at {
+                // SAFETY: raise sends a signal to this thread; nothing else is involved.
+                assert_eq!(unsafe { libc::raise(self.sig) }, 0);
+            }
+            self.inner.create_leaf(gpu, profile, start)
+        }
+        fn commit(&mut self) -> Result<()> {
+            self.inner.commit()
+        }
+    }
+
+    #[test]
+    fn signals_mid_change_wait_until_the_change_is_done() {
+        // Without the hold, each of these would end the test process halfway.
+        for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP"), (libc::SIGTERM, "SIGTERM")] {
+            let (_d, p) = fake("A100-40GB", 2, true);
+            let mut node = Interrupted { inner: FakeNode::load(&p).unwrap(), sig, at: 3, created: 0 };
+            let want = plan_node(&mut node).unwrap();
+            let mut log = Vec::new();
+            apply(&mut node, &want, false, &mut log).unwrap();
+            let log = String::from_utf8(log).unwrap();
+            assert_eq!(log.matches("created").count(), 14, "{log}");
+            assert!(
+                log.contains(&format!("apply: {name} arrived while the GPUs were being changed; the change was finished first")),
+                "{log}"
+            );
+            let mut node = FakeNode::load(&p).unwrap();
+            assert_eq!(differences(&mut node, &want).unwrap(), Vec::<String>::new(), "{name}");
+        }
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub trait Node {
     /// The GPU instances (with their compute instances) of GPU `gpu`.
     fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>>;
     /// Processes running on GPU `gpu` (any of its instances).
+    ///
+    /// # Errors
+    /// The processes could not be listed. Never an empty list in that case: callers decide
+    /// whether a GPU is idle from it.
     fn processes(&mut self, gpu: u32) -> Result<Vec<GpuProcess>>;
     /// Enables or disables MIG mode on `gpu`.
     fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigModeChange>;

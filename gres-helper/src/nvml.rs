@@ -1,12 +1,13 @@
 //! The real node, through NVML. nvml-wrapper covers devices, MIG mode and processes; GPU and
 //! compute instance profiles, placements, creation and destruction are not wrapped in 0.13, so
-//! this module calls them through nvml-wrapper-sys's raw bindings. Every `unsafe` of the helper
-//! is in this module.
+//! this module calls them through nvml-wrapper-sys's raw bindings. Every `unsafe` NVML call of
+//! the helper is in this module (the signal mask apply holds is in `signals.rs`).
 //!
 //! Never run `apply` against a GPU machine you do not own: it changes MIG mode and instances.
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
+use std::io::Write as _;
 
 use anyhow::{anyhow, bail, Context, Result};
 use leaf_model::mig::{builtin_model, GiProfile, GpuModel};
@@ -130,13 +131,16 @@ impl NvmlNode {
         let recorded = builtin_model(name);
         if profiles.is_empty() {
             if let Some(m) = recorded {
-                eprintln!(
+                // Not eprintln!, which panics on a broken stderr: this runs during apply too.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "flexmig-gres-helper: NVML lists no MIG profiles for {name} (MIG mode off?); using the recorded {} table",
                     m.name
                 );
                 return m;
             }
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "flexmig-gres-helper: NVML lists no MIG profiles for {name} and flexmig has no recorded table for it: if it supports MIG, enable MIG mode (nvidia-smi -i <gpu> -mig 1) so NVML reports its geometry"
             );
         }
@@ -238,6 +242,14 @@ impl NvmlNode {
     }
 }
 
+/// An empty list where the device does not support the query; other errors stay errors.
+fn unless_unsupported<T>(r: Result<Vec<T>, NvmlError>) -> Result<Vec<T>, NvmlError> {
+    match r {
+        Err(NvmlError::NotSupported) => Ok(Vec::new()),
+        r => r,
+    }
+}
+
 impl Node for NvmlNode {
     fn gpus(&mut self) -> Result<Vec<GpuInfo>> {
         let n = self.nvml.device_count().context("nvmlDeviceGetCount")?;
@@ -301,14 +313,33 @@ impl Node for NvmlNode {
 
     fn processes(&mut self, gpu: u32) -> Result<Vec<GpuProcess>> {
         let dev = self.device(gpu)?;
-        let mut procs = dev.running_compute_processes().unwrap_or_default();
-        procs.extend(dev.running_graphics_processes().unwrap_or_default());
-        // With MIG on, also ask every MIG device: what the parent lists differs by driver.
-        for j in 0..dev.mig_device_count().unwrap_or(0) {
-            if let Ok(mig) = dev.mig_device_by_index(j) {
-                procs.extend(mig.running_compute_processes().unwrap_or_default());
-                procs.extend(mig.running_graphics_processes().unwrap_or_default());
-            }
+        let failed = |call: &str| format!("listing the processes of GPU {gpu}: {call}");
+        // The parent's compute list is required: without it nothing says the GPU is idle. The
+        // other lists add what some drivers report only there; NotSupported from them means the
+        // device has no such processes (no graphics engine, no MIG).
+        let mut procs = dev.running_compute_processes().with_context(|| failed("nvmlDeviceGetComputeRunningProcesses"))?;
+        procs
+            .extend(unless_unsupported(dev.running_graphics_processes()).with_context(|| failed("nvmlDeviceGetGraphicsRunningProcesses"))?);
+        let migs = match dev.mig_device_count() {
+            Ok(n) => n,
+            Err(NvmlError::NotSupported) => 0,
+            Err(e) => return Err(anyhow!(e).context(failed("nvmlDeviceGetMaxMigDeviceCount"))),
+        };
+        for j in 0..migs {
+            let mig = match dev.mig_device_by_index(j) {
+                Ok(m) => m,
+                // An index with no MIG device behind it.
+                Err(NvmlError::NotFound | NvmlError::InvalidArg) => continue,
+                Err(e) => return Err(anyhow!(e).context(failed(&format!("nvmlDeviceGetMigDeviceHandleByIndex({j})")))),
+            };
+            procs.extend(
+                unless_unsupported(mig.running_compute_processes())
+                    .with_context(|| failed(&format!("MIG device {j} compute processes")))?,
+            );
+            procs.extend(
+                unless_unsupported(mig.running_graphics_processes())
+                    .with_context(|| failed(&format!("MIG device {j} graphics processes")))?,
+            );
         }
         let mut out: Vec<GpuProcess> = procs
             .into_iter()

@@ -266,3 +266,47 @@ fn gres_conf_changes_none_of_its_files_when_one_cannot_be_written() {
         assert!(left.is_empty(), "temporaries left: {left:?}");
     }
 }
+
+/// A stdout whose reader is already gone, as in `helper ... | head -1` once head has exited.
+fn closed_stdout() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two-element array; the read end is closed once and the write end is
+    // owned by exactly one OwnedFd.
+    let write_end = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        OwnedFd::from_raw_fd(fds[1])
+    };
+    std::process::Stdio::from(write_end)
+}
+
+#[test]
+fn apply_into_a_closed_pipe_still_reaches_the_planned_layout() {
+    let (_d, node) = dir_setup("H100-80GB");
+    let o = helper().arg("--fake-node").arg(&node).args(["apply", "--force"]).stdout(closed_stdout()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(0), "{:?}: {err}", o.status);
+    let (code, out, err) = run(helper().arg("--fake-node").arg(&node).arg("assert"));
+    assert_eq!(code, 0, "apply stopped halfway:\n{out}{err}");
+}
+
+#[test]
+fn apply_refuses_a_gpu_whose_processes_cannot_be_listed() {
+    let (_d, node) = dir_setup("A100-80GB");
+    let text = std::fs::read_to_string(&node).unwrap();
+    // GPU 1's process query fails, as NVML's can (permissions, a driver fault).
+    let broken = text.replacen("index = 1\n", "index = 1\nprocess_query_error = \"Insufficient Permissions\"\n", 1);
+    assert_ne!(broken, text);
+    std::fs::write(&node, &broken).unwrap();
+    let (code, _, err) = run(helper().arg("--fake-node").arg(&node).arg("apply"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("GPU 1") && err.contains("processes cannot be listed") && err.contains("Insufficient Permissions"), "{err}");
+    assert!(err.contains("nothing was changed") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&node).unwrap(), broken, "a refused apply changed the node");
+    let (code, out, err) = run(helper().arg("--fake-node").arg(&node).args(["apply", "--force"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("warning: GPU 1") && out.contains("--force"), "{out}");
+    assert_eq!(run(helper().arg("--fake-node").arg(&node).arg("assert")).0, 0);
+}
