@@ -84,4 +84,3 @@ pub fn check_rank_step(tasks: &BTreeMap<u32, HashMap<String, String>>, leaves: &
     }
     used
 }
-
