@@ -133,23 +133,32 @@ pub fn build(model: &str, gpus: u32) -> Result<HelperNode> {
     Ok(HelperNode { work, cfg, inventory })
 }
 
-/// `flexmig-gres-helper verify` of the running cluster's gres.conf, inventory and slurmd
-/// against the fake node's instances.
+/// `flexmig-gres-helper verify` of the running cluster's gres.conf, inventory, slurm.conf node
+/// line and slurmd against the fake node's instances.
 ///
 /// # Errors
 /// The helper could not be started.
 pub fn verify(node: &HelperNode, c: &Cluster) -> Result<Output> {
+    verify_with(node, c, &[])
+}
+
+/// [`verify`] with more arguments (`--no-slurmd`, say).
+///
+/// # Errors
+/// The helper could not be started.
+pub fn verify_with(node: &HelperNode, c: &Cluster, extra: &[&str]) -> Result<Output> {
     let dev = c.dev_root().display().to_string();
     let gres = c.dir().join("gres.conf").display().to_string();
     let inv = c.dir().join("flexmig.toml").display().to_string();
     let conf = c.conf().display().to_string();
-    helper(&[
+    let (fake, minors) = (node.path("node.toml"), node.path("mig-minors"));
+    let mut args = vec![
         "--fake-node",
-        &node.path("node.toml"),
+        &fake,
         "--dev-root",
         &dev,
         "--mig-minors",
-        &node.path("mig-minors"),
+        &minors,
         "verify",
         "--gres-conf",
         &gres,
@@ -159,5 +168,7 @@ pub fn verify(node: &HelperNode, c: &Cluster) -> Result<Output> {
         &conf,
         "--node-name",
         "localhost",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    helper(&args)
 }

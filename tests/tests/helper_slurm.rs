@@ -9,7 +9,7 @@ use std::process::Output;
 
 use flexmig_integration::helper_node::{self, HelperNode};
 use flexmig_integration::Cluster;
-use leaf_model::Inventory;
+use leaf_model::{gres_order, Inventory};
 
 fn text(o: &Output) -> String {
     format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -155,8 +155,9 @@ fn helper_config_serves_size_aware_requests_and_verify_tracks_slurmd() {
         assert!(String::from_utf8_lossy(&o.stderr).contains(msg), "{args:?}: {}", text(&o));
     }
 
-    // Break the order on purpose: swap a double and a small line in gres.conf. slurmd -G now
-    // gives GRES index 0 to a small leaf; verify must say so.
+    // Break the order on purpose: swap GPU 0's double and small line in gres.conf. Slurm
+    // numbers by type, so the small line keeps its index and the doubles trade theirs: slurmd -G
+    // gives GRES index 0 to GPU 1's double, which the inventory has as index 1; verify says so.
     let gres = std::fs::read_to_string(c.dir().join("gres.conf")).unwrap();
     let mut lines: Vec<&str> = gres.lines().filter(|l| l.starts_with("Name=")).collect();
     lines.swap(0, 2);
@@ -165,7 +166,55 @@ fn helper_config_serves_size_aware_requests_and_verify_tracks_slurmd() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("slurmd -G record 1 (GRES index 0)") && out.contains("wrong leaf"), "{out}");
-    assert!(out.contains("gres.conf line 1 (GRES index 0)"), "{out}");
+    assert!(out.contains("gres.conf line 2 (GRES index 0)") && !out.contains("gres.conf line 1 "), "{out}");
+}
+
+#[test]
+fn verify_catches_a_slurm_conf_gres_line_in_another_type_order() {
+    // The admin's own node line with the types in the other order beside the helper's gres.conf.
+    let mut node = build_node("A100-40GB", 2);
+    let right = "gpu:1g.10gb:2,gpu:1g.5gb:12";
+    assert_eq!(node.cfg.node_gres, right);
+    node.cfg.node_gres = "gpu:1g.5gb:12,gpu:1g.10gb:2".into();
+    let c = Cluster::start(&node.cfg).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // Real Slurm numbers by the line's type order, as leaf_model::gres_order says: slurmd -G
+    // lists the 1g.5gb leaves first, and a job asking for one 1g.10gb leaf gets GRES index 12,
+    // which the inventory gives to a 1g.5gb leaf.
+    let g = c.slurmd_g().unwrap();
+    let types: Vec<&str> = g.lines().filter_map(|l| l.split("Gres Name=gpu Type=").nth(1)?.split_whitespace().next()).collect();
+    let gres_conf = std::fs::read_to_string(c.dir().join("gres.conf")).unwrap();
+    let lines: Vec<&str> = gres_conf.lines().filter_map(|l| l.strip_prefix("Name=gpu Type=")?.split_whitespace().next()).collect();
+    let idx = gres_order::slurm_gres_indices(&gres_order::parse_node_gres(&node.cfg.node_gres).unwrap(), &lines);
+    let mut modelled = vec![""; lines.len()];
+    for (t, i) in lines.iter().zip(&idx) {
+        modelled[i.unwrap() as usize] = t;
+    }
+    assert_eq!(types, modelled, "slurmd -G:\n{g}");
+    assert_eq!(&types[..12], ["1g.5gb"; 12], "slurmd -G:\n{g}");
+    let o = srun(&c, &["--gres=gpu:1g.10gb:1", "bash", "-c", "echo $SLURM_STEP_GPUS"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "12", "{}", text(&o));
+    assert_eq!(node.inventory.leaf_by_gres_index(12).unwrap().profile, "1g.5gb");
+
+    // verify says what is wrong and what to write, with and without slurmd.
+    let fix = format!("set Gres={right},");
+    let o = verify(&node, &c);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Gres=gpu:1g.5gb:12,gpu:1g.10gb:2 names the leaf types in another order") && out.contains(&fix), "{out}");
+    assert!(out.contains("slurmd -G record 1 (GRES index 0)") && out.contains("wrong leaf"), "{out}");
+    let o = helper_node::verify_with(&node, &c, &["--no-slurmd"]).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.lines().count(), 1, "only the slurm.conf line is wrong: {out}");
+    assert!(out.contains("slurm.conf line") && out.contains(&fix), "{out}");
+
+    // With the line verify asks for, slurmd -G and every file agree.
+    let conf = std::fs::read_to_string(c.conf()).unwrap();
+    c.write_file("slurm.conf", &conf.replace("Gres=gpu:1g.5gb:12,gpu:1g.10gb:2", &format!("Gres={right}"))).unwrap();
+    let o = verify(&node, &c);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]
