@@ -253,9 +253,16 @@ fn check_slurm_conf(check: SlurmConfCheck<'_>, entry: Option<NodeEntry>, want: &
         k.sort();
         k
     };
-    let how = if key(&have) == key(want) { "names the leaf types in another order" } else { "has other leaf types or counts" };
+    let (how, so) = if key(&have) == key(want) {
+        (
+            "lists the leaf types in another order than",
+            "every leaf gets another GRES index and tasks would run on leaves Slurm gave to other jobs",
+        )
+    } else {
+        ("has other leaf types or counts than", "Slurm's GRES indices are not the inventory's and tasks could run on the wrong leaves")
+    };
     diffs.push(format!(
-        "{place}: Gres={value} {how} than the node's leaves, gres.conf and the inventory, which need Gres={want_value}: Slurm numbers a node's gpu GRES in the type order of this line (and by gres.conf line order only within a type), so with this line tasks would run on leaves Slurm gave to other jobs; set Gres={fixed}, then restart slurmctld and slurmd"
+        "{place}: Gres={value} {how} this node needs: Gres={want_value} (its MIG leaves, as gres.conf and the inventory number them). Slurm numbers a node's gpu GRES in the type order of this line and by gres.conf line order only within a type, so with this line {so}; set Gres={fixed}, then restart slurmctld and slurmd"
     ));
 }
 
@@ -455,12 +462,13 @@ mod tests {
         let d = run_with_slurm_conf(&mut s, &conf("nic:1,gpu:1g.5gb:12,gpu:1g.10gb:2"));
         assert_eq!(d.len(), 1, "{d:#?}");
         assert!(
-            d[0].contains("slurm.conf line 2: Gres=nic:1,gpu:1g.5gb:12,gpu:1g.10gb:2 names the leaf types in another order"),
+            d[0].contains("slurm.conf line 2: Gres=nic:1,gpu:1g.5gb:12,gpu:1g.10gb:2 lists the leaf types in another order"),
             "{}",
             d[0]
         );
         assert!(
-            d[0].contains("need Gres=gpu:1g.10gb:2,gpu:1g.5gb:12") && d[0].contains("set Gres=nic:1,gpu:1g.10gb:2,gpu:1g.5gb:12,"),
+            d[0].contains("this node needs: Gres=gpu:1g.10gb:2,gpu:1g.5gb:12 (")
+                && d[0].contains("set Gres=nic:1,gpu:1g.10gb:2,gpu:1g.5gb:12,"),
             "{}",
             d[0]
         );

@@ -172,7 +172,7 @@ fn gres_conf_then_verify_and_a_broken_inventory() {
     std::fs::write(&swapped, "NodeName=gpu01 CPUs=64 Gres=gpu:1g.5gb:12,gpu:1g.10gb:2\n").unwrap();
     let (code, out, err) = verify(&["--no-slurmd", "--slurm-conf", swapped.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("swapped.conf line 1: Gres=gpu:1g.5gb:12,gpu:1g.10gb:2 names the leaf types in another order"), "{out}");
+    assert!(out.contains("swapped.conf line 1: Gres=gpu:1g.5gb:12,gpu:1g.10gb:2 lists the leaf types in another order"), "{out}");
     assert!(out.contains("set Gres=gpu:1g.10gb:2,gpu:1g.5gb:12,"), "{out}");
     let (code, out, err) = verify(&["--no-slurmd", "--no-slurm-conf", "--slurm-conf", swapped.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");

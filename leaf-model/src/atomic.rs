@@ -46,11 +46,8 @@ impl fmt::Display for SetError {
     }
 }
 
-impl std::error::Error for SetError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
+// The message already holds `source`'s: no `source()`, so error chains do not repeat it.
+impl std::error::Error for SetError {}
 
 impl From<SetError> for io::Error {
     fn from(e: SetError) -> Self {

@@ -202,7 +202,7 @@ fn verify_catches_a_slurm_conf_gres_line_in_another_type_order() {
     let o = verify(&node, &c);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("Gres=gpu:1g.5gb:12,gpu:1g.10gb:2 names the leaf types in another order") && out.contains(&fix), "{out}");
+    assert!(out.contains("Gres=gpu:1g.5gb:12,gpu:1g.10gb:2 lists the leaf types in another order") && out.contains(&fix), "{out}");
     assert!(out.contains("slurmd -G record 1 (GRES index 0)") && out.contains("wrong leaf"), "{out}");
     let o = helper_node::verify_with(&node, &c, &["--no-slurmd"]).unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
