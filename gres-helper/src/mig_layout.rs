@@ -203,7 +203,8 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
             Err(e) => unknown.push(format!("GPU {} ({}): its processes cannot be listed ({e:#})", g.index, g.uuid)),
         }
     }
-    if !(busy.is_empty() && unknown.is_empty()) && !force {
+    let doubtful = !busy.is_empty() || !unknown.is_empty();
+    if doubtful && !force {
         let mut advice = Vec::new();
         if !busy.is_empty() {
             advice.push("stop the processes (drain the node in Slurm first)");

@@ -204,7 +204,8 @@ mod tests {
 
     #[test]
     fn flexmig_order_puts_doubles_first_then_smalls_round_robin() {
-        let cases: Vec<(&str, Vec<OrderLeaf>, Vec<(u32, &str)>)> = vec![
+        type Case = (&'static str, Vec<OrderLeaf>, Vec<(u32, &'static str)>);
+        let cases: Vec<Case> = vec![
             ("no leaves", vec![], vec![]),
             ("one GPU", node(&[("s", "d")], 2), vec![(0, "d"), (0, "s"), (0, "s")]),
             (
@@ -268,7 +269,8 @@ mod tests {
         let g = |v: &str| parse_node_gres(v).unwrap();
         // gres.conf as flexmig writes it for two H100-80GB: doubles first.
         let records = ["1g.20gb", "1g.20gb", "1g.10gb", "1g.10gb", "1g.10gb"];
-        let cases: Vec<(&str, &[&str], Vec<Option<u32>>)> = vec![
+        type Case<'a> = (&'a str, &'a [&'a str], Vec<Option<u32>>);
+        let cases: Vec<Case<'_>> = vec![
             ("gpu:1g.20gb:2,gpu:1g.10gb:3", &records, vec![Some(0), Some(1), Some(2), Some(3), Some(4)]),
             // The swapped line: every index shifts, the first 1g.10gb line is index 0.
             ("gpu:1g.10gb:3,gpu:1g.20gb:2", &records, vec![Some(3), Some(4), Some(0), Some(1), Some(2)]),
