@@ -100,22 +100,25 @@ pub struct EmulatedLeaf {
 }
 
 impl ClusterConfig {
-    /// A node with `gpus` emulated A100-40GB GPUs, each split into the flexmig layout
-    /// (6 x 1g.5gb + 1 x 1g.10gb), gres.conf ordered so that lowest-index-first allocation
-    /// alternates GPUs (small leaves k-major across GPUs, then the double leaves), with a
-    /// matching inventory and the plugin loaded from plugstack.
+    /// A node with `gpus` emulated A100-40GB GPUs, built as an admin builds a real one: by
+    /// `flexmig-gres-helper` on a fake node (each GPU split into the flexmig layout, 6 x 1g.5gb +
+    /// 1 x 1g.10gb; gres.conf, the node's `Gres=` and the inventory in the helper's GRES order),
+    /// with the plugin loaded from plugstack and no Lua filters.
+    ///
+    /// # Panics
+    /// When the helper is not built or fails (`cargo test --workspace` builds it).
     pub fn emulated(gpus: u32) -> (Self, Vec<EmulatedLeaf>) {
-        Self::emulated_on(gpus, 0)
+        Self::emulated_on(gpus, None)
     }
 
     /// [`ClusterConfig::emulated`] for `nodes` nodes named n1, n2, ... (several slurmd on
     /// loopback). Each node has its own inventory (`flexmig.<node>.toml`, leaf UUIDs that differ
     /// between nodes) and lock directory, named through `%n` in the plugstack arguments.
     pub fn emulated_nodes(nodes: u32, gpus: u32) -> (Self, Vec<Vec<EmulatedLeaf>>) {
-        let (mut cfg, _) = Self::emulated_on(gpus, 0);
+        let (mut cfg, _) = Self::emulated_on(gpus, None);
         let mut all = Vec::new();
         for n in 1..=nodes {
-            let (c, leaves) = Self::emulated_on(gpus, n);
+            let (c, leaves) = Self::emulated_on(gpus, Some(n));
             cfg.files.push((format!("flexmig.n{n}.toml"), c.inventory.unwrap_or_default()));
             all.push(leaves);
         }
@@ -125,52 +128,27 @@ impl ClusterConfig {
         (cfg, all)
     }
 
-    fn emulated_on(gpus: u32, node: u32) -> (Self, Vec<EmulatedLeaf>) {
-        let mut leaves = Vec::new();
-        let mut gres = String::from("# flexmig emulated node: MIG leaves as gpu GRES, typed by profile\n");
-        let mut devices = Vec::new();
-        let mut inv = String::from("version = 1\n");
-        for g in 0..gpus {
-            devices.push(format!("nvidia{g}"));
-            inv.push_str(&format!(
-                "[[gpu]]\nindex = {g}\nuuid = \"GPU-e0000000-0000-4000-8000-{g:012x}\"\nbus_id = \"00000000:{:02X}:00.0\"\nmodel = \"NVIDIA A100-PCIE-40GB\"\n",
-                0x40 + g
-            ));
-        }
-        let mut order: Vec<(u32, u32)> = Vec::new(); // (gpu, leaf slot) in gres.conf order
-        for k in 0..6 {
-            for g in 0..gpus {
-                order.push((g, k));
+    fn emulated_on(gpus: u32, node: Option<u32>) -> (Self, Vec<EmulatedLeaf>) {
+        let built = helper_node::build("A100-40GB", gpus).unwrap_or_else(|e| panic!("building the emulated node with the helper: {e:#}"));
+        let mut inventory = built.inventory;
+        if let Some(n) = node {
+            // One fake node's UUIDs for every node: make them differ between nodes.
+            for l in &mut inventory.leaves {
+                l.uuid = l.uuid.replacen("MIG-", &format!("MIG-{n:x}"), 1);
             }
         }
-        for g in 0..gpus {
-            order.push((g, 6));
-        }
-        for (idx, (g, k)) in order.into_iter().enumerate() {
-            let profile = if k == 6 { "1g.10gb" } else { "1g.5gb" };
-            // Capability minors as the driver numbers them: one for the GPU instance, one for
-            // its compute instance.
-            let (gi, ci) = (g * 100 + k * 2 + 1, g * 100 + k * 2 + 2);
-            for c in [gi, ci] {
-                devices.push(format!("nvidia-caps/nvidia-cap{c}"));
-            }
-            gres.push_str(&format!(
-                "Name=gpu Type={profile} MultipleFiles=@DEV@/nvidia{g},@DEV@/nvidia-caps/nvidia-cap{gi},@DEV@/nvidia-caps/nvidia-cap{ci}\n"
-            ));
-            let uuid = format!("MIG-e{g:07x}-{k:04x}-4{node:03x}-8000-{idx:012x}");
-            inv.push_str(&format!("[[leaf]]\ngres_index = {idx}\ngpu = {g}\nprofile = \"{profile}\"\nuuid = \"{uuid}\"\n"));
-            leaves.push(EmulatedLeaf { gres_index: idx as u32, gpu: g, profile: profile.into(), uuid });
-        }
+        let leaves = inventory
+            .leaves
+            .iter()
+            .map(|l| EmulatedLeaf { gres_index: l.gres_index, gpu: l.gpu, profile: l.profile.clone(), uuid: l.uuid.clone() })
+            .collect();
         let cfg = ClusterConfig {
-            node_gres: format!("gpu:1g.5gb:{},gpu:1g.10gb:{}", 6 * gpus, gpus),
-            gres_conf: gres,
-            inventory: Some(inv),
+            inventory: Some(inventory.to_toml_string()),
             plugstack: DEFAULT_PLUGSTACK.into(),
             slurm_conf_extra: String::new(),
             files: Vec::new(),
-            devices,
             cpus: 32,
-            nodes: 1,
+            ..built.cfg
         };
         (cfg, leaves)
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use flexmig_integration::task_env::{check_rank_step, parse_tasks, print_vars, srun, start, text};
-use flexmig_integration::{ensure_test_user, Cluster, ClusterConfig, TEST_USER};
+use flexmig_integration::{ensure_test_user, Cluster, ClusterConfig, EmulatedLeaf, TEST_USER};
 
 fn test_uid() -> u32 {
     ensure_test_user().unwrap();
@@ -34,6 +34,11 @@ fn refused(c: &Cluster, cmd: &mut std::process::Command, args: &[&str]) -> Strin
     assert!(!o.status.success(), "{args:?} should fail:\n{}", text(&o));
     assert!(!marker.exists(), "{args:?}: the task ran although flexmig refused it:\n{}", text(&o));
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The first small (1g.5gb) leaf: what `--gres=gpu:1g.5gb:1` gets on an idle node.
+fn first_small(leaves: &[EmulatedLeaf]) -> &EmulatedLeaf {
+    leaves.iter().filter(|l| l.profile == "1g.5gb").min_by_key(|l| l.gres_index).unwrap()
 }
 
 fn node_state(c: &Cluster) -> String {
@@ -99,7 +104,7 @@ fn no_user_can_open_a_leaf_lock_so_none_can_hold_a_leaf_without_a_job() {
     let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1", "true"]);
     assert!(o.status.success(), "{}", text(&o));
     let locks = c.dir().join("locks");
-    let lock = locks.join(format!("{}.lock", leaves[0].uuid));
+    let lock = locks.join(format!("{}.lock", first_small(&leaves).uuid));
     let (dir, file) = (std::fs::metadata(&locks).unwrap(), std::fs::metadata(&lock).unwrap());
     assert_eq!((dir.uid(), dir.mode() & 0o777), (0, 0o700), "lock directory");
     assert_eq!((file.uid(), file.mode() & 0o777), (0, 0o600), "lock file");
@@ -135,12 +140,13 @@ fn a_lock_dir_or_lock_file_root_does_not_own_alone_is_refused() {
     std::fs::create_dir(&locks).unwrap();
     chmod(&locks, 0o700);
     let planted = c.dir().join("planted");
-    symlink(&planted, locks.join(format!("{}.lock", leaves[0].uuid))).unwrap();
+    let small = first_small(&leaves);
+    symlink(&planted, locks.join(format!("{}.lock", small.uuid))).unwrap();
     let e = refused(&c, &mut c.command("srun"), &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1"]);
-    assert!(e.contains(&leaves[0].uuid), "{e}");
+    assert!(e.contains(&small.uuid), "{e}");
     assert!(!planted.exists(), "root created the target of a link in the lock directory");
     // A lock directory others may write is refused even when root's.
-    std::fs::remove_file(locks.join(format!("{}.lock", leaves[0].uuid))).unwrap();
+    std::fs::remove_file(locks.join(format!("{}.lock", small.uuid))).unwrap();
     chmod(&locks, 0o777);
     let e = refused(&c, &mut c.command("srun"), &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1"]);
     assert!(e.contains("writable by others"), "{e}");
@@ -151,8 +157,8 @@ fn locks_are_prepared_only_for_the_leaves_of_the_step() {
     let (c, leaves) = start(2);
     let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1", "true"]);
     assert!(o.status.success(), "{}", text(&o));
-    // The lock of the last leaf (a double leaf, GRES index 13) cannot be made.
-    let last = leaves.last().unwrap();
+    // The lock of the second double leaf cannot be made.
+    let last = leaves.iter().filter(|l| l.profile == "1g.10gb").max_by_key(|l| l.gres_index).unwrap();
     symlink("/nonexistent/dir/x", c.dir().join(format!("locks/{}.lock", last.uuid))).unwrap();
     let o = srun(&c, &["--flexmig", "-n2", "--gres=gpu:1g.5gb:2", "bash", "-c", &print_vars()]);
     assert!(o.status.success(), "a 2-leaf step must not depend on the locks of other leaves: {}", text(&o));
@@ -266,11 +272,11 @@ fn inner_steps_see_only_their_own_view() {
 fn per_task_gpu_binding_binds_each_task_to_the_leaf_slurm_gave_it() {
     let (c, leaves) = start(2);
     let show = print_vars();
-    for binding in [
-        vec!["--gpus-per-task=1"],
-        vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=single:1"],
-        vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=map_gpu:3,2,1,0"],
-    ] {
+    // With task/none, map_gpu names GRES indices: the four a 4-leaf step gets, reversed.
+    let mut smalls: Vec<u32> = leaves.iter().filter(|l| l.profile == "1g.5gb").map(|l| l.gres_index).collect();
+    smalls.sort();
+    let map = format!("--gpu-bind=map_gpu:{},{},{},{}", smalls[3], smalls[2], smalls[1], smalls[0]);
+    for binding in [vec!["--gpus-per-task=1"], vec!["--gres=gpu:1g.5gb:4", "--gpu-bind=single:1"], vec!["--gres=gpu:1g.5gb:4", &map]] {
         let mut args = vec!["--flexmig", "-n4"];
         args.extend(&binding);
         args.extend(["bash", "-c", &show]);
@@ -287,23 +293,28 @@ fn per_task_gpu_binding_binds_each_task_to_the_leaf_slurm_gave_it() {
             assert!(seen.insert(leaf.uuid.clone()), "{binding:?}: two tasks on one leaf");
         }
     }
+    // A map that gives two tasks one GPU: one task binds the leaf, the other is refused.
+    let twice = format!("--gpu-bind=map_gpu:{0},{0}", smalls[0]);
+    let o = srun(&c, &["--flexmig", "-n2", "--gres=gpu:1g.5gb:2", &twice, "bash", "-c", &show]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already bound"), "{}", text(&o));
+    assert!(parse_tasks(&String::from_utf8_lossy(&o.stdout)).len() <= 1, "two tasks ran on one leaf: {}", text(&o));
 }
 
 #[test]
 fn a_leaf_of_another_type_than_slurm_allocated_is_never_bound() {
-    // The admin wrote the types of the node's Gres= in another order than gres.conf lists them:
-    // Slurm numbers the double leaves first, the inventory the small ones.
+    // The admin wrote the types of the node's Gres= in another order than the helper's node line:
+    // Slurm numbers the small leaves first, gres.conf and the inventory the double ones.
     let (mut cfg, leaves) = ClusterConfig::emulated(2);
-    assert_eq!(cfg.node_gres, "gpu:1g.5gb:12,gpu:1g.10gb:2");
-    cfg.node_gres = "gpu:1g.10gb:2,gpu:1g.5gb:12".into();
+    assert_eq!(cfg.node_gres, "gpu:1g.10gb:2,gpu:1g.5gb:12");
+    cfg.node_gres = "gpu:1g.5gb:12,gpu:1g.10gb:2".into();
     let c = Cluster::start(&cfg).unwrap();
-    let e = refused(&c, &mut c.command("srun"), &["--flexmig", "-n1", "--gres=gpu:1g.10gb:1"]);
-    assert!(e.contains("as a 1g.10gb") && e.contains("flexmig-gres-helper verify"), "{e}");
+    let e = refused(&c, &mut c.command("srun"), &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1"]);
+    assert!(e.contains("as a 1g.5gb") && e.contains("flexmig-gres-helper verify"), "{e}");
     assert!(e.contains(&leaves[0].uuid), "names the leaf the inventory has there: {e}");
-    let (o, log) = sbatch(&c, None, &["--flexmig", "-n1", "--gres=gpu:1g.10gb:1"], "echo batch-ran");
-    assert!(!o.status.success() && !log.contains("batch-ran") && log.contains("as a 1g.10gb"), "{}\n{log}", text(&o));
+    let (o, log) = sbatch(&c, None, &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1"], "echo batch-ran");
+    assert!(!o.status.success() && !log.contains("batch-ran") && log.contains("as a 1g.5gb"), "{}\n{log}", text(&o));
     assert_eq!(node_state(&c), "idle");
     // Steps without --flexmig are Slurm's business.
-    let o = srun(&c, &["-n1", "--gres=gpu:1g.10gb:1", "true"]);
+    let o = srun(&c, &["-n1", "--gres=gpu:1g.5gb:1", "true"]);
     assert!(o.status.success(), "{}", text(&o));
 }

@@ -195,7 +195,7 @@ fn errors_fail_cleanly_with_their_message() {
     // GRES index 0 missing from the inventory.
     let without_0 = good_inventory.replace("gres_index = 0\n", "gres_index = 99\n");
     c.write_file("flexmig.toml", &without_0).unwrap();
-    expect(&["--flexmig", "-n1", "--gres=gpu:1g.5gb:1"], &["GRES index 0", "has no MIG leaf", "flexmig-gres-helper verify"]);
+    expect(&["--flexmig", "-n1", "--gres=gpu:1g.10gb:1"], &["GRES index 0", "has no MIG leaf", "flexmig-gres-helper verify"]);
     // Two GRES indices naming one leaf: refused rather than binding two ranks to it.
     let dup = good_inventory.replace(&format!("uuid = \"{}\"", leaves[1].uuid), &format!("uuid = \"{}\"", leaves[0].uuid));
     c.write_file("flexmig.toml", &dup).unwrap();
