@@ -6,14 +6,16 @@
 //!   cargo run -q -p flexmig-spank --example plan_env -- --gpus 2 --tasks 7 [--max-channels 2|off]
 //!
 //! The node has `--gpus` GPUs of 7 leaves each (6 x 1g.18gb and one 1g.35gb, an H200), in the
-//! GRES order `flexmig-gres-helper gres-conf` writes (double leaves first, then the small ones
-//! round-robin over the GPUs). The step holds the `--tasks` lowest small-leaf GRES indices, which
+//! GRES order `flexmig-gres-helper gres-conf` writes (`leaf_model::gres_order`: double leaves
+//! first, then the small ones round-robin over the GPUs). The step holds the `--tasks` lowest small-leaf GRES indices, which
 //! is what Slurm gives `--gres=gpu:1g.18gb:K` on an idle node, and double leaves past the small
 //! ones (7 leaves of one GPU); with `--gpus 1` the leaves are those of one GPU ("packed").
 
 use flexmig_spank::binding::{plan_task, EnvChange, TaskView};
 use flexmig_spank::config::{Mode, PluginArgs};
+use leaf_model::gres_order::{flexmig_order, OrderLeaf};
 use leaf_model::inventory::{Gpu, Inventory, Leaf};
+use leaf_model::layout::LeafRole;
 
 fn main() {
     if let Err(e) = run() {
@@ -40,21 +42,27 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("--tasks {tasks}: {gpus} GPUs have 1..={} leaves", 7 * gpus).into());
     }
     let mut inv = Inventory::new();
-    let mut gres = 0;
     for g in 0..gpus {
         inv.gpus.push(Gpu { index: g, uuid: format!("GPU-{g}"), bus_id: format!("00000000:0{}:00.0", g + 6), model: "NVIDIA H200".into() });
     }
-    let mut leaf = |gpu: u32, k: u32, profile: &str| {
-        inv.leaves.push(Leaf { gres_index: gres, gpu, profile: profile.into(), uuid: format!("MIG-{gpu}-{k}"), cuda_device: None });
-        gres += 1;
-    };
+    // Each GPU's 6 small leaves and its double one, numbered in the order the helper writes.
+    let mut node = Vec::new();
     for g in 0..gpus {
-        leaf(g, 6, "1g.35gb");
-    }
-    for k in 0..6 {
-        for g in 0..gpus {
-            leaf(g, k, "1g.18gb");
+        for k in 0..7 {
+            let (role, profile, rank) = if k == 6 { (LeafRole::Double, "1g.35gb", 0) } else { (LeafRole::Small, "1g.18gb", k) };
+            node.push((OrderLeaf { gpu: g, role, profile: profile.into(), rank }, k));
         }
+    }
+    let order = flexmig_order(&node.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>());
+    for (gres, &i) in order.iter().enumerate() {
+        let (l, k) = &node[i];
+        inv.leaves.push(Leaf {
+            gres_index: gres as u32,
+            gpu: l.gpu,
+            profile: l.profile.clone(),
+            uuid: format!("MIG-{}-{k}", l.gpu),
+            cuda_device: None,
+        });
     }
     // Small leaves first (GRES gpus..7*gpus), then the doubles (0..gpus).
     let step_gpus: Vec<String> = (gpus..7 * gpus).chain(0..gpus).take(tasks as usize).map(|i| i.to_string()).collect();
