@@ -264,7 +264,7 @@ pub fn policy_lua(leaves: &[NodeLeaf]) -> Result<String> {
          \x20 double_type = {double},       -- GRES type of the double leaves (nil: none)\n\
          \x20 leaves_per_node = {},          -- every leaf of a node\n\
          \x20 small_leaves_per_node = {n_small},    -- the small ones\n\
-         \x20 single_prefers_double = true, -- mig:1 takes any leaf, doubles first (gres.conf order)\n\
+         \x20 single_prefers_double = true, -- mig:1 takes any leaf, doubles first (GRES order)\n\
          }}\n",
         leaves.len()
     ))

@@ -12,7 +12,7 @@
 //! bus_id = "00000000:4B:00.0"
 //! model = "NVIDIA A100-PCIE-40GB"
 //! [[leaf]]
-//! gres_index = 0          # Slurm's GRES index of this leaf (its position in gres.conf)
+//! gres_index = 0          # Slurm's GRES index of this leaf (see crate::gres_order)
 //! gpu = 0                 # a [[gpu]] index
 //! profile = "1g.5gb"
 //! uuid = "MIG-..."        # exported as NCCL_MIG_ID
@@ -57,7 +57,8 @@ pub struct Gpu {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Leaf {
-    /// Slurm's GRES index of this leaf (its position among the node's gpu GRES in gres.conf).
+    /// Slurm's GRES index of this leaf: its place among the node's gpu GRES, numbered by the
+    /// slurm.conf `Gres=` type order, then gres.conf line order ([`crate::gres_order`]).
     pub gres_index: u32,
     /// The `index` of the [`Gpu`] the leaf lives on.
     pub gpu: u32,
