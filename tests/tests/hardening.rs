@@ -318,3 +318,28 @@ fn a_leaf_of_another_type_than_slurm_allocated_is_never_bound() {
     let o = srun(&c, &["-n1", "--gres=gpu:1g.5gb:1", "true"]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn a_task_killed_with_sigkill_leaves_no_stale_lock() {
+    let (c, _) = start(1);
+    let workdir = tempfile::Builder::new().prefix("flexmig-kill-").tempdir().unwrap();
+    let script = "#!/bin/bash\n\
+        srun --flexmig -n1 --gres=gpu:1g.5gb:1 bash -c 'echo $$ > pid; echo A $NCCL_MIG_ID; exec sleep 100' > a.out 2>&1 &\n\
+        for i in $(seq 50); do [ -s pid ] && break; sleep 0.1; done\n\
+        kill -9 $(cat pid)\n\
+        wait\n\
+        srun --flexmig -n1 --gres=gpu:1g.5gb:1 bash -c 'echo B $NCCL_MIG_ID' > b.out 2>&1\n";
+    c.write_file("kill.sh", script).unwrap();
+    let o = Cluster::output(
+        c.command("sbatch")
+            .current_dir(workdir.path())
+            .args(["--wait", "-n1", "--gres=gpu:1g.5gb:1", "-o", "batch.out"])
+            .arg(c.dir().join("kill.sh")),
+    )
+    .unwrap();
+    let read = |f: &str| std::fs::read_to_string(workdir.path().join(f)).unwrap_or_default();
+    assert!(o.status.success(), "{}\n{}", text(&o), read("batch.out"));
+    let (a, b) = (read("a.out"), read("b.out"));
+    let leaf_a = a.lines().find_map(|l| l.strip_prefix("A ")).unwrap_or_else(|| panic!("{a}"));
+    assert_eq!(b.lines().find_map(|l| l.strip_prefix("B ")), Some(leaf_a), "the killed task's leaf is free again:\n{a}\n{b}");
+}
