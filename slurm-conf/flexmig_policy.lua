@@ -7,5 +7,5 @@ return {
   double_type = "1g.20gb",       -- GRES type of the double leaves (nil: none, e.g. A30)
   leaves_per_node = 14,          -- every leaf of a node
   small_leaves_per_node = 12,    -- the small ones
-  single_prefers_double = true,  -- mig:1 takes any leaf, doubles first (gres.conf order)
+  single_prefers_double = true,  -- mig:1 takes any leaf, doubles first (the helper's GRES order)
 }
