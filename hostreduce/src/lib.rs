@@ -7,9 +7,11 @@
 //! - [`pipeline`]: the chunk protocol (counters, slots, reducer threads, dead peers);
 //! - [`select`]: the measured table behind `FLEXMIG_HOSTREDUCE=auto`;
 //! - [`config`]: environment, the ranks' agreement at communicator creation;
+//! - `interpose` with [`ffi::nccl`] and [`ffi::cuda`]: the preloaded NCCL entry points;
 //! - [`sim`]: the GPU side simulated with threads, for tests without a GPU.
 pub mod config;
 pub mod ffi;
+mod interpose;
 pub mod pipeline;
 pub mod reduce;
 pub mod select;

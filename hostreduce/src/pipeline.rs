@@ -131,7 +131,7 @@ impl AbortReason {
 /// The state of an aborted communicator: why, and which rank it is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", match reason {
-    AbortReason::PeerDied => format!("flexmig-hostreduce: rank {rank} died; the communicator is unusable"),
+    AbortReason::PeerDied => format!("flexmig-hostreduce: rank {rank} died or left; the communicator is unusable"),
     AbortReason::Aborted => format!("flexmig-hostreduce: rank {rank} aborted the communicator"),
     AbortReason::Unfinished => format!("flexmig-hostreduce: rank {rank} destroyed the communicator with all-reduces its peers never finished"),
 })]
@@ -271,27 +271,29 @@ impl HostComm {
     }
 
     /// Stops the reducer threads after they finished the calls already started; if that takes more
-    /// than `timeout` (peers that never make the same calls), aborts first. Every stream wait on this
-    /// segment is satisfied afterwards.
-    pub fn shutdown(&self, timeout: Duration) {
+    /// than `timeout` (peers that never make the same calls), aborts them with `reason` first.
+    /// Then marks this rank as gone (pid 0), so that a peer still waiting for it fails instead of
+    /// hanging. Every stream wait on this segment is satisfied afterwards.
+    pub fn leave(&self, timeout: Duration, reason: AbortReason) {
         self.senders.lock().unwrap().clear();
         let threads: Vec<_> = self.threads.lock().unwrap().drain(..).collect();
         let t0 = Instant::now();
         while threads.iter().any(|h| !h.is_finished()) {
             if t0.elapsed() > timeout && self.aborted().is_none() {
-                self.abort(AbortReason::Unfinished);
+                self.abort(reason);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
         for h in threads {
             let _ = h.join();
         }
+        self.seg.header().pids[self.rank()].store(0, Ordering::Release);
     }
 }
 
 impl Drop for HostComm {
     fn drop(&mut self) {
-        self.shutdown(Duration::from_secs(10));
+        self.leave(Duration::from_secs(10), AbortReason::Unfinished);
     }
 }
 
@@ -482,6 +484,6 @@ mod tests {
         assert_eq!(AbortReason::from_code(0), None);
         assert_eq!(AbortReason::from_code(u32::MAX), None);
         let a = Abort { reason: AbortReason::PeerDied, rank: 3 };
-        assert_eq!(a.to_string(), "flexmig-hostreduce: rank 3 died; the communicator is unusable");
+        assert_eq!(a.to_string(), "flexmig-hostreduce: rank 3 died or left; the communicator is unusable");
     }
 }

@@ -67,50 +67,51 @@ pub fn f32_to_bf16(f: f32) -> u16 {
     ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
-/// fp16 to fp32, exact for every input (normals, subnormals, infinities, NaN), branch-free enough
-/// for the vector loops (after F. Giesen's half_to_float).
+/// fp16 to fp32, exact for every input (normals, subnormals, infinities, NaN), after F. Giesen's
+/// half_to_float. All three cases are computed and one is selected, so the vector loops stay
+/// branch-free.
 #[inline(always)]
 pub fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
     let shifted_exp = 0x7c00u32 << 13;
-    let mut o = (h & 0x7fff) << 13;
+    let o = (h & 0x7fff) << 13;
     let exp = shifted_exp & o;
-    o += (127 - 15) << 23;
-    if exp == shifted_exp {
-        o += (128 - 16) << 23; // infinity or NaN
+    let normal = o + ((127 - 15) << 23);
+    let inf_nan = normal + ((128 - 16) << 23);
+    // subnormal: renormalise through an fp32 subtraction
+    let sub = (f32::from_bits(normal + (1 << 23)) - f32::from_bits(113 << 23)).to_bits();
+    let r = if exp == shifted_exp {
+        inf_nan
     } else if exp == 0 {
-        // subnormal: renormalise through an fp32 subtraction
-        o += 1 << 23;
-        o = (f32::from_bits(o) - f32::from_bits(113 << 23)).to_bits();
-    }
-    f32::from_bits(o | ((h & 0x8000) << 16))
+        sub
+    } else {
+        normal
+    };
+    f32::from_bits(r | ((h & 0x8000) << 16))
 }
 
 /// fp32 to fp16, round to nearest even, overflow to infinity, NaN to a quiet NaN (after F. Giesen's
-/// float_to_half_fast3_rtne).
+/// float_to_half_fast3_rtne), branch-free like [`f16_to_f32`].
 #[inline(always)]
 pub fn f32_to_f16(f: f32) -> u16 {
     let f32_infty = 255u32 << 23;
     let f16_max = (127 + 16) << 23;
     let denorm_magic = ((127 - 15) + (23 - 10) + 1) << 23;
-    let mut u = f.to_bits();
-    let sign = u & 0x8000_0000;
-    u ^= sign;
+    let u0 = f.to_bits();
+    let sign = u0 & 0x8000_0000;
+    let u = u0 ^ sign;
+    let big = if u > f32_infty { 0x7e00 } else { 0x7c00 };
+    // result subnormal (or zero): the fp32 adder rounds at the right bit
+    let sub = (f32::from_bits(u) + f32::from_bits(denorm_magic)).to_bits().wrapping_sub(denorm_magic);
+    // normal: re-bias the exponent and add the rounding bias (0xfff, plus one when the kept part is odd)
+    let mant_odd = (u >> 13) & 1;
+    let normal = u.wrapping_add(((15i32 - 127) << 23) as u32).wrapping_add(0xfff + mant_odd) >> 13;
     let o = if u >= f16_max {
-        if u > f32_infty {
-            0x7e00
-        } else {
-            0x7c00
-        }
+        big
     } else if u < (113 << 23) {
-        // result is subnormal (or zero): let the fp32 adder round at the right bit
-        let r = f32::from_bits(u) + f32::from_bits(denorm_magic);
-        r.to_bits().wrapping_sub(denorm_magic)
+        sub
     } else {
-        let mant_odd = (u >> 13) & 1;
-        // re-bias the exponent and add the rounding bias (0xfff, plus one when the kept part is odd)
-        u = u.wrapping_add(((15i32 - 127) << 23) as u32).wrapping_add(0xfff + mant_odd);
-        u >> 13
+        normal
     };
     (o | (sign >> 16)) as u16
 }

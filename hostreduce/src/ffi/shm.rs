@@ -180,6 +180,17 @@ pub fn process_alive(pid: u32, start: u64) -> bool {
     }
 }
 
+/// CPUs online on this machine.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        1
+    }
+}
+
 impl Segment {
     fn map(fd: libc::c_int, len: usize, path: &Path) -> Result<*mut u8, ShmError> {
         // SAFETY: a fresh shared mapping of a file we hold open; the kernel picks the address.

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Host-side all-reduce (hostreduce/) against patched NCCL's SHM path between emulated MIG leaves
+# of one GPU, under CUDA MPS (each rank ~1/7 of the SMs). GPU machine, one command, MIG untouched
+# (leaves are ranks sharing GPU 0, each with its own NCCL_MIG_ID, as in bench/nccl_leaves.sh):
+#
+#   bash bench/hostreduce.sh
+#
+# Steps: builds patched NCCL 2.28.9 with `flexmig-gres-helper nccl install` (PyTorch 2.11's
+# stock NCCL refuses two ranks on one GPU: "Duplicate GPU detected"), measures the pinned copy
+# bound (256 MiB H2D, D2H, both at once) and the CPU reduce alone, then for each k in RANKS one
+# launch of k ranks in which every size is all-reduced through NCCL and through the host path,
+# side by side and byte-checked (bench/hostreduce.py). Optionally (CE_RANKS) NCCL's copy-engine
+# opt-in for comparison.
+#
+# Output: $OUTDIR/hostreduce.jsonl, one JSON object per measurement (kind "allreduce", impl
+# "hostreduce"|"nccl"|"nccl-ce", k, bytes, busbw_equiv_GBps = algbw x 2(k-1)/k, machine, mps,
+# copy bound), plus "machine", "copy" and "cpu_reduce" lines; $OUTDIR/hostreduce.log.
+#
+# Environment: NCCL_SRC (holds nccl-2.28.9/ or nccl-2.28.9.tar.gz; default <repo>/.nccl/src),
+# FLEXMIG_HELPER (default: target/release/flexmig-gres-helper, else cargo-built), HOSTREDUCE_LIB
+# (default: target/release/libflexmig_hostreduce.so, else cargo-built), PATCHED_LIB (use this
+# libnccl.so.2 instead of building), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out), RANKS
+# ("2 3 4 5 7"), SIZES (1..256 MiB), DTYPES (f32), VARIANTS (host-path settings compared at
+# VARIANT_SIZES, ';'-separated, e.g. "FLEXMIG_HOSTREDUCE_CHUNK=524288"), CE_RANKS ("": none),
+# MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce").
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
+WORK=${WORK:-/tmp/flexmig-bench}
+OUTDIR=${OUTDIR:-$WORK/out}
+RANKS=${RANKS:-2 3 4 5 7}
+PHASES=${PHASES:-build copy cpu main ce}
+PY=${PYTHON:-python3}
+B="$REPO/bench/hostreduce.py"
+mkdir -p "$WORK" "$OUTDIR"
+J="$OUTDIR/hostreduce.jsonl"
+LOG="$OUTDIR/hostreduce.log"
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+# Only the kernels PyTorch's all-reduce, barrier and group set-up use (see bench/nccl_leaves.sh).
+export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
+T="${CARGO_TARGET_DIR:-$REPO/target}/release"
+
+HELPER=${FLEXMIG_HELPER:-$T/flexmig-gres-helper}
+HRLIB=${HOSTREDUCE_LIB:-$T/libflexmig_hostreduce.so}
+for bin in "$HELPER:flexmig-gres-helper" "$HRLIB:flexmig-hostreduce"; do
+  [ -e "${bin%%:*}" ] || (cd "$REPO" && cargo build -q --release -p "${bin##*:}") || { echo "no ${bin%%:*} and no cargo to build it"; exit 2; }
+done
+PATCHED=${PATCHED_LIB:-$WORK/patched-2.28.9/lib/libnccl.so.2}
+
+echo "== hostreduce on $(hostname), $(date -u +%FT%TZ); phases: $PHASES; ranks: $RANKS" | tee "$LOG"
+MACHINE="$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | head -1)"
+echo "$MACHINE" | tee -a "$LOG"
+df -h /dev/shm | tail -1 | tee -a "$LOG"
+echo "{\"kind\": \"machine\", \"machine\": \"$MACHINE\", \"cpus\": $(nproc), \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+
+if has build && [ ! -f "$PATCHED" ]; then
+  src="$NCCL_SRC/nccl-2.28.9"
+  [ -d "$src" ] || src="$NCCL_SRC/nccl-2.28.9.tar.gz"
+  t0=$(date +%s)
+  "$HELPER" nccl install --source "$src" --prefix "$WORK/patched-2.28.9" >"$WORK/build-patched.log" 2>&1 || { tail -20 "$WORK/build-patched.log"; exit 2; }
+  echo "patched NCCL built in $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+fi
+[ -f "$PATCHED" ] || { echo "no patched NCCL at $PATCHED"; exit 2; }
+"$HELPER" nccl status "$PATCHED" 2>&1 | tee -a "$LOG"
+
+COPY='{}'
+if has copy; then
+  COPY=$($PY "$REPO/bench/nccl_leaves.py" copy 1 | grep '^RESULT ' | sed 's/^RESULT //')
+  echo "{\"kind\": \"copy\", \"copy\": $COPY}" | tee -a "$J"
+fi
+if has cpu; then
+  # The CPU reduce alone, on the threads a rank gets at k=2 and k=7 (16 CPUs shared by k ranks).
+  ex="$T/examples/reduce_speed"
+  [ -x "$ex" ] && "$ex" 2048 1 2 8 | tee -a "$J"
+fi
+
+source "$REPO/bench/mps.sh"
+trap 'mps_stop >/dev/null 2>&1' EXIT
+mps_start || { echo "MPS did not start"; exit 2; }
+SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,33554432,67108864,134217728,268435456}
+if has main; then
+  for k in $RANKS; do
+    $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes "$SIZES" \
+      --dtypes "${DTYPES:-f32}" --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
+      | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" | tee -a "$J" | $PY "$B" summarize
+  done
+fi
+if has ce && [ -n "${CE_RANKS:-}" ]; then
+  # NCCL's copy-engine opt-in at its best measured setting (BENCHMARKS.md, "The ceiling"); only
+  # its NCCL records are kept (impl "nccl-ce").
+  for k in $CE_RANKS; do
+    $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes 4194304,67108864,268435456 \
+      --env NCCL_SHM_USE_CUDA_MEMCPY=1 --env NCCL_SHM_MEMCPY_MODE=3 --env NCCL_BUFFSIZE=33554432 --env NCCL_MAX_NCHANNELS=2 \
+      --tag ce --log "$WORK/logs" --timeout "${TIMEOUT:-240}" | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" --nccl-as nccl-ce | tee -a "$J" | $PY "$B" summarize
+  done
+fi
+mps_stop
+echo "== done $(date -u +%FT%TZ)" | tee -a "$LOG"

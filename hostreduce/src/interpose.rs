@@ -1,0 +1,355 @@
+//! What the preloaded library does in each intercepted NCCL call: which communicators get the host
+//! path (decided at creation, the same on every rank), which all-reduces take it, and teardown.
+//!
+//! Every CUDA call is made on the application's thread, inside the NCCL call it intercepts; the
+//! reducer threads never call CUDA. Everything is enqueued on the caller's stream at call time:
+//! our two streams wait for the caller's stream, and the caller's stream waits for them, so the call
+//! is ordered like an NCCL kernel would be.
+
+use crate::config::{decide, default_threads, fnv1a, host_hash, Config, Decision, Mode, PeerInfo, PEER_INFO_BYTES};
+use crate::ffi::cuda::{self, CudaError, DevPtr, DeviceBuffer, Event, GpuCall, Stream};
+use crate::ffi::nccl::{self, Comm, NcclResult, NCCL_REMOTE_ERROR, NCCL_SUCCESS, NCCL_UNHANDLED_CUDA_ERROR};
+use crate::ffi::shm::segment_path;
+use crate::pipeline::{self, AbortReason, HostComm};
+use crate::reduce::{DType, Op};
+use crate::select::{Table, BUILT_IN};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long ranks wait for each other while setting up a segment.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long destroy waits for started calls to finish before aborting them.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A communicator with the host path available.
+#[derive(Debug)]
+struct GpuComm {
+    host: HostComm,
+    mode: Mode,
+    table: Table,
+    debug: bool,
+    seg_dev: DevPtr,
+    down: Stream,
+    up: Stream,
+    fork: Event,
+    join_down: Event,
+    join_up: Event,
+    host_calls: AtomicU64,
+    nccl_calls: AtomicU64,
+}
+
+fn comms() -> &'static Mutex<HashMap<usize, Arc<GpuComm>>> {
+    static COMMS: std::sync::OnceLock<Mutex<HashMap<usize, Arc<GpuComm>>>> = std::sync::OnceLock::new();
+    COMMS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn lookup(comm: Comm) -> Option<Arc<GpuComm>> {
+    comms().lock().unwrap().get(&(comm as usize)).cloned()
+}
+
+thread_local! {
+    static GROUP_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+pub fn group_enter() {
+    GROUP_DEPTH.with(|d| d.set(d.get() + 1));
+}
+pub fn group_leave() {
+    GROUP_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+}
+fn in_group() -> bool {
+    GROUP_DEPTH.with(|d| d.get() > 0)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn log(on: bool, msg: std::fmt::Arguments<'_>) {
+    if on {
+        eprintln!("flexmig-hostreduce: {msg}");
+    }
+}
+
+fn this_host() -> u64 {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    host_hash(&hostname, &boot)
+}
+
+/// All-gathers `mine` over the real communicator (synchronously, on a stream of our own).
+fn exchange(comm: Comm, nranks: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let n = mine.len();
+    let send = DeviceBuffer::new(n).map_err(|e| e.to_string())?;
+    let recv = DeviceBuffer::new(n * nranks).map_err(|e| e.to_string())?;
+    send.write(mine).map_err(|e| e.to_string())?;
+    let s = cuda::stream_create().map_err(|e| e.to_string())?;
+    let r = nccl::all_gather(send.ptr, recv.ptr, n, comm, s);
+    let synced = cuda::stream_synchronize(s);
+    let _ = cuda::stream_destroy(s);
+    if r != NCCL_SUCCESS {
+        return Err(format!("ncclAllGather returned {r}"));
+    }
+    synced.map_err(|e| e.to_string())?;
+    let mut all = vec![0u8; n * nranks];
+    recv.read(&mut all).map_err(|e| e.to_string())?;
+    Ok(all.chunks(n).map(|c| c.to_vec()).collect())
+}
+
+/// After the real init succeeded: decide, with the other ranks, whether this communicator gets the
+/// host path, and set it up. Any failure leaves the communicator to NCCL (on every rank: the last
+/// step is an exchange of each rank's outcome).
+pub fn on_init(comm: Comm, nranks: usize, id: &[u8], rank: usize, config_blocking: Option<i32>) {
+    let cfg = match Config::from_env(&env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flexmig-hostreduce: {e}; host reduction off");
+            return;
+        }
+    };
+    let say = |path: &str, why: &str| log(cfg.debug, format_args!("rank {rank}/{nranks} comm {comm:p}: path={path} ({why})"));
+    // Decided without talking to the other ranks, so the same on all of them only when their
+    // environment agrees (the plugin exports the same FLEXMIG_HOSTREDUCE to every task of a step).
+    if cfg.mode == Mode::Off {
+        return say("nccl", "FLEXMIG_HOSTREDUCE=off");
+    }
+    let blocking_env = !matches!(env("NCCL_COMM_BLOCKING").as_deref(), Some("0"));
+    let blocking = match config_blocking {
+        Some(b) if b != i32::MIN => b != 0,
+        _ => blocking_env,
+    };
+    if !blocking {
+        return say("nccl", "non-blocking communicator");
+    }
+    if in_group() {
+        return say("nccl", "created inside ncclGroupStart/End");
+    }
+    match cuda::has_context() {
+        Ok(true) => {}
+        Ok(false) => return say("nccl", "no current CUDA context"),
+        Err(e) => return say("nccl", &e.to_string()),
+    }
+    let (table, table_note) = match &cfg.table {
+        None => (Table::parse(BUILT_IN).expect("the built-in table is checked by the tests"), "built-in table".to_string()),
+        Some(p) => match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| Table::parse(&t).map_err(|e| e.to_string())) {
+            Ok(t) => (t, format!("table {}", p.display())),
+            Err(e) => {
+                eprintln!("flexmig-hostreduce: FLEXMIG_HOSTREDUCE_TABLE={}: {e}; using the built-in table", p.display());
+                (Table::parse(BUILT_IN).expect("checked by the tests"), "built-in table".to_string())
+            }
+        },
+    };
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let online = crate::ffi::shm::online_cpus().max(cpus);
+    let info = PeerInfo {
+        host: this_host(),
+        mode: cfg.mode,
+        launch_blocking: cfg.launch_blocking,
+        slot_bytes: cfg.slot_bytes as u64,
+        depth: cfg.depth as u32,
+        threads: cfg.threads.unwrap_or_else(|| default_threads(cpus, online, nranks)) as u32,
+        table: table.fingerprint(),
+    };
+    let gathered = match exchange(comm, nranks, &info.encode()) {
+        Ok(g) => g,
+        Err(e) => return say("nccl", &format!("exchange at creation failed: {e}")),
+    };
+    debug_assert_eq!(gathered[rank].len(), PEER_INFO_BYTES);
+    let (settings, mode) = match decide(&gathered) {
+        Decision::Nccl(why) => return say("nccl", &why),
+        Decision::Host { settings, mode } => (settings, mode),
+    };
+    let path = segment_path(&cfg.shm_dir, &cfg.job, &cfg.step, fnv1a(id));
+    let built = build(&path, rank, settings, mode, table, cfg.debug);
+    // Every rank must take the same path: exchange the outcome.
+    let ok = [built.is_ok() as u8];
+    let all_ok = match exchange(comm, nranks, &ok) {
+        Ok(g) => g.iter().all(|b| b[0] == 1),
+        Err(_) => false,
+    };
+    match (built, all_ok) {
+        (Ok(gc), true) => {
+            let g = settings.geometry;
+            let sel = if mode == Mode::On { "every all-reduce it can take".to_string() } else { format!("auto, {table_note}") };
+            say(
+                "hostreduce",
+                &format!(
+                    "{} ranks on this node, segment {}, {} x {} KiB slots, {} reducer threads per rank, {sel}",
+                    g.nranks,
+                    path.display(),
+                    g.depth,
+                    g.slot_bytes >> 10,
+                    settings.threads
+                ),
+            );
+            comms().lock().unwrap().insert(comm as usize, Arc::new(gc));
+        }
+        (Ok(gc), false) => {
+            teardown(gc, false);
+            say("nccl", "another rank could not set up the host path");
+        }
+        (Err(e), _) => say("nccl", &format!("setup failed: {e}")),
+    }
+}
+
+fn build(
+    path: &std::path::Path,
+    rank: usize,
+    settings: pipeline::Settings,
+    mode: Mode,
+    table: Table,
+    debug: bool,
+) -> Result<GpuComm, String> {
+    let host = HostComm::setup(path, rank, settings, SETUP_TIMEOUT).map_err(|e| e.to_string())?;
+    let seg_dev = cuda::register(host.segment()).map_err(|e| e.to_string())?;
+    let made = (|| -> Result<_, CudaError> {
+        Ok((cuda::stream_create()?, cuda::stream_create()?, cuda::event_create()?, cuda::event_create()?, cuda::event_create()?))
+    })();
+    match made {
+        Ok((down, up, fork, join_down, join_up)) => Ok(GpuComm {
+            host,
+            mode,
+            table,
+            debug,
+            seg_dev,
+            down,
+            up,
+            fork,
+            join_down,
+            join_up,
+            host_calls: AtomicU64::new(0),
+            nccl_calls: AtomicU64::new(0),
+        }),
+        Err(e) => {
+            let _ = cuda::unregister(host.segment());
+            Err(e.to_string())
+        }
+    }
+}
+
+fn dtype_of(nccl_type: i32) -> Option<DType> {
+    match nccl_type {
+        6 => Some(DType::F16),
+        7 => Some(DType::F32),
+        9 => Some(DType::Bf16),
+        _ => None,
+    }
+}
+
+fn op_of(nccl_op: i32) -> Option<Op> {
+    match nccl_op {
+        0 => Some(Op::Sum),
+        4 => Some(Op::Avg),
+        _ => None,
+    }
+}
+
+/// ncclAllReduce: Some(result) when the host path took the call, None to hand it to NCCL.
+#[allow(clippy::too_many_arguments)]
+pub fn on_all_reduce(send: DevPtr, recv: DevPtr, count: usize, datatype: i32, op: i32, comm: Comm, stream: Stream) -> Option<NcclResult> {
+    let gc = lookup(comm)?;
+    let pass = || {
+        gc.nccl_calls.fetch_add(1, Ordering::Relaxed);
+        None
+    };
+    let (Some(dtype), Some(op)) = (dtype_of(datatype), op_of(op)) else { return pass() };
+    let bytes = count * dtype.size();
+    if bytes == 0 || in_group() {
+        return pass();
+    }
+    if let Some(a) = gc.host.aborted() {
+        eprintln!("{a}");
+        return Some(NCCL_REMOTE_ERROR);
+    }
+    let k = gc.host.settings().geometry.nranks;
+    if gc.mode == Mode::Auto && !gc.table.host_wins(k, dtype, bytes as u64) {
+        return pass();
+    }
+    // A CUDA graph would replay the copies without the reducers' rounds: NCCL's kernels it is.
+    match cuda::is_capturing(stream) {
+        Ok(false) => {}
+        _ => return pass(),
+    }
+    match enqueue(&gc, send, recv, bytes, dtype, op, stream) {
+        Ok(()) => {
+            gc.host_calls.fetch_add(1, Ordering::Relaxed);
+            Some(NCCL_SUCCESS)
+        }
+        Err(Enqueue::Aborted(a)) => {
+            eprintln!("{a}");
+            Some(NCCL_REMOTE_ERROR)
+        }
+        Err(Enqueue::Cuda(e)) => {
+            // The reducers of every rank now wait for this rank's copies: abort, releasing them.
+            eprintln!("flexmig-hostreduce: rank {}: {e}; aborting the communicator's host path", gc.host.rank());
+            gc.host.abort(AbortReason::Aborted);
+            Some(NCCL_UNHANDLED_CUDA_ERROR)
+        }
+    }
+}
+
+enum Enqueue {
+    Aborted(pipeline::Abort),
+    Cuda(CudaError),
+}
+
+fn enqueue(gc: &GpuComm, send: DevPtr, recv: DevPtr, bytes: usize, dtype: DType, op: Op, stream: Stream) -> Result<(), Enqueue> {
+    // Both of our streams start after what the caller's stream holds now.
+    cuda::stream_wait_stream(gc.down, stream, gc.fork).map_err(Enqueue::Cuda)?;
+    cuda::stream_wait_stream(gc.up, stream, gc.fork).map_err(Enqueue::Cuda)?;
+    let first = gc.host.start(bytes, dtype, op).map_err(Enqueue::Aborted)?;
+    let mut call = GpuCall { seg: gc.host.segment(), seg_dev: gc.seg_dev, down: gc.down, up: gc.up, send, recv };
+    pipeline::enqueue(&mut call, gc.host.settings().geometry, gc.host.rank(), first, bytes).map_err(Enqueue::Cuda)?;
+    // The caller's stream continues once both are through.
+    cuda::stream_wait_stream(stream, gc.down, gc.join_down).map_err(Enqueue::Cuda)?;
+    cuda::stream_wait_stream(stream, gc.up, gc.join_up).map_err(Enqueue::Cuda)
+}
+
+/// Whether the host path of `comm` is aborted (for ncclCommGetAsyncError).
+pub fn is_aborted(comm: Comm) -> bool {
+    lookup(comm).is_some_and(|gc| gc.host.aborted().is_some())
+}
+
+/// ncclCommDestroy (`abort` false) and ncclCommAbort (true).
+pub fn on_teardown(comm: Comm, abort: bool) {
+    let gc = comms().lock().unwrap().remove(&(comm as usize));
+    if let Some(gc) = gc {
+        match Arc::try_unwrap(gc) {
+            Ok(gc) => teardown(gc, abort),
+            // Another thread is inside a call on this communicator: leave it to the last user.
+            Err(gc) => log(gc.debug, format_args!("comm {comm:p} torn down while in use")),
+        }
+    }
+}
+
+fn teardown(gc: GpuComm, abort: bool) {
+    // Destroy lets started calls finish (aborting them after a timeout); abort does not wait for
+    // calls that still need peers. Either way every stream wait on the segment is then satisfied.
+    if abort {
+        gc.host.leave(Duration::from_millis(100), AbortReason::Aborted);
+    } else {
+        gc.host.leave(DESTROY_TIMEOUT, AbortReason::Unfinished);
+    }
+    for s in [gc.down, gc.up] {
+        let _ = cuda::stream_synchronize(s);
+    }
+    log(
+        gc.debug,
+        format_args!(
+            "rank {}: {} all-reduces on the host path, {} through NCCL",
+            gc.host.rank(),
+            gc.host_calls.load(Ordering::Relaxed),
+            gc.nccl_calls.load(Ordering::Relaxed)
+        ),
+    );
+    let _ = cuda::unregister(gc.host.segment());
+    for s in [gc.down, gc.up] {
+        let _ = cuda::stream_destroy(s);
+    }
+    for e in [gc.fork, gc.join_down, gc.join_up] {
+        let _ = cuda::event_destroy(e);
+    }
+}
