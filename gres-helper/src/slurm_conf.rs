@@ -155,7 +155,7 @@ fn find_in(lines: &[Line], node: &str) -> Result<Option<NodeEntry>> {
             }
             continue;
         }
-        let listed = hostlist_expand(names).map_err(|e| anyhow!("{}: NodeName={names}: {e}", line.origin))?;
+        let listed = leaf_model::hostlist::expand(names).map_err(|e| anyhow!("{}: NodeName={names}: {e}", line.origin))?;
         if !listed.iter().any(|n| n == node) {
             continue;
         }
@@ -172,67 +172,6 @@ fn find_in(lines: &[Line], node: &str) -> Result<Option<NodeEntry>> {
         }
     }
     Ok(found)
-}
-
-/// The host names of a Slurm hostlist (`gpu[01-04,07],login1`, `rack[1-2]-n[1-2]`), in order.
-///
-/// # Errors
-/// Unbalanced brackets, a range that is not digits, or more than 65536 names.
-pub fn hostlist_expand(list: &str) -> Result<Vec<String>, String> {
-    const MAX: usize = 1 << 16;
-    let mut elems = Vec::new();
-    let (mut depth, mut start) = (0usize, 0);
-    for (i, c) in list.char_indices() {
-        match c {
-            '[' => depth += 1,
-            ']' => depth = depth.checked_sub(1).ok_or("a `]` without its `[`")?,
-            ',' if depth == 0 => {
-                elems.push(&list[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if depth != 0 {
-        return Err("a `[` without its `]`".into());
-    }
-    elems.push(&list[start..]);
-    let mut out = Vec::new();
-    for elem in elems.into_iter().map(str::trim).filter(|e| !e.is_empty()) {
-        let mut names = vec![String::new()];
-        let mut rest = elem;
-        while let Some(open) = rest.find('[') {
-            let close = open + rest[open..].find(']').ok_or("a `[` without its `]`")?;
-            let mut values = Vec::new();
-            for part in rest[open + 1..close].split(',') {
-                let (a, b) = part.split_once('-').unwrap_or((part, part));
-                let (a, b) = (a.trim(), b.trim());
-                let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-                if !digits(a) || !digits(b) {
-                    return Err(format!("`[{}]` is not a list of numbers and ranges", &rest[open + 1..close]));
-                }
-                let (lo, hi): (u64, u64) = (a.parse().map_err(|_| "a number too large")?, b.parse().map_err(|_| "a number too large")?);
-                if hi < lo || hi - lo >= MAX as u64 {
-                    return Err(format!("the range {a}-{b} is empty or too large"));
-                }
-                values.extend((lo..=hi).map(|v| format!("{v:0width$}", width = a.len())));
-            }
-            let prefix = &rest[..open];
-            names = names.iter().flat_map(|n| values.iter().map(move |v| format!("{n}{prefix}{v}"))).collect();
-            if names.len() > MAX {
-                return Err(format!("more than {MAX} names"));
-            }
-            rest = &rest[close + 1..];
-        }
-        if rest.contains(']') {
-            return Err("a `]` without its `[`".into());
-        }
-        out.extend(names.into_iter().map(|n| n + rest));
-        if out.len() > MAX {
-            return Err(format!("more than {MAX} names"));
-        }
-    }
-    Ok(out)
 }
 
 /// `value` with its gpu items replaced by `gpu` (at the place of the first gpu item, or at the
@@ -332,25 +271,6 @@ mod tests {
         assert!(format!("{missing:#}").contains("/nonexistent/x.conf") && format!("{missing:#}").contains("line 1"), "{missing:#}");
         let cycle = find(&[("slurm.conf", "Include slurm.conf\n")], "n1").unwrap_err();
         assert!(format!("{cycle:#}").contains("include cycle"), "{cycle:#}");
-    }
-
-    #[test]
-    fn reports_a_node_named_twice_and_bad_hostlists() {
-        let e = find(&[("slurm.conf", "NodeName=n[1-2] Gres=gpu:t:1\nNodeName=n2 Gres=gpu:t:2\n")], "n2").unwrap().unwrap();
-        assert_eq!(e.origin, "slurm.conf line 1");
-        assert_eq!(e.also, ["slurm.conf line 2"]);
-        let bad = find(&[("slurm.conf", "NodeName=n[1-x] Gres=gpu:t:1\n")], "n1").unwrap_err();
-        assert!(bad.to_string().contains("line 1: NodeName=n[1-x]"), "{bad}");
-    }
-
-    #[test]
-    fn expands_hostlists() {
-        assert_eq!(hostlist_expand("gpu[01-03,07],login").unwrap(), ["gpu01", "gpu02", "gpu03", "gpu07", "login"]);
-        assert_eq!(hostlist_expand("r[1-2]-n[8-9]").unwrap(), ["r1-n8", "r1-n9", "r2-n8", "r2-n9"]);
-        assert_eq!(hostlist_expand("n[9-10]").unwrap(), ["n9", "n10"]);
-        for bad in ["n[1-2", "n1-2]", "n[a-b]", "n[3-1]", "n[0-99999999]", "n[]"] {
-            assert!(hostlist_expand(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

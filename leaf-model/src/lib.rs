@@ -12,6 +12,7 @@
 
 pub mod atomic;
 pub mod gres_order;
+pub mod hostlist;
 pub mod inventory;
 pub mod layout;
 pub mod mig;

@@ -7,7 +7,7 @@ use leaf_model::{Inventory, Leaf};
 
 use crate::config::{Mode, PluginArgs};
 use crate::error::{Error, Result};
-use crate::hostlist;
+use leaf_model::hostlist;
 
 /// What Slurm tells the plugin about the task being started.
 #[derive(Debug, Clone, PartialEq, Eq)]

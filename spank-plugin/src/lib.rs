@@ -16,7 +16,6 @@ pub mod binding;
 pub mod config;
 pub mod error;
 mod ffi;
-pub mod hostlist;
 pub mod leaf_lock;
 mod slurm_log;
 mod trusted_fs;
@@ -96,7 +95,7 @@ fn user_init(spank: &Spank, _args: &[String]) -> Result<()> {
     let types = (|| {
         let node = trusted_node_name().ok()??;
         let (nodes, details) = ffi::job_gres_detail(spank.item_u32(Item::JobId).ok()?)?;
-        let at = hostlist::expand(&nodes)?.iter().position(|n| n == node.as_str())?;
+        let at = leaf_model::hostlist::expand(&nodes).ok()?.iter().position(|n| n == node.as_str())?;
         Some(binding::allocated_types(details.get(at)?))
     })();
     if types.is_none() {
