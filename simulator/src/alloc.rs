@@ -135,14 +135,18 @@ struct FlexGpu {
 }
 
 /// Flex-MIG: every GPU keeps its fixed leaves; a job of N leaves takes N of them, spread
-/// round-robin over the GPUs of one node; one-leaf jobs prefer the double leaf, larger
-/// jobs take small leaves only (the size-aware rule of the Slurm filters).
+/// round-robin over the GPUs of one node, by the size-aware rule of the Slurm filters
+/// (slurm-conf/size_rule.cases): one-leaf jobs prefer the double leaf, larger jobs take small
+/// leaves only, and a job larger than a node's small leaves takes all of them plus doubles.
 #[derive(Debug)]
 pub struct Flex {
     leaves: Vec<crate::geometry::Leaf>,
     gpus: Vec<FlexGpu>,
     nodes: Vec<std::ops::Range<u32>>,
+    /// Free small and double leaves per node, and what each node has in all.
     node_small: Vec<u32>,
+    node_double: Vec<u32>,
+    node_small_total: Vec<u32>,
     free_small: u32,
     free_double: u32,
     held: Vec<Vec<(u32, u8)>>,
@@ -159,6 +163,8 @@ impl Flex {
             leaves: geo.leaves.clone(),
             gpus: vec![FlexGpu { owner: vec![NONE; geo.leaves.len()], free_small: small, free_double: double }; costs.gpus as usize],
             node_small: nodes.iter().map(|r| r.len() as u32 * small).collect(),
+            node_double: nodes.iter().map(|r| r.len() as u32 * double).collect(),
+            node_small_total: nodes.iter().map(|r| r.len() as u32 * small).collect(),
             nodes,
             free_small: small * costs.gpus,
             free_double: double * costs.gpus,
@@ -173,13 +179,15 @@ impl Flex {
         let leaf =
             (0..self.leaves.len()).find(|&l| g.owner[l] == NONE && self.leaves[l].double == double).expect("counted free leaf exists");
         g.owner[leaf] = idx as u32;
+        let node = (gpu / self.costs.gpus_per_node.max(1)) as usize;
         if double {
             g.free_double -= 1;
             self.free_double -= 1;
+            self.node_double[node] -= 1;
         } else {
             g.free_small -= 1;
             self.free_small -= 1;
-            self.node_small[(gpu / self.costs.gpus_per_node.max(1)) as usize] -= 1;
+            self.node_small[node] -= 1;
         }
         self.held[idx].push((gpu, leaf as u8));
     }
@@ -187,9 +195,9 @@ impl Flex {
 
 impl Allocator for Flex {
     fn admissible(&self, job: &Job) -> Result<(), String> {
-        let most = self.node_small.iter().copied().max().unwrap_or(0);
-        if job.size >= 2 && job.size > most {
-            return Err(format!("job {} asks for {} leaves; one node has {most} small leaves", job.id, job.size));
+        let most = (0..self.nodes.len()).map(|k| self.node_small_total[k] + self.node_double_total(k)).max().unwrap_or(0);
+        if job.size > most {
+            return Err(format!("job {} asks for {} leaves; one node has {most}", job.id, job.size));
         }
         Ok(())
     }
@@ -213,6 +221,9 @@ impl Allocator for Flex {
             let factor = if double { 1.0 - self.costs.double_leaf_speedup } else { 1.0 };
             return Some(Grant { factor, slices: 1, ..Grant::default() });
         }
+        if (0..self.nodes.len()).all(|k| job.size > self.node_small_total[k]) {
+            return self.place_beyond_small(idx, job);
+        }
         if self.free_small < job.size {
             return None;
         }
@@ -228,11 +239,7 @@ impl Allocator for Flex {
             }
             self.take(idx, gpu, false);
         }
-        let mut factor = 1.0 + self.costs.one_to_many_slowdown;
-        if spanned > 1 {
-            factor *= 1.0 + self.costs.cross_gpu_slowdown;
-        }
-        Some(Grant { factor, slices: job.size, ..Grant::default() })
+        Some(self.many_leaves_grant(spanned, job))
     }
 
     fn release(&mut self, idx: usize) {
@@ -246,6 +253,9 @@ impl Allocator for Flex {
                 g.free_small += 1;
                 self.free_small += 1;
                 self.node_small[(gpu / self.costs.gpus_per_node.max(1)) as usize] += 1;
+            }
+            if self.leaves[leaf as usize].double {
+                self.node_double[(gpu / self.costs.gpus_per_node.max(1)) as usize] += 1;
             }
         }
     }
@@ -262,11 +272,50 @@ impl Allocator for Flex {
     }
 
     fn free_for(&self, job: &Job, _now: f64) -> u32 {
-        if job.size == 1 {
+        if job.size == 1 || (0..self.nodes.len()).all(|k| job.size > self.node_small_total[k]) {
             self.free_small + self.free_double
         } else {
             self.free_small
         }
+    }
+}
+
+impl Flex {
+    fn node_double_total(&self, node: usize) -> u32 {
+        let per_gpu = self.leaves.iter().filter(|l| l.double).count() as u32;
+        self.nodes[node].len() as u32 * per_gpu
+    }
+
+    /// A job larger than any node's small leaves (`mig:N` with N > small leaves per node): every
+    /// small leaf of one node, then doubles for the rest, as the Slurm filters rewrite it.
+    fn place_beyond_small(&mut self, idx: usize, job: &Job) -> Option<Grant> {
+        let node = (0..self.nodes.len())
+            .find(|&k| self.node_small[k] == self.node_small_total[k] && job.size <= self.node_small_total[k] + self.node_double[k])?;
+        let range = self.nodes[node].clone();
+        let mut spanned = 0;
+        for i in 0..job.size {
+            let double = i >= self.node_small_total[node];
+            let gpu = range
+                .clone()
+                .max_by_key(|&g| {
+                    let gg = &self.gpus[g as usize];
+                    (if double { gg.free_double } else { gg.free_small }, std::cmp::Reverse(g))
+                })
+                .expect("node has GPUs");
+            if !self.held[idx].iter().any(|&(h, _)| h == gpu) {
+                spanned += 1;
+            }
+            self.take(idx, gpu, double);
+        }
+        Some(self.many_leaves_grant(spanned, job))
+    }
+
+    fn many_leaves_grant(&self, spanned: u32, job: &Job) -> Grant {
+        let mut factor = 1.0 + self.costs.one_to_many_slowdown;
+        if spanned > 1 {
+            factor *= 1.0 + self.costs.cross_gpu_slowdown;
+        }
+        Grant { factor, slices: job.size, ..Grant::default() }
     }
 }
 

@@ -157,5 +157,42 @@ test("cli_filter refuses bad requests", function()
   eq(slurm_cli_pre_submit(o, 0), slurm.ERROR); has(last_log("error"), "a node has 14")
 end)
 
+
+-- The rule's cases, shared with the simulator's tests: slurm-conf/size_rule.cases.
+test("the size-aware rule's shared cases", function()
+  local n = 0
+  for line in io.lines(confdir .. "/size_rule.cases") do
+    local body = line:gsub("#.*", "")
+    local model, gpus, small, double, req, rest = body:match("^%s*(%S+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(%d+)%s+(.-)%s*$")
+    if model then
+      n = n + 1
+      small, double, req = tonumber(small), tonumber(double), tonumber(req)
+      local p = { small_type = "S", double_type = double > 0 and "D" or nil, leaves_per_node = small + double,
+                  small_leaves_per_node = small, single_prefers_double = true }
+      local got, err = flexmig.rewrite("mig:" .. req, p)
+      local what = model .. " x" .. gpus .. " mig:" .. req
+      if rest == "refused" then
+        eq(got, nil, what); has(err, "a node has " .. (small + double))
+      else
+        local ws, wd = rest:match("^small (%d+) double (%d+)$")
+        eq(ws ~= nil, true, what .. ": malformed case '" .. rest .. "'")
+        ws, wd = tonumber(ws), tonumber(wd)
+        -- An untyped gpu:1 takes the lowest free GRES index: a double leaf (the helper's order).
+        local s, d = 0, 0
+        if got == "gpu:1" then d = 1 else
+          s = tonumber(got:match("gpu:S:(%d+)") or "0")
+          d = tonumber(got:match("gpu:D:(%d+)") or "0")
+        end
+        eq(s .. "+" .. d, ws .. "+" .. wd, what .. " (" .. tostring(got) .. ")")
+      end
+    end
+  end
+  eq(n > 0, true, "size_rule.cases has no cases")
+end)
+
 print(string.format("lua filters: %d passed, %d failed", passed, failed))
+if passed == 0 then
+  io.stderr:write("lua filters: no test ran\n")
+  os.exit(1)
+end
 os.exit(failed == 0 and 0 or 1)
