@@ -154,7 +154,7 @@ proptest! {
                     prop_assert!(p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir), "{:?}", p);
                 }
                 prop_assert!(a.master_ports.0 >= 1024 && a.master_ports.0 <= a.master_ports.1);
-                prop_assert!(a.nccl_max_channels.map_or(true, |n| (1..=64).contains(&n)));
+                prop_assert!(a.nccl_max_channels.iter().all(|n| (1..=64).contains(n)));
             }
             Err(e) => {
                 let e = e.to_string();
