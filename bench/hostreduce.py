@@ -181,6 +181,16 @@ def lines(machine, copy, nccl_as=None):
             print(json.dumps({**common, **r}), flush=True)
 
 
+def ddp_lines(machine, impl):
+    """bench/ddp_step.py's RESULT lines (stdin) as this benchmark's DDP records (kind "ddp")."""
+    for line in sys.stdin:
+        if not line.startswith("RESULT "):
+            continue
+        d = json.loads(line[len("RESULT "):])
+        print(json.dumps({"kind": "ddp", "impl": impl, "model": d["model"], "k": d["ranks"], "samples_per_s": d.get("samples_per_s"),
+                          "machine": machine, "mps": "14%" if d["mps"] else "off", **{key: v for key, v in d.items() if key not in ("model", "ranks", "samples_per_s", "mps")}}), flush=True)
+
+
 def summarize():
     """A short table of the measurement lines (stdin): 4, 64 and 256 MiB."""
     for line in sys.stdin:
@@ -198,6 +208,9 @@ def main():
         return
     if len(sys.argv) > 3 and sys.argv[1] == "lines":
         lines(sys.argv[2], sys.argv[3], sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--nccl-as" else None)
+        return
+    if len(sys.argv) > 3 and sys.argv[1] == "ddp-lines":
+        ddp_lines(sys.argv[2], sys.argv[3])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "summarize":
         summarize()

@@ -22,14 +22,16 @@
 # libnccl.so.2 instead of building), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out), RANKS
 # ("2 3 4 5 7"), SIZES (1..256 MiB), DTYPES (f32), VARIANTS (host-path settings compared at
 # VARIANT_SIZES, ';'-separated, e.g. "FLEXMIG_HOSTREDUCE_CHUNK=524288"), CE_RANKS ("": none),
-# MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce").
+# MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce ddp"), STOP_ON_FAIL (1:
+# stop after the first k whose launch failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet):
+# DDP steps through bench/ddp_step.py, NCCL against the host path (kind "ddp").
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
 WORK=${WORK:-/tmp/flexmig-bench}
 OUTDIR=${OUTDIR:-$WORK/out}
 RANKS=${RANKS:-2 3 4 5 7}
-PHASES=${PHASES:-build copy cpu main ce}
+PHASES=${PHASES:-build copy cpu main ce ddp}
 PY=${PYTHON:-python3}
 B="$REPO/bench/hostreduce.py"
 mkdir -p "$WORK" "$OUTDIR"
@@ -84,6 +86,7 @@ if has main; then
     $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes "$SIZES" \
       --dtypes "${DTYPES:-f32}" --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
       | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" | tee -a "$J" | $PY "$B" summarize
+    if [ "${STOP_ON_FAIL:-0}" = 1 ] && tail -1 "$J" | grep -q '"error"'; then echo "k=$k failed: stopping (STOP_ON_FAIL=1)"; exit 3; fi
   done
 fi
 if has ce && [ -n "${CE_RANKS:-}" ]; then
@@ -93,6 +96,19 @@ if has ce && [ -n "${CE_RANKS:-}" ]; then
     $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes 4194304,67108864,268435456 \
       --env NCCL_SHM_USE_CUDA_MEMCPY=1 --env NCCL_SHM_MEMCPY_MODE=3 --env NCCL_BUFFSIZE=33554432 --env NCCL_MAX_NCHANNELS=2 \
       --tag ce --log "$WORK/logs" --timeout "${TIMEOUT:-240}" | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" --nccl-as nccl-ce | tee -a "$J" | $PY "$B" summarize
+  done
+fi
+if has ddp && [ -n "${DDP_RANKS:-}" ]; then
+  # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels: NCCL SHM, then the host path.
+  for model in ${DDP_MODELS:-resnet}; do
+    for k in $DDP_RANKS; do
+      for impl in nccl hostreduce; do
+        if [ "$impl" = nccl ]; then lib="$PATCHED"; else lib="$HRLIB $PATCHED"; fi
+        $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
+          --env FLEXMIG_HOSTREDUCE=$([ "$impl" = nccl ] && echo off || echo on) --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
+          | tee -a "$LOG" | $PY "$B" ddp-lines "$MACHINE" "$impl" | tee -a "$J" | cut -c1-220
+      done
+    done
   done
 fi
 mps_stop

@@ -41,7 +41,7 @@ pub enum ConfigError {
     Number { name: &'static str, value: String, what: &'static str },
 }
 
-pub const DEFAULT_SLOT_BYTES: usize = 2 << 20;
+pub const DEFAULT_SLOT_BYTES: usize = 8 << 20;
 pub const DEFAULT_DEPTH: usize = 4;
 
 fn number(
@@ -92,10 +92,12 @@ impl Config {
     }
 }
 
-/// Reducer threads per rank when not set: the CPUs this process may run on, shared by the node's
-/// `k` ranks (who may all run on the same CPUs, as without Slurm's task binding), at least one.
+/// Reducer threads per rank when not set: a quarter of this rank's share of the CPUs (the node's
+/// `k` ranks may all run on the same CPUs, as without Slurm's task binding), at least one. The
+/// rest stays with the application: its threads spin in CUDA synchronisation and load data, and
+/// more reducers than that were slower on the GPU machine (bench/results/hostreduce, run1).
 pub fn default_threads(usable_cpus: usize, online_cpus: usize, k: usize) -> usize {
-    usable_cpus.min(online_cpus / k.max(1)).max(1)
+    (usable_cpus.min(online_cpus / k.max(1)) / 4).max(1)
 }
 
 /// FNV-1a, 64 bits: stable across processes and builds (names and fingerprints must agree between ranks).
@@ -233,7 +235,7 @@ mod tests {
     #[test]
     fn defaults_and_settings_from_the_environment() {
         let c = Config::from_env(&env(&[])).unwrap();
-        assert_eq!((c.mode, c.slot_bytes, c.depth, c.threads, c.debug, c.launch_blocking), (Mode::Auto, 2 << 20, 4, None, false, false));
+        assert_eq!((c.mode, c.slot_bytes, c.depth, c.threads, c.debug, c.launch_blocking), (Mode::Auto, 8 << 20, 4, None, false, false));
         assert_eq!((c.job.as_str(), c.step.as_str(), c.shm_dir.to_str().unwrap()), ("nojob", "nostep", "/dev/shm"));
         let c = Config::from_env(&env(&[
             ("FLEXMIG_HOSTREDUCE", "on"),
@@ -262,9 +264,10 @@ mod tests {
 
     #[test]
     fn default_threads_share_the_cpus() {
-        assert_eq!(default_threads(16, 16, 7), 2); // all ranks on all CPUs
-        assert_eq!(default_threads(16, 16, 2), 8);
-        assert_eq!(default_threads(2, 112, 7), 2); // Slurm gave this task 2 CPUs
+        assert_eq!(default_threads(16, 16, 7), 1); // all ranks on all CPUs
+        assert_eq!(default_threads(16, 16, 4), 1);
+        assert_eq!(default_threads(16, 16, 2), 2);
+        assert_eq!(default_threads(8, 112, 7), 2); // Slurm gave this task 8 CPUs
         assert_eq!(default_threads(1, 2, 7), 1);
     }
 

@@ -56,9 +56,20 @@ pub trait Streams {
     fn copy_up(&mut self, slot: usize, offset: usize, len: usize) -> Result<(), Self::Error>;
 }
 
+/// Chunks a call aims for: enough to keep copies down, the CPU reduce and copies up overlapped.
+pub const TARGET_CHUNKS: usize = 8;
+
+/// The chunk size of a call of `bytes`: an eighth of the call, but at least a quarter of a slot
+/// (each chunk costs a fixed overhead: stream operations, the reducers' wake-up) and at most a
+/// slot; a multiple of 4096 bytes, so of every element size. Every rank computes the same.
+pub fn chunk_bytes(bytes: usize, slot_bytes: usize) -> usize {
+    (bytes.div_ceil(TARGET_CHUNKS).div_ceil(4096) * 4096).clamp((slot_bytes / 4).max(4096).min(slot_bytes), slot_bytes)
+}
+
 /// The chunks of a call of `bytes` with slots of `slot_bytes`: (index, offset, length).
 pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usize, usize)> {
-    (0..bytes.div_ceil(slot_bytes)).map(move |c| (c as u64, c * slot_bytes, (bytes - c * slot_bytes).min(slot_bytes)))
+    let c = chunk_bytes(bytes, slot_bytes);
+    (0..bytes.div_ceil(c)).map(move |i| (i as u64, i * c, (bytes - i * c).min(c)))
 }
 
 /// Enqueues one call's stream operations for `rank`, rounds from `first_round`.
@@ -256,7 +267,7 @@ impl HostComm {
         }
         let mut next = self.next_round.lock().unwrap();
         let first_round = *next;
-        *next += bytes.div_ceil(self.settings.geometry.slot_bytes) as u64;
+        *next += chunks(bytes, self.settings.geometry.slot_bytes).count() as u64;
         let job = Job { first_round, bytes, dtype, op };
         for tx in self.senders.lock().unwrap().iter() {
             // A reducer only ends when its sender is dropped, so sending cannot fail here.
@@ -438,6 +449,25 @@ mod tests {
         assert_eq!(chunks(10_000, 4096).collect::<Vec<_>>(), vec![(0, 0, 4096), (1, 4096, 4096), (2, 8192, 1808)]);
         assert_eq!(chunks(4096, 4096).count(), 1);
         assert_eq!(chunks(0, 4096).count(), 0);
+        for bytes in [1, 4095, 4096, 100_000, 3 << 20, (16 << 20) + 2, 300 << 20] {
+            let c: Vec<_> = chunks(bytes, 8 << 20).collect();
+            assert_eq!(c.iter().map(|x| x.2).sum::<usize>(), bytes);
+            assert!(c.windows(2).all(|w| w[1].1 == w[0].1 + w[0].2 && w[1].0 == w[0].0 + 1));
+        }
+    }
+
+    #[test]
+    fn calls_are_cut_in_about_eight_chunks_between_a_quarter_slot_and_a_slot() {
+        const M: usize = 1 << 20;
+        let slot = 8 * M;
+        assert_eq!(chunk_bytes(M, slot), 2 * M, "small calls: one chunk of the minimum size");
+        assert_eq!(chunks(M, slot).count(), 1);
+        assert_eq!(chunk_bytes(16 * M, slot), 2 * M);
+        assert_eq!(chunk_bytes(32 * M, slot), 4 * M);
+        assert_eq!(chunk_bytes(64 * M, slot), 8 * M);
+        assert_eq!(chunk_bytes(256 * M, slot), 8 * M, "large calls: whole slots");
+        assert_eq!(chunk_bytes(24 * M + 4, slot) % 4096, 0);
+        assert_eq!(chunk_bytes(1, 4096), 4096);
     }
 
     #[test]

@@ -184,6 +184,7 @@ pub fn test_expected(seed: u64, call: usize, nranks: usize, dtype: DType, op: Op
 pub fn test_call(call: usize, slot_bytes: usize) -> (DType, Op, usize) {
     let dtype = [DType::F32, DType::Bf16, DType::F16][call % 3];
     let op = [Op::Sum, Op::Avg][(call / 3) % 2];
+    // with 16 KiB slots: one chunk, 4 KiB chunks, 8 KiB chunks, whole slots
     let bytes = [dtype.size(), slot_bytes, 3 * slot_bytes + 2 * 70, 9 * slot_bytes - 64][(call / 6) % 4];
     (dtype, op, bytes / dtype.size())
 }

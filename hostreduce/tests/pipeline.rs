@@ -19,7 +19,7 @@ fn run(k: usize, depth: usize, threads: usize, calls: usize) {
 }
 
 fn run_with(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank) {
-    let slot_bytes = 4096;
+    let slot_bytes = 16384;
     let path = unique_path("pipe");
     let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads };
     let barrier = Arc::new(Barrier::new(k));
