@@ -445,20 +445,31 @@ mod tests {
     use leaf_model::Gpu;
     use std::collections::HashMap;
 
-    /// Two GPUs, 7 leaves each, in gres.conf order GPU0 leaves then GPU1 leaves.
+    /// Two GPUs, 6 small leaves (MIG-<gpu>-0..5, 1g.5gb) and one double (MIG-<gpu>-6, 1g.10gb)
+    /// each, numbered in the GRES order the helper writes: the doubles (0, 1), then the small
+    /// leaves round-robin (2 + 2k + gpu is small leaf k of that GPU).
     fn inventory() -> Inventory {
+        use leaf_model::gres_order::{flexmig_order, OrderLeaf};
+        use leaf_model::layout::LeafRole;
         let mut inv = Inventory::new();
+        let mut node = Vec::new();
         for g in 0..2 {
             inv.gpus.push(Gpu { index: g, uuid: format!("GPU-{g}"), bus_id: format!("0000:0{g}:00.0"), model: "A100".into() });
             for k in 0..7 {
-                inv.leaves.push(Leaf {
-                    gres_index: g * 7 + k,
-                    gpu: g,
-                    profile: if k == 6 { "1g.10gb".into() } else { "1g.5gb".into() },
-                    uuid: format!("MIG-{g}-{k}"),
-                    cuda_device: None,
-                });
+                let (role, profile, rank) = if k == 6 { (LeafRole::Double, "1g.10gb", 0) } else { (LeafRole::Small, "1g.5gb", k) };
+                node.push((OrderLeaf { gpu: g, role, profile: profile.into(), rank }, k));
             }
+        }
+        let order = flexmig_order(&node.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>());
+        for (gres, &i) in order.iter().enumerate() {
+            let (l, k) = &node[i];
+            inv.leaves.push(Leaf {
+                gres_index: gres as u32,
+                gpu: l.gpu,
+                profile: l.profile.clone(),
+                uuid: format!("MIG-{}-{k}", l.gpu),
+                cuda_device: None,
+            });
         }
         inv
     }
@@ -507,11 +518,11 @@ mod tests {
     #[test]
     fn round_robin_alternates_gpus_and_keeps_order_within_a_gpu() {
         let inv = inventory();
-        let got: Vec<_> = balanced_leaves(&inv, &[0, 1, 2, 7, 8, 9], "V", "", "inv").unwrap().iter().map(|l| l.uuid.as_str()).collect();
+        let got: Vec<_> = balanced_leaves(&inv, &[2, 3, 4, 5, 6, 7], "V", "", "inv").unwrap().iter().map(|l| l.uuid.as_str()).collect();
         assert_eq!(got, ["MIG-0-0", "MIG-1-0", "MIG-0-1", "MIG-1-1", "MIG-0-2", "MIG-1-2"]);
         // Uneven: 3 on GPU0, 1 on GPU1; the order of the index list does not matter.
-        let got: Vec<_> = balanced_leaves(&inv, &[13, 2, 0, 1], "V", "", "inv").unwrap().iter().map(|l| l.gres_index).collect();
-        assert_eq!(got, [0, 13, 1, 2]);
+        let got: Vec<_> = balanced_leaves(&inv, &[13, 4, 0, 2], "V", "", "inv").unwrap().iter().map(|l| l.gres_index).collect();
+        assert_eq!(got, [0, 13, 2, 4]);
     }
 
     #[test]
@@ -528,7 +539,7 @@ mod tests {
     fn rank_mode_gives_each_task_its_own_leaf_and_torch_vars() {
         let inv = inventory();
         let args = PluginArgs::default();
-        let env = env_of(&[("SLURM_STEP_GPUS", "0,1,2,7,8,9"), ("SLURM_STEP_NODELIST", "gpu[07-08]"), ("SLURMD_NODENAME", "gpu07")]);
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3,4,5,6,7"), ("SLURM_STEP_NODELIST", "gpu[07-08]"), ("SLURMD_NODENAME", "gpu07")]);
         let mut uuids = BTreeSet::new();
         for i in 0..6 {
             let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(i, 6), &env).unwrap().env);
@@ -549,14 +560,14 @@ mod tests {
     #[test]
     fn user_set_torch_vars_are_kept_and_torch_env_can_be_off() {
         let inv = inventory();
-        let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), ("MASTER_PORT", "1234"), ("RANK", "5")]);
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("MASTER_PORT", "1234"), ("RANK", "5")]);
         let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
         assert!(!m.contains_key("MASTER_PORT") && !m.contains_key("RANK"), "a one-task step keeps the user's own: {m:?}");
         assert_eq!(m["WORLD_SIZE"], "1");
         // In a step of several tasks every task got the same RANK from srun: inherited, not the
         // user's per-task choice, so each task gets its own.
         let env = env_of(&[
-            ("SLURM_STEP_GPUS", "0,7"),
+            ("SLURM_STEP_GPUS", "2,3"),
             ("SLURM_STEP_NODELIST", "n1"),
             ("MASTER_PORT", "1234"),
             ("RANK", "0"),
@@ -579,7 +590,7 @@ mod tests {
     #[test]
     fn single_node_steps_get_few_nccl_channels_unless_tuned_elsewhere() {
         let inv = inventory();
-        let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1")]);
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1")]);
         let plan = |args: &PluginArgs, t: &TaskView, env: &dyn Fn(&str) -> Option<String>| {
             as_map(&plan_task(Mode::Rank, args, &inv, t, env).unwrap().env)
         };
@@ -595,11 +606,11 @@ mod tests {
         assert!(!plan(&d, &multi, &env).contains_key("NCCL_MAX_NCHANNELS"));
         // The batch step: its inner steps decide.
         let batch = TaskView { is_batch: true, step_id: 0xffff_fffb, ..task(0, 1) };
-        let benv = env_of(&[("SLURM_JOB_GPUS", "0,7"), ("SLURM_JOB_NODELIST", "n1")]);
+        let benv = env_of(&[("SLURM_JOB_GPUS", "2,3"), ("SLURM_JOB_NODELIST", "n1")]);
         assert!(!plan(&d, &batch, &benv).contains_key("NCCL_MAX_NCHANNELS"));
         // A user's own channel or CTA setting wins, whichever of them it is.
         for v in NCCL_CHANNEL_VARS {
-            let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), (v, "16")]);
+            let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), (v, "16")]);
             assert!(!plan(&d, &task(0, 2), &env).contains_key("NCCL_MAX_NCHANNELS"), "{v}");
         }
     }
@@ -611,7 +622,7 @@ mod tests {
         let env = env_of(&[("SLURM_STEP_GPUS", "0"), ("SLURM_STEP_NODELIST", "n1")]);
         let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
         assert_eq!(m["CUDA_VISIBLE_DEVICES"], "0");
-        assert_eq!(m["NCCL_MIG_ID"], "MIG-0-0");
+        assert_eq!(m["NCCL_MIG_ID"], "MIG-0-6");
     }
 
     #[test]
@@ -652,7 +663,7 @@ mod tests {
         let inv = inventory();
         // A rank step inside `sbatch --flexmig` inherits FLEXMIG_LEAVES listing all the job's leaves.
         let env = env_of(&[
-            ("SLURM_STEP_GPUS", "0,7"),
+            ("SLURM_STEP_GPUS", "2,3"),
             ("SLURM_STEP_NODELIST", "n1"),
             ("FLEXMIG_LEAVES", "MIG-0-0,MIG-1-0,MIG-0-1"),
             ("FLEXMIG_GPUS", "0,1,0"),
@@ -663,7 +674,7 @@ mod tests {
             assert!(plan.env.contains(&EnvChange::Unset(v.into())), "{v}");
         }
         // A node step inherits a rank view from an outer rank task.
-        let env = env_of(&[("SLURM_STEP_GPUS", "0,7"), ("SLURM_STEP_NODELIST", "n1"), ("FLEXMIG_LEAF", "MIG-0-0"), ("FLEXMIG_GPU", "0")]);
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("FLEXMIG_LEAF", "MIG-0-0"), ("FLEXMIG_GPU", "0")]);
         let plan = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap();
         assert!(plan.env.contains(&EnvChange::Unset("FLEXMIG_LEAF".into())) && plan.env.contains(&EnvChange::Unset("FLEXMIG_GPU".into())));
     }
@@ -671,9 +682,9 @@ mod tests {
     #[test]
     fn per_task_gpu_binding_binds_the_leaf_slurm_gave_the_task() {
         let inv = inventory();
-        // --gpus-per-task=1 over 4 leaves: Slurm narrowed task 2's list to index 7.
-        let t = TaskView { step_gpus: Some("0,1,7,8".into()), ..task(2, 4) };
-        let env = env_of(&[("SLURM_STEP_GPUS", "7"), ("SLURM_STEP_NODELIST", "n1")]);
+        // --gpus-per-task=1 over 4 leaves: Slurm narrowed task 2's list to index 3.
+        let t = TaskView { step_gpus: Some("2,3,4,5".into()), ..task(2, 4) };
+        let env = env_of(&[("SLURM_STEP_GPUS", "3"), ("SLURM_STEP_NODELIST", "n1")]);
         let plan = plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap();
         assert_eq!(plan.exclusive, ["MIG-1-0"]);
         assert_eq!(as_map(&plan.env)["NCCL_MIG_ID"], "MIG-1-0");
@@ -684,15 +695,15 @@ mod tests {
         let b = TaskView { is_batch: true, step_gpus: Some("0,1".into()), ..task(0, 1) };
         assert!(leaves_to_lock(Mode::Rank, &PluginArgs::default(), &inv, &b, "n1").unwrap().is_empty());
         // Unnarrowed (the task's list is the step's): the balanced choice, as without binding.
-        let t = TaskView { step_gpus: Some("0,1,7,8".into()), ..task(1, 4) };
-        let env = env_of(&[("SLURM_STEP_GPUS", "0,1,7,8"), ("SLURM_STEP_NODELIST", "n1")]);
+        let t = TaskView { step_gpus: Some("2,3,4,5".into()), ..task(1, 4) };
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3,4,5"), ("SLURM_STEP_NODELIST", "n1")]);
         assert_eq!(plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap().exclusive, ["MIG-1-0"]);
     }
 
     #[test]
     fn node_mode_gives_all_leaves_in_balanced_order() {
         let inv = inventory();
-        let env = env_of(&[("SLURM_STEP_GPUS", "0,1,7,8"), ("SLURM_STEP_NODELIST", "n[1-2]"), ("NCCL_MIG_ID", "stale")]);
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3,4,5"), ("SLURM_STEP_NODELIST", "n[1-2]"), ("NCCL_MIG_ID", "stale")]);
         let plan = plan_task(Mode::Node, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap();
         assert_eq!(plan.exclusive, ["MIG-0-0", "MIG-1-0", "MIG-0-1", "MIG-1-1"]);
         let ch = plan.env;
@@ -712,7 +723,7 @@ mod tests {
     #[test]
     fn batch_step_gets_the_node_view_without_torch_vars() {
         let inv = inventory();
-        let env = env_of(&[("SLURM_JOB_GPUS", "0,7"), ("SLURM_JOB_NODELIST", "n1")]);
+        let env = env_of(&[("SLURM_JOB_GPUS", "2,3"), ("SLURM_JOB_NODELIST", "n1")]);
         let t = TaskView { is_batch: true, step_id: 0xffff_fffb, ..task(0, 1) };
         let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &t, &env).unwrap().env);
         assert_eq!(m["FLEXMIG_LEAVES"], "MIG-0-0,MIG-1-0");
@@ -753,12 +764,12 @@ mod tests {
     #[test]
     fn a_leaf_of_another_type_than_slurm_allocated_is_refused() {
         let inv = inventory();
-        let t = TaskView { step_gpus: Some("6,13".into()), ..task(0, 2) };
-        // Index 6 is a double (1g.10gb) leaf in the inventory; Slurm says it gave a 1g.5gb there.
-        let types: BTreeMap<u32, String> = [(6, "1g.5gb".to_string()), (13, "1g.10gb".to_string())].into();
+        let t = TaskView { step_gpus: Some("0,13".into()), ..task(0, 2) };
+        // Index 0 is a double (1g.10gb) leaf in the inventory; Slurm says it gave a 1g.5gb there.
+        let types: BTreeMap<u32, String> = [(0, "1g.5gb".to_string()), (13, "1g.5gb".to_string())].into();
         let e = check_allocated_types(&PluginArgs::default(), &inv, &t, &types, "n1").unwrap_err().to_string();
-        assert!(e.contains("GRES index 6") && e.contains("as a 1g.5gb") && e.contains("flexmig-gres-helper verify"), "{e}");
-        let types: BTreeMap<u32, String> = [(6, "1g.10gb".to_string())].into();
+        assert!(e.contains("GRES index 0") && e.contains("as a 1g.5gb") && e.contains("flexmig-gres-helper verify"), "{e}");
+        let types: BTreeMap<u32, String> = [(0, "1g.10gb".to_string())].into();
         check_allocated_types(&PluginArgs::default(), &inv, &t, &types, "n1").unwrap();
         check_allocated_types(&PluginArgs::default(), &inv, &t, &BTreeMap::new(), "n1").unwrap();
     }
