@@ -84,7 +84,7 @@ import subprocess, sys
 sys.dont_write_bytecode = True
 sys.path.insert(0, "tests/gpu")
 import leaf_launch as L
-SAME = ["NCCL_MULTI_RANK_GPU_ENABLE", "FLEXMIG_GPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NCCL_MAX_NCHANNELS"]
+SAME = ["NCCL_MULTI_RANK_GPU_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_MNNVL_ENABLE", "FLEXMIG_GPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NCCL_MAX_NCHANNELS"]
 n = 0
 for gpus, tasks in [(1, 2), (1, 4), (1, 7), (2, 2), (2, 4), (2, 7), (2, 14)]:
     for ch in ("off", "2"):

@@ -278,6 +278,7 @@ pub fn plan_task(
         };
         plan.rank_view(args, task, leaf, &node)?
     };
+    plan.nccl_on_mig();
     plan.nccl_channels(args, task);
     plan.nccl_preload(args, &node)?;
     Ok(TaskPlan { env: plan.out, exclusive })
@@ -398,7 +399,7 @@ impl Plan<'_> {
         }
         self.unset_present(&RANK_VIEW);
         self.unset_present(&NODE_VIEW);
-        self.unset_present(&["NCCL_MIG_ID", "NCCL_MULTI_RANK_GPU_ENABLE"]);
+        self.unset_present(&["NCCL_MIG_ID", "NCCL_MULTI_RANK_GPU_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_MNNVL_ENABLE"]);
         if let (Some(lib), Some(preload)) = (&args.nccl, (self.env)("LD_PRELOAD")) {
             let lib = lib.display().to_string();
             let rest: Vec<&str> = preload.split([' ', ':']).filter(|e| !e.is_empty() && *e != lib).collect();
@@ -410,6 +411,14 @@ impl Plan<'_> {
                 }
             }
         }
+    }
+
+    /// What NCCL's own MIG support (2.31 and later) needs: no multi-node NVLink, and never NVLS,
+    /// which MIG instances do not have (`NCCL_NVLS_ENABLE=1` aborts NCCL's init there, so even a
+    /// user's 1 is overridden). Patched NCCL reads neither.
+    fn nccl_on_mig(&mut self) {
+        self.set("NCCL_NVLS_ENABLE", "0");
+        self.set_unless_users("NCCL_MNNVL_ENABLE", "0", true);
     }
 
     fn nccl_channels(&mut self, args: &PluginArgs, task: &TaskView) {
@@ -616,6 +625,19 @@ mod tests {
     }
 
     #[test]
+    fn nccls_own_mig_support_gets_what_it_needs() {
+        let inv = inventory();
+        for mode in [Mode::Rank, Mode::Node] {
+            let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("NCCL_NVLS_ENABLE", "1")]);
+            let m = as_map(&plan_task(mode, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
+            assert_eq!((m["NCCL_NVLS_ENABLE"].as_str(), m["NCCL_MNNVL_ENABLE"].as_str()), ("0", "0"), "{mode}");
+            let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("NCCL_MNNVL_ENABLE", "1")]);
+            let m = as_map(&plan_task(mode, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
+            assert!(!m.contains_key("NCCL_MNNVL_ENABLE"), "{mode}: the user's own MNNVL setting stays");
+        }
+    }
+
+    #[test]
     fn cuda_device_override() {
         let mut inv = inventory();
         inv.leaves[0].cuda_device = Some("0".into());
@@ -648,10 +670,11 @@ mod tests {
             ("FLEXMIG_GPUS", "0,1"),
             ("FLEXMIG_PROFILES", "1g.5gb,1g.5gb"),
             ("NCCL_MULTI_RANK_GPU_ENABLE", "1"),
+            ("NCCL_NVLS_ENABLE", "0"),
             ("LD_PRELOAD", "/opt/nccl/libnccl.so.2 /x/libfoo.so"),
         ]);
         let plan = plan_task(Mode::Off, &args, &inv, &task(0, 1), &batch_view).unwrap();
-        for v in ["FLEXMIG_LEAVES", "FLEXMIG_GPUS", "FLEXMIG_PROFILES", "NCCL_MULTI_RANK_GPU_ENABLE"] {
+        for v in ["FLEXMIG_LEAVES", "FLEXMIG_GPUS", "FLEXMIG_PROFILES", "NCCL_MULTI_RANK_GPU_ENABLE", "NCCL_NVLS_ENABLE"] {
             assert!(plan.env.contains(&EnvChange::Unset(v.into())), "{v}: {plan:?}");
         }
         assert_eq!(as_map(&plan.env)["LD_PRELOAD"], "/x/libfoo.so");

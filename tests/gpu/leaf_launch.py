@@ -43,6 +43,8 @@ def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1, max_channels=None):
         "CUDA_VISIBLE_DEVICES": gpu,
         "NCCL_MIG_ID": mig_id(rank),
         "NCCL_MULTI_RANK_GPU_ENABLE": "1",
+        "NCCL_NVLS_ENABLE": "0",
+        "NCCL_MNNVL_ENABLE": "0",
         "FLEXMIG_LEAF": mig_id(rank),
         "FLEXMIG_GPU": gpu,
         "FLEXMIG_PROFILE": profile,

@@ -64,6 +64,7 @@ pub fn check_rank_step(tasks: &BTreeMap<u32, HashMap<String, String>>, leaves: &
         assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string(), "task {rank}");
         assert_eq!(t["FLEXMIG_PROFILE"], leaf.profile);
         assert_eq!(t["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+        assert_eq!((t["NCCL_NVLS_ENABLE"].as_str(), t["NCCL_MNNVL_ENABLE"].as_str()), ("0", "0"), "what NCCL's own MIG support needs");
         assert_eq!(t["NCCL_MAX_NCHANNELS"], "2", "single-node steps get few NCCL channels by default");
         let allocated: Vec<u32> = t["SLURM_STEP_GPUS"].split(',').map(|s| s.parse().unwrap()).collect();
         assert!(allocated.contains(&leaf.gres_index), "task {rank}: leaf {} not allocated to the step ({allocated:?})", leaf.gres_index);

@@ -244,7 +244,8 @@ fn inherited_ranks_are_replaced_in_steps_of_several_tasks() {
 #[test]
 fn inner_steps_see_only_their_own_view() {
     let (c, leaves) = start(2);
-    let show = "env | grep -E '^(FLEXMIG_|NCCL_MULTI_RANK|NCCL_MIG_ID)' | sed \"s/^/$SLURM_STEP_ID.$SLURM_PROCID /\" || true";
+    let show =
+        "env | grep -E '^(FLEXMIG_|NCCL_MULTI_RANK|NCCL_MIG_ID|NCCL_NVLS|NCCL_MNNVL)' | sed \"s/^/$SLURM_STEP_ID.$SLURM_PROCID /\" || true";
     let script = format!(
         "srun -n2 bash -c '{show}'\nsrun --flexmig=off -n1 --gres=gpu:1g.5gb:1 bash -c '{show}; echo \"$SLURM_STEP_ID.0 off-ran\"'\n",
         show = show.replace('\'', "'\\''")
