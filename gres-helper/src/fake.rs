@@ -1,6 +1,7 @@
-//! The fake node: a TOML file describing GPUs (by recorded model table), their MIG mode,
-//! current GPU and compute instances, and running processes. Used by the tests and the demo
-//! instead of NVML; `apply` on it rewrites the file atomically.
+//! The fake nodes: GPUs (by recorded model table), their MIG mode, current GPU and compute
+//! instances, and running processes, in place of NVML. [`MemoryNode`] holds them in memory
+//! (unit tests); [`FileNode`] keeps them in a TOML file (`--fake-node`, the CLI tests, the
+//! demo), which `apply` rewrites atomically. The file format:
 //!
 //! ```toml
 //! version = 1
@@ -39,6 +40,9 @@ use crate::node::{ComputeInstance, GpuInfo, GpuInstance, GpuProcess, MigMode, Mi
 
 /// The fake node file format version.
 pub const VERSION: u32 = 1;
+
+/// What to do about a fake node that is refused.
+const FIX: &str = "fix the file or recreate it with `flexmig-gres-helper fake-node create`";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,13 +100,21 @@ pub struct FakeProcess {
     pub name: String,
 }
 
-/// A fake node backed by a file.
-#[derive(Debug)]
-pub struct FakeNode {
-    path: PathBuf,
+/// A fake node held in memory.
+#[derive(Debug, Clone)]
+pub struct MemoryNode {
     file: FakeNodeFile,
+    /// The recorded table of each GPU of `file`, in its order.
     models: Vec<GpuModel>,
-    dirty: bool,
+    /// Changed since created or last committed.
+    changed: bool,
+}
+
+/// A fake node kept in a file: changes are written back on [`Node::commit`].
+#[derive(Debug)]
+pub struct FileNode {
+    path: PathBuf,
+    node: MemoryNode,
 }
 
 impl FakeNodeFile {
@@ -110,18 +122,29 @@ impl FakeNodeFile {
     ///
     /// # Errors
     /// Malformed TOML, unknown fields or version, unknown models, impossible instances.
-    pub fn parse(text: &str, origin: &str) -> Result<(Self, Vec<GpuModel>)> {
-        let fix = "fix the file or recreate it with `flexmig-gres-helper fake-node create`";
-        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {fix}", e.message()))?;
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {FIX}", e.message()))?;
         match table.get("version") {
             Some(toml::Value::Integer(v)) if *v == i64::from(VERSION) => {}
-            Some(v) => bail!("fake node {origin} has version {v}, but this helper reads version {VERSION}; {fix}"),
-            None => bail!("fake node {origin} has no `version` key; {fix}"),
+            Some(v) => bail!("fake node {origin} has version {v}, but this helper reads version {VERSION}; {FIX}"),
+            None => bail!("fake node {origin} has no `version` key; {FIX}"),
         }
-        let file: FakeNodeFile = toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {fix}", e.message()))?;
+        let file: FakeNodeFile = toml::from_str(text).map_err(|e| anyhow!("fake node {origin} is malformed: {}; {FIX}", e.message()))?;
+        file.models(origin)?;
+        Ok(file)
+    }
+
+    /// The recorded table of each GPU, after checking what a parsed file cannot show: GPU
+    /// indices listed once, known models, instances the model allows, MIG mode on where
+    /// instances exist.
+    ///
+    /// # Errors
+    /// The first of those that fails, naming `origin`.
+    fn models(&self, origin: &str) -> Result<Vec<GpuModel>> {
+        let fix = FIX;
         let mut models = Vec::new();
         let mut seen = BTreeSet::new();
-        for g in &file.gpus {
+        for g in &self.gpus {
             if !seen.insert(g.index) {
                 bail!("fake node {origin}: GPU index {} is listed twice; {fix}", g.index);
             }
@@ -156,7 +179,7 @@ impl FakeNodeFile {
             }
             models.push(model);
         }
-        Ok((file, models))
+        Ok(models)
     }
 
     /// Serialises to TOML.
@@ -191,7 +214,62 @@ impl FakeNodeFile {
     }
 }
 
-impl FakeNode {
+impl MemoryNode {
+    /// The node `file` describes; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// What [`FakeNodeFile::parse`] refuses beyond the syntax: unknown models, impossible instances.
+    pub fn new(file: FakeNodeFile, origin: &str) -> Result<Self> {
+        let models = file.models(origin)?;
+        Ok(MemoryNode { file, models, changed: false })
+    }
+
+    /// A fresh node of `count` GPUs of `model`, MIG mode as given, no instances.
+    ///
+    /// # Errors
+    /// An unknown model.
+    #[cfg(test)]
+    pub fn create(model: &str, count: u32, mig_enabled: bool) -> Result<Self> {
+        Self::new(FakeNodeFile::create(model, count, mig_enabled)?, "a new fake node")
+    }
+
+    /// What the node is now, in the file format.
+    pub fn file(&self) -> &FakeNodeFile {
+        &self.file
+    }
+
+    /// Changes the node behind the helper's back (a process starts, an instance breaks), with
+    /// the checks a loaded file gets.
+    ///
+    /// # Errors
+    /// The edited node is one a fake-node file could not describe; the node is then unchanged.
+    #[cfg(test)]
+    pub fn edit(&mut self, change: impl FnOnce(&mut FakeNodeFile)) -> Result<()> {
+        let mut file = self.file.clone();
+        change(&mut file);
+        *self = MemoryNode { changed: true, ..MemoryNode::new(file, "the edited fake node")? };
+        Ok(())
+    }
+
+    fn gpu_mut(&mut self, gpu: u32) -> Result<(usize, &mut FakeGpu)> {
+        let pos = self.file.gpus.iter().position(|g| g.index == gpu).ok_or_else(|| anyhow!("fake node has no GPU {gpu}"))?;
+        Ok((pos, &mut self.file.gpus[pos]))
+    }
+}
+
+#[cfg(test)]
+impl MemoryNode {
+    /// `count` GPUs of `model` with the planned leaves applied, and the driver's minors for them.
+    pub fn applied(model: &str, count: u32) -> (Self, crate::devices::MigMinors) {
+        let mut node = Self::create(model, count, true).unwrap();
+        let want = crate::mig_layout::plan_node(&mut node).unwrap();
+        crate::mig_layout::apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let minors = crate::devices::MigMinors::parse(&fake_mig_minors(&(0..count).collect::<Vec<_>>()), "fake mig-minors").unwrap();
+        (node, minors)
+    }
+}
+
+impl FileNode {
     /// Loads the fake node at `path`.
     ///
     /// # Errors
@@ -200,19 +278,15 @@ impl FakeNode {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!("cannot read the fake node {}; create one with `flexmig-gres-helper fake-node create`", path.display())
         })?;
-        let (file, models) = FakeNodeFile::parse(&text, &path.display().to_string())?;
-        Ok(FakeNode { path: path.to_path_buf(), file, models, dirty: false })
+        let origin = path.display().to_string();
+        let node = MemoryNode::new(FakeNodeFile::parse(&text, &origin)?, &origin)?;
+        Ok(FileNode { path: path.to_path_buf(), node })
     }
 
-    /// The parsed file.
+    /// The node as loaded and changed since.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn file(&self) -> &FakeNodeFile {
-        &self.file
-    }
-
-    fn gpu_mut(&mut self, gpu: u32) -> Result<(usize, &mut FakeGpu)> {
-        let pos = self.file.gpus.iter().position(|g| g.index == gpu).ok_or_else(|| anyhow!("fake node has no GPU {gpu}"))?;
-        Ok((pos, &mut self.file.gpus[pos]))
+        self.node.file()
     }
 }
 
@@ -233,7 +307,7 @@ pub fn uuid_like(seed: &str) -> String {
     format!("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xffff, b >> 48, b & 0xffff_ffff_ffff)
 }
 
-impl Node for FakeNode {
+impl Node for MemoryNode {
     fn gpus(&mut self) -> Result<Vec<GpuInfo>> {
         Ok(self
             .file
@@ -299,7 +373,7 @@ impl Node for FakeNode {
             g.mig_enabled = enabled;
             MigModeChange::Done
         };
-        self.dirty = true;
+        self.changed = true;
         Ok(change)
     }
 
@@ -310,7 +384,7 @@ impl Node for FakeNode {
         if g.instances.len() == before {
             bail!("GPU {gpu} has no GPU instance {gi}");
         }
-        self.dirty = true;
+        self.changed = true;
         Ok(())
     }
 
@@ -343,15 +417,41 @@ impl Node for FakeNode {
         };
         layout.check_against(model).map_err(|e| anyhow!("GPU {gpu}: cannot create {} at {start}: {e}", profile.name))?;
         self.file.gpus[pos].instances = next;
-        self.dirty = true;
+        self.changed = true;
         Ok(self.instances(gpu)?.into_iter().find(|i| i.id == id).expect("just created"))
     }
 
+    /// Nothing to make durable: the change is the memory.
     fn commit(&mut self) -> Result<()> {
-        if self.dirty {
-            leaf_model::atomic::write_atomic(&self.path, self.file.to_toml_string().as_bytes(), 0o644)
+        Ok(())
+    }
+}
+
+impl Node for FileNode {
+    fn gpus(&mut self) -> Result<Vec<GpuInfo>> {
+        self.node.gpus()
+    }
+    fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>> {
+        self.node.instances(gpu)
+    }
+    fn processes(&mut self, gpu: u32) -> Result<Vec<GpuProcess>> {
+        self.node.processes(gpu)
+    }
+    fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigModeChange> {
+        self.node.set_mig_mode(gpu, enabled)
+    }
+    fn destroy_instance(&mut self, gpu: u32, gi: u32) -> Result<()> {
+        self.node.destroy_instance(gpu, gi)
+    }
+    fn create_leaf(&mut self, gpu: u32, profile: &GiProfile, start: u32) -> Result<GpuInstance> {
+        self.node.create_leaf(gpu, profile, start)
+    }
+    /// Writes the file (atomically) when the node changed.
+    fn commit(&mut self) -> Result<()> {
+        if self.node.changed {
+            leaf_model::atomic::write_atomic(&self.path, self.node.file.to_toml_string().as_bytes(), 0o644)
                 .with_context(|| format!("writing the fake node {}", self.path.display()))?;
-            self.dirty = false;
+            self.node.changed = false;
         }
         Ok(())
     }
@@ -394,11 +494,48 @@ mod tests {
     #[test]
     fn created_nodes_round_trip() {
         let t = node_text();
-        let (f, models) = FakeNodeFile::parse(&t, "t").unwrap();
+        let f = FakeNodeFile::parse(&t, "t").unwrap();
         assert_eq!(f.gpus.len(), 2);
-        assert_eq!(models[0].name, "H100-80GB");
         assert_ne!(f.gpus[0].uuid, f.gpus[1].uuid);
-        assert_eq!(FakeNodeFile::parse(&f.to_toml_string(), "t").unwrap().0, f);
+        assert_eq!(FakeNodeFile::parse(&f.to_toml_string(), "t").unwrap(), f);
+        let gpus = MemoryNode::new(f, "t").unwrap().gpus().unwrap();
+        assert_eq!((gpus[0].model.name.as_str(), gpus[1].minor), ("H100-80GB", 1));
+    }
+
+    #[test]
+    fn a_memory_node_changes_as_nvml_would_and_refuses_impossible_edits() {
+        let mut node = MemoryNode::create("A100-40GB", 1, true).unwrap();
+        let m = node.gpus().unwrap().remove(0).model;
+        let made = node.create_leaf(0, m.profile("1g.10gb").unwrap(), 6).unwrap();
+        assert_eq!((made.start, made.size, made.leaf_ci().is_some()), (6, 2, true));
+        // The placement rules NVML enforces: 1g.10gb cannot start at slice 5.
+        let e = format!("{:#}", node.create_leaf(0, m.profile("1g.10gb").unwrap(), 5).unwrap_err());
+        assert!(e.contains("cannot create 1g.10gb at 5"), "{e}");
+        assert!(node.changed);
+        node.commit().unwrap();
+        assert_eq!(node.file().gpus[0].instances.len(), 1);
+        let e = format!("{:#}", node.edit(|f| f.gpus[0].mig_enabled = false).unwrap_err());
+        assert!(e.contains("MIG mode disabled"), "{e}");
+        assert!(node.file().gpus[0].mig_enabled, "a refused edit leaves the node as it was");
+        node.edit(|f| f.gpus[0].processes.push(FakeProcess { pid: 7, name: "python".into() })).unwrap();
+        assert_eq!(node.processes(0).unwrap(), vec![GpuProcess { pid: 7, name: "python".into() }]);
+        node.destroy_instance(0, made.id).unwrap();
+        assert!(node.instances(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_node_writes_its_file_on_commit_only_after_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, "# hand-written\n".to_string() + &node_text()).unwrap();
+        let mut node = FileNode::load(&p).unwrap();
+        node.commit().unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().starts_with("# hand-written"), "an unchanged node is not rewritten");
+        node.set_mig_mode(1, false).unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().starts_with("# hand-written"), "nothing is written before commit");
+        node.commit().unwrap();
+        let again = FileNode::load(&p).unwrap();
+        assert!(!again.file().gpus[1].mig_enabled && again.file().gpus[0].mig_enabled);
     }
 
     #[test]

@@ -50,6 +50,21 @@ pub fn read_layout_file(path: &Path, gpus: &[GpuInfo]) -> Result<NodeLayout> {
     }
 }
 
+/// The layout `apply` and `assert` aim at: the file at `layout` (see [`read_layout_file`]),
+/// else the plan.
+///
+/// # Errors
+/// An unreadable or malformed file, a GPU without a flexmig layout, node failures.
+pub fn wanted(node: &mut dyn Node, layout: Option<&Path>) -> Result<NodeLayout> {
+    match layout {
+        Some(p) => {
+            let gpus = node.gpus()?;
+            read_layout_file(p, &gpus)
+        }
+        None => plan_node(node),
+    }
+}
+
 /// The planned layout of every GPU of the node, from the geometry the node reports.
 ///
 /// # Errors
@@ -272,28 +287,22 @@ pub fn apply(node: &mut dyn Node, want: &NodeLayout, force: bool, out: &mut dyn 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{FakeNode, FakeNodeFile, FakeProcess};
+    use crate::fake::{FakeInstance, FakeProcess, MemoryNode};
     use leaf_model::mig::builtin_model_names;
 
-    fn fake(model: &str, gpus: u32, mig: bool) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("node.toml");
-        std::fs::write(&p, FakeNodeFile::create(model, gpus, mig).unwrap().to_toml_string()).unwrap();
-        (dir, p)
+    fn fake(model: &str, gpus: u32, mig: bool) -> MemoryNode {
+        MemoryNode::create(model, gpus, mig).unwrap()
     }
 
     #[test]
     fn apply_export_assert_round_trip_on_every_recorded_model() {
         for model in builtin_model_names() {
-            let (_d, p) = fake(&model, 2, false);
-            let mut node = FakeNode::load(&p).unwrap();
+            let mut node = fake(&model, 2, false);
             let want = plan_node(&mut node).unwrap();
             assert_eq!(want.gpus.len(), 2);
             assert!(!differences(&mut node, &want).unwrap().is_empty());
             let mut log = Vec::new();
             apply(&mut node, &want, false, &mut log).unwrap();
-            // Reload from disk: apply wrote the file.
-            let mut node = FakeNode::load(&p).unwrap();
             assert_eq!(differences(&mut node, &want).unwrap(), Vec::<String>::new(), "{model}");
             let exported = export(&mut node).unwrap();
             assert_eq!(exported, want, "{model}");
@@ -314,18 +323,16 @@ mod tests {
 
     #[test]
     fn apply_changes_only_what_differs() {
-        let (_d, p) = fake("A100-40GB", 2, true);
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("A100-40GB", 2, true);
         let want = plan_node(&mut node).unwrap();
         apply(&mut node, &want, false, &mut Vec::new()).unwrap();
-        // Break GPU 1: drop the double and put a 2g in its place... (2g.10gb cannot start at 6),
-        // so drop two smalls and add a 2g.10gb over them.
-        let mut f = node.file().clone();
-        let ids_before: Vec<u32> = f.gpus[0].instances.iter().map(|i| i.id).collect();
-        f.gpus[1].instances.retain(|i| i.start != 0 && i.start != 1);
-        f.gpus[1].instances.push(crate::fake::FakeInstance { id: 40, profile: "2g.10gb".into(), start: 0, compute: vec![] });
-        std::fs::write(&p, f.to_toml_string()).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
+        // Break GPU 1: drop the two smalls at slices 0 and 1 and put a 2g.10gb over them.
+        let ids_before: Vec<u32> = node.file().gpus[0].instances.iter().map(|i| i.id).collect();
+        node.edit(|f| {
+            f.gpus[1].instances.retain(|i| i.start != 0 && i.start != 1);
+            f.gpus[1].instances.push(FakeInstance { id: 40, profile: "2g.10gb".into(), start: 0, compute: vec![] });
+        })
+        .unwrap();
         let diffs = differences(&mut node, &want).unwrap();
         assert_eq!(diffs.len(), 3, "{diffs:?}");
         assert!(diffs[0].contains("unexpected GPU instance 2g.10gb at memory slice 0"), "{diffs:?}");
@@ -334,47 +341,39 @@ mod tests {
         let log = String::from_utf8(log).unwrap();
         assert!(log.contains("GPU 0: already as planned"), "{log}");
         assert_eq!(log.matches("created").count(), 2, "{log}");
-        let node = FakeNode::load(&p).unwrap();
         assert_eq!(node.file().gpus[0].instances.iter().map(|i| i.id).collect::<Vec<_>>(), ids_before);
+        assert!(differences(&mut node, &want).unwrap().is_empty());
     }
 
     #[test]
     fn apply_refuses_a_gpu_with_processes_unless_forced() {
-        let (_d, p) = fake("H100-80GB", 2, true);
-        let mut f = FakeNode::load(&p).unwrap().file().clone();
-        f.gpus[1].processes.push(FakeProcess { pid: 4242, name: "python".into() });
-        std::fs::write(&p, f.to_toml_string()).unwrap();
-        let before = std::fs::read_to_string(&p).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("H100-80GB", 2, true);
+        node.edit(|f| f.gpus[1].processes.push(FakeProcess { pid: 4242, name: "python".into() })).unwrap();
+        let before = node.file().clone();
         let want = plan_node(&mut node).unwrap();
         let e = format!("{:#}", apply(&mut node, &want, false, &mut Vec::new()).unwrap_err());
         assert!(e.contains("GPU 1") && e.contains("4242 (python)") && e.contains("nothing was changed"), "{e}");
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), before, "refused apply must not change the node");
+        assert_eq!(node.file(), &before, "refused apply must not change the node");
         let mut log = Vec::new();
         apply(&mut node, &want, true, &mut log).unwrap();
         assert!(String::from_utf8(log).unwrap().contains("--force"));
-        let mut node = FakeNode::load(&p).unwrap();
         assert!(differences(&mut node, &want).unwrap().is_empty());
     }
 
     #[test]
     fn apply_refuses_a_gpu_whose_processes_cannot_be_listed_unless_forced() {
-        let (_d, p) = fake("A100-80GB", 2, true);
-        let mut f = FakeNode::load(&p).unwrap().file().clone();
-        f.gpus[1].process_query_error = Some("Insufficient Permissions".into());
-        std::fs::write(&p, f.to_toml_string()).unwrap();
-        let before = std::fs::read_to_string(&p).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("A100-80GB", 2, true);
+        node.edit(|f| f.gpus[1].process_query_error = Some("Insufficient Permissions".into())).unwrap();
+        let before = node.file().clone();
         let want = plan_node(&mut node).unwrap();
         let e = format!("{:#}", apply(&mut node, &want, false, &mut Vec::new()).unwrap_err());
         assert!(e.contains("GPU 1") && e.contains("cannot be listed") && e.contains("Insufficient Permissions"), "{e}");
         assert!(e.contains("nothing was changed") && e.contains("--force") && !e.contains("GPU 0"), "{e}");
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), before, "refused apply must not change the node");
+        assert_eq!(node.file(), &before, "refused apply must not change the node");
         let mut log = Vec::new();
         apply(&mut node, &want, true, &mut log).unwrap();
         let log = String::from_utf8(log).unwrap();
         assert!(log.contains("warning: GPU 1") && log.contains("cannot be listed") && log.contains("--force"), "{log}");
-        let mut node = FakeNode::load(&p).unwrap();
         assert!(differences(&mut node, &want).unwrap().is_empty());
         // Once the GPU is as planned, a failing query does not matter: apply changes nothing.
         apply(&mut node, &want, false, &mut Vec::new()).unwrap();
@@ -393,11 +392,9 @@ mod tests {
 
     #[test]
     fn a_report_nobody_reads_does_not_stop_the_change() {
-        let (_d, p) = fake("H100-80GB", 2, false);
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("H100-80GB", 2, false);
         let want = plan_node(&mut node).unwrap();
         apply(&mut node, &want, false, &mut ClosedPipe).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
         assert_eq!(differences(&mut node, &want).unwrap(), Vec::<String>::new());
     }
 
@@ -405,7 +402,7 @@ mod tests {
     /// is being created.
     #[derive(Debug)]
     struct Interrupted {
-        inner: FakeNode,
+        inner: MemoryNode,
         sig: libc::c_int,
         at: usize,
         created: usize,
@@ -444,8 +441,7 @@ mod tests {
     fn signals_mid_change_wait_until_the_change_is_done() {
         // Without the hold, each of these would end the test process halfway.
         for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP"), (libc::SIGTERM, "SIGTERM")] {
-            let (_d, p) = fake("A100-40GB", 2, true);
-            let mut node = Interrupted { inner: FakeNode::load(&p).unwrap(), sig, at: 3, created: 0 };
+            let mut node = Interrupted { inner: fake("A100-40GB", 2, true), sig, at: 3, created: 0 };
             let want = plan_node(&mut node).unwrap();
             let mut log = Vec::new();
             apply(&mut node, &want, false, &mut log).unwrap();
@@ -455,61 +451,47 @@ mod tests {
                 log.contains(&format!("apply: {name} arrived while the GPUs were being changed; the change was finished first")),
                 "{log}"
             );
-            let mut node = FakeNode::load(&p).unwrap();
-            assert_eq!(differences(&mut node, &want).unwrap(), Vec::<String>::new(), "{name}");
+            assert_eq!(differences(&mut node.inner, &want).unwrap(), Vec::<String>::new(), "{name}");
         }
     }
 
     #[test]
     fn processes_on_a_gpu_already_right_do_not_block() {
-        let (_d, p) = fake("H200", 1, true);
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("H200", 1, true);
         let want = plan_node(&mut node).unwrap();
         apply(&mut node, &want, false, &mut Vec::new()).unwrap();
-        let mut f = FakeNode::load(&p).unwrap().file().clone();
-        f.gpus[0].processes.push(FakeProcess { pid: 1, name: "train".into() });
-        std::fs::write(&p, f.to_toml_string()).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
+        node.edit(|f| f.gpus[0].processes.push(FakeProcess { pid: 1, name: "train".into() })).unwrap();
         apply(&mut node, &want, false, &mut Vec::new()).unwrap();
     }
 
     #[test]
     fn a_gpu_needing_a_reset_says_so() {
-        let (_d, p) = fake("A100-80GB", 1, false);
-        let mut f = FakeNode::load(&p).unwrap().file().clone();
-        f.gpus[0].enable_needs_reset = true;
-        std::fs::write(&p, f.to_toml_string()).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("A100-80GB", 1, false);
+        node.edit(|f| f.gpus[0].enable_needs_reset = true).unwrap();
         let want = plan_node(&mut node).unwrap();
         let e = format!("{:#}", apply(&mut node, &want, false, &mut Vec::new()).unwrap_err());
         assert!(e.contains("needs a GPU reset") && e.contains("nvidia-smi -i 0 -r"), "{e}");
-        let mut node = FakeNode::load(&p).unwrap();
         let d = differences(&mut node, &want).unwrap();
         assert!(d[0].contains("pending enable"), "{d:?}");
     }
 
     #[test]
     fn non_leaf_instances_are_reported_and_rebuilt() {
-        let (_d, p) = fake("H100-94GB", 1, true);
-        let mut node = FakeNode::load(&p).unwrap();
+        let mut node = fake("H100-94GB", 1, true);
         let want = plan_node(&mut node).unwrap();
         apply(&mut node, &want, false, &mut Vec::new()).unwrap();
-        let mut f = FakeNode::load(&p).unwrap().file().clone();
-        f.gpus[0].instances[2].compute.clear();
-        std::fs::write(&p, f.to_toml_string()).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
+        node.edit(|f| f.gpus[0].instances[2].compute.clear()).unwrap();
         let d = differences(&mut node, &want).unwrap();
         assert_eq!(d.len(), 1);
         assert!(d[0].contains("0 compute instance"), "{d:?}");
         apply(&mut node, &want, false, &mut Vec::new()).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
         assert!(differences(&mut node, &want).unwrap().is_empty());
     }
 
     #[test]
     fn layout_files_of_both_shapes_are_read() {
-        let (d, p) = fake("A30", 2, true);
-        let mut node = FakeNode::load(&p).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let mut node = fake("A30", 2, true);
         let gpus = node.gpus().unwrap();
         let single = d.path().join("plan.json");
         std::fs::write(&single, serde_json::to_string(&plan(&gpus[0].model).unwrap()).unwrap()).unwrap();

@@ -15,8 +15,10 @@ use anyhow::{bail, Context, Result};
 use leaf_model::gres_order::{gres_value, parse_node_gres, slurm_gres_indices, GresCount};
 use leaf_model::inventory::Inventory;
 
-use crate::gres_conf::{node_gres, ordered_leaves, DevicePaths, MigMinors, NodeLeaf};
+use crate::devices::{DevicePaths, MigMinors};
+use crate::leaves::{ordered_leaves, NodeLeaf};
 use crate::node::Node;
+use crate::node_config::node_gres;
 use crate::slurm_conf::{self, NodeEntry};
 
 /// One gpu GRES record, from gres.conf or from `slurmd -G`.
@@ -357,24 +359,19 @@ pub fn verify(node: &mut dyn Node, input: &VerifyInputs<'_>) -> Result<Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{fake_mig_minors, FakeNode, FakeNodeFile};
-    use crate::gres_conf::{gres_conf_text, inventory};
-    use crate::mig_layout::{apply, plan_node};
+    use crate::fake::{fake_mig_minors, MemoryNode};
+    use crate::node_config::{gres_conf_text, inventory};
 
     struct Setup {
         dir: tempfile::TempDir,
         paths: DevicePaths,
-        node: FakeNode,
+        node: MemoryNode,
         leaves: Vec<NodeLeaf>,
     }
 
     fn setup() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("node.toml");
-        std::fs::write(&p, FakeNodeFile::create("A100-40GB", 2, true).unwrap().to_toml_string()).unwrap();
-        let mut node = FakeNode::load(&p).unwrap();
-        let want = plan_node(&mut node).unwrap();
-        apply(&mut node, &want, false, &mut Vec::new()).unwrap();
+        let (mut node, _) = MemoryNode::applied("A100-40GB", 2);
         let paths = DevicePaths { dev_root: dir.path().join("dev"), mig_minors: dir.path().join("mig-minors") };
         std::fs::write(&paths.mig_minors, fake_mig_minors(&[0, 1])).unwrap();
         let minors = MigMinors::load(&paths.mig_minors).unwrap();

@@ -41,12 +41,12 @@ pub struct InstallArgs {
     /// Steps per slice of ring all-reduce and all-gather (Simple protocol): 2 is NCCL's own, 1 cuts
     /// each 4-step chunk into 4 slices instead of 2. With the copy-engine SHM mode
     /// (NCCL_SHM_USE_CUDA_MEMCPY=1) that lifts 2 leaves from 77% to 82% of the link's bound
-    /// (BENCHMARKS.md, runs 32-34); it changes the kernels for every transport, so it is off by default.
+    /// (BENCHMARKS.md); it changes the kernels for every transport, so it is off by default.
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2), conflicts_with_all = ["check_only", "no_patch"])]
     pub ring_slice_steps: Option<u8>,
 }
 
-pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
+pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     let staging = Staging::new()?;
     let source = resolve_source(&args.source, &staging)?;
     let version = version::source_version(&source)?;
@@ -66,7 +66,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
             },
             Plan::StockMultiRank => println!("{}", stock_note(version)),
         }
-        return Ok(0);
+        return Ok(());
     }
 
     let prefix = absolute(args.prefix.as_deref().context("--prefix is required")?)?;
@@ -92,7 +92,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
     }
     let Some(cuda_home) = cuda_home else {
         println!("nccl install: patched tree ready in {} (--patch-only: not built)", work.display());
-        return Ok(0);
+        return Ok(());
     };
     let archs = match &args.arch {
         Some(list) => parse_arch_list(list)?,
@@ -115,7 +115,7 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<i32> {
     }
     println!("nccl install: done. Add this argument to the flexmig line of plugstack.conf:");
     println!("nccl={}", library.display());
-    Ok(0)
+    Ok(())
 }
 
 fn stock_note(version: NcclVersion) -> String {
@@ -193,7 +193,7 @@ pub const RING_SLICE_MARKER: &str = "flexmig-ring-slice-steps=";
 /// Sets the slice steps of ring all-reduce and all-gather in the build copy's
 /// src/include/collectives.h (compile-time constants of NCCL's kernels and host code), and adds a
 /// string that names the setting to the library. The chunk stays at NCCL_STEPS/2 (4 steps): 8-step
-/// chunks hang (BENCHMARKS.md, run31).
+/// chunks hang (measured: BENCHMARKS.md).
 fn set_ring_slice_steps(work: &Path, steps: u8) -> anyhow::Result<()> {
     let path = work.join("src/include/collectives.h");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
