@@ -162,11 +162,14 @@ fn gres_conf_then_verify_and_a_broken_inventory() {
         let mut c = helper();
         common(&mut c);
         c.env("SLURM_CONF", &slurm_conf);
-        run(c.arg("verify").arg("--gres-conf").arg(&gres).arg("--inventory").arg(&inv).args(["--node-name", "gpu01"]).args(extra))
+        c.arg("verify").arg("--gres-conf").arg(&gres).arg("--inventory").arg(&inv).args(["--node-name", "gpu01"]);
+        // No plugin installed where verify looks: its version check is skipped with a note.
+        run(c.arg("--plugin").arg(d.path().join("flexmig.so")).args(extra))
     };
     let (code, out, err) = verify(&["--no-slurmd"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("slurm.conf's NodeName=gpu01 line"), "{out}");
+    assert!(err.contains("verify: note: no plugin at") && err.contains("was not checked"), "{err}");
     // The admin's own node line with the types swapped: every GRES index would shift.
     let swapped = d.path().join("swapped.conf");
     std::fs::write(&swapped, "NodeName=gpu01 CPUs=64 Gres=gpu:1g.5gb:12,gpu:1g.10gb:2\n").unwrap();
@@ -309,4 +312,122 @@ fn apply_refuses_a_gpu_whose_processes_cannot_be_listed() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("warning: GPU 1") && out.contains("--force"), "{out}");
     assert_eq!(run(helper().arg("--fake-node").arg(&node).arg("assert")).0, 0);
+}
+
+#[test]
+fn exit_statuses_are_documented_and_a_bad_command_line_is_2() {
+    for args in [&["--help"][..], &["verify", "--help"], &["assert", "--help"]] {
+        let (code, out, err) = run(helper().args(args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            out.contains("Exit status:") && out.contains("1  a check found differences") && out.contains("2  bad input or an error"),
+            "{args:?}: {out}"
+        );
+    }
+    let (code, _, err) = run(helper().args(["verify", "--no-such-flag"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(helper().args(["verify", "--no-plugin", "--plugin", "/x.so"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(helper().arg("no-such-verb"));
+    assert_eq!(code, 2, "{err}");
+}
+
+/// An applied fake node with gres.conf and the inventory written by gres-conf; returns the
+/// work dir and the arguments of a `verify` that checks them without slurmd or slurm.conf.
+fn configured_node() -> (tempfile::TempDir, Vec<std::ffi::OsString>) {
+    let (d, global) = applied_node();
+    let (gres, inv) = (d.path().join("gres.conf"), d.path().join("flexmig.toml"));
+    let (code, _, err) = run(helper().args(&global).arg("gres-conf").arg("--gres-conf").arg(&gres).arg("--inventory").arg(&inv));
+    assert_eq!(code, 0, "{err}");
+    let mut verify = global;
+    verify.extend(["verify".into(), "--gres-conf".into(), gres.into(), "--inventory".into(), inv.into()]);
+    verify.extend(["--no-slurmd".into(), "--no-slurm-conf".into()]);
+    (d, verify)
+}
+
+/// An executable `slurmd` that prints `text` for `-V` and exits with `code`.
+fn fake_slurmd(dir: &Path, name: &str, text: &str, code: i32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\necho '{text}'\nexit {code}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A shared object exporting `plugin_version = stamp`, as Slurm's plugins do.
+fn stamped_so(dir: &Path, stamp: u32) -> std::path::PathBuf {
+    let (c, so) = (dir.join(format!("stamp-{stamp:x}.c")), dir.join(format!("stamp-{stamp:x}.so")));
+    std::fs::write(&c, format!("const unsigned int plugin_version = {stamp}u;\n")).unwrap();
+    let st = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&c).status();
+    assert!(st.is_ok_and(|s| s.success()), "building a stamped .so needs a C compiler (apt-get install gcc)");
+    so
+}
+
+#[test]
+fn verify_checks_the_plugins_slurm_version_stamp() {
+    let (d, verify) = configured_node();
+    let plugin = stamped_so(d.path(), 0x16_05_08);
+    let slurmd = |name: &str, text: &str, code: i32| fake_slurmd(d.path(), name, text, code);
+    let (same, newer, micro) =
+        (slurmd("same", "slurm 22.05.8", 0), slurmd("newer", "slurm 23.11.10", 0), slurmd("micro", "slurm-wlm 22.05.11", 0));
+    let (broken, silent) = (slurmd("broken", "slurmd: fatal: oops", 1), slurmd("silent", "", 0));
+    let check = |plugin: &Path, slurmd: &Path| run(helper().args(&verify).arg("--plugin").arg(plugin).arg("--slurmd").arg(slurmd));
+
+    let (code, out, err) = check(&plugin, &same);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{}'s Slurm version stamp agree", plugin.display())), "{out}");
+    // Slurm compares major.minor only.
+    let (code, out, err) = check(&plugin, &micro);
+    assert_eq!(code, 0, "{out}{err}");
+    // Another release: Slurm would refuse the plugin.
+    let (code, out, err) = check(&plugin, &newer);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("is built for Slurm 22.05 (plugin_version 0x160508, 22.05.8), but this node runs Slurm 23.11.10"), "{out}");
+    assert!(out.contains("Incompatible Slurm plugin") && out.contains("rebuild it"), "{out}");
+    // A file Slurm cannot load at all is a difference too.
+    let text = d.path().join("text.so");
+    std::fs::write(&text, "not a plugin").unwrap();
+    let (code, out, err) = check(&text, &same);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("is not an ELF shared object"), "{out}");
+    // No Slurm release to compare with: an error that says how to skip the check.
+    for bad in [&broken, &silent, &d.path().join("no-slurmd")] {
+        let (code, out, err) = check(&plugin, bad);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains(&format!("{} -V", bad.display())), "{err}");
+    }
+    assert!(check(&plugin, &d.path().join("no-slurmd")).2.contains("--no-plugin"));
+    // No plugin installed: a note, and the rest is verified.
+    let (code, out, err) = check(&d.path().join("absent.so"), &broken);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("verify: note: no plugin at") && err.contains("absent.so") && !out.contains("stamp"), "{err}");
+    let (code, out, err) = run(helper().args(&verify).arg("--no-plugin").arg("--slurmd").arg(&broken));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("note") && !out.contains("stamp"), "{out}{err}");
+}
+
+#[test]
+fn verify_reads_the_stamp_of_the_built_plugin_against_the_real_slurmd() {
+    // target/debug/libflexmig_spank.so beside the helper (`cargo build -p flexmig-spank`, which
+    // scripts/test.sh runs first) and the slurmd of this machine.
+    let plugin = Path::new(env!("CARGO_BIN_EXE_flexmig-gres-helper")).with_file_name("libflexmig_spank.so");
+    let real = Command::new("slurmd").arg("-V").output().ok().filter(|o| o.status.success());
+    let (Some(real), true) = (real, plugin.exists()) else {
+        eprintln!("SKIPPED: needs {} (cargo build -p flexmig-spank) and slurmd on PATH", plugin.display());
+        return;
+    };
+    let (d, verify) = configured_node();
+    let (code, out, err) = run(helper().args(&verify).arg("--plugin").arg(&plugin));
+    assert_eq!(code, 0, "the plugin is built against this machine's Slurm headers: {out}{err}");
+    assert!(out.contains("libflexmig_spank.so's Slurm version stamp agree"), "{out}");
+    let running = String::from_utf8_lossy(&real.stdout).into_owned();
+    let release: String = running.split_whitespace().last().unwrap_or_default().split('.').take(2).collect::<Vec<_>>().join(".");
+    let other = if release == "26.05" { "slurm 25.11.1" } else { "slurm 26.05.0" };
+    let slurmd = fake_slurmd(d.path(), "slurmd", other, 0);
+    let (code, out, err) = run(helper().args(&verify).arg("--plugin").arg(&plugin).arg("--slurmd").arg(&slurmd));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("is built for Slurm {release} ")) && out.contains(&format!("this node runs Slurm {}", &other[6..])),
+        "{out}"
+    );
 }
