@@ -7,11 +7,27 @@ use flexmig_sim::geometry::{load_model, Geometry};
 use flexmig_sim::report::{write_all, Study};
 use flexmig_sim::sim::{simulate, Config, Scheduler};
 use flexmig_sim::trace::{generate, parse_csv, parse_sacct, to_csv, Distribution, Job, Mix, SacctOptions, Synthetic};
+use flexmig_sim::Comparison;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The exit statuses, as `flexmig-gres-helper` has them; no command of the simulator is a
+/// check, so none exits 1.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success
+  2  bad input or an error (the message says what is wrong)";
+
+/// Exit status of bad input or a failure.
+const ERROR_EXIT: i32 = 2;
+
 #[derive(Parser, Debug)]
-#[command(name = "flexmig-sim", version, about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG")]
+#[command(
+    name = "flexmig-sim",
+    version,
+    about = "Trace-driven simulator: Flex-MIG (one-to-many) against Dynamic-MIG and Static-MIG",
+    after_help = EXIT_STATUS
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -20,6 +36,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run one trace under Flex-MIG, Dynamic-MIG and Static-MIG and compare.
+    #[command(after_help = EXIT_STATUS)]
     Compare {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -207,9 +224,10 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // clap exits 2 on a malformed command line and 0 for --help and --version.
     if let Err(e) = real_main() {
         eprintln!("flexmig-sim: {e:#}");
-        std::process::exit(1);
+        std::process::exit(ERROR_EXIT);
     }
 }
 
@@ -291,28 +309,25 @@ fn real_main() -> Result<()> {
     Ok(())
 }
 
-fn print_table(out: &serde_json::Value, geo: &Geometry, c: &ClusterArgs) {
+fn print_table(out: &Comparison, geo: &Geometry, c: &ClusterArgs) {
     println!("{} x{} ({} scheduler)", geo.model, c.gpus, c.scheduler.as_str());
     println!(
         "{:<4} {:>12} {:>12} {:>12} {:>14} {:>8} {:>8}",
         "mode", "makespan_s", "avg_jct_s", "avg_wait_s", "ext_frag_s", "util", "reconf"
     );
     for m in Mode::ALL {
-        let v = &out[m.key()];
-        if v.is_null() {
-            println!("{:<4} not admissible: {}", m.key(), out["not_admissible"][m.key()].as_str().unwrap_or(""));
-            continue;
+        match out.mode(m) {
+            Err(why) => println!("{:<4} not admissible: {why}", m.key()),
+            Ok(v) => println!(
+                "{:<4} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>8.3} {:>8}",
+                m.key(),
+                v.makespan_s,
+                v.avg_jct_s,
+                v.avg_wait_s,
+                v.avg_ext_frag_delay_s,
+                v.utilization,
+                v.reconfigurations
+            ),
         }
-        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "{:<4} {:>12.0} {:>12.0} {:>12.0} {:>14.0} {:>8.3} {:>8}",
-            m.key(),
-            f("makespan_s"),
-            f("avg_jct_s"),
-            f("avg_wait_s"),
-            f("avg_ext_frag_delay_s"),
-            f("utilization"),
-            v["reconfigurations"]
-        );
     }
 }

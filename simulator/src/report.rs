@@ -14,25 +14,46 @@ pub const DISTRIBUTIONS: [Distribution; 3] = [Distribution::Small, Distribution:
 pub const MIXES: [Mix; 3] = [Mix::Training, Mix::Inference, Mix::Mixed];
 pub const SCHEDULERS: [Scheduler; 2] = [Scheduler::Fifo, Scheduler::Backfill];
 
-/// The metrics compared, as (key, label).
-pub const METRICS: [(&str, &str); 5] = [
-    ("avg_jct_s", "JCT"),
-    ("avg_wait_s", "waiting time"),
-    ("makespan_s", "makespan"),
-    ("utilization", "utilization"),
-    ("avg_ext_frag_delay_s", "ext. fragmentation delay"),
-];
+/// A metric of [`Metrics`] the comparison averages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Jct,
+    Wait,
+    Run,
+    Makespan,
+    Utilization,
+    ExtFragDelay,
+    Reconfigurations,
+}
 
-fn metric(m: &Metrics, key: &str) -> f64 {
-    match key {
-        "avg_jct_s" => m.avg_jct_s,
-        "avg_wait_s" => m.avg_wait_s,
-        "avg_run_s" => m.avg_run_s,
-        "makespan_s" => m.makespan_s,
-        "utilization" => m.utilization,
-        "avg_ext_frag_delay_s" => m.avg_ext_frag_delay_s,
-        "reconfigurations" => m.reconfigurations as f64,
-        _ => unreachable!("unknown metric {key}"),
+impl Metric {
+    /// The metrics plotted, one panel each.
+    pub const PLOTTED: [Metric; 4] = [Metric::Jct, Metric::Wait, Metric::Makespan, Metric::Utilization];
+
+    /// Its value in one run.
+    pub fn of(self, m: &Metrics) -> f64 {
+        match self {
+            Metric::Jct => m.avg_jct_s,
+            Metric::Wait => m.avg_wait_s,
+            Metric::Run => m.avg_run_s,
+            Metric::Makespan => m.makespan_s,
+            Metric::Utilization => m.utilization,
+            Metric::ExtFragDelay => m.avg_ext_frag_delay_s,
+            Metric::Reconfigurations => m.reconfigurations as f64,
+        }
+    }
+
+    /// Its name in the plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Jct => "JCT",
+            Metric::Wait => "waiting time",
+            Metric::Run => "execution time",
+            Metric::Makespan => "makespan",
+            Metric::Utilization => "utilization",
+            Metric::ExtFragDelay => "ext. fragmentation delay",
+            Metric::Reconfigurations => "reconfigurations",
+        }
     }
 }
 
@@ -47,15 +68,15 @@ pub struct Cell {
 }
 
 impl Cell {
-    /// Mean of `key` over the traces for mode `m`.
-    pub fn mean(&self, m: Mode, key: &str) -> Option<f64> {
+    /// Mean of `metric` over the traces for mode `m`.
+    pub fn mean(&self, m: Mode, metric: Metric) -> Option<f64> {
         let runs = &self.runs[m as usize];
-        (!runs.is_empty()).then(|| runs.iter().map(|r| metric(r, key)).sum::<f64>() / runs.len() as f64)
+        (!runs.is_empty()).then(|| runs.iter().map(|r| metric.of(r)).sum::<f64>() / runs.len() as f64)
     }
     /// Mean of mode `m` over the mean of Dynamic-MIG.
-    pub fn ratio(&self, m: Mode, key: &str) -> Option<f64> {
-        let d = self.mean(Mode::Dm, key)?;
-        let v = self.mean(m, key)?;
+    pub fn ratio(&self, m: Mode, metric: Metric) -> Option<f64> {
+        let d = self.mean(Mode::Dm, metric)?;
+        let v = self.mean(m, metric)?;
         (d > 0.0).then_some(v / d)
     }
 }
@@ -126,23 +147,23 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
     let _ = writeln!(t, "| scheduler | sizes | mix | FM JCT | FM run | FM wait | FM makespan | FM util | SM JCT | SM wait | SM makespan | SM util | DM drains/trace | ext-frag delay FM / DM / SM (s) |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in cells {
-        let ef = |m: Mode| c.mean(m, "avg_ext_frag_delay_s").map_or("n/a".into(), |v| format!("{v:.0}"));
+        let ef = |m: Mode| c.mean(m, Metric::ExtFragDelay).map_or("n/a".into(), |v| format!("{v:.0}"));
         let _ = writeln!(
             t,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} / {} / {} |",
             c.scheduler.as_str(),
             c.distribution.as_str(),
             c.mix.as_str(),
-            pct(c.ratio(Mode::Fm, "avg_jct_s")),
-            pct(c.ratio(Mode::Fm, "avg_run_s")),
-            pct(c.ratio(Mode::Fm, "avg_wait_s")),
-            pct(c.ratio(Mode::Fm, "makespan_s")),
-            pct(c.ratio(Mode::Fm, "utilization")),
-            pct(c.ratio(Mode::Sm, "avg_jct_s")),
-            pct(c.ratio(Mode::Sm, "avg_wait_s")),
-            pct(c.ratio(Mode::Sm, "makespan_s")),
-            pct(c.ratio(Mode::Sm, "utilization")),
-            c.mean(Mode::Dm, "reconfigurations").unwrap_or(0.0),
+            pct(c.ratio(Mode::Fm, Metric::Jct)),
+            pct(c.ratio(Mode::Fm, Metric::Run)),
+            pct(c.ratio(Mode::Fm, Metric::Wait)),
+            pct(c.ratio(Mode::Fm, Metric::Makespan)),
+            pct(c.ratio(Mode::Fm, Metric::Utilization)),
+            pct(c.ratio(Mode::Sm, Metric::Jct)),
+            pct(c.ratio(Mode::Sm, Metric::Wait)),
+            pct(c.ratio(Mode::Sm, Metric::Makespan)),
+            pct(c.ratio(Mode::Sm, Metric::Utilization)),
+            c.mean(Mode::Dm, Metric::Reconfigurations).unwrap_or(0.0),
             ef(Mode::Fm),
             ef(Mode::Dm),
             ef(Mode::Sm),
@@ -161,19 +182,19 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
     for sched in SCHEDULERS {
         for (name, keep) in &groups {
             let sel: Vec<&Cell> = cells.iter().filter(|c| c.scheduler == sched && keep(c)).collect();
-            let avg = |key: &str| {
-                let v: Vec<f64> = sel.iter().filter_map(|c| c.ratio(Mode::Fm, key)).collect();
+            let avg = |metric: Metric| {
+                let v: Vec<f64> = sel.iter().filter_map(|c| c.ratio(Mode::Fm, metric)).collect();
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
             };
             let _ = writeln!(
                 t,
                 "| {} | {name} | {} | {} | {} | {} | {} |",
                 sched.as_str(),
-                pct(avg("avg_jct_s")),
-                pct(avg("avg_run_s")),
-                pct(avg("avg_wait_s")),
-                pct(avg("makespan_s")),
-                pct(avg("utilization"))
+                pct(avg(Metric::Jct)),
+                pct(avg(Metric::Run)),
+                pct(avg(Metric::Wait)),
+                pct(avg(Metric::Makespan)),
+                pct(avg(Metric::Utilization))
             );
         }
     }
@@ -182,7 +203,7 @@ pub fn table(cells: &[Cell], geo: &Geometry, s: &Study) -> String {
         let best = cells
             .iter()
             .filter(|c| c.scheduler == sched)
-            .filter_map(|c| c.ratio(Mode::Fm, "makespan_s").map(|r| (r, c)))
+            .filter_map(|c| c.ratio(Mode::Fm, Metric::Makespan).map(|r| (r, c)))
             .min_by(|a, b| a.0.total_cmp(&b.0));
         if let Some((r, c)) = best {
             let _ = writeln!(t, "- {}: {} ({} sizes, {} mix)", sched.as_str(), pct(Some(r)), c.distribution.as_str(), c.mix.as_str());
@@ -228,7 +249,7 @@ fn esc(s: &str) -> String {
 /// Hand-written SVG with generic font families, so it needs no fonts or libraries to build.
 pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> String {
     let sel: Vec<&Cell> = cells.iter().filter(|c| c.scheduler == scheduler).collect();
-    let metrics = &METRICS[..4];
+    let metrics = Metric::PLOTTED;
     let (pw, ph, left, top, gap) = (900.0, 220.0, 60.0, 70.0, 80.0);
     let width = pw + left + 30.0;
     let height = top + metrics.len() as f64 * (ph + gap) + 20.0;
@@ -256,12 +277,12 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
     );
     let n = sel.len().max(1) as f64;
     let gw = pw / n;
-    for (k, (key, label)) in metrics.iter().enumerate() {
+    for (k, metric) in metrics.into_iter().enumerate() {
         let y0 = top + k as f64 * (ph + gap);
-        let vals: Vec<f64> = sel.iter().flat_map(|c| [c.ratio(Mode::Fm, key), c.ratio(Mode::Sm, key)]).flatten().collect();
+        let vals: Vec<f64> = sel.iter().flat_map(|c| [c.ratio(Mode::Fm, metric), c.ratio(Mode::Sm, metric)]).flatten().collect();
         let vmax = vals.iter().copied().fold(1.2_f64, f64::max) * 1.1;
         let y = |v: f64| y0 + ph - v / vmax * ph;
-        let _ = writeln!(o, r#"<text x="{left}" y="{}" font-weight="bold">{} (ratio to DM)</text>"#, y0 - 6.0, esc(label));
+        let _ = writeln!(o, r#"<text x="{left}" y="{}" font-weight="bold">{} (ratio to DM)</text>"#, y0 - 6.0, esc(metric.label()));
         let _ = writeln!(o, r#"<rect x="{left}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
         let mut tick = 0.0;
         while tick <= vmax {
@@ -286,7 +307,7 @@ pub fn svg(cells: &[Cell], scheduler: Scheduler, geo: &Geometry, s: &Study) -> S
             let x = gx + gw / 2.0;
             let bw = gw * 0.32;
             for (j, (mode, color)) in [(Mode::Fm, "#1f77b4"), (Mode::Sm, "#ff7f0e")].iter().enumerate() {
-                if let Some(r) = c.ratio(*mode, key) {
+                if let Some(r) = c.ratio(*mode, metric) {
                     let x = gx + gw * 0.16 + j as f64 * bw;
                     let _ = writeln!(
                         o,

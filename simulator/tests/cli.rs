@@ -115,9 +115,62 @@ fn sacct_input_and_errors() {
     assert_eq!(v["config"]["jobs"], 3);
     check_mode(&v["FM"]);
     check_mode(&v["DM"]);
-    let (ok, _, err) = sim(&["compare", "--model", "Z100", "--json"]);
-    assert!(!ok);
+    let (code, _, err) = status(&["compare", "--model", "Z100", "--json"]);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("Z100") && err.contains("A100-40GB"), "{err}");
+}
+
+/// The exit status and output of the simulator.
+fn status(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flexmig-sim")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn bad_input_exits_2_as_in_the_helper() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "# flexmig-sim trace v1\nid,submit_s,size,duration_s,kind\nj0,0,0,10,training\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let missing = dir.path().join("missing.csv");
+    let missing = missing.to_str().unwrap();
+    for (args, says) in [
+        (&["compare", "--trace", bad][..], "line 3"),
+        (&["compare", "--trace", missing], "missing.csv"),
+        (&["compare", "--sacct", missing], "missing.csv"),
+        (&["compare", "--gpus", "0"], "--gpus must be at least 1"),
+        (&["compare", "--load=0"], "--load must be a positive number"),
+        (&["generate", "--double-leaf-speedup", "1.5"], "--double-leaf-speedup"),
+        (&["compare", "--no-such-flag"], "--no-such-flag"),
+        (&["no-such-command"], "no-such-command"),
+    ] {
+        let (code, out, err) = status(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    for args in [&["--help"][..], &["compare", "--help"]] {
+        let (code, out, err) = status(args);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("Exit status:") && out.contains("2  bad input or an error"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn compare_prints_a_table_of_every_mode() {
+    let (code, out, err) = status(&["compare", "--distribution", "large", "--mix", "training", "--seed", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let (ok, json, err) = sim(&["compare", "--distribution", "large", "--mix", "training", "--seed", "3", "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&json).unwrap();
+    for m in ["FM", "DM"] {
+        let row: Vec<&str> =
+            out.lines().find(|l| l.starts_with(m)).unwrap_or_else(|| panic!("no {m} row: {out}")).split_whitespace().collect();
+        assert_eq!(row.len(), 7, "{row:?}");
+        assert_eq!(row[1], format!("{:.0}", v[m]["makespan_s"].as_f64().unwrap()), "{out}");
+        assert_eq!(row[6], v[m]["reconfigurations"].to_string(), "{out}");
+    }
+    let sm = out.lines().find(|l| l.starts_with("SM")).unwrap();
+    assert_eq!(sm, format!("SM   not admissible: {}", v["not_admissible"]["SM"].as_str().unwrap()));
 }
 
 #[test]
