@@ -7,7 +7,7 @@ own SHM path, between emulated MIG leaves of one GPU, in one process group per p
 Each of the K ranks gets the plugin's environment (tests/gpu/leaf_launch.py) and
 LD_PRELOAD="<hostreduce> <patched libnccl>". Inside every rank, one torch.distributed group per
 path is created with FLEXMIG_HOSTREDUCE set just before the group's communicator is made (the
-library reads it per communicator): "nccl" (off) and "hostreduce" (on), plus one group per
+library reads it per communicator): "nccl" (off), "hostreduce" (on), with --auto "auto" (the built-in table decides), plus one group per
 variant (FLEXMIG_HOSTREDUCE_CHUNK=..., FLEXMIG_HOSTREDUCE_THREADS=...). At each size the paths
 take turns; time = max over ranks. Every size is checked: each rank all-reduces the same
 integer-valued random tensor through every path, and all paths must give the bitwise same result
@@ -69,6 +69,8 @@ def worker():
 
     make("nccl", {"FLEXMIG_HOSTREDUCE": "off"})
     make("hostreduce", {"FLEXMIG_HOSTREDUCE": "on"})
+    if os.environ.get("BENCH_AUTO") == "1":
+        make("auto", {"FLEXMIG_HOSTREDUCE": "auto"})  # the built-in selection table decides per call
     for v in variants:
         make("hostreduce:" + v, {"FLEXMIG_HOSTREDUCE": "on", **dict(kv.split("=", 1) for kv in v.split(","))})
     gen = torch.Generator(device=dev)
@@ -84,7 +86,7 @@ def worker():
             expect = src.clone()
             dist.all_reduce(expect, group=groups["nccl"])  # reference: NCCL's own result
             x = torch.empty_like(src)
-            names = [g for g in groups if g == "nccl" or g == "hostreduce" or size in variant_sizes]
+            names = [g for g in groups if g in ("nccl", "hostreduce", "auto") or size in variant_sizes]
             times = {g: [] for g in names}
             correct = {}
             for name in names:
@@ -139,7 +141,7 @@ def run(args):
             NCCL_DEBUG="WARN", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1", FLEXMIG_HOSTREDUCE_DEBUG="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_DTYPES=",".join(args.dtypes),
             BENCH_VARIANTS=";".join(args.variants), BENCH_VARIANT_SIZES=",".join(str(s) for s in args.variant_sizes),
-            LD_PRELOAD=f"{args.hostreduce} {args.nccl}",
+            LD_PRELOAD=f"{args.hostreduce} {args.nccl}", BENCH_AUTO="1" if args.auto else "0",
         )
         if args.mps:
             env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_percent)
@@ -223,6 +225,7 @@ def main():
     r.add_argument("--hostreduce", required=True, help="libflexmig_hostreduce.so")
     r.add_argument("--mps", action="store_true")
     r.add_argument("--mps-percent", type=int, default=14)
+    r.add_argument("--auto", action="store_true", help="also a group with FLEXMIG_HOSTREDUCE=auto (impl \"auto\")")
     r.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=DEFAULT_SIZES)
     r.add_argument("--dtypes", type=lambda s: s.split(","), default=["f32"])
     r.add_argument("--variants", type=lambda s: [v for v in s.split(";") if v], default=[], help="host-path settings to compare, ';'-separated, each K=V[,K=V]")

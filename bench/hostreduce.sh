@@ -24,7 +24,8 @@
 # VARIANT_SIZES, ';'-separated, e.g. "FLEXMIG_HOSTREDUCE_CHUNK=524288"), CE_RANKS ("": none),
 # MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce ddp"), STOP_ON_FAIL (1:
 # stop after the first k whose launch failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet):
-# DDP steps through bench/ddp_step.py, NCCL against the host path (kind "ddp").
+# DDP steps through bench/ddp_step.py for DDP_IMPLS ("nccl hostreduce auto"; kind "ddp"); AUTO (1: the
+# all-reduces also through a FLEXMIG_HOSTREDUCE=auto group, impl "auto").
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
@@ -84,7 +85,7 @@ SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,33554432,67108864,134217
 if has main; then
   for k in $RANKS; do
     $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes "$SIZES" \
-      --dtypes "${DTYPES:-f32}" --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
+      --dtypes "${DTYPES:-f32}" $([ "${AUTO:-1}" = 1 ] && echo --auto) --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
       | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" | tee -a "$J" | $PY "$B" summarize
     if [ "${STOP_ON_FAIL:-0}" = 1 ] && tail -1 "$J" | grep -q '"error"'; then echo "k=$k failed: stopping (STOP_ON_FAIL=1)"; exit 3; fi
   done
@@ -102,10 +103,10 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
   # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels: NCCL SHM, then the host path.
   for model in ${DDP_MODELS:-resnet}; do
     for k in $DDP_RANKS; do
-      for impl in nccl hostreduce; do
-        if [ "$impl" = nccl ]; then lib="$PATCHED"; else lib="$HRLIB $PATCHED"; fi
+      for impl in ${DDP_IMPLS:-nccl hostreduce auto}; do
+        case $impl in nccl) lib="$PATCHED" mode=off ;; hostreduce) lib="$HRLIB $PATCHED" mode=on ;; auto) lib="$HRLIB $PATCHED" mode=auto ;; esac
         $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
-          --env FLEXMIG_HOSTREDUCE=$([ "$impl" = nccl ] && echo off || echo on) --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
+          --env FLEXMIG_HOSTREDUCE=$mode --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
           | tee -a "$LOG" | $PY "$B" ddp-lines "$MACHINE" "$impl" | tee -a "$J" | cut -c1-220
       done
     done

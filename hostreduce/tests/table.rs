@@ -1,0 +1,73 @@
+//! The committed selection table (select.json) holds measured numbers only: every point is
+//! rebuilt here from the committed results it names (bench/results/hostreduce/), with the rule of
+//! bench/hostreduce_table.py (host: the worst default-settings record of the --host runs; NCCL:
+//! the best record of the --nccl runs; points with a wrong result left out).
+use flexmig_hostreduce::select::{Table, BUILT_IN};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+type Key = (usize, String, u64);
+
+fn records(file: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results/hostreduce").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|d| d["kind"] == "allreduce" && d.get("bytes").is_some())
+        .collect()
+}
+
+fn key(d: &Value) -> Key {
+    (d["k"].as_u64().unwrap() as usize, d["dtype"].as_str().unwrap().to_string(), d["bytes"].as_u64().unwrap())
+}
+
+fn is_default(d: &Value) -> bool {
+    d.get("variant").and_then(Value::as_str).unwrap_or("default") == "default"
+}
+
+#[test]
+fn every_point_of_the_built_in_table_comes_from_the_committed_results() {
+    let t = Table::parse(BUILT_IN).unwrap();
+    if t.points.is_empty() {
+        assert!(t.source.starts_with("nothing measured"), "an empty table says so: {}", t.source);
+        return;
+    }
+    // "bench/hostreduce_table.py --host A B --nccl C D --min-speedup X"
+    let words: Vec<&str> = t.source.split_whitespace().collect();
+    assert_eq!(words[0], "bench/hostreduce_table.py", "{}", t.source);
+    let after = |flag: &str| -> Vec<&str> {
+        let i = words.iter().position(|w| *w == flag).unwrap_or_else(|| panic!("{flag} in {}", t.source));
+        words[i + 1..].iter().take_while(|w| !w.starts_with("--")).copied().collect()
+    };
+    let min_speedup: f64 = after("--min-speedup")[0].parse().unwrap();
+    assert_eq!(min_speedup, t.min_speedup);
+    let mut host: BTreeMap<Key, f64> = BTreeMap::new();
+    let mut wrong = std::collections::BTreeSet::new();
+    for f in after("--host") {
+        for d in records(f).into_iter().filter(|d| d["impl"] == "hostreduce" && is_default(d)) {
+            let v = d["busbw_equiv_GBps"].as_f64().unwrap();
+            if d["correct"] != true {
+                wrong.insert(key(&d));
+            }
+            let e = host.entry(key(&d)).or_insert(f64::INFINITY);
+            *e = e.min(v);
+        }
+    }
+    let mut nccl: BTreeMap<Key, f64> = BTreeMap::new();
+    for f in after("--nccl") {
+        for d in records(f).into_iter().filter(|d| d["impl"] == "nccl" && is_default(d) && d["correct"] == true) {
+            let e = nccl.entry(key(&d)).or_insert(0.0);
+            *e = e.max(d["busbw_equiv_GBps"].as_f64().unwrap());
+        }
+    }
+    let want: Vec<(Key, f64, f64)> =
+        host.iter().filter(|(k, _)| nccl.contains_key(*k) && !wrong.contains(*k)).map(|(k, h)| (k.clone(), *h, nccl[k])).collect();
+    assert_eq!(t.points.len(), want.len(), "points in select.json against points in the results");
+    for (p, (k, h, n)) in t.points.iter().zip(&want) {
+        assert_eq!((p.k, p.dtype.to_string(), p.bytes), k.clone());
+        assert!((p.hostreduce_busbw_gbps - h).abs() < 0.001, "{k:?}: host {} in the table, {h} measured", p.hostreduce_busbw_gbps);
+        assert!((p.nccl_busbw_gbps - n).abs() < 0.001, "{k:?}: NCCL {} in the table, {n} measured", p.nccl_busbw_gbps);
+    }
+}
