@@ -18,6 +18,10 @@
 //! uuid = "MIG-..."        # exported as NCCL_MIG_ID
 //! cuda_device = "MIG-..." # optional, exported as CUDA_VISIBLE_DEVICES; defaults to uuid
 //! ```
+//!
+//! A node whose GPUs are not in MIG mode (a test cluster) can carry emulated leaves: an
+//! `[emulation]` table with `sm_percent` (each leaf's share of its GPU under CUDA MPS), every
+//! leaf's `cuda_device` naming its GPU and `uuid` a synthetic MIG id.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,10 +40,22 @@ pub const DEFAULT_PATH: &str = "/etc/slurm/flexmig.toml";
 #[serde(deny_unknown_fields)]
 pub struct Inventory {
     pub version: u32,
+    /// Set when the leaves are emulated (shares of GPUs that are not in MIG mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulation: Option<Emulation>,
     #[serde(default, rename = "gpu")]
     pub gpus: Vec<Gpu>,
     #[serde(default, rename = "leaf")]
     pub leaves: Vec<Leaf>,
+}
+
+/// Emulated leaves: each is a share of its GPU, its task runs beside the GPU's other leaves'
+/// under CUDA MPS, so a test cluster without MIG runs flexmig jobs as it would on MIG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Emulation {
+    /// Each leaf's share of its GPU's SMs, in percent (`CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`).
+    pub sm_percent: u32,
 }
 
 /// One physical GPU.
@@ -128,7 +144,7 @@ impl std::error::Error for InventoryError {}
 impl Inventory {
     /// An empty inventory of the current version.
     pub fn new() -> Self {
-        Inventory { version: VERSION, gpus: Vec::new(), leaves: Vec::new() }
+        Inventory { version: VERSION, emulation: None, gpus: Vec::new(), leaves: Vec::new() }
     }
 
     /// Reads and validates the inventory at `path`.
@@ -170,6 +186,11 @@ impl Inventory {
     /// # Errors
     /// A description of the first inconsistency found.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(e) = &self.emulation {
+            if !(1..=100).contains(&e.sm_percent) {
+                return Err(format!("[emulation] sm_percent = {} is not a share of 1-100 percent", e.sm_percent));
+            }
+        }
         let mut gpu_idx = BTreeSet::new();
         let mut gpu_uuid = BTreeSet::new();
         for g in &self.gpus {
@@ -206,6 +227,9 @@ impl Inventory {
             }
             if matches!(&l.cuda_device, Some(c) if c.trim().is_empty() || c.contains(',')) {
                 return Err(format!("leaf {} has a cuda_device that is empty or holds a comma", l.uuid));
+            }
+            if self.emulation.is_some() && l.cuda_device.is_none() {
+                return Err(format!("emulated leaf {} has no cuda_device (the GPU it is a share of)", l.uuid));
             }
         }
         Ok(())
@@ -356,5 +380,18 @@ cuda_device = "0"
         let e = Inventory::load(Path::new("/nonexistent/flexmig.toml")).unwrap_err();
         assert!(matches!(e.kind, InventoryErrorKind::Unreadable(_)));
         assert!(e.to_string().contains("/nonexistent/flexmig.toml"));
+    }
+
+    #[test]
+    fn emulated_leaves_round_trip_and_need_their_gpu() {
+        let text = "version = 1\n[emulation]\nsm_percent = 14\n[[gpu]]\nindex = 0\nuuid = \"GPU-a\"\nbus_id = \"0000:01:00.0\"\nmodel = \"H200\"\n\
+                    [[leaf]]\ngres_index = 0\ngpu = 0\nprofile = \"1g.18gb\"\nuuid = \"MIG-emu-0-0\"\ncuda_device = \"GPU-a\"\n";
+        let inv = Inventory::parse(text, "t").unwrap();
+        assert_eq!(inv.emulation, Some(Emulation { sm_percent: 14 }));
+        assert_eq!(Inventory::parse(&inv.to_toml_string(), "again").unwrap(), inv);
+        let e = Inventory::parse(&text.replace("cuda_device = \"GPU-a\"\n", ""), "t").unwrap_err().to_string();
+        assert!(e.contains("no cuda_device"), "{e}");
+        let e = Inventory::parse(&text.replace("sm_percent = 14", "sm_percent = 0"), "t").unwrap_err().to_string();
+        assert!(e.contains("1-100"), "{e}");
     }
 }

@@ -245,7 +245,7 @@ pub fn plan_task(
     task: &TaskView,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<TaskPlan> {
-    let mut plan = Plan { env, out: Vec::new() };
+    let mut plan = Plan { env, out: Vec::new(), emulation: inv.emulation.as_ref() };
     if mode == Mode::Off {
         plan.drop_inherited_view(args);
         return Ok(TaskPlan { env: plan.out, exclusive: Vec::new() });
@@ -292,6 +292,7 @@ fn index_set(list: &str) -> Option<BTreeSet<u32>> {
 struct Plan<'e> {
     env: &'e dyn Fn(&str) -> Option<String>,
     out: Vec<EnvChange>,
+    emulation: Option<&'e leaf_model::inventory::Emulation>,
 }
 
 impl Plan<'_> {
@@ -333,6 +334,7 @@ impl Plan<'_> {
         self.set("FLEXMIG_LEAF", leaf.uuid.clone());
         self.set("FLEXMIG_GPU", leaf.gpu.to_string());
         self.set("FLEXMIG_PROFILE", leaf.profile.clone());
+        self.emulated_share();
         if args.torch_env {
             let addr = self.first_node(node)?;
             // srun gives every task the same environment, so in a step of several tasks a rank
@@ -371,6 +373,7 @@ impl Plan<'_> {
         if task.is_batch {
             return Ok(Vec::new()); // the batch script only launches steps; those bind the leaves
         }
+        self.emulated_share();
         if args.torch_env {
             let addr = self.first_node(node)?;
             let port = master_port(task.job_id, task.step_id, args.master_ports).to_string();
@@ -410,6 +413,13 @@ impl Plan<'_> {
                     self.set("LD_PRELOAD", rest.join(" "));
                 }
             }
+        }
+    }
+
+    /// On emulated leaves, the task's share of the GPU under CUDA MPS (a user's own share stays).
+    fn emulated_share(&mut self) {
+        if let Some(e) = self.emulation {
+            self.set_unless_users("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", e.sm_percent.to_string(), true);
         }
     }
 
@@ -635,6 +645,22 @@ mod tests {
             let m = as_map(&plan_task(mode, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
             assert!(!m.contains_key("NCCL_MNNVL_ENABLE"), "{mode}: the user's own MNNVL setting stays");
         }
+    }
+
+    #[test]
+    fn emulated_leaves_get_their_share_of_the_gpu() {
+        let mut inv = inventory();
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1")]);
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 2), &env).unwrap().env);
+        assert!(!m.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"), "real MIG leaves need no MPS share");
+        inv.emulation = Some(leaf_model::inventory::Emulation { sm_percent: 14 });
+        for mode in [Mode::Rank, Mode::Node] {
+            let m = as_map(&plan_task(mode, &PluginArgs::default(), &inv, &task(0, 1), &env).unwrap().env);
+            assert_eq!(m["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "14", "{mode}");
+        }
+        let own = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "50")]);
+        let m = as_map(&plan_task(Mode::Rank, &PluginArgs::default(), &inv, &task(0, 2), &own).unwrap().env);
+        assert!(!m.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"));
     }
 
     #[test]

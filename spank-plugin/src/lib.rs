@@ -157,14 +157,17 @@ fn task_init(spank: &Spank, _args: &[String]) -> Result<()> {
     };
     let mode = Mode::parse(arg.as_deref())?;
     let prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let (plan, locks) = if mode == Mode::Off {
+    let (plan, locks, inventory_emulation) = if mode == Mode::Off {
         let args = plugin_args().unwrap_or_default();
-        (binding::plan_task(mode, &args, &Inventory::new(), &task_view(spank, None)?, &|k| spank.getenv(k))?, None)
+        (binding::plan_task(mode, &args, &Inventory::new(), &task_view(spank, None)?, &|k| spank.getenv(k))?, None, None)
     } else {
         let p = prepared.ok_or_else(|| Error::slurm("slurm_spank_task_init_privileged did not run for this task"))??;
         let task = task_view(spank, p.step_gpus.clone())?;
-        (binding::plan_task(mode, &p.args, &p.inventory, &task, &|k| spank.getenv(k))?, Some(p.locks))
+        (binding::plan_task(mode, &p.args, &p.inventory, &task, &|k| spank.getenv(k))?, Some(p.locks), p.inventory.emulation)
     };
+    if let (Some(e), Some(p)) = (&inventory_emulation, plan.exclusive.first()) {
+        tracing::info!("leaf {p} is emulated: a {}% share of its GPU under CUDA MPS, not a MIG instance", e.sm_percent);
+    }
     if let Some(locks) = locks {
         let exclusive: Vec<&str> = plan.exclusive.iter().map(String::as_str).collect();
         locks.hold(&exclusive)?;

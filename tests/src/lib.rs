@@ -77,6 +77,7 @@ pub const PLUGIN_VARS: &[&str] = &[
     "NCCL_MAX_NCHANNELS",
     "NCCL_NVLS_ENABLE",
     "NCCL_MNNVL_ENABLE",
+    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
     "FLEXMIG_GPU",
     "FLEXMIG_PROFILE",
     "FLEXMIG_LEAF",
@@ -151,6 +152,65 @@ impl ClusterConfig {
             files: Vec::new(),
             cpus: 32,
             ..built.cfg
+        };
+        (cfg, leaves)
+    }
+}
+
+/// A GPU of the machine, for [`ClusterConfig::emulated_gpus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealGpu {
+    pub uuid: String,
+    pub model: String,
+    pub bus_id: String,
+}
+
+impl ClusterConfig {
+    /// A node whose GPUs are not in MIG mode, each cut into `leaves_per_gpu` emulated leaves of
+    /// type `profile`: the inventory's `[emulation]` gives each leaf `sm_percent` of its GPU
+    /// under CUDA MPS, its `cuda_device` is the GPU's UUID and its MIG id a synthetic one. GRES
+    /// indices go round-robin over the GPUs, as the helper's order does for small leaves.
+    pub fn emulated_gpus(gpus: &[RealGpu], leaves_per_gpu: u32, profile: &str, sm_percent: u32) -> (Self, Vec<EmulatedLeaf>) {
+        let mut inv = leaf_model::Inventory::new();
+        inv.emulation = Some(leaf_model::inventory::Emulation { sm_percent });
+        let mut gres = String::from("# flexmig emulated leaves: shares of GPUs that are not in MIG mode\n");
+        let mut devices = Vec::new();
+        let mut leaves = Vec::new();
+        for (g, gpu) in gpus.iter().enumerate() {
+            inv.gpus.push(leaf_model::Gpu {
+                index: g as u32,
+                uuid: gpu.uuid.clone(),
+                bus_id: gpu.bus_id.clone(),
+                model: gpu.model.clone(),
+            });
+        }
+        for k in 0..leaves_per_gpu {
+            for g in 0..gpus.len() as u32 {
+                let idx = leaves.len() as u32;
+                let dev = format!("flexmig-emu/gpu{g}-leaf{k}");
+                gres.push_str(&format!("Name=gpu Type={profile} File=@DEV@/{dev}\n"));
+                devices.push(dev);
+                let uuid = format!("MIG-e{g:07x}-{k:04x}-4000-8000-{idx:012x}");
+                inv.leaves.push(leaf_model::Leaf {
+                    gres_index: idx,
+                    gpu: g,
+                    profile: profile.into(),
+                    uuid: uuid.clone(),
+                    cuda_device: Some(gpus[g as usize].uuid.clone()),
+                });
+                leaves.push(EmulatedLeaf { gres_index: idx, gpu: g, profile: profile.into(), uuid });
+            }
+        }
+        let cfg = ClusterConfig {
+            node_gres: format!("gpu:{profile}:{}", leaves.len()),
+            gres_conf: gres,
+            inventory: Some(inv.to_toml_string()),
+            plugstack: DEFAULT_PLUGSTACK.into(),
+            slurm_conf_extra: String::new(),
+            files: Vec::new(),
+            devices,
+            cpus: 32,
+            nodes: 1,
         };
         (cfg, leaves)
     }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flexmig_integration::task_env::{check_rank_step, parse_tasks, print_vars, srun, start, text, vars};
-use flexmig_integration::{Cluster, ClusterConfig, DEFAULT_PLUGSTACK};
+use flexmig_integration::{Cluster, ClusterConfig, RealGpu, DEFAULT_PLUGSTACK};
 
 #[test]
 fn option_is_listed_in_help_of_srun_sbatch_and_salloc() {
@@ -433,4 +433,44 @@ fn two_nodes_get_global_ranks_and_node_local_leaves() {
         let gpus: Vec<u32> = v.iter().map(|x| x.1).collect();
         assert_eq!(gpus, [0, 1, 0], "{node}: local ranks alternate GPUs");
     }
+}
+
+#[test]
+fn emulated_leaves_on_gpus_without_mig_share_their_gpu_under_mps() {
+    let gpus: Vec<RealGpu> = (0..2)
+        .map(|g| RealGpu {
+            uuid: format!("GPU-0000000{g}-aaaa-4bbb-8ccc-dddddddddddd"),
+            model: "NVIDIA H200".into(),
+            bus_id: format!("00000000:0{g}:00.0"),
+        })
+        .collect();
+    let (cfg, leaves) = ClusterConfig::emulated_gpus(&gpus, 4, "1g.18gb", 25);
+    let c = Cluster::start(&cfg).unwrap();
+    let o = srun(
+        &c,
+        &[
+            "--flexmig",
+            "-n4",
+            "--gres=gpu:1g.18gb:4",
+            "bash",
+            "-c",
+            &format!("{}; echo \"$SLURM_PROCID MPS=$CUDA_MPS_ACTIVE_THREAD_PERCENTAGE\"", print_vars()),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let tasks = parse_tasks(&out);
+    assert_eq!(tasks.len(), 4);
+    let mut seen = BTreeSet::new();
+    for (rank, t) in &tasks {
+        let leaf = leaves.iter().find(|l| l.uuid == t["NCCL_MIG_ID"]).unwrap_or_else(|| panic!("task {rank}: {t:?}"));
+        assert!(seen.insert(leaf.uuid.clone()));
+        assert_eq!(t["CUDA_VISIBLE_DEVICES"], gpus[leaf.gpu as usize].uuid, "task {rank}: the leaf's GPU, not a MIG id");
+        assert_eq!(t["FLEXMIG_GPU"], leaf.gpu.to_string());
+        assert!(out.contains(&format!("{rank} MPS=25")), "task {rank} gets its share of the GPU:\n{out}");
+    }
+    let gpus_used: BTreeSet<&str> = tasks.values().map(|t| t["FLEXMIG_GPU"].as_str()).collect();
+    assert_eq!(gpus_used.len(), 2, "ranks spread over both GPUs");
+    let log = std::fs::read_to_string(c.dir().join("log/slurmd.localhost.log")).unwrap();
+    assert!(log.contains("is emulated: a 25% share of its GPU under CUDA MPS"), "the log says the leaves are emulated");
 }
