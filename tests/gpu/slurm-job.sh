@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The mission path on a GPU machine, one command (MIG mode is never touched; a GPU in MIG mode is
+# refused): unpacks Debian's Slurm and munge, builds patched NCCL with `flexmig-gres-helper nccl
+# install`, starts CUDA MPS, then runs flexmig-gpu-job: a throwaway Slurm on loopback whose GPUs
+# are cut into emulated leaves, the Lua filters and the real plugin with nccl=, and
+# `sbatch --gres=mig:4 -n4` with `srun --flexmig python tests/gpu/ddp_job.py`, a 7-leaf job and
+# two jobs at once, checked (bindings, SHM only, equal parameters, falling loss) and timed against
+# one process with the job's whole SM share. Its last line is PASS when everything held; the log
+# goes to $OUT/slurm-job-<date>.log (commit it as tests/gpu/records/).
+#
+#   bash tests/gpu/slurm-job.sh            # on the GPU machine, after tests/gpu/prepare-slurm-job.sh here
+#   DRY_RUN=1 bash tests/gpu/slurm-job.sh  # no GPU, no torch: the Slurm path only (what CI runs)
+#
+# Environment: CARRY (tests/gpu/carry), WORK (/tmp/flexmig-slurm-job), OUT ($WORK), PYTHON
+# (python3), STEPS (300), NCCL_LIB (use this patched libnccl.so.2 instead of building one).
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CARRY=${CARRY:-$REPO/tests/gpu/carry}
+WORK=${WORK:-/tmp/flexmig-slurm-job}
+OUT=${OUT:-$WORK}
+STEPS=${STEPS:-300}
+mkdir -p "$WORK" "$OUT"
+cd "$REPO"
+if [ -n "${DRY_RUN:-}" ]; then
+  T=${CARGO_TARGET_DIR:-$REPO/target}/debug
+  FLEXMIG_SPANK_SO=${FLEXMIG_SPANK_SO:-$T/libflexmig_spank.so} exec "$T/flexmig-gpu-job" --dry-run --steps 1
+fi
+if ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+  # Debian's packages, unpacked without replacing anything the machine has (its own libraries win).
+  stage=$WORK/debroot
+  rm -rf "$stage" && mkdir -p "$stage"
+  for d in "$CARRY"/debs/*.deb; do dpkg -x "$d" "$stage"; done
+  cp -rn "$stage"/. /
+  ldconfig
+fi
+PY=${PYTHON:-$(command -v python3)}
+LIB=${NCCL_LIB:-$WORK/nccl/lib/libnccl.so.2}
+if [ ! -f "$LIB" ]; then
+  mkdir -p "$WORK/src" && tar -xzf "$CARRY/nccl-2.28.9.tar.gz" -C "$WORK/src"
+  # Only the kernels PyTorch's DDP and barrier use: a fraction of the build time.
+  export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
+  "$CARRY/bin/flexmig-gres-helper" nccl install --source "$WORK/src/nccl-2.28.9" --prefix "$WORK/nccl" >"$OUT/nccl-build.log" 2>&1 \
+    || { tail -30 "$OUT/nccl-build.log"; exit 2; }
+fi
+source "$REPO/bench/mps.sh"
+mps_start
+trap mps_stop EXIT
+export NCCL_NVLS_ENABLE=0
+log=$OUT/slurm-job-$(date -u +%F).log
+{ nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader; "$PY" -c 'import torch; print("torch", torch.__version__)'; } | tee "$log"
+FLEXMIG_SPANK_SO=$CARRY/bin/libflexmig_spank.so FLEXMIG_GRES_HELPER=$CARRY/bin/flexmig-gres-helper \
+  "$CARRY/bin/flexmig-gpu-job" --nccl "$LIB" --python "$PY" --steps "$STEPS" 2>&1 | tee -a "$log"
