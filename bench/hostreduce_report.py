@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Markdown tables of the host-reduction results (bench/hostreduce.sh), for BENCHMARKS.md.
+
+  cd bench/results/hostreduce && python3 ../../hostreduce_report.py run1-allreduce.jsonl run2-allreduce-ddp.jsonl run3-allreduce-auto-ddp.jsonl
+
+Per run: the copy bound measured in it; all_reduce busbw-equivalent (algbw x 2(k-1)/k) of NCCL SHM,
+the host path and auto by k and size (default settings only), the host path at 256 MiB against its
+bound 2(k-1)/k^2 x L (L = each direction of the copy engines while both are busy, measured in the
+same run, and the one-way rate as the issue states it), variants, and DDP steps.
+"""
+import json
+import os
+import sys
+from collections import defaultdict
+
+MIB = 1 << 20
+
+
+def load(path):
+    with open(path) as fh:
+        return [json.loads(l) for l in fh if l.strip()]
+
+
+def fmt(v):
+    return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def report(path):
+    rows = load(path)
+    run = os.path.basename(path).split("-")[0]
+    out = [f"### {run} ({os.path.basename(path)})", ""]
+    copy = next((r["copy"]["pinned_copy_GBs"] for r in rows if r.get("kind") == "copy"), None)
+    machine = next((r["machine"] for r in rows if r.get("kind") == "machine"), "?")
+    cpus = next((r.get("cpus") for r in rows if r.get("kind") == "machine"), "?")
+    if copy:
+        both = copy["bidirectional_total"] / 2
+        out.append(f"Machine: {machine}, {cpus} CPUs; MPS 14% per rank. Copy engines, 256 MiB pinned: H2D {copy['h2d']:.1f} GB/s, "
+                   f"D2H {copy['d2h']:.1f} GB/s, both at once {copy['bidirectional_total']:.1f} GB/s in total ({both:.1f} each way).")
+        out.append("")
+    ar = [r for r in rows if r.get("kind") == "allreduce" and "bytes" in r]
+    bad = [r for r in ar if not r["correct"]]
+    out.append(f"{len(ar)} all_reduce measurements, {len(ar) - len(bad)} byte-checked equal to NCCL's result" + (f", {len(bad)} WRONG" if bad else "") + ".")
+    out.append("")
+    t = defaultdict(dict)
+    for r in ar:
+        if r["variant"] == "default":
+            t[(r["k"], r["dtype"])].setdefault(r["bytes"], {})[r["impl"]] = r["busbw_equiv_GBps"]
+    impls = [i for i in ("nccl", "nccl-ce", "hostreduce", "auto") if any(i in v for d in t.values() for v in d.values())]
+    sizes = sorted({b for d in t.values() for b in d})
+    out.append("busbw-equivalent GB/s by size (host/NCCL in brackets):")
+    out.append("")
+    out.append("| k | path | " + " | ".join(f"{s // MIB}M" for s in sizes) + " |")
+    out.append("|---|---|" + "---|" * len(sizes))
+    for (k, dtype) in sorted(t):
+        d = t[(k, dtype)]
+        for impl in impls:
+            cells = []
+            for s in sizes:
+                v = d.get(s, {}).get(impl)
+                n = d.get(s, {}).get("nccl")
+                if v is None:
+                    cells.append("")
+                elif impl in ("hostreduce", "auto") and n:
+                    cells.append(f"{fmt(v)} ({v / n:.2f}x)")
+                else:
+                    cells.append(fmt(v))
+            if any(cells):
+                out.append(f"| {k} | {impl} {dtype} | " + " | ".join(cells) + " |")
+    out.append("")
+    if copy:
+        big = 256 * MIB
+        out.append("At 256 MiB, against the bounds (ring: L/k; host path: 2(k-1)/k^2 x L):")
+        out.append("")
+        out.append("| k | NCCL SHM | host path | host / NCCL | host bound, L both-ways | % | host bound, L one-way | % |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for (k, dtype) in sorted(t):
+            d = t[(k, dtype)].get(big, {})
+            if "hostreduce" not in d or "nccl" not in d:
+                continue
+            h, n = d["hostreduce"], d["nccl"]
+            lb, l1 = copy["bidirectional_total"] / 2, min(copy["h2d"], copy["d2h"])
+            bb, b1 = 2 * (k - 1) / k / k * lb, 2 * (k - 1) / k / k * l1
+            out.append(f"| {k} | {fmt(n)} | {fmt(h)} | {h / n:.2f}x | {fmt(bb)} | {h / bb * 100:.0f}% | {fmt(b1)} | {h / b1 * 100:.0f}% |")
+        out.append("")
+    var = [r for r in ar if r["variant"] != "default"]
+    if var:
+        out.append("Host-path settings against the defaults of the same run (busbw-equivalent GB/s):")
+        out.append("")
+        vs = sorted({r["variant"] for r in var})
+        vsizes = sorted({r["bytes"] for r in var})
+        out.append("| k | size | default | " + " | ".join(f"`{v}`" for v in vs) + " |")
+        out.append("|---|---|---|" + "---|" * len(vs))
+        by = defaultdict(dict)
+        for r in ar:
+            if r["impl"] == "hostreduce" and r["bytes"] in vsizes:
+                by[(r["k"], r["bytes"])][r["variant"]] = r["busbw_equiv_GBps"]
+        for (k, s) in sorted(by):
+            d = by[(k, s)]
+            out.append(f"| {k} | {s // MIB}M | {fmt(d.get('default', 0))} | " + " | ".join(fmt(d[v]) if v in d else "" for v in vs) + " |")
+        out.append("")
+    ddp = [r for r in rows if r.get("kind") == "ddp"]
+    if ddp:
+        out.append("DDP steps (bench/ddp_step.py, 2 NCCL channels as the plugin exports; comm = 1 - no_sync step / step):")
+        out.append("")
+        out.append("| model | k | path | samples/s | step ms | comm | gradients equal |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in sorted(ddp, key=lambda r: (r["model"], r["k"], r["impl"])):
+            if r.get("samples_per_s") is None:
+                out.append(f"| {r['model']} | {r['k']} | {r['impl']} | failed: {r.get('error', '')[:80]} | | | |")
+                continue
+            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {'yes' if r.get('grads_ok') else 'NO'} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main():
+    print("\n".join(report(p) for p in sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
