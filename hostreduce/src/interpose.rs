@@ -247,27 +247,32 @@ fn op_of(nccl_op: i32) -> Option<Op> {
     }
 }
 
+/// Which all-reduces the host path takes, from the call's arguments alone (the same on every rank):
+/// the element type and operation it supports (NCCL's codes), a non-empty buffer, outside a group,
+/// and under `auto` a measured win. Returns the type, operation and size in bytes.
+fn route(mode: Mode, table: &Table, k: usize, datatype: i32, op: i32, count: usize, in_group: bool) -> Option<(DType, Op, usize)> {
+    let (dtype, op) = (dtype_of(datatype)?, op_of(op)?);
+    let bytes = count.checked_mul(dtype.size())?;
+    if bytes == 0 || in_group || mode == Mode::Off || (mode == Mode::Auto && !table.host_wins(k, dtype, bytes as u64)) {
+        return None;
+    }
+    Some((dtype, op, bytes))
+}
+
 /// ncclAllReduce: Some(result) when the host path took the call, None to hand it to NCCL.
 #[allow(clippy::too_many_arguments)]
 pub fn on_all_reduce(send: DevPtr, recv: DevPtr, count: usize, datatype: i32, op: i32, comm: Comm, stream: Stream) -> Option<NcclResult> {
     let gc = lookup(comm)?;
-    let pass = || {
-        gc.nccl_calls.fetch_add(1, Ordering::Relaxed);
-        None
-    };
-    let (Some(dtype), Some(op)) = (dtype_of(datatype), op_of(op)) else { return pass() };
-    let bytes = count * dtype.size();
-    if bytes == 0 || in_group() {
-        return pass();
-    }
     if let Some(a) = gc.host.aborted() {
         eprintln!("{a}");
         return Some(NCCL_REMOTE_ERROR);
     }
+    let pass = || {
+        gc.nccl_calls.fetch_add(1, Ordering::Relaxed);
+        None
+    };
     let k = gc.host.settings().geometry.nranks;
-    if gc.mode == Mode::Auto && !gc.table.host_wins(k, dtype, bytes as u64) {
-        return pass();
-    }
+    let Some((dtype, op, bytes)) = route(gc.mode, &gc.table, k, datatype, op, count, in_group()) else { return pass() };
     // A CUDA graph would replay the copies without the reducers' rounds: NCCL's kernels it is.
     match cuda::is_capturing(stream) {
         Ok(false) => {}
@@ -351,5 +356,54 @@ fn teardown(gc: GpuComm, abort: bool) {
     }
     for e in [gc.fork, gc.join_down, gc.join_up] {
         let _ = cuda::event_destroy(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F32: i32 = 7;
+    const BF16: i32 = 9;
+    const F16: i32 = 6;
+    const SUM: i32 = 0;
+    const AVG: i32 = 4;
+    const M: usize = 1 << 20;
+
+    fn table() -> Table {
+        Table::parse(
+            r#"{"version":1,"source":"test","machine":"test","min_speedup":1.1,"points":[
+            {"k":7,"dtype":"f32","bytes":16777216,"hostreduce_busbw_gbps":7.0,"nccl_busbw_gbps":5.7},
+            {"k":7,"dtype":"f32","bytes":268435456,"hostreduce_busbw_gbps":10.3,"nccl_busbw_gbps":5.9}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_supported_types_and_operations_take_the_host_path() {
+        let t = table();
+        assert_eq!(route(Mode::On, &t, 2, F32, SUM, 10, false), Some((DType::F32, Op::Sum, 40)));
+        assert_eq!(route(Mode::On, &t, 2, BF16, AVG, 10, false), Some((DType::Bf16, Op::Avg, 20)));
+        assert_eq!(route(Mode::On, &t, 2, F16, SUM, 10, false), Some((DType::F16, Op::Sum, 20)));
+        for other in [0, 1, 2, 3, 4, 5, 8, 10, 11] {
+            assert_eq!(route(Mode::On, &t, 2, other, SUM, 10, false), None, "datatype {other}");
+        }
+        for other in [1, 2, 3, 5, 1000] {
+            assert_eq!(route(Mode::On, &t, 2, F32, other, 10, false), None, "op {other} (prod, max, min, premulsum...)");
+        }
+        assert_eq!(route(Mode::On, &t, 2, F32, SUM, 0, false), None, "empty");
+        assert_eq!(route(Mode::On, &t, 2, F32, SUM, 10, true), None, "inside a group");
+        assert_eq!(route(Mode::On, &t, 2, F32, SUM, usize::MAX, false), None, "size overflow");
+        assert_eq!(route(Mode::Off, &t, 2, F32, SUM, 10, false), None);
+    }
+
+    #[test]
+    fn auto_follows_the_table() {
+        let t = table();
+        assert_eq!(route(Mode::Auto, &t, 7, F32, SUM, 64 * M / 4, false), Some((DType::F32, Op::Sum, 64 * M)));
+        assert_eq!(route(Mode::Auto, &t, 7, F32, SUM, 4 * M / 4, false), None, "below the measured range");
+        assert_eq!(route(Mode::Auto, &t, 4, F32, SUM, 64 * M / 4, false), None, "k not measured");
+        assert_eq!(route(Mode::Auto, &t, 7, BF16, SUM, 64 * M / 2, false), None, "type not measured");
+        assert!(route(Mode::On, &t, 4, F32, SUM, 4 * M / 4, false).is_some(), "on ignores the table");
     }
 }
