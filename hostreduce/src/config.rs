@@ -95,7 +95,7 @@ impl Config {
 /// Reducer threads per rank when not set: a quarter of this rank's share of the CPUs (the node's
 /// `k` ranks may all run on the same CPUs, as without Slurm's task binding), at least one. The
 /// rest stays with the application: its threads spin in CUDA synchronisation and load data, and
-/// more reducers than that were slower on the GPU machine (bench/results/hostreduce, run1).
+/// more reducers than that were slower on the GPU machine (BENCHMARKS.md, "Host-side reduction").
 pub fn default_threads(usable_cpus: usize, online_cpus: usize, k: usize) -> usize {
     (usable_cpus.min(online_cpus / k.max(1)) / 4).max(1)
 }
