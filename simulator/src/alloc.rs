@@ -40,12 +40,18 @@ pub struct Costs {
     /// Dynamic-MIG: checkpoint save and load seconds added to every drained training job.
     pub ckpt_save_s: f64,
     pub ckpt_load_s: f64,
-    /// Flex-MIG: relative slowdown of a job running on two or more leaves (one-to-many).
+    /// Flex-MIG: relative slowdown of a job on two or more leaves that does not depend on where
+    /// its leaves are (the communication, which does, is `concentration_slowdown`).
     pub one_to_many_slowdown: f64,
-    /// Relative slowdown of a job whose ranks span more than one GPU (Flex-MIG and Dynamic-MIG).
+    /// Dynamic-MIG: relative slowdown of a job split into instances on several GPUs.
     pub cross_gpu_slowdown: f64,
+    /// Flex-MIG: relative slowdown of a job on two or more leaves by its concentration, the
+    /// largest number of its leaves on one GPU (they share that GPU's host link).
+    pub concentration_slowdown: Concentration,
     /// Flex-MIG: relative speed-up of a one-leaf job on the double leaf (more memory).
     pub double_leaf_speedup: f64,
+    /// Flex-MIG: how a job's leaves are picked.
+    pub placement: Placement,
 }
 
 impl Default for Costs {
@@ -56,10 +62,129 @@ impl Default for Costs {
             reconfig_s: 110.0,
             ckpt_save_s: 30.0,
             ckpt_load_s: 30.0,
-            one_to_many_slowdown: 0.03,
+            one_to_many_slowdown: 0.0,
             cross_gpu_slowdown: 0.02,
+            concentration_slowdown: Concentration::measured(),
             double_leaf_speedup: 0.10,
+            placement: Placement::Slurm,
         }
+    }
+}
+
+impl Costs {
+    /// The duration multiplier of a Flex-MIG job of two or more leaves with at most
+    /// `concentration` of them on one GPU.
+    pub fn many_leaves_factor(&self, concentration: u32) -> f64 {
+        (1.0 + self.one_to_many_slowdown) * (1.0 + self.concentration_slowdown.at(concentration))
+    }
+}
+
+/// The concentration slowdown: measured points (leaves of the job on its most loaded GPU,
+/// relative slowdown), linear between them and proportional to the leaves outside them (the
+/// communication time of a data-parallel step grows with the ranks sharing one GPU's link).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concentration {
+    points: Vec<(u32, f64)>,
+}
+
+impl Concentration {
+    /// The default: DDP training steps (ResNet-50 and a 6-layer transformer, bench/ddp_step.sh)
+    /// on emulated leaves of H200s, packed on one GPU and spread over two, communication time
+    /// over compute time by leaves per GPU, mean of the two models (`flexmig-sim calibrate`
+    /// over bench/results/nccl/; simulator/README.md says which runs).
+    pub fn measured() -> Self {
+        Concentration { points: vec![(2, 0.055), (4, 0.113), (7, 0.218)] }
+    }
+
+    /// No placement cost at all.
+    pub fn none() -> Self {
+        Concentration { points: Vec::new() }
+    }
+
+    /// Points as (leaves on one GPU, slowdown).
+    ///
+    /// # Errors
+    /// A zero leaf count, a count given twice, or a slowdown that is negative or not finite.
+    pub fn new(mut points: Vec<(u32, f64)>) -> Result<Self, String> {
+        points.sort_by_key(|p| p.0);
+        for w in points.windows(2) {
+            if w[0].0 == w[1].0 {
+                return Err(format!("{} leaves per GPU given twice", w[0].0));
+            }
+        }
+        for &(m, v) in &points {
+            if m == 0 {
+                return Err("leaves per GPU start at 1".into());
+            }
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("the slowdown at {m} leaves per GPU must be a non-negative number, not {v}"));
+            }
+        }
+        Ok(Concentration { points })
+    }
+
+    /// `LEAVES:SLOWDOWN,...`, e.g. `2:0.055,4:0.113,7:0.218`; `0` or an empty string: none.
+    ///
+    /// # Errors
+    /// A malformed point, or what [`Concentration::new`] refuses.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "0" {
+            return Ok(Self::none());
+        }
+        let mut points = Vec::new();
+        for item in s.split(',') {
+            let (m, v) = item
+                .split_once(':')
+                .ok_or_else(|| format!("`{item}` is not LEAVES:SLOWDOWN (e.g. 4:0.113, 11.3% slower with 4 leaves on one GPU)"))?;
+            let m = m.trim().parse::<u32>().map_err(|_| format!("`{item}`: `{m}` is not a leaf count"))?;
+            let v = v.trim().parse::<f64>().map_err(|_| format!("`{item}`: `{v}` is not a number"))?;
+            points.push((m, v));
+        }
+        Self::new(points)
+    }
+
+    pub fn points(&self) -> &[(u32, f64)] {
+        &self.points
+    }
+
+    /// The slowdown of a job with `m` of its leaves on its most loaded GPU.
+    pub fn at(&self, m: u32) -> f64 {
+        let (Some(&(m0, v0)), Some(&(m1, v1))) = (self.points.first(), self.points.last()) else {
+            return 0.0;
+        };
+        let m = f64::from(m);
+        if m <= f64::from(m0) {
+            return v0 * m / f64::from(m0);
+        }
+        if m >= f64::from(m1) {
+            return v1 * m / f64::from(m1);
+        }
+        for w in self.points.windows(2) {
+            let ((a, va), (b, vb)) = ((f64::from(w[0].0), w[0].1), (f64::from(w[1].0), w[1].1));
+            if m <= b {
+                return va + (vb - va) * (m - a) / (b - a);
+            }
+        }
+        v1
+    }
+}
+
+impl std::fmt::Display for Concentration {
+    /// The `--concentration-slowdown` form, `2:0.055,4:0.113,7:0.218`; `0` for none.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.points.is_empty() {
+            return f.write_str("0");
+        }
+        let items: Vec<String> = self.points.iter().map(|(m, v)| format!("{m}:{v}")).collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+impl std::str::FromStr for Concentration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
     }
 }
 
@@ -127,6 +252,38 @@ fn node_ranges(costs: &Costs) -> Vec<std::ops::Range<u32>> {
 // ---------------------------------------------------------------------------------------
 // Flex-MIG
 
+/// How Flex-MIG picks a job's leaves on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// What flexmig on Slurm does: the Lua filters' typed request, then cons_tres's lowest free
+    /// GRES indices over the GRES order the node helper writes.
+    Slurm,
+    /// An idealised spread: each leaf from the GPU of the node with the most free leaves of
+    /// its kind; one-leaf jobs round-robin over the cluster's GPUs.
+    MostFree,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Slurm => "slurm",
+            Placement::MostFree => "most-free",
+        }
+    }
+}
+
+/// What the Slurm filters turn `--gres=mig:N` into (slurm-conf/flexmig_filter.lua and the cases
+/// of slurm-conf/size_rule.cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// `mig:1` -> untyped `gpu:1`: the lowest free index of either kind.
+    Any(u32),
+    /// `mig:N` -> `gpu:<small>:N`.
+    Small(u32),
+    /// `mig:N` beyond a node's small leaves -> `gpu:<small>:S,gpu:<double>:N-S`.
+    AllSmallPlusDouble(u32),
+}
+
 #[derive(Debug, Clone)]
 struct FlexGpu {
     owner: Vec<u32>,
@@ -134,15 +291,18 @@ struct FlexGpu {
     free_double: u32,
 }
 
-/// Flex-MIG: every GPU keeps its fixed leaves; a job of N leaves takes N of them, spread
-/// round-robin over the GPUs of one node, by the size-aware rule of the Slurm filters
-/// (slurm-conf/size_rule.cases): one-leaf jobs prefer the double leaf, larger jobs take small
-/// leaves only, and a job larger than a node's small leaves takes all of them plus doubles.
+/// Flex-MIG: every GPU keeps its fixed leaves; a job of N leaves takes N of them on one node,
+/// by the size-aware rule of the Slurm filters (slurm-conf/size_rule.cases): one-leaf jobs
+/// prefer the double leaf, larger jobs take small leaves only, and a job larger than a node's
+/// small leaves takes all of them plus doubles. Which leaves: [`Placement`].
 #[derive(Debug)]
 pub struct Flex {
     leaves: Vec<crate::geometry::Leaf>,
     gpus: Vec<FlexGpu>,
     nodes: Vec<std::ops::Range<u32>>,
+    /// Per node, its GRES order: position k is the leaf with GRES index k, as (GPU of the
+    /// cluster, leaf slot).
+    order: Vec<Vec<(u32, usize)>>,
     /// Free small and double leaves per node, and what each node has in all.
     node_small: Vec<u32>,
     node_double: Vec<u32>,
@@ -159,6 +319,8 @@ impl Flex {
         let small = geo.leaves.iter().filter(|l| !l.double).count() as u32;
         let double = geo.leaves.len() as u32 - small;
         let nodes = node_ranges(costs);
+        let order =
+            nodes.iter().map(|r| geo.gres_order(r.len() as u32).into_iter().map(|(g, slot)| (r.start + g, slot)).collect()).collect();
         Flex {
             leaves: geo.leaves.clone(),
             gpus: vec![FlexGpu { owner: vec![NONE; geo.leaves.len()], free_small: small, free_double: double }; costs.gpus as usize],
@@ -166,6 +328,7 @@ impl Flex {
             node_double: nodes.iter().map(|r| r.len() as u32 * double).collect(),
             node_small_total: nodes.iter().map(|r| r.len() as u32 * small).collect(),
             nodes,
+            order,
             free_small: small * costs.gpus,
             free_double: double * costs.gpus,
             held: vec![Vec::new(); n_jobs],
@@ -174,12 +337,16 @@ impl Flex {
         }
     }
 
-    fn take(&mut self, idx: usize, gpu: u32, double: bool) {
+    fn node_of(&self, gpu: u32) -> usize {
+        (gpu / self.costs.gpus_per_node.max(1)) as usize
+    }
+
+    fn take_slot(&mut self, idx: usize, gpu: u32, leaf: usize) {
+        let double = self.leaves[leaf].double;
+        let node = self.node_of(gpu);
         let g = &mut self.gpus[gpu as usize];
-        let leaf =
-            (0..self.leaves.len()).find(|&l| g.owner[l] == NONE && self.leaves[l].double == double).expect("counted free leaf exists");
+        debug_assert_eq!(g.owner[leaf], NONE, "leaf taken twice");
         g.owner[leaf] = idx as u32;
-        let node = (gpu / self.costs.gpus_per_node.max(1)) as usize;
         if double {
             g.free_double -= 1;
             self.free_double -= 1;
@@ -190,6 +357,148 @@ impl Flex {
             self.node_small[node] -= 1;
         }
         self.held[idx].push((gpu, leaf as u8));
+    }
+
+    fn take(&mut self, idx: usize, gpu: u32, double: bool) {
+        let g = &self.gpus[gpu as usize];
+        let leaf =
+            (0..self.leaves.len()).find(|&l| g.owner[l] == NONE && self.leaves[l].double == double).expect("counted free leaf exists");
+        self.take_slot(idx, gpu, leaf);
+    }
+
+    fn request(&self, size: u32) -> Request {
+        let small = self.node_small_total.iter().copied().max().unwrap_or(0);
+        match size {
+            1 => Request::Any(1),
+            n if n <= small => Request::Small(n),
+            n => Request::AllSmallPlusDouble(n),
+        }
+    }
+
+    /// Whether node `k` can hold the request now.
+    fn fits(&self, k: usize, r: Request) -> bool {
+        match r {
+            Request::Any(n) => self.node_small[k] + self.node_double[k] >= n,
+            Request::Small(n) => self.node_small[k] >= n,
+            Request::AllSmallPlusDouble(n) => {
+                self.node_small[k] == self.node_small_total[k] && self.node_small_total[k] + self.node_double[k] >= n
+            }
+        }
+    }
+
+    /// Slurm's placement: the first node (in node order) that can hold the request, and there
+    /// the lowest free GRES indices of the requested types.
+    fn place_slurm(&mut self, idx: usize, r: Request) -> bool {
+        let Some(node) = (0..self.nodes.len()).find(|&k| self.fits(k, r)) else {
+            return false;
+        };
+        let (mut small, mut double, mut any) = match r {
+            Request::Any(n) => (0, 0, n),
+            Request::Small(n) => (n, 0, 0),
+            Request::AllSmallPlusDouble(n) => (self.node_small_total[node], n - self.node_small_total[node], 0),
+        };
+        for k in 0..self.order[node].len() {
+            let (gpu, slot) = self.order[node][k];
+            if self.gpus[gpu as usize].owner[slot] != NONE {
+                continue;
+            }
+            let want = if any > 0 {
+                any -= 1;
+                true
+            } else if self.leaves[slot].double && double > 0 {
+                double -= 1;
+                true
+            } else if !self.leaves[slot].double && small > 0 {
+                small -= 1;
+                true
+            } else {
+                false
+            };
+            if want {
+                self.take_slot(idx, gpu, slot);
+            }
+            if small + double + any == 0 {
+                break;
+            }
+        }
+        true
+    }
+
+    /// The idealised placement ([`Placement::MostFree`]).
+    fn place_most_free(&mut self, idx: usize, r: Request) -> bool {
+        let n = self.gpus.len() as u32;
+        match r {
+            Request::Any(_) => {
+                let double = self.free_double > 0;
+                if !double && self.free_small == 0 {
+                    return false;
+                }
+                let free = |g: &FlexGpu| if double { g.free_double } else { g.free_small };
+                let Some(gpu) = (0..n).map(|i| (self.rr + i) % n).find(|&g| free(&self.gpus[g as usize]) > 0) else {
+                    return false;
+                };
+                self.take(idx, gpu, double);
+                self.rr = (gpu + 1) % n;
+            }
+            Request::Small(size) => {
+                // The node that fits most tightly keeps bigger holes for bigger jobs.
+                let Some(node) = (0..self.nodes.len()).filter(|&k| self.node_small[k] >= size).min_by_key(|&k| self.node_small[k]) else {
+                    return false;
+                };
+                for _ in 0..size {
+                    let gpu = self.nodes[node]
+                        .clone()
+                        .max_by_key(|&g| (self.gpus[g as usize].free_small, std::cmp::Reverse(g)))
+                        .expect("node has GPUs");
+                    self.take(idx, gpu, false);
+                }
+            }
+            Request::AllSmallPlusDouble(size) => {
+                let Some(node) = (0..self.nodes.len()).find(|&k| self.fits(k, r)) else {
+                    return false;
+                };
+                for i in 0..size {
+                    let double = i >= self.node_small_total[node];
+                    let gpu = self.nodes[node]
+                        .clone()
+                        .max_by_key(|&g| {
+                            let gg = &self.gpus[g as usize];
+                            (if double { gg.free_double } else { gg.free_small }, std::cmp::Reverse(g))
+                        })
+                        .expect("node has GPUs");
+                    self.take(idx, gpu, double);
+                }
+            }
+        }
+        true
+    }
+
+    /// The largest number of job `idx`'s leaves on one GPU.
+    pub fn concentration(&self, idx: usize) -> u32 {
+        let mut per_gpu: HashMap<u32, u32> = HashMap::new();
+        for &(g, _) in &self.held[idx] {
+            *per_gpu.entry(g).or_insert(0) += 1;
+        }
+        per_gpu.values().copied().max().unwrap_or(0)
+    }
+
+    /// The node and the Slurm GRES indices of the leaves job `idx` holds, ascending.
+    pub fn gres_indices(&self, idx: usize) -> Option<(usize, Vec<u32>)> {
+        let &(gpu, _) = self.held[idx].first()?;
+        let node = self.node_of(gpu);
+        let mut out: Vec<u32> = self.held[idx]
+            .iter()
+            .map(|&(g, l)| {
+                self.order[node].iter().position(|&(og, ol)| og == g && ol == l as usize).expect("a node's leaf has an index") as u32
+            })
+            .collect();
+        out.sort_unstable();
+        Some((node, out))
+    }
+
+    fn node_double_total(&self, node: usize) -> u32 {
+        let per_gpu = self.leaves.iter().filter(|l| l.double).count() as u32;
+        self.nodes[node].len() as u32 * per_gpu
     }
 }
 
@@ -203,59 +512,40 @@ impl Allocator for Flex {
     }
 
     fn place(&mut self, idx: usize, job: &Job, _now: f64) -> Option<Grant> {
-        let n = self.gpus.len() as u32;
-        if job.size == 1 {
-            let double = self.free_double > 0;
-            if !double && self.free_small == 0 {
-                return None;
-            }
-            let gpu = (0..n).map(|i| (self.rr + i) % n).find(|&g| {
-                if double {
-                    self.gpus[g as usize].free_double > 0
-                } else {
-                    self.gpus[g as usize].free_small > 0
-                }
-            })?;
-            self.take(idx, gpu, double);
-            self.rr = (gpu + 1) % n;
-            let factor = if double { 1.0 - self.costs.double_leaf_speedup } else { 1.0 };
-            return Some(Grant { factor, slices: 1, ..Grant::default() });
-        }
-        if (0..self.nodes.len()).all(|k| job.size > self.node_small_total[k]) {
-            return self.place_beyond_small(idx, job);
-        }
-        if self.free_small < job.size {
+        let r = self.request(job.size);
+        let placed = match self.costs.placement {
+            Placement::Slurm => self.place_slurm(idx, r),
+            Placement::MostFree => self.place_most_free(idx, r),
+        };
+        if !placed {
             return None;
         }
-        // The node that fits most tightly keeps bigger holes for bigger jobs.
-        let node = (0..self.nodes.len()).filter(|&k| self.node_small[k] >= job.size).min_by_key(|&k| self.node_small[k])?;
-        let range = self.nodes[node].clone();
-        let mut spanned = 0;
-        for _ in 0..job.size {
-            // Round-robin: the next leaf comes from the GPU with the most free small leaves.
-            let gpu = range.clone().max_by_key(|&g| (self.gpus[g as usize].free_small, std::cmp::Reverse(g))).expect("node has GPUs");
-            if !self.held[idx].iter().any(|&(h, _)| h == gpu) {
-                spanned += 1;
+        let factor = if job.size == 1 {
+            let (_, leaf) = self.held[idx][0];
+            if self.leaves[leaf as usize].double {
+                1.0 - self.costs.double_leaf_speedup
+            } else {
+                1.0
             }
-            self.take(idx, gpu, false);
-        }
-        Some(self.many_leaves_grant(spanned, job))
+        } else {
+            self.costs.many_leaves_factor(self.concentration(idx))
+        };
+        Some(Grant { factor, slices: job.size, ..Grant::default() })
     }
 
     fn release(&mut self, idx: usize) {
         for (gpu, leaf) in std::mem::take(&mut self.held[idx]) {
+            let node = self.node_of(gpu);
             let g = &mut self.gpus[gpu as usize];
             g.owner[leaf as usize] = NONE;
             if self.leaves[leaf as usize].double {
                 g.free_double += 1;
                 self.free_double += 1;
+                self.node_double[node] += 1;
             } else {
                 g.free_small += 1;
                 self.free_small += 1;
-                self.node_small[(gpu / self.costs.gpus_per_node.max(1)) as usize] += 1;
-            }
-            if self.leaves[leaf as usize].double {
-                self.node_double[(gpu / self.costs.gpus_per_node.max(1)) as usize] += 1;
+                self.node_small[node] += 1;
             }
         }
     }
@@ -272,50 +562,10 @@ impl Allocator for Flex {
     }
 
     fn free_for(&self, job: &Job, _now: f64) -> u32 {
-        if job.size == 1 || (0..self.nodes.len()).all(|k| job.size > self.node_small_total[k]) {
-            self.free_small + self.free_double
-        } else {
-            self.free_small
+        match self.request(job.size) {
+            Request::Small(_) => self.free_small,
+            Request::Any(_) | Request::AllSmallPlusDouble(_) => self.free_small + self.free_double,
         }
-    }
-}
-
-impl Flex {
-    fn node_double_total(&self, node: usize) -> u32 {
-        let per_gpu = self.leaves.iter().filter(|l| l.double).count() as u32;
-        self.nodes[node].len() as u32 * per_gpu
-    }
-
-    /// A job larger than any node's small leaves (`mig:N` with N > small leaves per node): every
-    /// small leaf of one node, then doubles for the rest, as the Slurm filters rewrite it.
-    fn place_beyond_small(&mut self, idx: usize, job: &Job) -> Option<Grant> {
-        let node = (0..self.nodes.len())
-            .find(|&k| self.node_small[k] == self.node_small_total[k] && job.size <= self.node_small_total[k] + self.node_double[k])?;
-        let range = self.nodes[node].clone();
-        let mut spanned = 0;
-        for i in 0..job.size {
-            let double = i >= self.node_small_total[node];
-            let gpu = range
-                .clone()
-                .max_by_key(|&g| {
-                    let gg = &self.gpus[g as usize];
-                    (if double { gg.free_double } else { gg.free_small }, std::cmp::Reverse(g))
-                })
-                .expect("node has GPUs");
-            if !self.held[idx].iter().any(|&(h, _)| h == gpu) {
-                spanned += 1;
-            }
-            self.take(idx, gpu, double);
-        }
-        Some(self.many_leaves_grant(spanned, job))
-    }
-
-    fn many_leaves_grant(&self, spanned: u32, job: &Job) -> Grant {
-        let mut factor = 1.0 + self.costs.one_to_many_slowdown;
-        if spanned > 1 {
-            factor *= 1.0 + self.costs.cross_gpu_slowdown;
-        }
-        Grant { factor, slices: job.size, ..Grant::default() }
     }
 }
 

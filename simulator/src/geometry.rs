@@ -37,6 +37,10 @@ pub struct Geometry {
     pub profiles: Vec<Profile>,
     /// The Flex-MIG leaves of every GPU: `compute` one-slice instances using all memory.
     pub leaves: Vec<Leaf>,
+    /// The MIG profiles of the small and (where the layout has one) the double leaves: their
+    /// GRES types on a flexmig node.
+    pub small_profile: String,
+    pub double_profile: Option<String>,
     /// Static-MIG layout: (profile index, start), the 1g + 2g + 4g split.
     pub static_layout: Vec<(usize, u32)>,
 }
@@ -80,21 +84,57 @@ impl Geometry {
             mem: m.memory_slices,
             profiles,
             leaves: Vec::new(),
+            small_profile: String::new(),
+            double_profile: None,
             static_layout: Vec::new(),
         };
-        g.leaves = Self::plan_leaves(m).with_context(|| format!("{}: no Flex-MIG leaf layout", m.name))?;
+        let layout = leaf_model::layout::plan(m)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("{}: no Flex-MIG leaf layout", m.name))?;
+        g.small_profile = layout.small_profile().unwrap_or_default().to_string();
+        g.double_profile = layout.double_profile().map(str::to_string);
+        g.leaves = Self::plan_leaves(&layout);
         g.static_layout = g.plan_static();
         Ok(g)
     }
 
     /// The Flex-MIG leaves, from leaf-model's layout planner (the same one the node helper
     /// applies).
-    fn plan_leaves(m: &GpuModel) -> Result<Vec<Leaf>> {
-        let layout = leaf_model::layout::plan(m).map_err(|e| anyhow::anyhow!("{e}"))?;
+    fn plan_leaves(layout: &leaf_model::layout::Layout) -> Vec<Leaf> {
         let mut leaves: Vec<Leaf> =
             layout.instances.iter().map(|l| Leaf { start: l.start, size: l.size, double: layout.role(l) == LeafRole::Double }).collect();
         leaves.sort_by_key(|l| l.start);
-        Ok(leaves)
+        leaves
+    }
+
+    /// Leaves per GPU.
+    pub fn leaves_per_gpu(&self) -> u32 {
+        self.leaves.len() as u32
+    }
+
+    /// The GRES order of a node of `gpus` GPUs of this model, as `flexmig-gres-helper gres-conf`
+    /// writes it (leaf-model's [`gres_order`](leaf_model::gres_order::flexmig_order), the one home
+    /// of that order): position k is the leaf with Slurm GRES index k, as (GPU of the node, index
+    /// into [`Geometry::leaves`]).
+    pub fn gres_order(&self, gpus: u32) -> Vec<(u32, usize)> {
+        use leaf_model::gres_order::{flexmig_order, OrderLeaf};
+        let mut keys = Vec::new();
+        let mut slots = Vec::new();
+        for gpu in 0..gpus {
+            let (mut small, mut double) = (0, 0);
+            for (slot, l) in self.leaves.iter().enumerate() {
+                let (role, rank, profile) = if l.double {
+                    double += 1;
+                    (LeafRole::Double, double - 1, self.double_profile.clone().unwrap_or_default())
+                } else {
+                    small += 1;
+                    (LeafRole::Small, small - 1, self.small_profile.clone())
+                };
+                keys.push(OrderLeaf { gpu, role, profile, rank });
+                slots.push((gpu, slot));
+            }
+        }
+        flexmig_order(&keys).into_iter().map(|i| slots[i]).collect()
     }
 
     /// 1g + 2g + 4g (the smallest-memory 2g and 4g; the 1g with the most memory that still

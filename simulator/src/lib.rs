@@ -6,15 +6,17 @@
 //! * [`trace`]: synthetic workloads (the paper's Table 2), the CSV trace format, `sacct` input.
 //! * [`alloc`]: the three modes' bookkeeping.
 //! * [`sim`]: the event-driven engine, the FIFO and backfilling schedulers, the metrics.
+//! * [`calibrate`]: the concentration slowdown from measured DDP steps.
 //! * [`report`]: the Figure 7/8-style comparison: table and SVG plots.
 
 pub mod alloc;
+pub mod calibrate;
 pub mod geometry;
 pub mod report;
 pub mod sim;
 pub mod trace;
 
-use alloc::Mode;
+use alloc::{Mode, Placement};
 use geometry::Geometry;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use sim::{simulate, Config, Metrics, Scheduler};
@@ -75,8 +77,19 @@ pub struct CompareConfig {
     pub ckpt_save_s: f64,
     pub ckpt_load_s: f64,
     pub one_to_many_slowdown: f64,
+    /// Dynamic-MIG's split jobs only.
     pub cross_gpu_slowdown: f64,
+    /// Flex-MIG: the slowdown by the largest number of a job's leaves on one GPU, for every
+    /// count a GPU of the model can hold (`{"1": ..., "2": ..., ...}`).
+    pub concentration_slowdown: BTreeMap<u32, f64>,
     pub double_leaf_speedup: f64,
+    /// Flex-MIG's placement rule: `slurm` or `most-free`.
+    #[serde(serialize_with = "placement_name")]
+    pub placement: Placement,
+}
+
+fn placement_name<S: Serializer>(p: &Placement, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(p.as_str())
 }
 
 fn scheduler_name<S: Serializer>(s: &Scheduler, ser: S) -> Result<S::Ok, S::Error> {
@@ -99,7 +112,9 @@ pub fn compare(jobs: &[Job], geo: &Geometry, cfg: &Config) -> Comparison {
         ckpt_load_s: c.ckpt_load_s,
         one_to_many_slowdown: c.one_to_many_slowdown,
         cross_gpu_slowdown: c.cross_gpu_slowdown,
+        concentration_slowdown: (1..=geo.leaves_per_gpu()).map(|m| (m, c.concentration_slowdown.at(m))).collect(),
         double_leaf_speedup: c.double_leaf_speedup,
+        placement: c.placement,
     };
     Comparison { modes, config }
 }
@@ -140,6 +155,11 @@ mod tests {
         assert_eq!(v["not_admissible"], serde_json::json!({ "SM": why }));
         assert_eq!(v["config"]["scheduler"], "backfill");
         assert_eq!(v["config"]["model"], "A100-40GB");
-        assert_eq!(v["config"].as_object().unwrap().len(), 12);
+        assert_eq!(v["config"]["placement"], "slurm");
+        // The slowdown for every concentration an A100 can hold, 1 to 7 leaves on one GPU.
+        let conc = v["config"]["concentration_slowdown"].as_object().unwrap();
+        assert_eq!(conc.keys().map(String::as_str).collect::<Vec<_>>(), ["1", "2", "3", "4", "5", "6", "7"]);
+        assert_eq!(conc["4"], cfg.costs.concentration_slowdown.at(4));
+        assert_eq!(v["config"].as_object().unwrap().len(), 14);
     }
 }

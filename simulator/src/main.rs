@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use flexmig_sim::alloc::{Costs, Mode};
+use flexmig_sim::alloc::{Concentration, Costs, Mode, Placement};
 use flexmig_sim::geometry::{load_model, Geometry};
 use flexmig_sim::report::{write_all, Study};
 use flexmig_sim::sim::{simulate, Config, Scheduler};
@@ -67,6 +67,15 @@ enum Cmd {
         #[arg(long, default_value = "simulator/results")]
         out: PathBuf,
     },
+    /// The concentration slowdown from DDP step measurements (the JSON lines of
+    /// bench/ddp_step.sh, packed with GPUS=1 and spread with GPUS=2): prints the runs that count
+    /// and the --concentration-slowdown value.
+    #[command(after_help = EXIT_STATUS)]
+    Calibrate {
+        /// ddp_step.jsonl files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Time the simulator on large synthetic traces (balanced, mixed, backfill).
     Bench {
         /// Job counts to time.
@@ -113,10 +122,20 @@ struct ClusterArgs {
     /// Dynamic-MIG: seconds to load it again.
     #[arg(long, default_value_t = 30.0)]
     ckpt_load_s: f64,
-    /// Flex-MIG: slowdown of a job on 2+ leaves (0.03 = 3% longer).
-    #[arg(long, default_value_t = 0.03)]
+    /// Flex-MIG: slowdown of a job on 2+ leaves wherever its leaves are (0.03 = 3% longer), on
+    /// top of --concentration-slowdown.
+    #[arg(long, default_value_t = 0.0)]
     one_to_many_slowdown: f64,
-    /// Slowdown of a job spread over 2+ GPUs (Flex-MIG and Dynamic-MIG).
+    /// Flex-MIG: slowdown of a job on 2+ leaves by the largest number of its leaves on one GPU,
+    /// as LEAVES:SLOWDOWN points (linear between them, proportional to the leaves outside them;
+    /// 0: none). The default is measured (flexmig-sim calibrate).
+    #[arg(long, default_value_t = Concentration::measured())]
+    concentration_slowdown: Concentration,
+    /// Flex-MIG: how a job's leaves are picked: as Slurm does with flexmig (lowest free GRES
+    /// indices in the helper's order), or each from the GPU with the most free leaves.
+    #[arg(long, value_enum, default_value = "slurm")]
+    placement: Placement,
+    /// Dynamic-MIG: slowdown of a job split into instances on 2+ GPUs.
     #[arg(long, default_value_t = 0.02)]
     cross_gpu_slowdown: f64,
     /// Flex-MIG: speed-up of a one-leaf job on the double leaf (0.10 = 10% shorter).
@@ -188,7 +207,9 @@ impl ClusterArgs {
                 ckpt_load_s: self.ckpt_load_s,
                 one_to_many_slowdown: self.one_to_many_slowdown,
                 cross_gpu_slowdown: self.cross_gpu_slowdown,
+                concentration_slowdown: self.concentration_slowdown.clone(),
                 double_leaf_speedup: self.double_leaf_speedup,
+                placement: self.placement,
             },
         })
     }
@@ -263,6 +284,15 @@ fn real_main() -> Result<()> {
             let table = write_all(&geo, &study, &out)?;
             println!("{table}");
             eprintln!("wrote {}/table.md, runs.csv, ratios-fifo.svg, ratios-backfill.svg", out.display());
+        }
+        Cmd::Calibrate { files } => {
+            let mut steps = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+                steps.extend(flexmig_sim::calibrate::read_steps(&text, &f.display().to_string()));
+            }
+            let c = flexmig_sim::calibrate::calibrate(&steps).map_err(anyhow::Error::msg)?;
+            print!("{}", c.report());
         }
         Cmd::Bench { jobs, gpus, model, scheduler, load, mix } => {
             let geo = Geometry::from_model(&load_model(&model)?)?;

@@ -1,7 +1,7 @@
 //! Scheduler invariants on small hand-made traces with hand-computed outcomes, and on
 //! generated traces for every mode and scheduler.
 
-use flexmig_sim::alloc::{Costs, Mode};
+use flexmig_sim::alloc::{Concentration, Costs, Flex, Mode, Placement};
 use flexmig_sim::geometry::{load_model, Geometry};
 use flexmig_sim::sim::{simulate, Config, Run, Scheduler};
 use flexmig_sim::trace::{generate, Distribution, Job, Kind, Mix, Synthetic};
@@ -29,6 +29,7 @@ fn plain(gpus: u32, scheduler: Scheduler) -> Config {
             gpus_per_node: gpus,
             one_to_many_slowdown: 0.0,
             cross_gpu_slowdown: 0.0,
+            concentration_slowdown: Concentration::none(),
             double_leaf_speedup: 0.0,
             ..Costs::default()
         },
@@ -143,25 +144,64 @@ fn flex_fifo_holds_back_a_job_that_backfill_starts() {
 }
 
 #[test]
-fn flex_spreads_round_robin_and_applies_slowdowns() {
+fn flex_spreads_over_the_gpus_and_applies_slowdowns() {
+    let geo = a100();
+    let jobs = [train("x", 0.0, 4, 100.0), train("p", 0.0, 1, 100.0), train("q", 0.0, 1, 100.0), train("r", 0.0, 1, 100.0)];
+    // Both rules spread this trace alike: the double leaves first, the 4 leaves 2 + 2.
+    for placement in [Placement::Slurm, Placement::MostFree] {
+        let mut cfg = plain(2, Scheduler::Fifo);
+        cfg.costs.one_to_many_slowdown = 0.10;
+        cfg.costs.concentration_slowdown = Concentration::new(vec![(2, 0.05), (4, 0.20)]).unwrap();
+        cfg.costs.double_leaf_speedup = 0.20;
+        cfg.costs.placement = placement;
+        let run = simulate(&jobs, &geo, Mode::Fm, &cfg).unwrap();
+        check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Fm);
+        // x: 2 small leaves on each GPU: one-to-many, and 2 leaves on its fullest GPU.
+        let per_gpu = |j: usize, g: u32| run.segments.iter().filter(|s| s.job == j && s.hold.gpu == g).count();
+        assert_eq!((per_gpu(0, 0), per_gpu(0, 1)), (2, 2), "{placement:?}");
+        assert!((run.outcomes[0].end_s - 100.0 * 1.10 * 1.05).abs() < 1e-9, "{placement:?}");
+        // p and q take the double leaves of GPU 0 and 1 (20% faster); r finds no double leaf left.
+        let hold = |j: usize| run.segments.iter().find(|s| s.job == j).unwrap().hold;
+        assert_eq!((hold(1).gpu, hold(1).start, hold(1).size), (0, 6, 2));
+        assert_eq!((hold(2).gpu, hold(2).start, hold(2).size), (1, 6, 2));
+        assert_eq!(hold(3).size, 1);
+        assert_eq!(times(&run)[1..], [(0.0, 80.0), (0.0, 80.0), (0.0, 100.0)]);
+    }
+}
+
+#[test]
+fn slurm_placement_takes_the_lowest_free_gres_indices() {
+    // Two A100s: GRES 0-1 the doubles, then small leaf k of GPU g at index 2 + 2k + g.
     let geo = a100();
     let mut cfg = plain(2, Scheduler::Fifo);
-    cfg.costs.one_to_many_slowdown = 0.10;
-    cfg.costs.cross_gpu_slowdown = 0.05;
-    cfg.costs.double_leaf_speedup = 0.20;
-    let jobs = [train("x", 0.0, 4, 100.0), train("p", 0.0, 1, 100.0), train("q", 0.0, 1, 100.0), train("r", 0.0, 1, 100.0)];
+    cfg.costs.concentration_slowdown = Concentration::new(vec![(2, 0.10), (4, 0.30)]).unwrap();
+    let jobs = [
+        train("y", 0.0, 3, 1000.0), // indices 2, 3, 4
+        train("z", 0.0, 3, 10.0),   // 5, 6, 7: GPU 1, 0, 1
+        train("w", 0.0, 3, 1000.0), // 8, 9, 10
+        train("q", 20.0, 4, 100.0), // z's 5, 6, 7 and then 11: three of its four on GPU 1
+    ];
     let run = simulate(&jobs, &geo, Mode::Fm, &cfg).unwrap();
     check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Fm);
-    // x: 2 small leaves on each GPU, one-to-many and cross-GPU.
-    let per_gpu = |j: usize, g: u32| run.segments.iter().filter(|s| s.job == j && s.hold.gpu == g).count();
-    assert_eq!((per_gpu(0, 0), per_gpu(0, 1)), (2, 2));
-    assert!((run.outcomes[0].end_s - 100.0 * 1.10 * 1.05).abs() < 1e-9);
-    // p and q take the double leaves of GPU 0 and 1 (20% faster); r finds no double leaf left.
-    let hold = |j: usize| run.segments.iter().find(|s| s.job == j).unwrap().hold;
-    assert_eq!((hold(1).gpu, hold(1).start, hold(1).size), (0, 6, 2));
-    assert_eq!((hold(2).gpu, hold(2).start, hold(2).size), (1, 6, 2));
-    assert_eq!(hold(3).size, 1);
-    assert_eq!(times(&run)[1..], [(0.0, 80.0), (0.0, 80.0), (0.0, 100.0)]);
+    let q: Vec<(u32, u32)> = run.segments.iter().filter(|s| s.job == 3).map(|s| (s.hold.gpu, s.hold.start)).collect();
+    assert_eq!(q, [(1, 1), (0, 2), (1, 2), (1, 4)]);
+    // Three leaves on GPU 1: 0.20, between the points at 2 and 4.
+    assert!((run.outcomes[3].end_s - (20.0 + 100.0 * 1.20)).abs() < 1e-9, "{:?}", run.outcomes[3]);
+    // y's 3 leaves are 2 + 1: 10% (the point at 2 leaves).
+    assert!((run.outcomes[0].end_s - 1100.0).abs() < 1e-9);
+
+    // The allocator names the GRES indices, as slurmctld would show them.
+    let mut fm = Flex::new(&geo, &cfg.costs, jobs.len());
+    use flexmig_sim::alloc::Allocator as _;
+    for (i, j) in jobs.iter().enumerate().take(3) {
+        fm.place(i, j, 0.0).unwrap();
+    }
+    fm.release(1);
+    fm.place(3, &jobs[3], 20.0).unwrap();
+    assert_eq!(fm.gres_indices(0), Some((0, vec![2, 3, 4])));
+    assert_eq!(fm.gres_indices(3), Some((0, vec![5, 6, 7, 11])));
+    assert_eq!(fm.concentration(3), 3);
+    assert_eq!(fm.gres_indices(1), None);
 }
 
 /// Five 1g jobs land (by the least-blocking rule) at slices 6, 4, 5, 0, 1. When all but the
@@ -275,14 +315,16 @@ fn generated_traces_keep_the_invariants_in_every_mode() {
         {
             for seed in 1..=3 {
                 let jobs = generate(&Synthetic { distribution, mix, seed, jobs: None, load: 2.0, cluster_slices: 7 * gpus });
-                let cfg =
-                    Config { record: true, scheduler, backfill_window: 14, costs: Costs { gpus, gpus_per_node: gpus, ..Costs::default() } };
-                for mode in Mode::ALL {
-                    match simulate(&jobs, &geo, mode, &cfg) {
-                        Ok(run) => check_invariants(&jobs, &run, scheduler, mode),
-                        Err(e) => {
-                            assert_eq!(mode, Mode::Sm, "{e}");
-                            assert!(jobs.iter().any(|j| j.size > 4));
+                for placement in [Placement::Slurm, Placement::MostFree] {
+                    let costs = Costs { gpus, gpus_per_node: gpus, placement, ..Costs::default() };
+                    let cfg = Config { record: true, scheduler, backfill_window: 14, costs };
+                    for mode in Mode::ALL {
+                        match simulate(&jobs, &geo, mode, &cfg) {
+                            Ok(run) => check_invariants(&jobs, &run, scheduler, mode),
+                            Err(e) => {
+                                assert_eq!(mode, Mode::Sm, "{e}");
+                                assert!(jobs.iter().any(|j| j.size > 4));
+                            }
                         }
                     }
                 }
