@@ -43,9 +43,11 @@ pub struct Config {
 pub struct Metrics {
     pub jobs: usize,
     pub makespan_s: f64,
+    /// Job completion time as an admin sees it: end minus submission, waiting included.
     pub avg_jct_s: f64,
     pub avg_wait_s: f64,
-    /// Execution time: end minus start (slowdowns and drains included, waiting excluded).
+    /// Execution time: end minus start (slowdowns and drains included, waiting excluded); what
+    /// the Flex-MIG paper calls JCT.
     pub avg_run_s: f64,
     /// Waiting at the head of the queue while the cluster had enough free capacity in total.
     pub avg_ext_frag_delay_s: f64,
