@@ -434,3 +434,191 @@ fn verify_reads_the_stamp_of_the_built_plugin_against_the_real_slurmd() {
         "{out}"
     );
 }
+
+/// A small ELF shared library as NCCL's carries its banner ("NCCL version X.Y.Z+cudaA.B", in
+/// .rodata) and its API symbol, plus any `extra` strings (the flexmig patch's INFO format string).
+fn fake_libnccl(dir: &Path, name: &str, banner: &str, extra: &[&str]) -> std::path::PathBuf {
+    let (c, so) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.so")));
+    let mut text = format!("const char ncclVersionBanner[] = \"{banner}\";\nint ncclCommInitRank(void) {{ return 0; }}\n");
+    for (i, s) in extra.iter().enumerate() {
+        text.push_str(&format!("const char flexmigString{i}[] = \"{s}\";\n"));
+    }
+    std::fs::write(&c, text).unwrap();
+    let st = Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&c).status();
+    assert!(st.is_ok_and(|s| s.success()), "building a fake libnccl needs a C compiler (apt-get install gcc)");
+    so
+}
+
+/// A `nccl status` case: library name, banner, extra strings, exit status, what the line must say.
+type StatusCase = (&'static str, &'static str, &'static [&'static str], i32, &'static [&'static str]);
+
+#[test]
+fn nccl_status_for_each_release_kind_with_its_exit_status() {
+    let d = tempfile::tempdir().unwrap();
+    const MARKER: &str = "flexmig-mig-patch/1: rank %d busId %lx NCCL_MIG_ID %s";
+    let cases: &[StatusCase] = &[
+        ("stock-2.29.7", "NCCL version 2.29.7+cuda13.0", &[], 1, &["unusable: stock NCCL 2.29.7", "Duplicate GPU detected"]),
+        (
+            "stock-2.30.3",
+            "NCCL version 2.30.3+cuda12.9",
+            &[],
+            1,
+            &[
+                "unusable on MIG: stock NCCL 2.30.3",
+                "P2P (CUDA IPC)",
+                "build the guard patch: `flexmig-gres-helper nccl install --source nccl-2.30.3 ",
+            ],
+        ),
+        (
+            "stock-2.30.7",
+            "NCCL version 2.30.7+cuda13.0",
+            &[],
+            1,
+            &["unusable on MIG: stock NCCL 2.30.7", "nccl install --source nccl-2.30.7 "],
+        ),
+        (
+            "stock-2.31.2",
+            "NCCL version 2.31.2+cuda13.0",
+            &[],
+            0,
+            &[
+                "stock with MIG support: NCCL 2.31.2",
+                "NCCL_MULTI_RANK_GPU_ENABLE=1",
+                "NCCL_MNNVL_ENABLE=0",
+                "never NCCL_NVLS_ENABLE=1",
+                "go over NET",
+            ],
+        ),
+        ("stock-2.32.3", "NCCL version 2.32.3+cuda13.2", &[], 0, &["stock with MIG support: NCCL 2.32.3", "not SHM, in stock NCCL"]),
+        ("pre-2.31.0a7", "NCCL version 2.31.0a7+cuda13.0", &[], 1, &["2.31.0a7 is a pre-release"]),
+        (
+            "patched-2.28.9",
+            "NCCL version 2.28.9+cuda13.0",
+            &[MARKER, "flexmig-shm-ce/1: copy engines driven from the rank's stream"],
+            0,
+            &["patched: NCCL 2.28.9 with the flexmig MIG patch", "runs without the proxy thread"],
+        ),
+        ("guarded-2.30.7", "NCCL version 2.30.7+cuda13.0", &[MARKER], 0, &["patched: NCCL 2.30.7 with the flexmig MIG patch"]),
+        ("guarded-2.30.4", "NCCL version 2.30.4+cuda13.0", &[MARKER], 0, &["patched: NCCL 2.30.4 with the flexmig MIG patch"]),
+    ];
+    for (name, banner, extra, code, says) in cases {
+        let so = fake_libnccl(d.path(), name, banner, extra);
+        let (got, out, err) = run(helper().args(["nccl", "status"]).arg(&so));
+        assert_eq!(got, *code, "{name}: {out}{err}");
+        assert!(out.starts_with(&format!("{}: ", so.display())), "{name}: {out}");
+        for s in *says {
+            assert!(out.contains(s), "{name}: {s:?} missing in {out}");
+        }
+    }
+    // Not libnccl, and not there: exit 2 with what is wrong.
+    let other = d.path().join("libother.so");
+    std::fs::write(d.path().join("other.c"), "int other(void) { return 1; }\n").unwrap();
+    assert!(Command::new("cc").args(["-shared", "-fPIC", "-o"]).arg(&other).arg(d.path().join("other.c")).status().unwrap().success());
+    let (code, _, err) = run(helper().args(["nccl", "status"]).arg(&other));
+    assert_eq!(code, 2);
+    assert!(err.contains("does not look like libnccl"), "{err}");
+    let (code, _, err) = run(helper().args(["nccl", "status"]).arg(d.path().join("missing.so")));
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.so"), "{err}");
+}
+
+/// An NCCL source tree of release `version` holding just what `patch_file` (under nccl-patch/)
+/// expects: each patched file made of its hunks' context and removed lines.
+fn tree_matching(dir: &Path, version: &str, patch_file: &str) -> std::path::PathBuf {
+    let root = dir.join(format!("nccl-{version}"));
+    let diff = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../nccl-patch").join(patch_file)).unwrap();
+    let mut files: Vec<(String, String)> = Vec::new();
+    for line in diff.lines() {
+        if let Some(name) = line.strip_prefix("+++ b/") {
+            files.push((name.to_string(), String::new()));
+        } else if line.starts_with("@@") {
+            files.last_mut().unwrap().1.push_str("// elsewhere\n");
+        } else if let Some((_, text)) = files.last_mut() {
+            if let Some(l) = line.strip_prefix(' ').or_else(|| line.strip_prefix('-').filter(|_| !line.starts_with("---"))) {
+                text.push_str(l);
+                text.push('\n');
+            } else if line.is_empty() {
+                text.push('\n');
+            }
+        }
+    }
+    for (name, text) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let (major, rest) = version.split_once('.').unwrap();
+    let (minor, patch) = rest.split_once('.').unwrap();
+    std::fs::create_dir_all(root.join("makefiles")).unwrap();
+    std::fs::write(
+        root.join("makefiles/version.mk"),
+        format!("NCCL_MAJOR   := {major}\nNCCL_MINOR   := {minor}\nNCCL_PATCH   := {patch}\nNCCL_SUFFIX  :=\n"),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn nccl_install_takes_the_guard_patch_for_every_2_30_release_it_matches() {
+    let d = tempfile::tempdir().unwrap();
+    // 2.30.4: the 2.30.3 patch, checked against it.
+    let tree = tree_matching(d.path(), "2.30.4", "nccl-2.30.3.patch");
+    let (code, out, err) = run(helper().args(["nccl", "install", "--check-only", "--source"]).arg(&tree));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is NCCL 2.30.4") && out.contains("nccl-2.30.3.patch applies cleanly (3 files)"), "{out}");
+    assert!(!out.contains("is not a release"), "{out}");
+    // A 2.30 release no patch was checked against: the one that matches, said so.
+    for patch in ["nccl-2.30.3.patch", "nccl-2.30.7.patch"] {
+        let dir = d.path().join(patch);
+        let tree = tree_matching(&dir, "2.30.9", patch);
+        let (code, out, err) = run(helper().args(["nccl", "install", "--check-only", "--source"]).arg(&tree));
+        assert_eq!(code, 0, "{patch}: {out}{err}");
+        assert!(out.contains(&format!("NCCL 2.30.9 is not a release {patch} was checked against")), "{out}");
+        assert!(out.contains(&format!("{patch} applies cleanly")), "{out}");
+        // --patch-only writes it; a second check sees it applied.
+        let prefix = dir.join("prefix");
+        let (code, out, err) = run(helper().args(["nccl", "install", "--patch-only", "--source"]).arg(&tree).arg("--prefix").arg(&prefix));
+        assert_eq!(code, 0, "{out}{err}");
+        let work = prefix.join("src/nccl-2.30.9");
+        assert!(std::fs::read_to_string(work.join("src/init.cc")).unwrap().contains("flexmig-mig-patch/1"));
+        let (code, out, _) = run(helper().args(["nccl", "install", "--check-only", "--source"]).arg(&work));
+        assert_eq!(code, 0);
+        assert!(out.contains(&format!("{patch} is already applied")), "{out}");
+    }
+    // A 2.30 tree neither matches: refused with exit 2, nothing built.
+    let tree = tree_matching(&d.path().join("odd"), "2.30.9", "nccl-2.30.7.patch");
+    std::fs::write(tree.join("src/include/transport.h"), "struct ncclPeerInfo {\n  int rank;\n};\n").unwrap();
+    let (code, _, err) = run(helper().args(["nccl", "install", "--check-only", "--source"]).arg(&tree));
+    assert_eq!(code, 2);
+    assert!(err.contains("no flexmig guard patch applies to NCCL 2.30.9") && err.contains("src/include/transport.h"), "{err}");
+}
+
+#[test]
+fn nccl_install_offers_no_patch_for_nvidias_mig_support() {
+    let d = tempfile::tempdir().unwrap();
+    for v in ["2.31.2", "2.32.3"] {
+        let tree = tree_matching(&d.path().join(v), v, "nccl-2.30.7.patch");
+        for args in [&["--check-only"][..], &["--patch-only", "--prefix", "/nonexistent/prefix"]] {
+            let (code, out, err) = run(helper().args(["nccl", "install", "--source"]).arg(&tree).args(args));
+            assert_eq!(code, 2, "{v} {args:?}: {out}{err}");
+            for want in [
+                &format!("NCCL {v} needs no flexmig patch for leaves of one GPU") as &str,
+                "over SHM",
+                "NCCL_MULTI_RANK_GPU_ENABLE=1 NCCL_MNNVL_ENABLE=0 NCCL_NVLS_ENABLE=0",
+                "stock NCCL takes NET",
+                "none is offered",
+                "--no-patch",
+            ] {
+                assert!(err.contains(want), "{v} {args:?}: {want:?} missing in {err}");
+            }
+        }
+        assert!(!Path::new("/nonexistent/prefix").exists());
+    }
+    // A pre-release (NCCL_SUFFIX), as NCCL's development branch carries: refused as such.
+    let tree = tree_matching(&d.path().join("pre"), "2.31.0", "nccl-2.30.7.patch");
+    let mk = tree.join("makefiles/version.mk");
+    std::fs::write(&mk, std::fs::read_to_string(&mk).unwrap().replace("NCCL_SUFFIX  :=", "NCCL_SUFFIX  := a7")).unwrap();
+    let (code, out, err) = run(helper().args(["nccl", "install", "--check-only", "--source"]).arg(&tree));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("is NCCL 2.31.0a7") && err.contains("NCCL 2.31.0a7 is a pre-release"), "{out}{err}");
+}

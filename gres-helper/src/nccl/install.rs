@@ -51,20 +51,32 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     let source = resolve_source(&args.source, &staging)?;
     let version = version::source_version(&source)?;
     let plan = patch::select(version)?;
-    println!("nccl install: {} is NCCL {version}", args.source.display());
+    let suffix = version::source_suffix(&source);
+    println!("nccl install: {} is NCCL {version}{suffix}", args.source.display());
+    if matches!(plan, Plan::StockMigSupport) && !args.no_patch {
+        if !suffix.is_empty() {
+            bail!(
+                "NCCL {version}{suffix} is a pre-release: flexmig offers no patch for NCCL >= {}, whose releases carry \
+                 NVIDIA's MIG support, and a pre-release may predate that support; use a release's stock library (e.g. PyPI's \
+                 nvidia-nccl-cu13 wheel) and check it with `flexmig-gres-helper nccl status <libnccl.so.2>`",
+                NcclVersion::MIG_SUPPORT
+            );
+        }
+        bail!("{}", patch::stock_mig_support_note(version));
+    }
 
     if args.check_only {
-        match plan {
-            Plan::Patch(p) => match patch::check_tree(&source, p.diff)? {
-                (Applicability::Applies, files) => {
-                    println!("nccl install: {} applies cleanly ({} files)", p.name, files.len());
-                    for f in files.keys() {
-                        println!("  {}", f.display());
-                    }
+        let (p, state) = patch::choose(&plan, version, &source)?;
+        say_chosen(p, version);
+        match state {
+            Applicability::Applies => {
+                let (_, files) = patch::check_tree(&source, p.diff)?;
+                println!("nccl install: {} applies cleanly ({} files)", p.name, files.len());
+                for f in files.keys() {
+                    println!("  {}", f.display());
                 }
-                (Applicability::AlreadyApplied, _) => println!("nccl install: {} is already applied to this tree", p.name),
-            },
-            Plan::StockMultiRank => println!("{}", stock_note(version)),
+            }
+            Applicability::AlreadyApplied => println!("nccl install: {} is already applied to this tree", p.name),
         }
         return Ok(());
     }
@@ -74,17 +86,20 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
         Some(w) => absolute(w)?,
         None => prefix.join("src").join(format!("nccl-{version}")),
     };
-    // Before any copying: fail early on a missing toolkit.
+    // Before any copying: fail early on a missing toolkit or a patch that does not apply.
     let cuda_home = if args.patch_only { None } else { Some(find_cuda_home(args.cuda_home.as_deref())?) };
+    let chosen = if args.no_patch { None } else { Some(patch::choose(&plan, version, &source)?.0) };
 
     prepare_work_dir(&source, &work)?;
-    match plan {
-        _ if args.no_patch => println!("nccl install: --no-patch: building NCCL {version} as it is"),
-        Plan::Patch(p) => match patch::apply_tree(&work, p.diff)? {
-            Applicability::Applies => println!("nccl install: applied {}", p.name),
-            Applicability::AlreadyApplied => println!("nccl install: {} was already applied", p.name),
-        },
-        Plan::StockMultiRank => println!("{}", stock_note(version)),
+    match chosen {
+        None => println!("nccl install: --no-patch: building NCCL {version} as it is"),
+        Some(p) => {
+            say_chosen(p, version);
+            match patch::apply_tree(&work, p.diff)? {
+                Applicability::Applies => println!("nccl install: applied {}", p.name),
+                Applicability::AlreadyApplied => println!("nccl install: {} was already applied", p.name),
+            }
+        }
     }
     if let Some(steps) = args.ring_slice_steps {
         set_ring_slice_steps(&work, steps)?;
@@ -110,7 +125,11 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     let library = prefix.join("lib/libnccl.so.2");
     let kind = status::classify_file(&library)?;
     println!("nccl install: {}: {kind}", library.display());
-    if !kind.usable() && !args.no_patch {
+    if !kind.usable() {
+        if args.no_patch {
+            println!("nccl install: done (--no-patch): {} is not for flexmig ranks, only for comparisons", library.display());
+            return Ok(());
+        }
         bail!("the installed library is not usable for flexmig (see above)");
     }
     println!("nccl install: done. Add this argument to the flexmig line of plugstack.conf:");
@@ -118,13 +137,17 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stock_note(version: NcclVersion) -> String {
-    format!(
-        "nccl install: NCCL {version} gets no flexmig patch: stock NCCL >= {} runs several ranks per GPU \
-         with NCCL_MULTI_RANK_GPU_ENABLE=1, which the flexmig plugin exports; note that it connects ranks \
-         on one GPU with P2P (no guard between MIG leaves; the 2.30.7 patch adds one)",
-        NcclVersion::MULTI_RANK_GPU
-    )
+/// Says which patch goes on when the release is not one it was checked against.
+fn say_chosen(p: &patch::EmbeddedPatch, version: NcclVersion) {
+    if !p.releases.contains(&version) {
+        let checked: Vec<String> = p.releases.iter().map(|v| v.to_string()).collect();
+        println!(
+            "nccl install: NCCL {version} is not a release {} was checked against ({}); every hunk of it matches \
+             this tree exactly, so it is used: check the built library on a GPU (tests/gpu/nccl-mig.sh)",
+            p.name,
+            checked.join(", ")
+        );
+    }
 }
 
 /// A scratch directory for unpacking tarballs, removed on drop.

@@ -17,7 +17,10 @@ pub const SHM_CE_MARKER: &str = "flexmig-shm-ce/";
 /// One embedded patch: the NCCL release it was made against, and its unified diff (`patch -p1` format).
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddedPatch {
+    /// The release it was made against.
     pub version: NcclVersion,
+    /// Every release whose sources it was checked against (applies exactly, compiles), `version` included.
+    pub releases: &'static [NcclVersion],
     pub name: &'static str,
     /// What the patch does, in a few words.
     pub summary: &'static str,
@@ -27,59 +30,119 @@ pub struct EmbeddedPatch {
 const FULL: &str = "MIG ids in peer info, synthetic topology bus ids, no P2P/NVLS between leaves of one GPU";
 const FULL_CE: &str = "MIG ids in peer info, synthetic topology bus ids, no P2P/NVLS between leaves of one GPU, \
      SHM copy engines driven from the launching thread (NCCL_SHM_USE_CUDA_MEMCPY=1 without the proxy-thread deadlock)";
+const GUARD: &str = "P2P guard only (stock 2.30 runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1 \
+     but connects them with P2P/CUMEM): SHM between leaves, of one GPU and of different GPUs";
 
 /// Every patch flexmig carries, oldest release first.
 pub const PATCHES: &[EmbeddedPatch] = &[
     EmbeddedPatch {
         version: NcclVersion::new(2, 21, 5),
+        releases: &[NcclVersion::new(2, 21, 5)],
         name: "nccl-2.21.5.patch",
         summary: FULL,
         diff: include_str!("../../../nccl-patch/nccl-2.21.5.patch"),
     },
     EmbeddedPatch {
         version: NcclVersion::new(2, 28, 9),
+        releases: &[NcclVersion::new(2, 28, 9)],
         name: "nccl-2.28.9.patch",
         summary: FULL_CE,
         diff: include_str!("../../../nccl-patch/nccl-2.28.9.patch"),
     },
     EmbeddedPatch {
         version: NcclVersion::new(2, 29, 7),
+        releases: &[NcclVersion::new(2, 29, 7)],
         name: "nccl-2.29.7.patch",
         summary: FULL_CE,
         diff: include_str!("../../../nccl-patch/nccl-2.29.7.patch"),
     },
     EmbeddedPatch {
+        version: NcclVersion::new(2, 30, 3),
+        releases: &[NcclVersion::new(2, 30, 3), NcclVersion::new(2, 30, 4)],
+        name: "nccl-2.30.3.patch",
+        summary: GUARD,
+        diff: include_str!("../../../nccl-patch/nccl-2.30.3.patch"),
+    },
+    EmbeddedPatch {
         version: NcclVersion::new(2, 30, 7),
+        releases: &[NcclVersion::new(2, 30, 7)],
         name: "nccl-2.30.7.patch",
-        summary:
-            "P2P guard only (stock 2.30 runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1 but connects them with P2P/CUMEM)",
+        summary: GUARD,
         diff: include_str!("../../../nccl-patch/nccl-2.30.7.patch"),
     },
 ];
 
 /// What flexmig needs done to an NCCL release.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Plan {
-    /// Apply this patch.
+    /// Apply this patch (made or checked for this release).
     Patch(&'static EmbeddedPatch),
-    /// Stock NCCL >= 2.30.3 already runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1.
-    StockMultiRank,
+    /// A 2.30.x release no guard patch was checked against: the first of these (newest first)
+    /// that applies exactly to the tree.
+    Guard(Vec<&'static EmbeddedPatch>),
+    /// NCCL >= 2.31: its own (experimental) MIG support serves leaves of one GPU; no patch is offered.
+    StockMigSupport,
 }
 
 /// Picks the patch for `version`, or refuses naming what is supported.
 pub fn select(version: NcclVersion) -> anyhow::Result<Plan> {
-    if let Some(p) = PATCHES.iter().find(|p| p.version == version) {
+    if let Some(p) = PATCHES.iter().find(|p| p.releases.contains(&version)) {
         return Ok(Plan::Patch(p));
     }
-    if version >= NcclVersion::MULTI_RANK_GPU {
-        return Ok(Plan::StockMultiRank);
+    if version >= NcclVersion::MIG_SUPPORT {
+        return Ok(Plan::StockMigSupport);
     }
-    let known: Vec<String> = PATCHES.iter().map(|p| p.version.to_string()).collect();
+    if version.is_2_30() && version >= NcclVersion::MULTI_RANK_GPU {
+        return Ok(Plan::Guard(PATCHES.iter().rev().filter(|p| p.version.is_2_30()).collect()));
+    }
+    let known: Vec<String> = PATCHES.iter().flat_map(|p| p.releases).map(|v| v.to_string()).collect();
     bail!(
-        "no flexmig patch for NCCL {version}: patches exist for {} only, and stock NCCL >= {} needs none \
-         (NCCL_MULTI_RANK_GPU_ENABLE=1); use one of those releases",
+        "no flexmig patch for NCCL {version}: patches exist for {} only (and any other 2.30.x the guard patch \
+         applies to), and stock NCCL >= {} needs none for leaves of one GPU; use one of those releases",
         known.join(", "),
-        NcclVersion::MULTI_RANK_GPU
+        NcclVersion::MIG_SUPPORT
+    )
+}
+
+/// Why `nccl install` offers no patch for NCCL >= 2.31, and what to do instead.
+pub fn stock_mig_support_note(version: NcclVersion) -> String {
+    format!(
+        "NCCL {version} needs no flexmig patch for leaves of one GPU: from {} on, NCCL's own experimental MIG \
+         support connects them over SHM, given {} (the flexmig plugin exports these). Between leaves of different \
+         GPUs stock NCCL takes NET (the network transport); the flexmig patch would give them SHM, as it does on \
+         2.28-2.30, but it is not made or tested for >= {}, so none is offered. Use the stock library (PyPI's \
+         nvidia-nccl-cu13 wheel, or build this source with --no-patch) and check it with \
+         `flexmig-gres-helper nccl status <libnccl.so.2>`",
+        NcclVersion::MIG_SUPPORT,
+        super::status::STOCK_MIG_ENV,
+        NcclVersion::MIG_SUPPORT
+    )
+}
+
+/// The patch `plan` puts on the tree at `root`, and whether it applies there or is already applied.
+/// For a [`Plan::Guard`] the first candidate that matches exactly; if none does, the error names
+/// each candidate's first mismatch.
+pub fn choose(plan: &Plan, version: NcclVersion, root: &Path) -> anyhow::Result<(&'static EmbeddedPatch, Applicability)> {
+    let candidates: Vec<&'static EmbeddedPatch> = match plan {
+        Plan::Patch(p) => vec![p],
+        Plan::Guard(ps) => ps.clone(),
+        Plan::StockMigSupport => bail!("{}", stock_mig_support_note(version)),
+    };
+    let mut errors = Vec::new();
+    for p in &candidates {
+        match check_tree(root, p.diff) {
+            Ok((state, _)) => return Ok((p, state)),
+            Err(e) if candidates.len() == 1 => return Err(e),
+            Err(e) => errors.push(format!("{}: {:#}", p.name, e)),
+        }
+    }
+    let checked: Vec<String> = candidates.iter().flat_map(|p| p.releases).map(|v| v.to_string()).collect();
+    bail!(
+        "no flexmig guard patch applies to NCCL {version} (the guard patches are checked against {} only):\n{}\n\
+         use one of those releases, or stock NCCL >= {} for leaves of one GPU",
+        checked.join(", "),
+        errors.join("\n"),
+        NcclVersion::MIG_SUPPORT
     )
 }
 
@@ -200,7 +263,8 @@ fn find_block(lines: &[String], block: &[String], want: usize, floor: usize) -> 
     }
     let last = lines.len() - block.len();
     let matches = |at: usize| at >= floor && at <= last && lines[at..at + block.len()] == *block;
-    (0..=lines.len()).find_map(|d| {
+    // Far enough both ways to reach every line, also when the file is shorter than `want`.
+    (0..=lines.len().max(want)).find_map(|d| {
         if matches(want + d) {
             Some(want + d)
         } else if d <= want && matches(want - d) {
@@ -309,6 +373,13 @@ mod tests {
     }
 
     #[test]
+    fn applies_to_a_file_much_shorter_than_the_hunks_line_numbers() {
+        let dir = tree("two\nthree\nfour\neight\nnine\n");
+        assert_eq!(apply_tree(dir.path(), &DIFF.replace("@@ -2,3 +2,4 @@", "@@ -200,3 +200,4 @@")).unwrap(), Applicability::Applies);
+        assert_eq!(std::fs::read_to_string(dir.path().join("src/a.cc")).unwrap(), "two\nTHREE\nthree and a half\nfour\neight\nNINE\n");
+    }
+
+    #[test]
     fn refuses_a_tree_that_differs_and_writes_nothing() {
         let changed = ORIGINAL.replace("nine", "NEIN");
         let dir = tree(&changed);
@@ -335,25 +406,105 @@ mod tests {
         assert!(matches!(select(NcclVersion::new(2, 29, 7)).unwrap(), Plan::Patch(_)));
         assert!(matches!(select(NcclVersion::new(2, 21, 5)).unwrap(), Plan::Patch(p) if p.name == "nccl-2.21.5.patch"));
         assert!(matches!(select(NcclVersion::new(2, 30, 7)).unwrap(), Plan::Patch(p) if p.summary.starts_with("P2P guard")));
-        assert!(matches!(select(NcclVersion::new(2, 30, 4)).unwrap(), Plan::StockMultiRank));
-        assert!(matches!(select(NcclVersion::new(2, 32, 3)).unwrap(), Plan::StockMultiRank));
-        let err = format!("{:#}", select(NcclVersion::new(2, 27, 3)).unwrap_err());
-        assert!(err.contains("no flexmig patch for NCCL 2.27.3") && err.contains("2.28.9"), "{err}");
+        // 2.30.3 and 2.30.4 have the same three files: one patch, checked against both.
+        for v in [NcclVersion::new(2, 30, 3), NcclVersion::new(2, 30, 4)] {
+            assert!(matches!(select(v).unwrap(), Plan::Patch(p) if p.name == "nccl-2.30.3.patch"), "{v}");
+        }
+        // Another 2.30.x: the guard patches, newest first.
+        let Plan::Guard(candidates) = select(NcclVersion::new(2, 30, 9)).unwrap() else { panic!("2.30.9: not the guard") };
+        assert_eq!(candidates.iter().map(|p| p.name).collect::<Vec<_>>(), ["nccl-2.30.7.patch", "nccl-2.30.3.patch"]);
+        for v in [NcclVersion::new(2, 31, 0), NcclVersion::new(2, 31, 2), NcclVersion::new(2, 32, 3)] {
+            assert!(matches!(select(v).unwrap(), Plan::StockMigSupport), "{v}");
+        }
+        for v in [NcclVersion::new(2, 27, 3), NcclVersion::new(2, 30, 0)] {
+            let err = format!("{:#}", select(v).unwrap_err());
+            assert!(err.contains(&format!("no flexmig patch for NCCL {v}")) && err.contains("2.28.9") && err.contains("2.30.4"), "{err}");
+        }
     }
 
-    /// Where a developer keeps pristine NCCL trees (git-ignored); the test skips releases not there.
+    /// A tree that `p` matches exactly: each file holds the lines its hunks expect, apart.
+    fn tree_for(p: &EmbeddedPatch) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for file in parse_diff(p.diff).unwrap() {
+            let mut text = String::new();
+            for h in &file.hunks {
+                text.push_str("// filler\n");
+                for l in &h.old_lines {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            }
+            let path = dir.path().join(&file.path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    fn embedded(name: &str) -> &'static EmbeddedPatch {
+        PATCHES.iter().find(|p| p.name == name).unwrap()
+    }
+
+    #[test]
+    fn another_2_30_release_takes_the_guard_patch_that_matches_it() {
+        let v = NcclVersion::new(2, 30, 9);
+        let plan = select(v).unwrap();
+        for name in ["nccl-2.30.7.patch", "nccl-2.30.3.patch"] {
+            let dir = tree_for(embedded(name));
+            let (p, state) = choose(&plan, v, dir.path()).unwrap();
+            assert_eq!((p.name, state), (name, Applicability::Applies));
+            // Once applied, the same patch is recognised.
+            apply_tree(dir.path(), p.diff).unwrap();
+            let (p, state) = choose(&plan, v, dir.path()).unwrap();
+            assert_eq!((p.name, state), (name, Applicability::AlreadyApplied));
+        }
+        // A tree neither matches: refused, naming both patches and what they were checked against.
+        let dir = tree_for(embedded("nccl-2.30.7.patch"));
+        let init = dir.path().join("src/init.cc");
+        let text = std::fs::read_to_string(&init).unwrap().replace("info->busId = comm->busId;", "info->busId = busIdOf(comm);");
+        std::fs::write(&init, text).unwrap();
+        let err = format!("{:#}", choose(&plan, v, dir.path()).unwrap_err());
+        assert!(err.contains("no flexmig guard patch applies to NCCL 2.30.9"), "{err}");
+        assert!(err.contains("nccl-2.30.7.patch: ") && err.contains("nccl-2.30.3.patch: ") && err.contains("src/init.cc"), "{err}");
+        assert!(err.contains("2.30.7, 2.30.3, 2.30.4"), "{err}");
+    }
+
+    #[test]
+    fn no_patch_is_offered_for_nvidias_mig_support() {
+        let dir = tree_for(embedded("nccl-2.30.7.patch"));
+        let v = NcclVersion::new(2, 32, 3);
+        let err = format!("{:#}", choose(&select(v).unwrap(), v, dir.path()).unwrap_err());
+        for want in [
+            "NCCL 2.32.3 needs no flexmig patch for leaves of one GPU",
+            "over SHM",
+            "NCCL_MNNVL_ENABLE=0",
+            "takes NET",
+            "none is offered",
+            "--no-patch",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    /// Where a developer keeps pristine NCCL trees (git-ignored `.nccl/src`, or `$NCCL_TREES`), each
+    /// as `nccl-X.Y.Z`; the test skips releases not there.
     #[test]
     fn embedded_patches_apply_to_pristine_trees_when_present() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.nccl/src");
+        let mut roots = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../.nccl/src")];
+        roots.extend(std::env::var_os("NCCL_TREES").map(PathBuf::from));
         for p in PATCHES {
-            let tree = root.join(format!("nccl-{}", p.version));
-            if !tree.join("makefiles/version.mk").is_file() {
-                continue;
+            for v in p.releases {
+                for root in &roots {
+                    let tree = root.join(format!("nccl-{v}"));
+                    if !tree.join("makefiles/version.mk").is_file() {
+                        continue;
+                    }
+                    assert_eq!(super::super::version::source_version(&tree).unwrap(), *v);
+                    let (state, files) = check_tree(&tree, p.diff).unwrap_or_else(|e| panic!("{} on {v}: {e:#}", p.name));
+                    assert_eq!(state, Applicability::Applies, "{} on {v}", p.name);
+                    assert!(files.values().any(|t| t.contains(PATCH_MARKER)), "{}", p.name);
+                }
             }
-            assert_eq!(super::super::version::source_version(&tree).unwrap(), p.version);
-            let (state, files) = check_tree(&tree, p.diff).unwrap_or_else(|e| panic!("{}: {e:#}", p.name));
-            assert_eq!(state, Applicability::Applies, "{}", p.name);
-            assert!(files.values().any(|t| t.contains(PATCH_MARKER)), "{}", p.name);
         }
     }
 
@@ -368,6 +519,10 @@ mod tests {
             let ce = p.version == NcclVersion::new(2, 28, 9) || p.version == NcclVersion::new(2, 29, 7);
             assert_eq!(p.diff.contains(SHM_CE_MARKER), ce, "{}", p.name);
             assert_eq!(p.summary.contains("SHM copy engines"), ce, "{}", p.name);
+            assert!(p.releases.contains(&p.version), "{}", p.name);
         }
+        // No release is claimed by two patches.
+        let all: Vec<NcclVersion> = PATCHES.iter().flat_map(|p| p.releases.iter().copied()).collect();
+        assert!(all.iter().enumerate().all(|(i, v)| !all[i + 1..].contains(v)), "{all:?}");
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::install::RING_SLICE_MARKER;
 use super::patch::{PATCH_MARKER, SHM_CE_MARKER};
-use super::version::{find, library_version, NcclVersion};
+use super::version::{find, library_banner, library_version, Banner, NcclVersion};
 
 /// What a libnccl is, for flexmig.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,17 +16,25 @@ pub enum LibraryKind {
     /// (NCCL_SHM_USE_CUDA_MEMCPY=1 driven from the rank's thread, without the proxy-thread deadlock).
     /// `ring_slice_steps`: built with `nccl install --ring-slice-steps N` (None: NCCL's own slicing).
     Patched { version: Option<NcclVersion>, shm_ce_direct: bool, ring_slice_steps: Option<u8> },
-    /// Stock, but new enough to run several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1.
-    StockMultiRank { version: NcclVersion },
-    /// Stock and too old: ranks on MIG leaves of one GPU fail with "Duplicate GPU detected".
-    Unusable { version: Option<NcclVersion> },
+    /// Stock >= 2.31: NVIDIA's experimental MIG support (SHM between the leaves of one GPU, NET
+    /// between GPUs), with the variables the flexmig plugin exports.
+    StockMigSupport { version: NcclVersion },
+    /// Stock 2.30.x: several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1, but it connects the
+    /// leaves of one GPU with P2P (CUDA IPC), which MIG instances do not have: the guard patch is needed.
+    StockNeedsGuard { version: NcclVersion },
+    /// Stock and too old (ranks on MIG leaves of one GPU fail with "Duplicate GPU detected"), of
+    /// unknown version, or a pre-release of a release with MIG support (`suffix`, e.g. "a7").
+    Unusable { version: Option<NcclVersion>, suffix: String },
 }
 
 impl LibraryKind {
     pub fn usable(&self) -> bool {
-        !matches!(self, LibraryKind::Unusable { .. })
+        matches!(self, LibraryKind::Patched { .. } | LibraryKind::StockMigSupport { .. })
     }
 }
+
+/// The variables stock NCCL's MIG support needs, as the flexmig plugin exports them.
+pub const STOCK_MIG_ENV: &str = "NCCL_MULTI_RANK_GPU_ENABLE=1 NCCL_MNNVL_ENABLE=0 NCCL_NVLS_ENABLE=0";
 
 impl fmt::Display for LibraryKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,19 +45,40 @@ impl fmt::Display for LibraryKind {
                 if *shm_ce_direct {
                     write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) runs without the proxy thread")?;
                 } else {
-                    write!(f, "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) uses NCCL's proxy thread, which can hang: leave it off")?;
+                    write!(
+                        f,
+                        "; its copy-engine SHM mode (NCCL_SHM_USE_CUDA_MEMCPY=1) uses NCCL's proxy thread, which can hang: leave it off"
+                    )?;
                 }
                 match ring_slice_steps {
                     Some(n) => write!(f, "; ring all-reduce/all-gather slices of {n} step(s) (built with --ring-slice-steps {n})"),
                     None => Ok(()),
                 }
             }
-            LibraryKind::StockMultiRank { version } => write!(
+            LibraryKind::StockMigSupport { version } => write!(
                 f,
-                "stock-new-enough: NCCL {version} (>= {}) runs several ranks per GPU with NCCL_MULTI_RANK_GPU_ENABLE=1, which the flexmig plugin exports",
-                NcclVersion::MULTI_RANK_GPU
+                "stock with MIG support: NCCL {version} (>= {}) has NVIDIA's experimental MIG support, one MIG instance \
+                 per rank, leaves of one GPU over SHM; it needs {STOCK_MIG_ENV} (never NCCL_NVLS_ENABLE=1, which aborts \
+                 its init) and a CUDA 13.0+ driver, and the flexmig plugin exports these variables; leaves on different \
+                 GPUs go over NET (the network transport), not SHM, in stock NCCL",
+                NcclVersion::MIG_SUPPORT
             ),
-            LibraryKind::Unusable { version } => write!(
+            LibraryKind::StockNeedsGuard { version } => write!(
+                f,
+                "unusable on MIG: stock NCCL {version} runs several ranks per GPU (NCCL_MULTI_RANK_GPU_ENABLE=1) but knows \
+                 nothing of MIG: it connects the leaves of one GPU with P2P (CUDA IPC), which MIG instances do not have; \
+                 build the guard patch: `flexmig-gres-helper nccl install --source nccl-{version} --prefix <dir>` \
+                 (or use stock NCCL >= {})",
+                NcclVersion::MIG_SUPPORT
+            ),
+            LibraryKind::Unusable { version: Some(version), suffix } if !suffix.is_empty() => write!(
+                f,
+                "unusable: NCCL {version}{suffix} is a pre-release; NVIDIA documents MIG support for the releases from {}.{} on, \
+                 and a pre-release may predate it: use a release (e.g. the nvidia-nccl-cu13 wheel's)",
+                NcclVersion::MIG_SUPPORT.major,
+                NcclVersion::MIG_SUPPORT.minor
+            ),
+            LibraryKind::Unusable { version, .. } => write!(
                 f,
                 "unusable: stock NCCL {} refuses ranks on MIG leaves of one GPU (\"Duplicate GPU detected\"); \
                  build a patched one with `flexmig-gres-helper nccl install --source <nccl source> --prefix <dir>`",
@@ -61,7 +90,8 @@ impl fmt::Display for LibraryKind {
 
 /// Classifies a library from its bytes: the patch marker string, else the "NCCL version" banner.
 pub fn classify(bytes: &[u8]) -> LibraryKind {
-    let version = library_version(bytes);
+    let banner = library_banner(bytes);
+    let version = banner.as_ref().map(|b| b.version);
     if find(bytes, PATCH_MARKER.as_bytes()).is_some() {
         return LibraryKind::Patched {
             version,
@@ -69,9 +99,18 @@ pub fn classify(bytes: &[u8]) -> LibraryKind {
             ring_slice_steps: ring_slice_steps(bytes),
         };
     }
-    match version {
-        Some(v) if v >= NcclVersion::MULTI_RANK_GPU => LibraryKind::StockMultiRank { version: v },
-        _ => LibraryKind::Unusable { version },
+    match banner {
+        Some(Banner { version, suffix }) if version >= NcclVersion::MIG_SUPPORT => {
+            if suffix.is_empty() {
+                LibraryKind::StockMigSupport { version }
+            } else {
+                LibraryKind::Unusable { version: Some(version), suffix }
+            }
+        }
+        Some(Banner { version, .. }) if version.is_2_30() && version >= NcclVersion::MULTI_RANK_GPU => {
+            LibraryKind::StockNeedsGuard { version }
+        }
+        _ => LibraryKind::Unusable { version, suffix: String::new() },
     }
 }
 
@@ -135,27 +174,65 @@ mod tests {
     #[test]
     fn stock_2_28_9_is_unusable() {
         let k = classify(&lib(&["NCCL version 2.28.9+cuda13.0"]));
-        assert_eq!(k, LibraryKind::Unusable { version: Some(NcclVersion::new(2, 28, 9)) });
+        assert_eq!(k, LibraryKind::Unusable { version: Some(NcclVersion::new(2, 28, 9)), suffix: String::new() });
         assert!(!k.usable());
         assert!(k.to_string().contains("Duplicate GPU detected"));
     }
 
     #[test]
-    fn stock_2_30_is_new_enough() {
-        let k = classify(&lib(&["NCCL version 2.30.7+cuda13.0"]));
-        assert_eq!(k, LibraryKind::StockMultiRank { version: NcclVersion::new(2, 30, 7) });
-        assert!(k.usable());
-        assert!(k.to_string().contains("NCCL_MULTI_RANK_GPU_ENABLE=1"));
+    fn stock_2_30_needs_the_guard_patch() {
+        for (minor_patch, text) in
+            [(3, "NCCL version 2.30.3+cuda12.9"), (7, "NCCL version 2.30.7+cuda13.0"), (9, "NCCL version 2.30.9+cuda13.0")]
+        {
+            let k = classify(&lib(&[text]));
+            assert_eq!(k, LibraryKind::StockNeedsGuard { version: NcclVersion::new(2, 30, minor_patch) });
+            assert!(!k.usable(), "{k}");
+            let s = k.to_string();
+            assert!(s.starts_with("unusable on MIG: stock NCCL 2.30."), "{s}");
+            assert!(s.contains("P2P (CUDA IPC)") && s.contains(&format!("nccl install --source nccl-2.30.{minor_patch} ")), "{s}");
+        }
     }
 
     #[test]
     fn stock_2_30_0_is_too_old() {
-        assert!(!classify(&lib(&["NCCL version 2.30.0+cuda13.0"])).usable());
+        let k = classify(&lib(&["NCCL version 2.30.0+cuda13.0"]));
+        assert_eq!(k, LibraryKind::Unusable { version: Some(NcclVersion::new(2, 30, 0)), suffix: String::new() });
+    }
+
+    #[test]
+    fn stock_2_31_and_later_use_nvidias_mig_support() {
+        for (v, text) in
+            [(NcclVersion::new(2, 31, 2), "NCCL version 2.31.2+cuda13.0"), (NcclVersion::new(2, 32, 3), "NCCL version 2.32.3+cuda13.2")]
+        {
+            let k = classify(&lib(&[text, "ncclCommInitRank"]));
+            assert_eq!(k, LibraryKind::StockMigSupport { version: v });
+            assert!(k.usable());
+            let s = k.to_string();
+            for needed in ["NCCL_MULTI_RANK_GPU_ENABLE=1", "NCCL_MNNVL_ENABLE=0", "never NCCL_NVLS_ENABLE=1", "over NET", "not SHM"] {
+                assert!(s.contains(needed), "{needed}: {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pre_release_of_2_31_is_not_taken_for_mig_support() {
+        let k = classify(&lib(&["NCCL version 2.31.0a7+cuda13.0"]));
+        assert_eq!(k, LibraryKind::Unusable { version: Some(NcclVersion::new(2, 31, 0)), suffix: "a7".into() });
+        assert!(!k.usable());
+        assert!(k.to_string().contains("2.31.0a7 is a pre-release"), "{k}");
+    }
+
+    #[test]
+    fn patched_2_30_is_usable_whatever_the_stock_release_would_be() {
+        let k = classify(&lib(&["NCCL version 2.30.7+cuda13.0", "flexmig-mig-patch/1: rank %d busId %lx NCCL_MIG_ID %s"]));
+        assert!(matches!(k, LibraryKind::Patched { version: Some(v), shm_ce_direct: false, .. } if v == NcclVersion::new(2, 30, 7)));
+        assert!(k.usable());
     }
 
     #[test]
     fn unknown_version_is_unusable() {
-        assert_eq!(classify(&lib(&["ncclCommInitRank"])), LibraryKind::Unusable { version: None });
+        assert_eq!(classify(&lib(&["ncclCommInitRank"])), LibraryKind::Unusable { version: None, suffix: String::new() });
+        assert!(classify(&lib(&["NCCL version 2.29.7+cuda13.0"])).to_string().contains("Duplicate GPU detected"));
     }
 
     #[test]
