@@ -13,6 +13,9 @@
 # 3. Compiles the host sources the patch touches with g++ against CUDA 13.0 headers taken from
 #    PyPI wheels (nvidia-cuda-runtime, nvidia-cuda-crt, nvidia-cuda-cccl; downloaded, not installed).
 # 4. Does the same for a copy patched with `--ring-slice-steps 1` (the two host sources that use it).
+# 3b. With NCCL_TREES=dir (subdirectories nccl-X.Y.Z, e.g. NVIDIA/nccl tags unpacked with git archive),
+#    for every tree: the installer's choice of patch (or its refusal for NCCL >= 2.31), patch(1)'s
+#    agreement, and the patched host sources compiled.
 #
 # Environment: FLEXMIG_HELPER (the helper binary; default: cargo build), WORK (default
 # /tmp/flexmig-nccl-ci, recreated each run), CACHE (wheels; default /var/tmp/flexmig-nccl-ci-cache).
@@ -156,6 +159,40 @@ grep -q "flexmig-mig-patch/" "$WORK/build/obj/init.o" && pass "init.o carries th
 if grep -q "flexmig-shm-ce/1" "$REPO/nccl-patch/nccl-$VERSION.patch"; then
   grep -q "flexmig-shm-ce/1" "$WORK/build/obj/transport/shm.o" && pass "shm.o carries the copy-engine (flexmig-shm-ce/1) marker" \
     || fail "no flexmig-shm-ce/1 marker in shm.o"
+fi
+
+# --- 3b. every tree under $NCCL_TREES (nccl-X.Y.Z/, e.g. `git archive v2.30.4-1` of NVIDIA/nccl): the
+# installer picks its patch (or refuses a release >= 2.31), patch(1) agrees, the touched host sources compile
+if [ -n "${NCCL_TREES:-}" ]; then
+  for src in "$NCCL_TREES"/nccl-*/; do
+    src=${src%/}; name=$(basename "$src")
+    [ -f "$src/makefiles/version.mk" ] || continue
+    log=$WORK/tree-$name.log
+    if ! "$HELPER" nccl install --source "$src" --check-only >"$log" 2>&1; then
+      if grep -qE "needs no flexmig patch|is a pre-release: flexmig offers no patch" "$log"; then
+        pass "$name: the installer offers no patch (stock MIG support): $(grep -oE 'NCCL [0-9.a-z]+ (needs no flexmig patch|is a pre-release)' "$log" | head -1)"
+      else
+        cat "$log"; fail "$name: installer --check-only"
+      fi
+      continue
+    fi
+    pname=$(sed -n 's/^nccl install: \(nccl-[0-9.]*\.patch\) applies cleanly.*/\1/p' "$log" | head -1)
+    [ -n "$pname" ] || { cat "$log"; fail "$name: the installer named no patch"; continue; }
+    patch -p1 --dry-run -F0 -s -d "$src" <"$REPO/nccl-patch/$pname" && pass "$name: patch --dry-run --fuzz=0 of $pname" \
+      || fail "$name: patch --dry-run of $pname"
+    "$HELPER" nccl install --source "$src" --prefix "$WORK/trees/$name" --patch-only >>"$log" 2>&1 \
+      || { tail -5 "$log"; fail "$name: installer --patch-only"; continue; }
+    ttree=$(ls -d "$WORK/trees/$name"/src/nccl-*/ | head -1)
+    mapfile -t TCCS < <(grep '^+++ b/src/.*\.cc$' "$REPO/nccl-patch/$pname" | sed 's|^+++ b/src/||')
+    TOBJS=()
+    for f in "${TCCS[@]}"; do TOBJS+=("$WORK/build-$name/obj/${f%.cc}.o"); done
+    if make -C "$ttree/src" -j"$(nproc)" CUDA_HOME="$CUDA_HOME_WHEEL" CUDA_VERSION=13.0 NVCC=/bin/false \
+         BUILDDIR="$WORK/build-$name" "${TOBJS[@]}" >>"$log" 2>&1 && grep -q "flexmig-mig-patch/" "$WORK/build-$name/obj/init.o"; then
+      pass "$name: g++ compiled ${TCCS[*]} patched with $pname (init.o carries the marker)"
+    else
+      grep -E "error|Error" "$log" | head -20; fail "$name: compiling the host sources patched with $pname"
+    fi
+  done
 fi
 
 # --- 4. the 1-step ring slicing (`--ring-slice-steps 1`): the header rewritten, and the host sources
