@@ -18,17 +18,25 @@
 #   spread   leaves spread round-robin over GPUs 0 and 1 (the plugin's order): patched 2.28.9 and
 #            guarded 2.30.x must use SHM only (a GPU in MIG mode has no GPU-to-GPU P2P); stock
 #            2.30.x is recorded (it takes P2P between the GPUs).
+#   guard    the guard patch of each release in GUARD_RELEASES (default "2.30.7", PyTorch 2.15's
+#            NCCL; e.g. "2.30.7 2.30.4"), from $NCCL_SRC/nccl-<release>*: 2, 4 and 7 ranks with
+#            NCCL_MULTI_RANK_GPU_ENABLE=1 (exact results, SHM only), and the refusal without it.
+#            With `patched` beside it, the proof for both releases PyTorch ships (2.11, 2.15).
 #
 # Inputs (environment):
 #   NCCL_SRC        folder holding nccl-2.28.9/, nccl-2.29.7/, nccl-2.30.x/: NCCL source trees or
 #                   release tarballs (default: <repo>/.nccl/src; e.g.
 #                   `git clone -b v2.28.9-1 https://github.com/NVIDIA/nccl $NCCL_SRC/nccl-2.28.9`)
+#                   tests/gpu/prepare-nccl-mig.sh packs them as tarballs under .nccl/src, with the
+#                   helper in .nccl/bin, for a GPU machine without registries or Rust
 #   FLEXMIG_HELPER  the helper binary (default: built here with cargo)
 #   WORK            build and install area (default /tmp/flexmig-nccl-gpu)
 #   LOGS            where logs and summary.txt go (default $WORK/logs)
 #   CASE_TIMEOUT    seconds one case may take (default 120)
 #   REUSE=1         keep libraries already installed under $WORK (e.g. by bench/nccl_leaves.sh with
 #                   the same WORK) instead of building them again
+#   BUILD_ONLY=1    stop after the builds and `nccl status` (a later REUSE=1 run with the same WORK
+#                   runs the cases)
 # Exit status: 0 when every case behaved as expected.
 set -uo pipefail
 
@@ -84,6 +92,8 @@ part patched || part spread && build patched-2.28.9 "$(src_of 'nccl-2.28.9*')"
 part new || part spread && build stock-new "$(src_of 'nccl-2.3[0-9]*')" --no-patch
 part extra && build patched-2.29.7 "$(src_of 'nccl-2.29.7*')"
 part extra || part spread && build guarded-new "$(src_of 'nccl-2.3[0-9]*')"
+GUARD_RELEASES=${GUARD_RELEASES:-2.30.7}
+if part guard; then for v in $GUARD_RELEASES; do build "guarded-$v" "$(src_of "nccl-$v*")"; done; fi
 t0=$(date +%s)
 for name in "${!PID[@]}"; do
   wait "${PID[$name]}"; rc=$?
@@ -103,6 +113,10 @@ EOF
 )
 for name in "${!PREFIX[@]}"; do "$HELPER" nccl status "$(lib "$name")" | tee -a "$SUMMARY"; done
 [ -n "$TORCH_NCCL" ] && { "$HELPER" nccl status "$TORCH_NCCL" | tee -a "$SUMMARY"; echo "  (exit ${PIPESTATUS[0]})" | tee -a "$SUMMARY"; }
+if [ "${BUILD_ONLY:-0}" = 1 ]; then
+  if [ $FAILED = 0 ]; then say "nccl-mig: built (BUILD_ONLY=1); run again with REUSE=1 and the same WORK for the cases"; fi
+  exit $FAILED
+fi
 
 case_() { # label ranks expect [driver args...]
   local label=$1 n=$2 expect=$3; shift 3
@@ -148,6 +162,22 @@ if part extra && [ -n "${PREFIX[guarded-new]:-}" ]; then
   done
 fi
 
+if part guard; then
+  # The guard patch is what 2.30.x (PyTorch 2.15 pins 2.30.7) needs on MIG: without it, 2.30.x connects
+  # the leaves of one GPU with P2P/CUMEM. Every collective exact, SHM only, at 2, 4 and 7 leaves.
+  for v in $GUARD_RELEASES; do
+    [ -n "${PREFIX[guarded-$v]:-}" ] || continue
+    L=$(lib "guarded-$v")
+    for n in 2 4 7; do
+      case_ "guarded-$v-$n" "$n" ok --preload "$L" --mig-ids distinct --env NCCL_MULTI_RANK_GPU_ENABLE=1 --require-shm
+    done
+    # 2.30.3/2.30.4 say "Multiple ranks detected using the same GPU on this node. Set ...", 2.30.7
+    # "Multiple Ranks are using the same GPU/Partition. Set ..."
+    case_ "guarded-$v-no-multirank" 2 "fail:Set NCCL_MULTI_RANK_GPU_ENABLE=1 to enable this" --preload "$L" --mig-ids distinct \
+      --unset NCCL_MULTI_RANK_GPU_ENABLE
+  done
+fi
+
 if part spread; then
   # Leaves on two GPUs: real MIG has no P2P between them (nor NVLink), so SHM only.
   [ -n "${PREFIX[patched-2.28.9]:-}" ] && for n in 4 7; do
@@ -158,12 +188,14 @@ if part spread; then
 fi
 
 say "== transports and refusals seen (first lines of rank 0):"
+GUARD_LABELS=""
+for v in $GUARD_RELEASES; do GUARD_LABELS+=" guarded-$v-2 guarded-$v-no-multirank"; done
 for label in patched-2.28.9-2 stock-new-multirank-2 patched-2.29.7-2 guarded-new-multirank-2 patched-same-mig-id stock-2.28.9-torch stock-new-no-multirank \
-    patched-2.28.9-spread-4 guarded-new-spread-4 stock-new-spread-4; do
+    patched-2.28.9-spread-4 guarded-new-spread-4 stock-new-spread-4 $GUARD_LABELS; do
   f="$LOGS/$label.rank0.log"
   [ -f "$f" ] || continue
   { echo "-- $label"; grep -m1 -E "NCCL version" "$f"; grep -m2 -E "Channel [0-9]+(/[0-9]+)? : .* via " "$f";
-    grep -m1 -E "Duplicate GPU|Multiple Ranks|flexmig-mig-patch" "$f"; } | sed 's/^[^ ]* \[[0-9]*\] NCCL //' | tee -a "$SUMMARY"
+    grep -m1 -E "Duplicate GPU|Multiple [Rr]anks|flexmig-mig-patch" "$f"; } | sed 's/^[^ ]* \[[0-9]*\] NCCL //' | tee -a "$SUMMARY"
 done
 if [ $FAILED = 0 ]; then say "nccl-mig: all cases as expected"; else say "nccl-mig: SOME CASES UNEXPECTED"; fi
 exit $FAILED
