@@ -15,8 +15,8 @@ CARRY=$REPO/tests/gpu/carry
 mkdir -p "$CARRY/debs" "$CARRY/bin"
 cd "$CARRY/debs"
 # slurmd/slurmctld/slurmstepd/srun and munged link these; libslurmfull comes with the plugins.
-# The GPU machine already has libmunge2, hwloc, lz4, pam, readline, ssl, gcrypt, systemd, dbus.
-apt-get download slurm-wlm-basic-plugins slurmd slurmctld slurm-client munge liblua5.1-0 libjson-c5 libnuma1 libyaml-0-2 >/dev/null
+# An Ubuntu 24.04 GPU machine already has libmunge2, hwloc, lz4, pam, readline, ssl, gcrypt, systemd.
+apt-get download slurm-wlm-basic-plugins slurmd slurmctld slurm-client munge liblua5.1-0 libjson-c5 libnuma1 libyaml-0-2 libdbus-1-3 >/dev/null
 cd "$REPO"
 cargo build -q --release -p flexmig-spank -p flexmig-gres-helper
 cargo build -q --release -p flexmig-integration --bin flexmig-gpu-job

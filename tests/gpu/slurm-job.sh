@@ -25,13 +25,22 @@ if [ -n "${DRY_RUN:-}" ]; then
   T=${CARGO_TARGET_DIR:-$REPO/target}/debug
   FLEXMIG_SPANK_SO=${FLEXMIG_SPANK_SO:-$T/libflexmig_spank.so} exec "$T/flexmig-gpu-job" --dry-run --steps 1
 fi
-if ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+if [ ! -f "$WORK/slurm-unpacked" ] || ! command -v slurmctld >/dev/null; then
   # Debian's packages, unpacked without replacing anything the machine has (its own libraries win).
   stage=$WORK/debroot
   rm -rf "$stage" && mkdir -p "$stage"
   for d in "$CARRY"/debs/*.deb; do dpkg -x "$d" "$stage"; done
-  cp -rn "$stage"/. /
+  # Debian 12 packages may still ship /lib, /bin, /sbin; on a merged-/usr system those are links.
+  for d in lib lib64 bin sbin; do
+    if [ -d "$stage/$d" ] && [ ! -L "$stage/$d" ]; then
+      mkdir -p "$stage/usr/$d" && cp -r "$stage/$d"/. "$stage/usr/$d"/ && rm -rf "${stage:?}/$d"
+    fi
+  done
+  cp -r --update=none "$stage"/. /
+  # What the packages' postinst does with update-alternatives (slurmd execs /usr/sbin/slurmstepd).
+  for b in slurmctld slurmd slurmstepd; do [ -e /usr/sbin/$b ] || ln -s /usr/sbin/$b-wlm /usr/sbin/$b; done
   ldconfig
+  touch "$WORK/slurm-unpacked"
 fi
 PY=${PYTHON:-$(command -v python3)}
 LIB=${NCCL_LIB:-$WORK/nccl/lib/libnccl.so.2}
@@ -41,6 +50,13 @@ if [ ! -f "$LIB" ]; then
   export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
   "$CARRY/bin/flexmig-gres-helper" nccl install --source "$WORK/src/nccl-2.28.9" --prefix "$WORK/nccl" >"$OUT/nccl-build.log" 2>&1 \
     || { tail -30 "$OUT/nccl-build.log"; exit 2; }
+fi
+# slurmd's cgroup/v2 plugin (cgroup.conf IgnoreSystemd=yes, written by flexmig-gpu-job) makes its
+# scope under system.slice, with the controllers it wants enabled: give it that on a machine
+# without systemd.
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+  mkdir -p /sys/fs/cgroup/system.slice
+  for c in /sys/fs/cgroup /sys/fs/cgroup/system.slice; do echo "+cpuset +cpu +memory" >"$c/cgroup.subtree_control" 2>/dev/null || true; done
 fi
 source "$REPO/bench/mps.sh"
 mps_start

@@ -105,6 +105,13 @@ fn node(gpus: &[RealGpu], nccl: Option<&str>) -> Result<(ClusterConfig, Vec<Emul
         format!("return {{ small_type = {PROFILE:?}, double_type = nil, leaves_per_node = {n}, small_leaves_per_node = {n}, single_prefers_double = true }}\n"),
     ));
     cfg.slurm_conf_extra = "JobSubmitPlugins=lua\nCliFilterPlugins=lua\n".into();
+    // slurmd initialises a cgroup plugin even with task/none; on a cgroup v2 machine without
+    // systemd (GPU machines in containers or VMs) it must make its own hierarchy.
+    let v2 =
+        std::fs::read_to_string("/proc/mounts").map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))).unwrap_or(false);
+    if v2 {
+        cfg.files.push(("cgroup.conf".into(), "CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n".into()));
+    }
     if let Some(lib) = nccl {
         cfg.plugstack = format!("required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl={lib}\n");
     }
