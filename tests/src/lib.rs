@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 pub mod helper_node;
+pub mod replay;
 pub mod task_env;
 
 /// The name of the unprivileged user the tests run jobs as.
@@ -464,8 +465,10 @@ impl Cluster {
         for v in PLUGIN_VARS {
             c.env_remove(v);
         }
+        // Nor the harness's own settings (FLEXMIG_SPANK_SO, FLEXMIG_GRES_HELPER, ... of the
+        // release matrix and the package test): a job sees no FLEXMIG_ variable it did not get.
         for (k, _) in std::env::vars() {
-            if k.starts_with("SLURM_") && k != "SLURM_CONF" {
+            if (k.starts_with("SLURM_") && k != "SLURM_CONF") || k.starts_with("FLEXMIG_") {
                 c.env_remove(k);
             }
         }
