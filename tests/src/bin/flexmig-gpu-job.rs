@@ -261,13 +261,20 @@ fn check_job(n: u32, job: &JobOutput, leaves: &[EmulatedLeaf], gpus: &[RealGpu],
     if ranks.len() != n as usize {
         fail(format!("{} of {n} ranks reported", ranks.len()));
     }
+    println!("   each rank's environment, from inside the job:");
+    for r in &ranks {
+        println!("     {r}");
+    }
     if dry_run {
         println!("   dry run: training, NCCL transports and speed are not checked (no GPU)");
         return ok;
     }
     let shm = job.connections.iter().filter(|l| l.contains("via SHM")).count();
     let other: Vec<&String> = job.connections.iter().filter(|l| !l.contains("via SHM")).collect();
-    println!("   NCCL connections: {shm} via SHM, {} otherwise", other.len());
+    println!("   NCCL connections: {shm} via SHM, {} otherwise:", other.len());
+    for l in &job.connections {
+        println!("     {}", l.split("NCCL INFO ").nth(1).unwrap_or(l));
+    }
     if shm == 0 || !other.is_empty() {
         fail(format!("ranks must connect over SHM only: {other:?}"));
     }
