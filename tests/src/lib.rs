@@ -27,7 +27,6 @@ use anyhow::{bail, Context as _, Result};
 
 pub mod helper_node;
 pub mod replay;
-pub mod replay;
 pub mod task_env;
 
 /// The name of the unprivileged user the tests run jobs as.
