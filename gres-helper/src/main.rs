@@ -64,7 +64,7 @@ enum Command {
     /// Create and equip fake nodes for tests and the demo.
     #[command(subcommand)]
     FakeNode(cmd::fake_node::FakeNodeCommand),
-    /// Build, install and inspect the patched NCCL flexmig needs.
+    /// Build, install and inspect the NCCL flexmig ranks load (patched, or stock >= 2.31).
     #[command(subcommand)]
     Nccl(cmd::nccl::NcclCommand),
 }

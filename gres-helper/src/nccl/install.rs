@@ -35,7 +35,8 @@ pub struct InstallArgs {
     /// Copy the source into the work directory and patch it, but do not build (CI compiles a few files itself).
     #[arg(long)]
     pub patch_only: bool,
-    /// Build the release as it is, without the flexmig patch (for comparisons).
+    /// Build the release as it is, without a flexmig patch: NCCL >= 2.31 (its own MIG support
+    /// serves leaves of one GPU), or for comparisons.
     #[arg(long, conflicts_with_all = ["check_only", "patch_only"])]
     pub no_patch: bool,
     /// Steps per slice of ring all-reduce and all-gather (Simple protocol): 2 is NCCL's own, 1 cuts
