@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what flexmig's build, demo and tests need on Debian 12 (as root), only where missing:
-# Slurm (daemons, clients, headers), munge, libclang for bindgen, Lua 5.1 for the filters' tests.
+# Slurm (daemons, clients, headers), munge, libclang for bindgen, Lua 5.1 for the filters' tests,
+# debootstrap, dpkg-dev and lintian for the release matrix and the packages.
 set -euo pipefail
-pkgs=(slurm-wlm slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang lua5.1 python3)
+# debootstrap makes the release matrix's chroots (scripts/release-matrix.sh); dpkg-dev and
+# lintian build and check the Debian packages (scripts/package.sh, scripts/package-test.sh).
+pkgs=(slurm-wlm slurmctld slurmd slurm-client munge libslurm-dev libclang-dev clang lua5.1 python3 debootstrap dpkg-dev lintian)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs all of flexmig's tests on Debian 12 as root: unit tests, the integration tests against a
 # real Slurm (munge, slurmctld, slurmd started by the tests on loopback), the NCCL patch check,
-# and the benchmark scripts' check (tables reproduced from raw results). Installs what it needs.
+# the benchmark scripts' check (tables reproduced from raw results), the Slurm release matrix
+# (24.11, 26.05 in chroots) and the Debian packages installed and tested. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -16,3 +17,10 @@ cargo test --workspace --no-fail-fast
 bash nccl-patch/ci-check.sh
 # The GPU scripts and the published benchmark tables (python3 is there after ci-check).
 bash bench/check.sh
+# The Slurm release matrix: every real-Slurm suite on Debian 13's Slurm 24.11 and unstable's
+# 26.05, each in a debootstrap chroot (made once, then reused from /var/cache/flexmig-ci; CI
+# makes them fresh), with the plugin built against that release's headers.
+bash scripts/release-matrix.sh
+# The Debian packages: built for 22.05, 24.11 and 26.05, lintian-clean, installed with apt on
+# this host and in both chroots, every suite run against the installed files, purged again.
+bash scripts/package-test.sh

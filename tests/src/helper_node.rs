@@ -42,9 +42,13 @@ fn ok(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// The repository's slurm-conf/ folder (the Lua filters).
+/// Where the Lua filters are read from: `$FLEXMIG_LUA_DIR` if set (the installed
+/// `/usr/share/flexmig`, scripts/package-test.sh), else the repository's slurm-conf/ folder.
 pub fn slurm_conf_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../slurm-conf")
+    match std::env::var_os("FLEXMIG_LUA_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../slurm-conf"),
+    }
 }
 
 /// The emulated node built with the helper.
