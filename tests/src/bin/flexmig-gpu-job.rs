@@ -107,8 +107,9 @@ fn node(gpus: &[RealGpu], nccl: Option<&str>) -> Result<(ClusterConfig, Vec<Emul
     cfg.slurm_conf_extra = "JobSubmitPlugins=lua\nCliFilterPlugins=lua\n".into();
     // slurmd initialises a cgroup plugin even with task/none; on a cgroup v2 machine without
     // systemd (GPU machines in containers or VMs) it must make its own hierarchy.
-    let v2 =
-        std::fs::read_to_string("/proc/mounts").map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))).unwrap_or(false);
+    let v2 = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().skip(1).take(2).eq(["/sys/fs/cgroup", "cgroup2"])))
+        .unwrap_or(false);
     if v2 {
         cfg.files.push(("cgroup.conf".into(), "CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n".into()));
     }
