@@ -72,7 +72,7 @@ trap purge_all EXIT
 echo "package-test: host (Slurm $host_release): installing the packages"
 host_installed=1
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$helper_deb" "$(ls "$debs"/flexmig-slurm-plugin-"$host_release"_*.deb)" >/dev/null
-cargo test -q -p flexmig-integration --no-run --message-format=json 2>/dev/null \
+cargo test -q -p flexmig-integration --no-run --message-format=json \
   | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -41,7 +41,7 @@ mkdir -p "$matrix"
 
 # The test binaries and the helper: built once on the host, the same for every release.
 [ -n "${FLEXMIG_GRES_HELPER:-}" ] || cargo build -q -p flexmig-gres-helper
-cargo test -q -p flexmig-integration --no-run --message-format=json 2>/dev/null \
+cargo test -q -p flexmig-integration --no-run --message-format=json \
   | python3 -c '
 import json, sys
 for line in sys.stdin:
