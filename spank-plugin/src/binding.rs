@@ -402,10 +402,10 @@ impl Plan<'_> {
         }
         self.unset_present(&RANK_VIEW);
         self.unset_present(&NODE_VIEW);
-        self.unset_present(&["NCCL_MIG_ID", "NCCL_MULTI_RANK_GPU_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_MNNVL_ENABLE"]);
-        if let (Some(lib), Some(preload)) = (&args.nccl, (self.env)("LD_PRELOAD")) {
-            let lib = lib.display().to_string();
-            let rest: Vec<&str> = preload.split([' ', ':']).filter(|e| !e.is_empty() && *e != lib).collect();
+        self.unset_present(&["NCCL_MIG_ID", "NCCL_MULTI_RANK_GPU_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_MNNVL_ENABLE", "FLEXMIG_HOSTREDUCE"]);
+        if let Some(preload) = (self.env)("LD_PRELOAD") {
+            let ours: Vec<String> = args.nccl.iter().chain(&args.hostreduce).map(|p| p.display().to_string()).collect();
+            let rest: Vec<&str> = preload.split([' ', ':']).filter(|e| !e.is_empty() && !ours.iter().any(|o| o == e)).collect();
             if rest.len() != preload.split([' ', ':']).filter(|e| !e.is_empty()).count() {
                 if rest.is_empty() {
                     self.out.push(EnvChange::Unset("LD_PRELOAD".into()));
@@ -442,17 +442,39 @@ impl Plan<'_> {
         }
     }
 
+    /// LD_PRELOAD with the host-reduce library (first, so its NCCL entry points win) and the
+    /// patched NCCL in front of the user's own entries; FLEXMIG_HOSTREDUCE for the former.
     fn nccl_preload(&mut self, args: &PluginArgs, node: &str) -> Result<()> {
-        let Some(lib) = &args.nccl else { return Ok(()) };
-        let lib = lib.display().to_string();
-        if !std::path::Path::new(&lib).is_file() {
-            return Err(Error::node(format!(
-                "the patched NCCL {lib} named by nccl= in plugstack.conf does not exist on {node}: \
-                 install it there (flexmig-gres-helper nccl install) or fix the plugstack.conf line"
-            )));
+        let libs: Vec<(&std::path::Path, &str, &str)> = [
+            args.hostreduce.as_deref().map(|p| (p, "hostreduce", "the host-reduce library")),
+            args.nccl.as_deref().map(|p| (p, "nccl", "the patched NCCL")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if libs.is_empty() {
+            return Ok(());
         }
-        if let Some(v) = preload_with(&lib, (self.env)("LD_PRELOAD").as_deref()) {
-            self.set("LD_PRELOAD", v);
+        for (lib, key, what) in &libs {
+            if !lib.is_file() {
+                return Err(Error::node(format!(
+                    "{what} {} named by {key}= in plugstack.conf does not exist on {node}: install it there \
+                     (flexmig-gres-helper nccl install for NCCL) or fix the plugstack.conf line",
+                    lib.display()
+                )));
+            }
+        }
+        let mut preload = (self.env)("LD_PRELOAD");
+        for (lib, ..) in libs.iter().rev() {
+            if let Some(v) = preload_with(&lib.display().to_string(), preload.as_deref()) {
+                preload = Some(v);
+            }
+        }
+        if preload != (self.env)("LD_PRELOAD") {
+            self.set("LD_PRELOAD", preload.unwrap_or_default());
+        }
+        if args.hostreduce.is_some() {
+            self.set_unless_users("FLEXMIG_HOSTREDUCE", args.hostreduce_mode.as_str(), true);
         }
         Ok(())
     }
@@ -821,6 +843,26 @@ mod tests {
         let types: BTreeMap<u32, String> = [(0, "1g.10gb".to_string())].into();
         check_allocated_types(&PluginArgs::default(), &inv, &t, &types, "n1").unwrap();
         check_allocated_types(&PluginArgs::default(), &inv, &t, &BTreeMap::new(), "n1").unwrap();
+    }
+
+    #[test]
+    fn the_host_reduce_library_goes_first_in_ld_preload() {
+        let inv = inventory();
+        let dir = tempfile::tempdir().unwrap();
+        let (hr, nccl) = (dir.path().join("libflexmig_hostreduce.so"), dir.path().join("libnccl.so.2"));
+        std::fs::write(&hr, b"").unwrap();
+        std::fs::write(&nccl, b"").unwrap();
+        let args = PluginArgs { hostreduce: Some(hr.clone()), nccl: Some(nccl.clone()), ..PluginArgs::default() };
+        let env = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("LD_PRELOAD", "/x/libfoo.so")]);
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 2), &env).unwrap().env);
+        assert_eq!(m["LD_PRELOAD"], format!("{} {} /x/libfoo.so", hr.display(), nccl.display()));
+        assert_eq!(m["FLEXMIG_HOSTREDUCE"], "auto");
+        let own = env_of(&[("SLURM_STEP_GPUS", "2,3"), ("SLURM_STEP_NODELIST", "n1"), ("FLEXMIG_HOSTREDUCE", "off")]);
+        let m = as_map(&plan_task(Mode::Rank, &args, &inv, &task(0, 2), &own).unwrap().env);
+        assert!(!m.contains_key("FLEXMIG_HOSTREDUCE"), "a user's own choice stays");
+        std::fs::remove_file(&hr).unwrap();
+        let e = plan_task(Mode::Rank, &args, &inv, &task(0, 2), &env).unwrap_err().to_string();
+        assert!(e.contains("host-reduce library") && e.contains("hostreduce="), "{e}");
     }
 
     #[test]

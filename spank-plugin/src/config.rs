@@ -67,6 +67,30 @@ pub struct PluginArgs {
     /// takes one while gradients are reduced during the backward pass: fewer channels gave
     /// DDP steps 0-5% more throughput on emulated leaves (BENCHMARKS.md, "Channels").
     pub nccl_max_channels: Option<u32>,
+    /// flexmig's host-reduce library (`hostreduce=PATH`), put in LD_PRELOAD in front of NCCL: it
+    /// takes the large all-reduces between leaves of this node off the GPUs' links and SMs.
+    pub hostreduce: Option<PathBuf>,
+    /// What it does by default (`hostreduce_mode=auto|on|off`, exported as FLEXMIG_HOSTREDUCE
+    /// unless the user set it): `auto` takes the host path only where it was measured faster.
+    pub hostreduce_mode: HostReduceMode,
+}
+
+/// `FLEXMIG_HOSTREDUCE` of the host-reduce library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostReduceMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl HostReduceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostReduceMode::Auto => "auto",
+            HostReduceMode::On => "on",
+            HostReduceMode::Off => "off",
+        }
+    }
 }
 
 impl Default for PluginArgs {
@@ -80,6 +104,8 @@ impl Default for PluginArgs {
             master_ports: (20000, 32767),
             lock_dir: PathBuf::from("/run/flexmig"),
             nccl_max_channels: Some(DEFAULT_NCCL_MAX_CHANNELS),
+            hostreduce: None,
+            hostreduce_mode: HostReduceMode::Auto,
         }
     }
 }
@@ -105,6 +131,7 @@ impl PluginArgs {
         Ok(PluginArgs {
             inventory: expand(&self.inventory, "inventory")?,
             nccl: self.nccl.as_deref().map(|p| expand(p, "nccl")).transpose()?,
+            hostreduce: self.hostreduce.as_deref().map(|p| expand(p, "hostreduce")).transpose()?,
             lock_dir: expand(&self.lock_dir, "lock_dir")?,
             ..self.clone()
         })
@@ -144,7 +171,8 @@ impl fmt::Display for NodeName {
     }
 }
 
-const KEYS: &str = "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH, nccl_max_channels=N|off";
+const KEYS: &str =
+    "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH, nccl_max_channels=N|off, hostreduce=PATH, hostreduce_mode=auto|on|off";
 
 /// NCCL_MAX_NCHANNELS exported to single-node steps unless configured otherwise.
 pub const DEFAULT_NCCL_MAX_CHANNELS: u32 = 2;
@@ -175,6 +203,15 @@ impl PluginArgs {
                 "master_ports" => out.master_ports = port_range(value).map_err(bad)?,
                 "lock_dir" => out.lock_dir = absolute_path(value).map_err(bad)?,
                 "nccl_max_channels" => out.nccl_max_channels = channels(value).map_err(bad)?,
+                "hostreduce" => out.hostreduce = Some(absolute_path(value).map_err(bad)?),
+                "hostreduce_mode" => {
+                    out.hostreduce_mode = match value {
+                        "auto" => HostReduceMode::Auto,
+                        "on" => HostReduceMode::On,
+                        "off" => HostReduceMode::Off,
+                        _ => return Err(bad(format!("`{value}` is not auto, on or off"))),
+                    }
+                }
                 _ => return Err(bad(format!("unknown key `{key}`; known keys: {KEYS}"))),
             }
         }
@@ -265,6 +302,12 @@ mod tests {
         assert_eq!(a.nccl_max_channels, Some(DEFAULT_NCCL_MAX_CHANNELS), "on by default");
         assert_eq!(PluginArgs::parse(&["nccl_max_channels=off"]).unwrap().nccl_max_channels, None);
         assert_eq!(PluginArgs::parse(&["nccl_max_channels=4"]).unwrap().nccl_max_channels, Some(4));
+        let h = PluginArgs::parse(&["hostreduce=/opt/flexmig/lib/libflexmig_hostreduce.so", "hostreduce_mode=on"]).unwrap();
+        assert_eq!(
+            (h.hostreduce.as_deref(), h.hostreduce_mode),
+            (Some(std::path::Path::new("/opt/flexmig/lib/libflexmig_hostreduce.so")), HostReduceMode::On)
+        );
+        assert_eq!(PluginArgs::default().hostreduce_mode, HostReduceMode::Auto);
     }
 
     #[test]
@@ -292,6 +335,8 @@ mod tests {
             ("nccl_max_channels=0", "channel count"),
             ("nccl_max_channels=65", "channel count"),
             ("nccl_max_channels=many", "channel count"),
+            ("hostreduce=lib.so", "not an absolute path"),
+            ("hostreduce_mode=fast", "not auto, on or off"),
         ] {
             let e = PluginArgs::parse(&[arg]).unwrap_err().to_string();
             assert!(e.starts_with("flexmig: bad argument") && e.contains(arg) && e.contains(needle), "{arg}: {e}");

@@ -247,20 +247,22 @@ fn nccl_argument_preloads_the_patched_library_and_channels_can_be_off() {
     let (cfg, _) = ClusterConfig::emulated(1);
     let mut cfg = cfg;
     cfg.plugstack =
-        "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off\n"
+        "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off hostreduce=@DIR@/libflexmig_hostreduce.so\n"
             .into();
     let c = Cluster::start(&cfg).unwrap();
-    // Any loadable library stands in for the patched NCCL here.
+    // Any loadable library stands in for the patched NCCL and the host-reduce library here.
     let libm = "/lib/x86_64-linux-gnu/libm.so.6";
     std::fs::copy(libm, c.dir().join("libnccl.so.2")).unwrap();
+    std::fs::copy(libm, c.dir().join("libflexmig_hostreduce.so")).unwrap();
     let lib = c.dir().join("libnccl.so.2").display().to_string();
+    let hr = c.dir().join("libflexmig_hostreduce.so").display().to_string();
     let o = Cluster::output(c.command("srun").env("LD_PRELOAD", libm).args([
         "--flexmig",
         "-n2",
         "--gres=gpu:2",
         "/bin/bash",
         "-c",
-        "echo \"P=$LD_PRELOAD R=${RANK-unset} C=${NCCL_MAX_NCHANNELS-unset}\"",
+        "echo \"P=$LD_PRELOAD R=${RANK-unset} C=${NCCL_MAX_NCHANNELS-unset} H=$FLEXMIG_HOSTREDUCE\"",
     ]))
     .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -268,8 +270,8 @@ fn nccl_argument_preloads_the_patched_library_and_channels_can_be_off() {
     for l in out.lines() {
         assert_eq!(
             l,
-            format!("P={lib} {libm} R=unset C=unset"),
-            "the user's LD_PRELOAD stays after the patched NCCL; torch_env=no sets no RANK; nccl_max_channels=off none"
+            format!("P={hr} {lib} {libm} R=unset C=unset H=auto"),
+            "the host-reduce library first, then the patched NCCL, then the user's LD_PRELOAD; torch_env=no sets no RANK; nccl_max_channels=off none"
         );
     }
 }
