@@ -14,13 +14,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 suites=("$@")
 [ "${#suites[@]}" -gt 0 ] || suites=(trixie sid)
-if [ -n "${FLEXMIG_CHROOT_ROOT:-}" ]; then
-  root=$FLEXMIG_CHROOT_ROOT
-elif [ -n "${CI:-}" ]; then
-  root=$repo/target/chroots
-else
-  root=/var/cache/flexmig-ci/chroots
-fi
+root=${FLEXMIG_CHROOT_ROOT:-/var/cache/flexmig-ci/chroots}
 debs=$repo/target/debs
 matrix=$repo/target/matrix
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)

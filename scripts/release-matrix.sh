@@ -16,7 +16,7 @@
 #
 # Environment:
 #   FLEXMIG_CHROOT_ROOT  where chroots live (default /var/cache/flexmig-ci/chroots, kept between
-#                        runs; with CI set: target/chroots of this checkout, made fresh)
+#                        runs; scripts/test.sh with CI set makes fresh ones in a temporary one)
 #   FLEXMIG_SPANK_SO_<SUITE>, FLEXMIG_GRES_HELPER, FLEXMIG_LUA_DIR   test installed files
 #                        instead of the build (scripts/package-test.sh)
 #   FLEXMIG_MATRIX_TESTS test binaries to run, NAME or NAME:ARGS (default: plugin hardening
@@ -28,13 +28,7 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 suites=("$@")
 [ "${#suites[@]}" -gt 0 ] || suites=(trixie sid)
-if [ -n "${FLEXMIG_CHROOT_ROOT:-}" ]; then
-  root=$FLEXMIG_CHROOT_ROOT
-elif [ -n "${CI:-}" ]; then
-  root=$repo/target/chroots
-else
-  root=/var/cache/flexmig-ci/chroots
-fi
+root=${FLEXMIG_CHROOT_ROOT:-/var/cache/flexmig-ci/chroots}
 matrix=$repo/target/matrix
 tests=(${FLEXMIG_MATRIX_TESTS:-plugin hardening helper_slurm release})
 mkdir -p "$matrix"

@@ -20,6 +20,13 @@ bash bench/check.sh
 # The Slurm release matrix: every real-Slurm suite on Debian 13's Slurm 24.11 and unstable's
 # 26.05, each in a debootstrap chroot (made once, then reused from /var/cache/flexmig-ci; CI
 # makes them fresh), with the plugin built against that release's headers.
+if [ -n "${CI:-}" ] && [ -z "${FLEXMIG_CHROOT_ROOT:-}" ]; then
+  # CI starts clean: fresh chroots in a directory of this run, removed at the end (never while
+  # anything is mounted in it; the scripts unmount what they mount, also on failure).
+  FLEXMIG_CHROOT_ROOT=$(mktemp -d /var/tmp/flexmig-ci-chroots.XXXXXX)
+  export FLEXMIG_CHROOT_ROOT
+  trap 'if findmnt -rn -o TARGET | grep -q "^$FLEXMIG_CHROOT_ROOT/"; then echo "test.sh: $FLEXMIG_CHROOT_ROOT has mounts, left in place" >&2; else rm -rf --one-file-system "$FLEXMIG_CHROOT_ROOT"; fi' EXIT
+fi
 bash scripts/release-matrix.sh
 # The Debian packages: built for 22.05, 24.11 and 26.05, lintian-clean, installed with apt on
 # this host and in both chroots, every suite run against the installed files, purged again.
