@@ -67,7 +67,14 @@ pub fn inventory(gpus: &[GpuInfo], leaves: &[NodeLeaf]) -> Inventory {
         .collect();
     inv.leaves = leaves
         .iter()
-        .map(|l| Leaf { gres_index: l.gres_index, gpu: l.gpu, profile: l.profile.clone(), uuid: l.uuid.clone(), cuda_device: None })
+        .map(|l| Leaf {
+            gres_index: l.gres_index,
+            gpu: l.gpu,
+            profile: l.profile.clone(),
+            uuid: l.uuid.clone(),
+            cuda_device: None,
+            gpu_instance: Some(l.gi),
+        })
         .collect();
     inv
 }

@@ -17,6 +17,7 @@
 //! profile = "1g.5gb"
 //! uuid = "MIG-..."        # exported as NCCL_MIG_ID
 //! cuda_device = "MIG-..." # optional, exported as CUDA_VISIBLE_DEVICES; defaults to uuid
+//! gpu_instance = 1        # optional, the MIG GPU instance id (DCGM's name for the leaf)
 //! ```
 //!
 //! A node whose GPUs are not in MIG mode (a test cluster) can carry emulated leaves: an
@@ -85,6 +86,10 @@ pub struct Leaf {
     /// What CUDA_VISIBLE_DEVICES should hold for this leaf; defaults to `uuid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_device: Option<String>,
+    /// The MIG GPU instance id on its GPU (names the leaf in DCGM's metrics); None for an
+    /// emulated leaf, or an inventory written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_instance: Option<u32>,
 }
 
 impl Leaf {

@@ -11,7 +11,9 @@
 //!   content, never half.
 
 pub mod atomic;
+pub mod gres_detail;
 pub mod gres_order;
+pub mod holders;
 pub mod hostlist;
 pub mod inventory;
 pub mod layout;

@@ -62,6 +62,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             profile: l.profile.clone(),
             uuid: format!("MIG-{}-{k}", l.gpu),
             cuda_device: None,
+            gpu_instance: None,
         });
     }
     // Small leaves first (GRES gpus..7*gpus), then the doubles (0..gpus).

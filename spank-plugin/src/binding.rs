@@ -178,30 +178,9 @@ pub fn leaves_to_lock(mode: Mode, args: &PluginArgs, inv: &Inventory, task: &Tas
 /// entries (`gpu:2(IDX:0-1)`) say nothing of types and are left out.
 pub fn allocated_types(detail: &str) -> BTreeMap<u32, String> {
     let mut out = BTreeMap::new();
-    let mut depth = 0;
-    let mut start = 0;
-    let mut entries = Vec::new();
-    for (i, c) in detail.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                entries.push(&detail[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    entries.push(&detail[start..]);
-    for e in entries {
-        let Some((head, rest)) = e.trim().split_once("(IDX:") else { continue };
-        let parts: Vec<&str> = head.split(':').collect();
-        let [name, ty, _count] = parts[..] else { continue };
-        let Ok(indices) = parse_index_list(rest.trim_end_matches(')')) else { continue };
-        if name == "gpu" {
-            for i in indices {
-                out.insert(i, ty.to_string());
-            }
+    for e in leaf_model::gres_detail::parse(detail).into_iter().filter(|e| e.name == "gpu") {
+        if let Some(ty) = e.type_name {
+            out.extend(e.indices.into_iter().map(|i| (i, ty.clone())));
         }
     }
     out
@@ -510,6 +489,7 @@ mod tests {
                 profile: l.profile.clone(),
                 uuid: format!("MIG-{}-{k}", l.gpu),
                 cuda_device: None,
+                gpu_instance: None,
             });
         }
         inv

@@ -199,6 +199,7 @@ impl ClusterConfig {
                     profile: profile.into(),
                     uuid: uuid.clone(),
                     cuda_device: Some(gpus[g as usize].uuid.clone()),
+                    gpu_instance: None,
                 });
                 leaves.push(EmulatedLeaf { gres_index: idx, gpu: g, profile: profile.into(), uuid });
             }
