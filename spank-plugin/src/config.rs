@@ -73,6 +73,12 @@ pub struct PluginArgs {
     /// What it does by default (`hostreduce_mode=auto|on|off`, exported as FLEXMIG_HOSTREDUCE
     /// unless the user set it): `auto` takes the host path only where it was measured faster.
     pub hostreduce_mode: HostReduceMode,
+    /// Where root keeps one world-readable record per running task of who holds which leaf
+    /// (`holders_dir=PATH`), for `flexmig-gres-helper status` and monitoring; never for locking.
+    pub holders_dir: PathBuf,
+    /// dcgm-exporter's `--hpc-job-mapping-dir` (`dcgm_job_map=DIR`): each bound MIG leaf's file
+    /// there holds the id of the job that holds it, so GPU metrics are labelled by job.
+    pub dcgm_job_map: Option<PathBuf>,
 }
 
 /// `FLEXMIG_HOSTREDUCE` of the host-reduce library.
@@ -106,6 +112,8 @@ impl Default for PluginArgs {
             nccl_max_channels: Some(DEFAULT_NCCL_MAX_CHANNELS),
             hostreduce: None,
             hostreduce_mode: HostReduceMode::Auto,
+            holders_dir: PathBuf::from(leaf_model::holders::DEFAULT_DIR),
+            dcgm_job_map: None,
         }
     }
 }
@@ -133,6 +141,8 @@ impl PluginArgs {
             nccl: self.nccl.as_deref().map(|p| expand(p, "nccl")).transpose()?,
             hostreduce: self.hostreduce.as_deref().map(|p| expand(p, "hostreduce")).transpose()?,
             lock_dir: expand(&self.lock_dir, "lock_dir")?,
+            holders_dir: expand(&self.holders_dir, "holders_dir")?,
+            dcgm_job_map: self.dcgm_job_map.as_deref().map(|p| expand(p, "dcgm_job_map")).transpose()?,
             ..self.clone()
         })
     }
@@ -172,7 +182,7 @@ impl fmt::Display for NodeName {
 }
 
 const KEYS: &str =
-    "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH, nccl_max_channels=N|off, hostreduce=PATH, hostreduce_mode=auto|on|off";
+    "inventory=PATH, nccl=PATH, torch_env=yes|no, master_ports=LO-HI, lock_dir=PATH, nccl_max_channels=N|off, hostreduce=PATH, hostreduce_mode=auto|on|off, holders_dir=PATH, dcgm_job_map=DIR";
 
 /// NCCL_MAX_NCHANNELS exported to single-node steps unless configured otherwise.
 pub const DEFAULT_NCCL_MAX_CHANNELS: u32 = 2;
@@ -204,6 +214,8 @@ impl PluginArgs {
                 "lock_dir" => out.lock_dir = absolute_path(value).map_err(bad)?,
                 "nccl_max_channels" => out.nccl_max_channels = channels(value).map_err(bad)?,
                 "hostreduce" => out.hostreduce = Some(absolute_path(value).map_err(bad)?),
+                "holders_dir" => out.holders_dir = absolute_path(value).map_err(bad)?,
+                "dcgm_job_map" => out.dcgm_job_map = Some(absolute_path(value).map_err(bad)?),
                 "hostreduce_mode" => {
                     out.hostreduce_mode = match value {
                         "auto" => HostReduceMode::Auto,
@@ -308,6 +320,10 @@ mod tests {
             (Some(std::path::Path::new("/opt/flexmig/lib/libflexmig_hostreduce.so")), HostReduceMode::On)
         );
         assert_eq!(PluginArgs::default().hostreduce_mode, HostReduceMode::Auto);
+        let m = PluginArgs::parse(&["holders_dir=/run/h/%n", "dcgm_job_map=/run/dcgm-job-map"]).unwrap();
+        assert_eq!(m.holders_dir, PathBuf::from("/run/h/%n"));
+        assert_eq!(m.dcgm_job_map, Some(PathBuf::from("/run/dcgm-job-map")));
+        assert_eq!(PluginArgs::default().holders_dir, PathBuf::from("/run/flexmig-holders"));
     }
 
     #[test]

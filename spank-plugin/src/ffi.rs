@@ -138,6 +138,10 @@ spank_callback!(
     /// Called in each forked task as the user, after Slurm set its GPU variables, before exec.
     task slurm_spank_task_init => crate::task_init
 );
+spank_callback!(
+    /// Called in slurmstepd, as root, when a task has exited.
+    slurm_spank_task_exit => crate::task_exit
+);
 
 /// What a failing `slurm_spank_init` does on Slurm >= 25.05: fail the job, never drain the
 /// node. (flexmig's own init does not fail on a configuration error; this covers the rest.)
@@ -487,6 +491,25 @@ pub(crate) mod sys {
         let mode = create.unwrap_or(0) as libc::c_uint;
         // SAFETY: a valid directory descriptor, a NUL-terminated name, flags and a mode.
         owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })
+    }
+
+    /// A regular file of `dir` opened for writing, never through a link, created with `mode`
+    /// where missing (not truncated: its owner decides what it holds).
+    pub(crate) fn create_file_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<OwnedFd> {
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, flags and a mode.
+        owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) })
+    }
+
+    pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+    }
+
+    /// This process's real user id.
+    pub(crate) fn uid() -> u32 {
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
     }
 
     pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {

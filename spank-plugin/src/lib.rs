@@ -16,6 +16,7 @@ pub mod binding;
 pub mod config;
 pub mod error;
 mod ffi;
+mod holders;
 pub mod leaf_lock;
 mod slurm_log;
 mod trusted_fs;
@@ -75,6 +76,7 @@ struct Prepared {
     inventory: Inventory,
     step_gpus: Option<String>,
     locks: leaf_lock::OpenLocks,
+    records: holders::Records,
 }
 
 static PREPARED: Mutex<Option<Result<Prepared>>> = Mutex::new(None);
@@ -139,7 +141,12 @@ fn prepare(spank: &Spank, mode: Mode) -> Result<Prepared> {
     }
     let uuids = binding::leaves_to_lock(mode, &args, &inventory, &task, &node_shown)?;
     let locks = leaf_lock::open(&args.lock_dir, uuids.iter().map(String::as_str))?;
-    Ok(Prepared { args, inventory, step_gpus, locks })
+    let records = if task.is_batch {
+        holders::Records::default()
+    } else {
+        holders::open(&args.holders_dir, args.dcgm_job_map.as_deref(), (task.job_id, task.step_id, task.local_task_id), &uuids, &inventory)?
+    };
+    Ok(Prepared { args, inventory, step_gpus, locks, records })
 }
 
 /// This node's Slurm name as slurmd told slurmstepd (slurmstepd puts it in its own process
@@ -157,20 +164,33 @@ fn task_init(spank: &Spank, _args: &[String]) -> Result<()> {
     };
     let mode = Mode::parse(arg.as_deref())?;
     let prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let (plan, locks, inventory_emulation) = if mode == Mode::Off {
+    let task = task_view(spank, None)?;
+    let (plan, held, inventory_emulation) = if mode == Mode::Off {
         let args = plugin_args().unwrap_or_default();
-        (binding::plan_task(mode, &args, &Inventory::new(), &task_view(spank, None)?, &|k| spank.getenv(k))?, None, None)
+        (binding::plan_task(mode, &args, &Inventory::new(), &task, &|k| spank.getenv(k))?, None, None)
     } else {
         let p = prepared.ok_or_else(|| Error::slurm("slurm_spank_task_init_privileged did not run for this task"))??;
-        let task = task_view(spank, p.step_gpus.clone())?;
-        (binding::plan_task(mode, &p.args, &p.inventory, &task, &|k| spank.getenv(k))?, Some(p.locks), p.inventory.emulation)
+        let task = TaskView { step_gpus: p.step_gpus.clone(), ..task.clone() };
+        (binding::plan_task(mode, &p.args, &p.inventory, &task, &|k| spank.getenv(k))?, Some((p.locks, p.records)), p.inventory.emulation)
     };
     if let (Some(e), Some(p)) = (&inventory_emulation, plan.exclusive.first()) {
         tracing::info!("leaf {p} is emulated: a {}% share of its GPU under CUDA MPS, not a MIG instance", e.sm_percent);
     }
-    if let Some(locks) = locks {
+    if let Some((locks, records)) = held {
         let exclusive: Vec<&str> = plan.exclusive.iter().map(String::as_str).collect();
         locks.hold(&exclusive)?;
+        let pid = std::process::id();
+        records.write(&leaf_model::holders::Holder {
+            version: leaf_model::holders::VERSION,
+            job: task.job_id,
+            step: task.step_id,
+            task: task.local_task_id,
+            rank: task.global_task_id,
+            uid: ffi::sys::uid(),
+            pid,
+            pid_start: leaf_model::holders::process_start(pid).unwrap_or(0),
+            leaves: plan.exclusive.clone(),
+        })?;
     }
     for c in &plan.env {
         match c {
@@ -188,6 +208,28 @@ fn task_init(spank: &Spank, _args: &[String]) -> Result<()> {
         .collect();
     tracing::debug!("mode {mode}: {}", shown.join(" "));
     Ok(())
+}
+
+/// `slurm_spank_task_exit`, in slurmstepd as root when a task has ended: removes its holder
+/// record and its job from the dcgm-exporter mapping files.
+fn task_exit(spank: &Spank, _args: &[String]) -> Result<()> {
+    let Some(arg) = spank.flexmig_option() else {
+        return Ok(());
+    };
+    if !matches!(Mode::parse(arg.as_deref()), Ok(Mode::Rank | Mode::Node)) {
+        return Ok(());
+    }
+    let step = spank.item_u32(Item::StepId)?;
+    if step == ffi::SLURM_BATCH_SCRIPT {
+        return Ok(());
+    }
+    let node = trusted_node_name()?;
+    let args = plugin_args()?.for_node(node.as_ref())?;
+    // The inventory names each leaf's GPU instance, for the mapping files; without it, only the
+    // record goes.
+    let inventory = trusted_fs::read_file(&args.inventory).ok().and_then(|t| Inventory::parse(&t, "inventory").ok()).unwrap_or_default();
+    let ids = (spank.item_u32(Item::JobId)?, step, spank.item_u32(Item::TaskId)?);
+    holders::remove(&args.holders_dir, args.dcgm_job_map.as_deref(), ids, &inventory)
 }
 
 fn task_view(spank: &Spank, step_gpus: Option<String>) -> Result<TaskView> {

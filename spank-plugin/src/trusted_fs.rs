@@ -23,6 +23,8 @@ pub(crate) enum Missing {
     Fail,
     /// Create them, root's alone (0700).
     Create,
+    /// Create them, root's but readable by all (0755): for records users may read.
+    CreateReadable,
 }
 
 /// Links followed in one path at most (Linux's own limit is 40).
@@ -156,8 +158,9 @@ fn walk(path: &Path, target: Target, missing: Missing) -> Result<Walked, String>
         let cname = sys::c_name(&name).map_err(|e| format!("{}: {e}", here.display()))?;
         let st = match sys::lstat_at(dir.fd.as_fd(), &cname) {
             Ok(st) => st,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && missing == Missing::Create && target == Target::Dir => {
-                match sys::mkdir_at(dir.fd.as_fd(), &cname, 0o700) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && missing != Missing::Fail && target == Target::Dir => {
+                let mode = if missing == Missing::CreateReadable { 0o755 } else { 0o700 };
+                match sys::mkdir_at(dir.fd.as_fd(), &cname, mode) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {} // made by a task next door
                     Err(e) => return Err(format!("cannot create {}: {e}", here.display())),

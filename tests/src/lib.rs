@@ -93,7 +93,7 @@ pub const PLUGIN_VARS: &[&str] = &[
     "LD_PRELOAD",
 ];
 
-pub const DEFAULT_PLUGSTACK: &str = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks\n";
+pub const DEFAULT_PLUGSTACK: &str = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks holders_dir=@DIR@/holders\n";
 
 /// One emulated leaf of [`ClusterConfig::emulated`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl ClusterConfig {
         }
         cfg.inventory = None;
         cfg.nodes = nodes;
-        cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.%n.toml lock_dir=@DIR@/locks/%n\n".into();
+        cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.%n.toml lock_dir=@DIR@/locks/%n holders_dir=@DIR@/holders/%n\n".into();
         (cfg, all)
     }
 

@@ -62,7 +62,7 @@ fn sbatch(c: &Cluster, conf: Option<&Path>, args: &[&str], script: &str) -> (Out
 fn root_takes_the_node_name_from_slurmd_not_from_the_job_environment() {
     let (mut cfg, leaves) = ClusterConfig::emulated(1);
     let inventory = cfg.inventory.take().unwrap();
-    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/inv/%n.toml lock_dir=@DIR@/locks/%n\n".into();
+    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/inv/%n.toml lock_dir=@DIR@/locks/%n holders_dir=@DIR@/holders/%n\n".into();
     let c = Cluster::start(&cfg).unwrap();
     std::fs::create_dir(c.dir().join("inv")).unwrap();
     std::fs::write(c.dir().join("inv/localhost.toml"), &inventory).unwrap();
@@ -120,7 +120,7 @@ fn no_user_can_open_a_leaf_lock_so_none_can_hold_a_leaf_without_a_job() {
 #[test]
 fn a_lock_dir_or_lock_file_root_does_not_own_alone_is_refused() {
     let (mut cfg, leaves) = ClusterConfig::emulated(1);
-    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/shared/locks\n".into();
+    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/shared/locks holders_dir=@DIR@/holders\n".into();
     let c = Cluster::start(&cfg).unwrap();
     // An admin put the lock directory under a world-writable directory, and a user made it first.
     let shared = c.dir().join("shared");
@@ -173,7 +173,7 @@ fn locks_are_prepared_only_for_the_leaves_of_the_step() {
 #[test]
 fn a_bad_plugstack_argument_fails_only_flexmig_steps_and_never_the_node() {
     let (mut cfg, _) = ClusterConfig::emulated(1);
-    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks bogus=1\n".into();
+    cfg.plugstack = "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks holders_dir=@DIR@/holders bogus=1\n".into();
     // slurmd starts (Cluster::start waits for the node to be idle).
     let c = Cluster::start(&cfg).unwrap();
     let o = srun(&c, &["-n1", "--gres=gpu:1", "true"]);
@@ -190,7 +190,11 @@ fn a_bad_plugstack_argument_fails_only_flexmig_steps_and_never_the_node() {
     let good = c.dir().join("plugstack-good.conf");
     std::fs::write(
         &good,
-        format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display()),
+        format!(
+            "required {} inventory={d}/flexmig.toml lock_dir={d}/locks holders_dir={d}/holders\n",
+            c.plugin().display(),
+            d = c.dir().display()
+        ),
     )
     .unwrap();
     let conf = std::fs::read_to_string(c.conf()).unwrap();

@@ -224,7 +224,7 @@ fn errors_fail_cleanly_with_their_message() {
     c.write_file(
         "plugstack.conf",
         &format!(
-            "required {} inventory={d}/flexmig.toml lock_dir={d}/locks nccl=/nonexistent/libnccl.so.2\n",
+            "required {} inventory={d}/flexmig.toml lock_dir={d}/locks holders_dir={d}/holders nccl=/nonexistent/libnccl.so.2\n",
             c.plugin().display(),
             d = c.dir().display()
         ),
@@ -235,7 +235,11 @@ fn errors_fail_cleanly_with_their_message() {
     // Everything good again: works.
     c.write_file(
         "plugstack.conf",
-        &format!("required {} inventory={d}/flexmig.toml lock_dir={d}/locks\n", c.plugin().display(), d = c.dir().display()),
+        &format!(
+            "required {} inventory={d}/flexmig.toml lock_dir={d}/locks holders_dir={d}/holders\n",
+            c.plugin().display(),
+            d = c.dir().display()
+        ),
     )
     .unwrap();
     let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1", "true"]);
@@ -247,7 +251,7 @@ fn nccl_argument_preloads_the_patched_library_and_channels_can_be_off() {
     let (cfg, _) = ClusterConfig::emulated(1);
     let mut cfg = cfg;
     cfg.plugstack =
-        "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off hostreduce=@DIR@/libflexmig_hostreduce.so\n"
+        "required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks holders_dir=@DIR@/holders nccl=@DIR@/libnccl.so.2 torch_env=no nccl_max_channels=off hostreduce=@DIR@/libflexmig_hostreduce.so\n"
             .into();
     let c = Cluster::start(&cfg).unwrap();
     // Any loadable library stands in for the patched NCCL and the host-reduce library here.

@@ -114,7 +114,8 @@ fn node(gpus: &[RealGpu], nccl: Option<&str>) -> Result<(ClusterConfig, Vec<Emul
         cfg.files.push(("cgroup.conf".into(), "CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n".into()));
     }
     if let Some(lib) = nccl {
-        cfg.plugstack = format!("required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks nccl={lib}\n");
+        cfg.plugstack =
+            format!("required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks holders_dir=@DIR@/holders nccl={lib}\n");
     }
     cfg.cpus = 64;
     Ok((cfg, leaves))
