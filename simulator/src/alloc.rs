@@ -284,6 +284,45 @@ enum Request {
     AllSmallPlusDouble(u32),
 }
 
+/// The first node whose free count is at least n, in O(log nodes): a max segment tree over the
+/// nodes' free counts (Slurm's first-fit over node order on clusters of many nodes).
+#[derive(Debug, Clone)]
+struct FirstFit {
+    size: usize,
+    max: Vec<u32>,
+}
+
+impl FirstFit {
+    fn new(values: &[u32]) -> Self {
+        let size = values.len().next_power_of_two().max(1);
+        let mut f = FirstFit { size, max: vec![0; 2 * size] };
+        for (i, &v) in values.iter().enumerate() {
+            f.set(i, v);
+        }
+        f
+    }
+
+    fn set(&mut self, i: usize, v: u32) {
+        let mut k = self.size + i;
+        self.max[k] = v;
+        while k > 1 {
+            k /= 2;
+            self.max[k] = self.max[2 * k].max(self.max[2 * k + 1]);
+        }
+    }
+
+    fn first_at_least(&self, n: u32) -> Option<usize> {
+        if self.max[1] < n {
+            return None;
+        }
+        let mut k = 1;
+        while k < self.size {
+            k = if self.max[2 * k] >= n { 2 * k } else { 2 * k + 1 };
+        }
+        Some(k - self.size)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct FlexGpu {
     owner: Vec<u32>,
@@ -307,6 +346,9 @@ pub struct Flex {
     node_small: Vec<u32>,
     node_double: Vec<u32>,
     node_small_total: Vec<u32>,
+    /// First fit over the nodes by free small leaves, and by free leaves of either kind.
+    fit_small: FirstFit,
+    fit_any: FirstFit,
     free_small: u32,
     free_double: u32,
     held: Vec<Vec<(u32, u8)>>,
@@ -327,6 +369,8 @@ impl Flex {
             node_small: nodes.iter().map(|r| r.len() as u32 * small).collect(),
             node_double: nodes.iter().map(|r| r.len() as u32 * double).collect(),
             node_small_total: nodes.iter().map(|r| r.len() as u32 * small).collect(),
+            fit_small: FirstFit::new(&nodes.iter().map(|r| r.len() as u32 * small).collect::<Vec<_>>()),
+            fit_any: FirstFit::new(&nodes.iter().map(|r| r.len() as u32 * (small + double)).collect::<Vec<_>>()),
             nodes,
             order,
             free_small: small * costs.gpus,
@@ -356,7 +400,13 @@ impl Flex {
             self.free_small -= 1;
             self.node_small[node] -= 1;
         }
+        self.refile(node);
         self.held[idx].push((gpu, leaf as u8));
+    }
+
+    fn refile(&mut self, node: usize) {
+        self.fit_small.set(node, self.node_small[node]);
+        self.fit_any.set(node, self.node_small[node] + self.node_double[node]);
     }
 
     fn take(&mut self, idx: usize, gpu: u32, double: bool) {
@@ -367,7 +417,7 @@ impl Flex {
     }
 
     fn request(&self, size: u32) -> Request {
-        let small = self.node_small_total.iter().copied().max().unwrap_or(0);
+        let small = self.node_small_total.first().copied().unwrap_or(0);
         match size {
             1 => Request::Any(1),
             n if n <= small => Request::Small(n),
@@ -389,7 +439,20 @@ impl Flex {
     /// Slurm's placement: the first node (in node order) that can hold the request, and there
     /// the lowest free GRES indices of the requested types.
     fn place_slurm(&mut self, idx: usize, r: Request) -> bool {
-        let Some(node) = (0..self.nodes.len()).find(|&k| self.fits(k, r)) else {
+        // Not enough free leaves in the whole cluster: no node to look at.
+        let enough = match r {
+            Request::Small(n) => self.free_small >= n,
+            Request::Any(n) | Request::AllSmallPlusDouble(n) => self.free_small + self.free_double >= n,
+        };
+        if !enough {
+            return false;
+        }
+        let node = match r {
+            Request::Any(n) => self.fit_any.first_at_least(n),
+            Request::Small(n) => self.fit_small.first_at_least(n),
+            Request::AllSmallPlusDouble(_) => (0..self.nodes.len()).find(|&k| self.fits(k, r)),
+        };
+        let Some(node) = node else {
             return false;
         };
         let (mut small, mut double, mut any) = match r {
@@ -475,11 +538,18 @@ impl Flex {
 
     /// The largest number of job `idx`'s leaves on one GPU.
     pub fn concentration(&self, idx: usize) -> u32 {
-        let mut per_gpu: HashMap<u32, u32> = HashMap::new();
-        for &(g, _) in &self.held[idx] {
-            *per_gpu.entry(g).or_insert(0) += 1;
+        let held = &self.held[idx];
+        let Some(&(first, _)) = held.first() else { return 0 };
+        // A job's leaves are on one node: count per GPU of that node.
+        let node = &self.nodes[self.node_of(first)];
+        let mut per_gpu = vec![0u32; node.len()];
+        let mut most = 0;
+        for &(g, _) in held {
+            let c = &mut per_gpu[(g - node.start) as usize];
+            *c += 1;
+            most = most.max(*c);
         }
-        per_gpu.values().copied().max().unwrap_or(0)
+        most
     }
 
     /// The node and the Slurm GRES indices of the leaves job `idx` holds, ascending.
@@ -547,6 +617,7 @@ impl Allocator for Flex {
                 self.free_small += 1;
                 self.node_small[node] += 1;
             }
+            self.refile(node);
         }
     }
 

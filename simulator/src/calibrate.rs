@@ -56,11 +56,7 @@ fn step(r: &Value, source: &str) -> Option<Step> {
     }
     let env: Vec<&str> = r["env"].as_array().map(|e| e.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     // The plugin's two channels, set by the plugin (recorded since ddp_step.py knew it) or by hand.
-    let plugin_channels = match (env.as_slice(), r["plugin_max_channels"].as_i64()) {
-        ([], Some(2)) => true,
-        (["NCCL_MAX_NCHANNELS=2"], None) => true,
-        _ => false,
-    };
+    let plugin_channels = matches!((env.as_slice(), r["plugin_max_channels"].as_i64()), ([], Some(2)) | (["NCCL_MAX_NCHANNELS=2"], None));
     if !plugin_channels {
         return None;
     }

@@ -204,6 +204,27 @@ fn slurm_placement_takes_the_lowest_free_gres_indices() {
     assert_eq!(fm.gres_indices(1), None);
 }
 
+#[test]
+fn slurm_placement_fills_nodes_in_order() {
+    // Three nodes of one A100 each: a job goes to the first node that can hold it.
+    let geo = a100();
+    let mut cfg = plain(3, Scheduler::Fifo);
+    cfg.costs.gpus_per_node = 1;
+    let jobs = [
+        train("a", 0.0, 4, 100.0),  // node 0: 4 of its 6 small leaves
+        train("b", 0.0, 4, 100.0),  // node 0 has 2 left: node 1
+        train("c", 0.0, 2, 100.0),  // node 0's last 2
+        train("d", 0.0, 1, 100.0),  // node 0's double leaf
+        train("e", 0.0, 6, 100.0),  // node 2
+        train("f", 10.0, 3, 100.0), // node 1's last 2 small leaves are too few: waits for a at 100
+    ];
+    let run = simulate(&jobs, &geo, Mode::Fm, &cfg).unwrap();
+    check_invariants(&jobs, &run, Scheduler::Fifo, Mode::Fm);
+    let gpu = |j: usize| run.segments.iter().find(|s| s.job == j).unwrap().hold.gpu;
+    assert_eq!((0..6).map(gpu).collect::<Vec<_>>(), [0, 1, 0, 0, 2, 0]);
+    assert_eq!(run.outcomes[5].start_s, 100.0);
+}
+
 /// Five 1g jobs land (by the least-blocking rule) at slices 6, 4, 5, 0, 1. When all but the
 /// one at slice 1 are gone, a 4g (only legal at slice 0) is blocked by the tree although 6
 /// compute slices are free: Dynamic-MIG drains the GPU unless it runs inference.
@@ -310,13 +331,16 @@ fn dynamic_splits_jobs_larger_than_a_gpu_over_one_node() {
 fn generated_traces_keep_the_invariants_in_every_mode() {
     let geo = a100();
     for scheduler in [Scheduler::Fifo, Scheduler::Backfill] {
-        for (distribution, mix, gpus) in
-            [(Distribution::Small, Mix::Mixed, 2), (Distribution::Large, Mix::Training, 4), (Distribution::Balanced, Mix::Inference, 2)]
-        {
+        for (distribution, mix, gpus, gpus_per_node) in [
+            (Distribution::Small, Mix::Mixed, 2, 2),
+            (Distribution::Large, Mix::Training, 4, 4),
+            (Distribution::Balanced, Mix::Inference, 2, 2),
+            (Distribution::Balanced, Mix::Mixed, 6, 2),
+        ] {
             for seed in 1..=3 {
                 let jobs = generate(&Synthetic { distribution, mix, seed, jobs: None, load: 2.0, cluster_slices: 7 * gpus });
                 for placement in [Placement::Slurm, Placement::MostFree] {
-                    let costs = Costs { gpus, gpus_per_node: gpus, placement, ..Costs::default() };
+                    let costs = Costs { gpus, gpus_per_node, placement, ..Costs::default() };
                     let cfg = Config { record: true, scheduler, backfill_window: 14, costs };
                     for mode in Mode::ALL {
                         match simulate(&jobs, &geo, mode, &cfg) {
