@@ -18,6 +18,7 @@ mod nvml;
 mod plugin_stamp;
 mod signals;
 mod slurm_conf;
+mod status;
 mod verify;
 
 use cmd::{Global, Outcome};
@@ -25,7 +26,7 @@ use cmd::{Global, Outcome};
 const EXIT_STATUS: &str = "\
 Exit status:
   0  success; a check found nothing to report
-  1  a check found differences (assert, verify; nccl status: the library is unusable)
+  1  a check found differences (assert, verify, status; nccl status: the library is unusable)
   2  bad input or an error (the message says what is wrong and what to do)";
 
 #[derive(Debug, Parser)]
@@ -59,6 +60,10 @@ enum Command {
     /// plugin's Slurm version agree; exit 1 if not.
     #[command(after_help = EXIT_STATUS)]
     Verify(cmd::verify::VerifyArgs),
+    /// Show the node's leaves: free, given by Slurm to which job, held by which flexmig task;
+    /// exit 1 where Slurm, the plugin's records and the inventory disagree.
+    #[command(after_help = EXIT_STATUS)]
+    Status(cmd::status::StatusArgs),
     /// List the recorded GPU models.
     Models,
     /// Create and equip fake nodes for tests and the demo.
@@ -78,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Export => cmd::export::run(g),
         Command::GresConf(a) => cmd::gres_conf::run(g, a),
         Command::Verify(a) => cmd::verify::run(g, a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Models => cmd::models::run(),
         Command::FakeNode(c) => cmd::fake_node::run(g, c),
         Command::Nccl(c) => cmd::nccl::run(c),

@@ -9,6 +9,7 @@ pub mod gres_conf;
 pub mod models;
 pub mod nccl;
 pub mod plan;
+pub mod status;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
