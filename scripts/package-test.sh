@@ -56,7 +56,7 @@ purge_all() {
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq flexmig-gres-helper "flexmig-slurm-plugin-$host_release" >/dev/null || true
   fi
   if [ -n "$chroot_installed" ]; then
-    chroot "${chroot_installed%% *}" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq flexmig-gres-helper \
+    chroot "${chroot_installed%% *}" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 purge -y -qq flexmig-gres-helper \
       "flexmig-slurm-plugin-${chroot_installed#* }" >/dev/null || true
   fi
 }
@@ -98,9 +98,23 @@ for s in "${suites[@]}"; do
   echo "package-test: $s (Slurm $release): installing the packages"
   mkdir -p "$dir/tmp/flexmig-debs"
   cp "$helper_deb" "$plugin_deb" "$dir/tmp/flexmig-debs/"
+  # The pin: the host release's plugin package must not install next to this Slurm.
+  host_plugin_deb=$(ls "$debs"/flexmig-slurm-plugin-"$host_release"_*.deb)
+  cp "$host_plugin_deb" "$dir/tmp/flexmig-debs/"
+  if chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 install -y -qq /tmp/flexmig-debs/"$(basename "$host_plugin_deb")" \
+    > "$dir/tmp/flexmig-debs/wrong-release.log" 2>&1 || [ -e "$dir$so" ]; then
+    echo "package-test: $s: flexmig-slurm-plugin-$host_release installed next to Slurm $release" >&2
+    failed+=("$s/pin")
+    chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 purge -y -qq "flexmig-slurm-plugin-$host_release" >/dev/null || true
+  else
+    # apt 2 (trixie): "pkg : Depends: slurm-wlm-basic-plugins (< ...)"; apt 3 (sid): "pkg:amd64 Depends slurm-wlm-basic-plugins (< ...)"
+    grep -Eq "flexmig-slurm-plugin-$host_release[: a-z0-9]*Depends:? slurm-wlm-basic-plugins \(< " "$dir/tmp/flexmig-debs/wrong-release.log" \
+      || { cat "$dir/tmp/flexmig-debs/wrong-release.log" >&2; failed+=("$s/pin-message"); }
+    echo "package-test: $s: flexmig-slurm-plugin-$host_release refused next to Slurm $release (its Depends pin)"
+  fi
   # No network needed: every dependency is installed already (the package's pin must hold).
   chroot_installed="$dir $release"
-  if ! chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /tmp/flexmig-debs/"$(basename "$helper_deb")" \
+  if ! chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 install -y -qq /tmp/flexmig-debs/"$(basename "$helper_deb")" \
     /tmp/flexmig-debs/"$(basename "$plugin_deb")" >/dev/null; then
     failed+=("$s/install")
     continue
@@ -108,8 +122,23 @@ for s in "${suites[@]}"; do
   var=FLEXMIG_SPANK_SO_$(echo "$s" | tr '[:lower:]-' '[:upper:]_')
   env "$var=$so" FLEXMIG_GRES_HELPER=/usr/bin/flexmig-gres-helper FLEXMIG_LUA_DIR=/usr/share/flexmig \
     FLEXMIG_MATRIX_TESTS="${tests[*]}" bash scripts/release-matrix.sh "$s" || failed+=("$s/tests")
-  chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq flexmig-gres-helper "flexmig-slurm-plugin-$release" >/dev/null \
+  # An upgrade keeps the admin's enabled plugstack line (a conffile) and replaces the plugin.
+  conf=$dir/etc/slurm/plugstack.conf.d/flexmig.conf
+  sed -i 's|^#required |required |' "$conf"
+  rm -rf "$dir/tmp/flexmig-debs/up" && dpkg-deb -R "$plugin_deb" "$dir/tmp/flexmig-debs/up"
+  sed -i 's/^Version: .*/&+upgrade1/' "$dir/tmp/flexmig-debs/up/DEBIAN/control"
+  dpkg-deb --root-owner-group -b "$dir/tmp/flexmig-debs/up" "$dir/tmp/flexmig-debs/upgrade.deb" >/dev/null
+  if chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 install -y -qq /tmp/flexmig-debs/upgrade.deb >/dev/null \
+    && chroot "$dir" dpkg-query -W -f='${Version}' "flexmig-slurm-plugin-$release" | grep -q '+upgrade1$' \
+    && grep -q "^required $so " "$conf" && cmp -s "$dir$so" "$dir/tmp/flexmig-debs/up$so"; then
+    echo "package-test: $s: an upgrade kept the enabled plugstack line"
+  else
+    echo "package-test: $s: the upgrade lost the admin's plugstack line or did not replace the plugin" >&2
+    failed+=("$s/upgrade")
+  fi
+  chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 purge -y -qq flexmig-gres-helper "flexmig-slurm-plugin-$release" >/dev/null \
     || failed+=("$s/purge")
+  [ ! -e "$conf" ] || { echo "package-test: $s: purge left $conf" >&2; failed+=("$s/purge-conffile"); }
   chroot_installed=
   rm -rf "$dir/tmp/flexmig-debs"
 done
