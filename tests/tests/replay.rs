@@ -25,7 +25,7 @@ fn slurm_places_every_job_where_the_simulator_does() {
         job("p3", 800.0, 1, 300.0), // both doubles busy: the lowest free small leaf, 12
     ];
     let (_node, c) = replay::start_cluster(2).unwrap_or_else(|e| panic!("{e:#}"));
-    let opt = Options { gpus: 2, scale: 100.0, costs: Costs::default() };
+    let opt = Options { gpus: 2, scale: 60.0, costs: Costs::default() };
     let r = replay::replay(&c, &trace, &opt).unwrap_or_else(|e| panic!("{e:#}\n{}", c.log_tails()));
     let p = replay::parity(&r).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{p}");
