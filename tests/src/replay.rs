@@ -325,7 +325,7 @@ pub fn parity(r: &Replay) -> Result<Parity> {
         evenest_most_free: 0,
         concentration_agrees: 0,
         mismatches: Vec::new(),
-        replay: metrics(r),
+        replay: metrics(r, &geo),
         simulated: sim.metrics.clone(),
         per_job: r.records.iter().zip(&sim.outcomes).map(|(rec, o)| ((rec.start_s, rec.end_s), (o.start_s, o.end_s))).collect(),
     };
@@ -362,8 +362,8 @@ pub fn parity(r: &Replay) -> Result<Parity> {
                 }
                 if let Some(best) = best {
                     p.multi_leaf += 1;
-                    p.evenest_replay += u32::from(real_m == best) as usize;
-                    p.evenest_most_free += u32::from(most.concentration(i) == best) as usize;
+                    p.evenest_replay += usize::from(real_m == best);
+                    p.evenest_most_free += usize::from(most.concentration(i) == best);
                 }
                 for h in slurm.holdings(i) {
                     if h.size == 1 {
@@ -394,12 +394,12 @@ fn config(costs: &Costs) -> Config {
 }
 
 /// The replay's metrics, as the simulator computes its own.
-fn metrics(r: &Replay) -> Metrics {
+fn metrics(r: &Replay, geo: &Geometry) -> Metrics {
     let n = r.records.len().max(1) as f64;
     let first = r.records.iter().map(|x| x.submit_s).fold(f64::INFINITY, f64::min);
     let last = r.records.iter().map(|x| x.end_s).fold(f64::NEG_INFINITY, f64::max);
     let mean = |f: &dyn Fn(&Record) -> f64| r.records.iter().map(f).sum::<f64>() / n;
-    let geo_slices = 7.0 * f64::from(r.options.gpus);
+    let geo_slices = f64::from(geo.compute * r.options.gpus);
     let held: f64 = r.records.iter().zip(&r.trace).map(|(x, j)| f64::from(j.size) * (x.end_s - x.start_s)).sum();
     Metrics {
         jobs: r.records.len(),
@@ -452,7 +452,7 @@ impl Parity {
     /// The parity plot: each job's end (and start) in the replay against the simulation, with
     /// the diagonal; hand-written SVG like the simulator's figures.
     pub fn svg(&self, title: &str) -> String {
-        let (w, h, pad) = (420.0, 420.0, 50.0);
+        let (w, h, pad) = (440.0, 440.0, 60.0);
         let max = self.per_job.iter().flat_map(|((_, a), (_, b))| [*a, *b]).fold(1.0_f64, f64::max) * 1.05;
         let x = |v: f64| pad + v / max * (w - 2.0 * pad);
         let y = |v: f64| h - pad - v / max * (h - 2.0 * pad);
@@ -473,6 +473,17 @@ impl Parity {
             x(max),
             y(max)
         );
+        for k in 0..=4 {
+            let v = max * f64::from(k) / 4.0;
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{v:.0}</text><text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"#,
+                x(v),
+                h - pad + 14.0,
+                pad - 4.0,
+                y(v) + 4.0
+            );
+        }
         for ((rs, re), (ss, se)) in &self.per_job {
             let _ = writeln!(
                 o,
