@@ -58,6 +58,13 @@ fn compare_json_has_fm_dm_and_sm_where_admissible() {
         assert_eq!(v["SM"]["reconfigurations"], 0);
         assert_eq!(v["config"]["scheduler"], sched);
     }
+    // The placement rule and the concentration table are named in the config.
+    let (ok, out, err) = sim(&["compare", "--placement", "most-free", "--concentration-slowdown", "2:0.1,4:0.3", "--json"]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["config"]["placement"], "most-free");
+    assert_eq!(v["config"]["concentration_slowdown"]["3"], 0.2);
+    assert_eq!(v["config"]["concentration_slowdown"]["7"], 0.525);
     // The same seed gives the same answer; another seed another trace.
     assert_eq!(compare("balanced", "mixed", "fifo", "5"), compare("balanced", "mixed", "fifo", "5"));
     assert_ne!(compare("balanced", "mixed", "fifo", "5")["DM"], compare("balanced", "mixed", "fifo", "6")["DM"]);
@@ -141,6 +148,8 @@ fn bad_input_exits_2_as_in_the_helper() {
         (&["compare", "--gpus", "0"], "--gpus must be at least 1"),
         (&["compare", "--load=0"], "--load must be a positive number"),
         (&["generate", "--double-leaf-speedup", "1.5"], "--double-leaf-speedup"),
+        (&["compare", "--concentration-slowdown", "2:x"], "`x` is not a number"),
+        (&["compare", "--placement", "packed"], "packed"),
         (&["compare", "--no-such-flag"], "--no-such-flag"),
         (&["no-such-command"], "no-such-command"),
     ] {
