@@ -69,8 +69,24 @@ pub struct NodeView {
 }
 
 /// Puts the three views together and lists where they disagree.
-pub fn build(node: &str, inv: &Inventory, slurm: Option<&[SlurmJob]>, records: &[Record], unreadable: &[String]) -> NodeView {
+/// `slurm_gpus`: how many gpu GRES Slurm knows on the node (its `Gres=`), when known.
+pub fn build(
+    node: &str,
+    inv: &Inventory,
+    slurm: Option<&[SlurmJob]>,
+    slurm_gpus: Option<u64>,
+    records: &[Record],
+    unreadable: &[String],
+) -> NodeView {
     let mut disagreements: Vec<String> = unreadable.to_vec();
+    if let Some(n) = slurm_gpus {
+        for l in inv.leaves.iter().filter(|l| u64::from(l.gres_index) >= n) {
+            disagreements.push(format!(
+                "inventory leaf {} has GRES index {}, but Slurm knows only {n} gpu GRES on {node} (run `flexmig-gres-helper verify`)",
+                l.uuid, l.gres_index
+            ));
+        }
+    }
     let mut by_index: BTreeMap<u32, SlurmView> = BTreeMap::new();
     for j in slurm.unwrap_or_default() {
         for &i in &j.indices {
@@ -167,6 +183,17 @@ pub fn table(v: &NodeView) -> String {
     s
 }
 
+/// The number of gpu GRES in `scontrol show node <node>`'s `Gres=` field.
+pub fn parse_scontrol_node_gpus(text: &str) -> Option<u64> {
+    let gres = text.split_whitespace().find_map(|w| w.strip_prefix("Gres="))?;
+    let counts: Vec<u64> = gres
+        .split(',')
+        .filter(|item| item.starts_with("gpu"))
+        .filter_map(|item| item.split('(').next()?.rsplit(':').next()?.parse().ok())
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
 /// Reads `scontrol show job -d` for the running jobs and their GRES indices on `node`.
 pub fn parse_scontrol_jobs(text: &str, node: &str) -> Vec<SlurmJob> {
     let mut out = Vec::new();
@@ -242,6 +269,13 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_nodes_gres_count() {
+        let text = "NodeName=n1 Arch=x86_64 CoresPerSocket=1\n   Gres=gpu:1g.10gb:2,gpu:1g.5gb:12,mig:0\n   NodeAddr=n1";
+        assert_eq!(parse_scontrol_node_gpus(text), Some(14));
+        assert_eq!(parse_scontrol_node_gpus("NodeName=n1 Gres=(null)"), None);
+    }
+
+    #[test]
     fn reads_scontrols_job_detail() {
         let text = "JobId=12 JobName=x\n   UserId=alice(1001) GroupId=alice(1001)\n   JobState=RUNNING Reason=None\n   \
                     JOB_GRES=gpu:1g.5gb:2\n     Nodes=n[1-2] CPU_IDs=0-1 Mem=0 GRES=gpu:1g.5gb:2(IDX:2-3)\n\n\
@@ -255,7 +289,7 @@ mod tests {
     #[test]
     fn agreeing_views_show_jobs_ranks_and_free_leaves() {
         let slurm = [SlurmJob { job: 12, user: "alice".into(), indices: vec![0, 1] }];
-        let v = build("n1", &inv(), Some(&slurm), &[record(12, &["MIG-0"], true)], &[]);
+        let v = build("n1", &inv(), Some(&slurm), Some(4), &[record(12, &["MIG-0"], true)], &[]);
         assert!(v.disagreements.is_empty(), "{:?}", v.disagreements);
         let t = table(&v);
         assert!(t.contains("GPU 0 (A100, 0000:00:00.0): [1g.5gb job 12 r0] [1g.5gb free]"), "{t}");
@@ -270,7 +304,7 @@ mod tests {
     fn disagreements_are_shown() {
         let slurm = [SlurmJob { job: 12, user: "alice".into(), indices: vec![0, 9] }];
         let records = [record(13, &["MIG-0"], true), record(14, &["MIG-2"], false), record(15, &["MIG-x"], true)];
-        let v = build("n1", &inv(), Some(&slurm), &records, &["bad.toml: not a flexmig holder record".into()]);
+        let v = build("n1", &inv(), Some(&slurm), Some(3), &records, &["bad.toml: not a flexmig holder record".into()]);
         let all = v.disagreements.join("\n");
         for want in [
             "Slurm gives it to job 12, but a flexmig task of job 13",
@@ -278,11 +312,12 @@ mod tests {
             "names leaf MIG-x, which is not in the inventory",
             "GRES index 9 to job 12, but the inventory has no leaf there",
             "bad.toml",
+            "inventory leaf MIG-3 has GRES index 3, but Slurm knows only 3 gpu GRES",
         ] {
             assert!(all.contains(want), "missing `{want}` in:\n{all}");
         }
         // Without Slurm's view nothing is compared with Slurm.
-        let v = build("n1", &inv(), None, &[record(13, &["MIG-0"], true)], &[]);
+        let v = build("n1", &inv(), None, None, &[record(13, &["MIG-0"], true)], &[]);
         assert!(v.disagreements.is_empty() && !v.slurm);
     }
 }

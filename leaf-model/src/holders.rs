@@ -108,6 +108,21 @@ mod tests {
         assert_eq!(dcgm_file_name(2, 13), "2.13");
     }
 
+    /// dcgm-exporter reads only files whose names match `^\d+(\.\d+)?$` (validGPUFile in
+    /// internal/pkg/transformation/hpc.go) and looks MIG metrics up as "<GPU>.<GPUInstanceID>".
+    #[test]
+    fn mapping_names_are_what_dcgm_exporter_reads() {
+        let valid = |n: &str| match n.split_once('.') {
+            Some((a, b)) => !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()),
+            None => !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()),
+        };
+        for (g, gi) in [(0, 1), (3, 10), (7, 14)] {
+            let n = dcgm_file_name(g, gi);
+            assert!(valid(&n), "{n}");
+            assert_eq!(n, format!("{g}.{gi}"));
+        }
+    }
+
     #[test]
     fn a_live_process_has_a_start_time_and_a_gone_one_none() {
         let me = std::process::id();

@@ -26,6 +26,10 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 /// `status --json` run as the unprivileged test user: (exit code, JSON).
 fn status(c: &Cluster) -> (i32, Value, String) {
+    status_with(c, &[])
+}
+
+fn status_with(c: &Cluster, extra: &[&str]) -> (i32, Value, String) {
     ensure_test_user().unwrap();
     let d = c.dir().display().to_string();
     let o = c
@@ -42,6 +46,7 @@ fn status(c: &Cluster) -> (i32, Value, String) {
             "--holders-dir",
             &format!("{d}/holders"),
         ])
+        .args(extra)
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -87,6 +92,13 @@ fn status_shows_who_holds_each_leaf_and_dcgm_maps_follow_the_tasks() {
     assert_eq!(unbound.len(), 1, "the job without --flexmig holds a leaf Slurm gave it, bound by no flexmig task: {out}");
     assert_eq!(leaves.iter().filter(|l| l["slurm"].is_null() && l["bound"].is_null()).count(), 11);
     assert_eq!(v["gpus"][0]["index"], 0);
+
+    // What the node alone knows: the bound leaves, no Slurm view.
+    let (code, v, out) = status_with(&c, &["--no-slurm"]);
+    assert_eq!((code, v["slurm"].as_bool()), (0, Some(false)), "{out}");
+    let alone: Vec<Value> = v["gpus"].as_array().unwrap().iter().flat_map(|g| g["leaves"].as_array().unwrap().clone()).collect();
+    assert_eq!(alone.iter().filter(|l| !l["bound"].is_null()).count(), 2);
+    assert!(alone.iter().all(|l| l["slurm"].is_null()));
 
     // dcgm-exporter's files: <gpu>.<gpu instance> holding the job id, for the bound leaves.
     let inv = leaf_model::Inventory::load(&c.dir().join("flexmig.toml")).unwrap();

@@ -35,6 +35,15 @@ pub struct StatusArgs {
 pub fn run(a: StatusArgs) -> Result<Outcome> {
     let inv = Inventory::load(&a.inventory)?;
     let node = a.node_name.clone().unwrap_or_else(super::host_short_name);
+    let slurm_gpus = if a.no_slurm {
+        None
+    } else {
+        Command::new("scontrol")
+            .args(["show", "node", &node])
+            .output()
+            .ok()
+            .and_then(|o| status::parse_scontrol_node_gpus(&String::from_utf8_lossy(&o.stdout)))
+    };
     let slurm = if a.no_slurm {
         None
     } else {
@@ -51,7 +60,7 @@ pub fn run(a: StatusArgs) -> Result<Outcome> {
         Some(status::parse_scontrol_jobs(&String::from_utf8_lossy(&o.stdout), &node))
     };
     let (records, unreadable) = read_records(&a.holders_dir);
-    let view = status::build(&node, &inv, slurm.as_deref(), &records, &unreadable);
+    let view = status::build(&node, &inv, slurm.as_deref(), slurm_gpus, &records, &unreadable);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
