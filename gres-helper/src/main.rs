@@ -56,6 +56,8 @@ enum Command {
     Export,
     /// Write gres.conf, the slurm.conf node line, the node inventory and the Lua policy.
     GresConf(cmd::gres_conf::GresConfArgs),
+    /// The same for GPUs not in MIG mode: each cut into N emulated leaves (shares under CUDA MPS).
+    Emulate(cmd::emulate::EmulateArgs),
     /// Check that NVML, the inventory, gres.conf, slurm.conf, `slurmd -G` and the installed
     /// plugin's Slurm version agree; exit 1 if not.
     #[command(after_help = EXIT_STATUS)]
@@ -82,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Assert(a) => cmd::assert::run(g, a),
         Command::Export => cmd::export::run(g),
         Command::GresConf(a) => cmd::gres_conf::run(g, a),
+        Command::Emulate(a) => cmd::emulate::run(g, a),
         Command::Verify(a) => cmd::verify::run(g, a),
         Command::Status(a) => cmd::status::run(a),
         Command::Models => cmd::models::run(),

@@ -622,3 +622,68 @@ fn nccl_install_offers_no_patch_for_nvidias_mig_support() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("is NCCL 2.31.0a7") && err.contains("NCCL 2.31.0a7 is a pre-release"), "{out}{err}");
 }
+
+#[test]
+fn emulate_cuts_gpus_without_mig_into_leaves_and_refuses_gpus_in_mig_mode() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).display().to_string();
+    let (code, _, err) = run(helper().args(["fake-node", "create", "--model", "H200", "--gpus", "2", "--mig-disabled", &p("node.toml")]));
+    assert_eq!(code, 0, "{err}");
+    let g = ["--fake-node", &p("node.toml"), "--dev-root", &p("dev"), "--mig-minors", &p("mig-minors")];
+    let (code, _, err) = run(helper().args(g).args(["fake-node", "devices"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(helper().args(g).args([
+        "emulate",
+        "--leaves-per-gpu",
+        "4",
+        "--gres-conf",
+        &p("gres.conf"),
+        "--node-conf",
+        &p("node.conf"),
+        "--inventory",
+        &p("flexmig.toml"),
+        "--policy",
+        &p("policy.lua"),
+        "--node-name",
+        "gpu01",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let gres = std::fs::read_to_string(p("gres.conf")).unwrap();
+    let lines: Vec<&str> = gres.lines().filter(|l| l.starts_with("Name=")).collect();
+    assert_eq!(lines.len(), 8, "{gres}");
+    assert!(lines[0].starts_with("Name=gpu Type=1g.18gb File="), "the model's small profile: {}", lines[0]);
+    assert!(std::fs::read_to_string(p("node.conf")).unwrap().contains("NodeName=gpu01 Gres=gpu:1g.18gb:8"));
+    let inv = leaf_model::Inventory::load(Path::new(&p("flexmig.toml"))).unwrap();
+    assert_eq!(inv.emulation.as_ref().map(|e| e.sm_percent), Some(25), "100 / 4 per leaf");
+    for (i, l) in inv.leaves.iter().enumerate() {
+        assert_eq!(l.gpu, i as u32 % 2, "leaves alternate GPUs in GRES order");
+        let gpu = inv.gpu(l.gpu).unwrap();
+        assert_eq!(l.cuda_device.as_deref(), Some(gpu.uuid.as_str()), "an emulated leaf names its GPU");
+        assert!(l.uuid.starts_with("MIG-emu"), "{}", l.uuid);
+        // Its device file aliases the GPU's: same numbers, its own path.
+        let file = lines[i].split("File=").nth(1).unwrap();
+        let (alias, gpu_dev) =
+            (std::fs::metadata(file).unwrap(), std::fs::metadata(d.path().join(format!("dev/nvidia{}", l.gpu))).unwrap());
+        assert!(alias.file_type().is_char_device());
+        assert_eq!(alias.rdev(), gpu_dev.rdev());
+    }
+    assert!(std::fs::read_to_string(p("policy.lua")).unwrap().contains("leaves_per_node = 8"));
+    // A GPU in MIG mode is refused, and nothing is written.
+    let (code, _, err) = run(helper().args(["fake-node", "create", "--model", "H200", "--gpus", "1", &p("mig.toml")]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(helper().args([
+        "--fake-node",
+        &p("mig.toml"),
+        "--dev-root",
+        &p("dev"),
+        "emulate",
+        "--leaves-per-gpu",
+        "2",
+        "--gres-conf",
+        &p("mig-gres.conf"),
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is in MIG mode") && err.contains("gres-conf"), "{err}");
+    assert!(!Path::new(&p("mig-gres.conf")).exists());
+}

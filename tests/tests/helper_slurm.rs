@@ -260,3 +260,73 @@ fn a30_node_without_double_leaves() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("a node has 8"), "{}", text(&o));
 }
+
+/// A node whose GPUs are not in MIG mode, configured by `flexmig-gres-helper emulate`: Slurm
+/// counts its alias device files as GRES and the plugin binds each rank to a share of its GPU.
+#[test]
+fn emulated_leaves_from_the_helper_run_flexmig_steps() {
+    let work = tempfile::tempdir().unwrap();
+    let p = |n: &str| work.path().join(n).display().to_string();
+    let ok = |args: &[&str]| {
+        let o = helper_node::helper(args).unwrap();
+        assert!(o.status.success(), "flexmig-gres-helper {args:?}: {}", text(&o));
+    };
+    ok(&["fake-node", "create", "--model", "H200", "--gpus", "2", "--mig-disabled", &p("node.toml")]);
+    let g = ["--fake-node", &p("node.toml"), "--dev-root", &p("dev"), "--mig-minors", &p("mig-minors")];
+    ok(&[&g[..], &["fake-node", "devices"]].concat());
+    ok(&[
+        &g[..],
+        &[
+            "emulate",
+            "--leaves-per-gpu",
+            "7",
+            "--gres-conf",
+            &p("gres.conf"),
+            "--node-conf",
+            &p("node.conf"),
+            "--inventory",
+            &p("flexmig.toml"),
+        ],
+        &["--node-name", "localhost"],
+    ]
+    .concat());
+    let read = |n: &str| std::fs::read_to_string(work.path().join(n)).unwrap();
+    let node_gres =
+        read("node.conf").lines().find_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("Gres=")).map(String::from)).unwrap();
+    let inv = Inventory::load(&work.path().join("flexmig.toml")).unwrap();
+    let cfg = flexmig_integration::ClusterConfig {
+        node_gres,
+        gres_conf: read("gres.conf"),
+        inventory: Some(read("flexmig.toml")),
+        plugstack: flexmig_integration::DEFAULT_PLUGSTACK.into(),
+        slurm_conf_extra: String::new(),
+        files: Vec::new(),
+        devices: Vec::new(),
+        cpus: 16,
+        nodes: 1,
+    };
+    let c = Cluster::start(&cfg).unwrap();
+    let o = Cluster::output(c.command("srun").args([
+        "--flexmig",
+        "-n4",
+        "--gres=gpu:1g.18gb:4",
+        "bash",
+        "-c",
+        "echo \"$SLURM_PROCID $NCCL_MIG_ID $CUDA_VISIBLE_DEVICES $CUDA_MPS_ACTIVE_THREAD_PERCENTAGE $FLEXMIG_GPU\"",
+    ]))
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut leaves = std::collections::BTreeSet::new();
+    let mut gpus = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 5, "{out}");
+        let leaf = inv.leaves.iter().find(|l| l.uuid == f[1]).unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(f[2], inv.gpu(leaf.gpu).unwrap().uuid, "the leaf's GPU: {line}");
+        assert_eq!(f[3], "14", "100 / 7 percent of the GPU: {line}");
+        assert!(leaves.insert(f[1].to_string()), "one leaf per rank");
+        gpus.insert(f[4].to_string());
+    }
+    assert_eq!((leaves.len(), gpus.len()), (4, 2), "four ranks over both GPUs: {out}");
+}

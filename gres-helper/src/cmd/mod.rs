@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod assert;
+pub mod emulate;
 pub mod export;
 pub mod fake_node;
 pub mod gres_conf;
