@@ -687,3 +687,43 @@ fn emulate_cuts_gpus_without_mig_into_leaves_and_refuses_gpus_in_mig_mode() {
     assert!(err.contains("is in MIG mode") && err.contains("gres-conf"), "{err}");
     assert!(!Path::new(&p("mig-gres.conf")).exists());
 }
+
+#[test]
+fn status_without_slurm_shows_the_records_and_a_stale_one() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).display().to_string();
+    let (code, _, err) =
+        run(helper().args(["fake-node", "create", "--model", "A100-40GB", "--gpus", "2", "--mig-disabled", &p("node.toml")]));
+    assert_eq!(code, 0, "{err}");
+    let g = ["--fake-node", &p("node.toml"), "--dev-root", &p("dev"), "--mig-minors", &p("mig-minors")];
+    let (code, _, err) = run(helper().args(g).args(["fake-node", "devices"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        run(helper().args(g).args(["emulate", "--leaves-per-gpu", "2", "--inventory", &p("flexmig.toml"), "--gres-conf", &p("gres.conf")]));
+    assert_eq!(code, 0, "{err}");
+    let inv = leaf_model::Inventory::load(Path::new(&p("flexmig.toml"))).unwrap();
+    std::fs::create_dir(p("holders")).unwrap();
+    // A live holder (this test's own process) and one whose process is gone.
+    let me = std::process::id();
+    let live = leaf_model::holders::Holder {
+        version: leaf_model::holders::VERSION,
+        job: 12,
+        step: 0,
+        task: 0,
+        rank: 0,
+        uid: 0,
+        pid: me,
+        pid_start: leaf_model::holders::process_start(me).unwrap(),
+        leaves: vec![inv.leaves[0].uuid.clone()],
+    };
+    std::fs::write(p("holders/12.0.0.toml"), live.to_toml_string()).unwrap();
+    let args = ["status", "--no-slurm", "--node-name", "n1", "--inventory", &p("flexmig.toml"), "--holders-dir", &p("holders")];
+    let (code, out, err) = run(helper().args(args));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("job 12 r0") && out.contains("1 of 4 leaves busy on n1 (without Slurm's view)"), "{out}");
+    let gone = leaf_model::holders::Holder { job: 13, pid: u32::MAX - 3, leaves: vec![inv.leaves[1].uuid.clone()], ..live };
+    std::fs::write(p("holders/13.0.0.toml"), gone.to_toml_string()).unwrap();
+    let (code, out, _) = run(helper().args(args));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("job 13 r0 (gone)") && out.contains("DISAGREE:") && out.contains("outlived its process"), "{out}");
+}
