@@ -1,8 +1,8 @@
 //! The simulator's Flex-MIG allocator follows the size-aware rule's shared cases
-//! (slurm-conf/size_rule.cases, also read by the Lua filters' tests): admissibility and the leaves
-//! a job takes on an empty node.
+//! (slurm-conf/size_rule.cases, also read by the Lua filters' tests): admissibility, the leaves
+//! a job takes on an empty node, and which GRES indices Slurm gives them there.
 
-use flexmig_sim::alloc::{build, Costs, Mode};
+use flexmig_sim::alloc::{build, Allocator as _, Costs, Flex, Mode};
 use flexmig_sim::geometry::{load_model, Geometry};
 use flexmig_sim::trace::{Job, Kind};
 
@@ -59,6 +59,13 @@ fn flex_allocator_follows_the_shared_size_rule() {
                 let small_mem = geo.small_mem();
                 let doubles = held.iter().filter(|h| h.size > small_mem).count() as u32;
                 assert_eq!((held.len() as u32 - doubles, doubles), (small, double), "{}: {held:?}", c.line);
+                // The GRES order puts the doubles first: on an empty node the job gets the lowest
+                // indices of each type it asked for, doubles from 0, small leaves from after them.
+                let mut flex = Flex::new(&geo, &costs, 1);
+                flex.place(0, &job, 0.0).unwrap();
+                let (_, idx) = flex.gres_indices(0).unwrap();
+                let want: Vec<u32> = (0..double).chain(c.double..c.double + small).collect();
+                assert_eq!(idx, want, "{}", c.line);
             }
         }
     }
