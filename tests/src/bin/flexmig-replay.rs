@@ -109,14 +109,18 @@ fn run() -> Result<()> {
         std::fs::create_dir_all(dir)?;
         let title = format!("{} jobs, {} x {}, {}x compressed", trace.len(), cli.gpus, replay::MODEL, cli.scale);
         std::fs::write(dir.join("parity.svg"), p.svg(&title))?;
-        let mut csv = String::from("id,size,gres,concentration,factor,replay_start_s,replay_end_s,sim_start_s,sim_end_s\n");
+        let mut csv = String::from("id,size,gres,rank_gpus,concentration,factor,replay_start_s,replay_end_s,sim_start_s,sim_end_s\n");
         for ((j, rec), ((rs, re), (ss, se))) in trace.iter().zip(&r.records).zip(&p.per_job) {
             let gres: Vec<String> = rec.gres.iter().map(u32::to_string).collect();
+            let mut ranks = rec.ranks.clone();
+            ranks.sort_by_key(|r| r.rank);
+            let rank_gpus: Vec<String> = ranks.iter().map(|r| r.gpu.to_string()).collect();
             csv.push_str(&format!(
-                "{},{},{},{},{},{rs:.1},{re:.1},{ss:.1},{se:.1}\n",
+                "{},{},{},{},{},{},{rs:.1},{re:.1},{ss:.1},{se:.1}\n",
                 j.id,
                 j.size,
                 gres.join(" "),
+                rank_gpus.join(" "),
                 rec.concentration,
                 rec.factor
             ));
