@@ -8,8 +8,8 @@
 #
 # For each suite: makes or reuses the chroot (scripts/release-chroot.sh), builds the plugin on
 # the host against that release's slurm/*.h (the .so is stamped with its SLURM_VERSION_NUMBER and
-# compiles the release's code paths: flexmig_init_failure_mode from 25.05,
-# flexmig_load_job_by_step_id from 26.05), and runs the host-built test binaries inside the
+# compiles the release's code paths: flexmig_init_failure_mode from 25.05),
+# and runs the host-built test binaries inside the
 # chroot with FLEXMIG_SPANK_SO naming that plugin. A binary built on Debian 12 (glibc 2.36) runs
 # on the newer glibc of trixie and sid. The repository is bind-mounted read-only at its own path
 # in the chroot, so the test binaries find slurm-conf/ and the helper where they were built.

@@ -39,20 +39,6 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     bindings.write_to_file(out.join("spank_bindings.rs")).expect("writing bindings");
 
-    // The job record (slurm.h): its layout changes between releases, so it is read from the
-    // headers the plugin is built against. The functions are looked up at run time.
-    println!("cargo:rerun-if-changed=job_info.h");
-    let job_info = bindgen::Builder::default()
-        .header("job_info.h")
-        .clang_arg(format!("-I{}", include.display()))
-        .allowlist_type("job_info_msg_t|slurm_job_info_t|slurm_step_id_t")
-        .derive_debug(false)
-        .derive_default(false)
-        .layout_tests(false)
-        .generate()
-        .expect("bindgen could not read slurm/slurm.h");
-    job_info.write_to_file(out.join("job_info_bindings.rs")).expect("writing bindings");
-
     // Constants that live in slurm.h (too large to run through bindgen): read them with the
     // C preprocessor so they always match the installed Slurm.
     let expanded = cc::Build::new()
@@ -77,11 +63,6 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(flexmig_init_failure_mode)");
     if version >= slurm_version(25, 5) {
         println!("cargo:rustc-cfg=flexmig_init_failure_mode");
-    }
-    // Slurm 26.05's slurm_load_job takes a slurm_step_id_t where earlier ones take the job id.
-    println!("cargo::rustc-check-cfg=cfg(flexmig_load_job_by_step_id)");
-    if version >= slurm_version(26, 5) {
-        println!("cargo:rustc-cfg=flexmig_load_job_by_step_id");
     }
 }
 

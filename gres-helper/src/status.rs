@@ -196,34 +196,18 @@ pub fn parse_scontrol_node_gpus(text: &str) -> Option<u64> {
 
 /// Reads `scontrol show job -d` for the running jobs and their GRES indices on `node`.
 pub fn parse_scontrol_jobs(text: &str, node: &str) -> Vec<SlurmJob> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let words: Vec<&str> = block.split_whitespace().collect();
-        let get = |k: &str| words.iter().find_map(|w| w.strip_prefix(k));
-        let (Some(job), Some(state)) = (get("JobId=").and_then(|j| j.parse::<u32>().ok()), get("JobState=")) else { continue };
-        if state != "RUNNING" {
-            continue;
-        }
-        let user = get("UserId=").map(|u| u.split('(').next().unwrap_or(u).to_string()).unwrap_or_default();
-        let mut indices = Vec::new();
-        // Per-node lines: `Nodes=n[1-2] CPU_IDs=0-3 Mem=0 GRES=gpu:1g.5gb:2(IDX:2-3)`.
-        for line in block.lines() {
-            let line = line.trim();
-            let (Some(nodes), Some(gres)) = (
-                line.strip_prefix("Nodes=").map(|r| r.split_whitespace().next().unwrap_or("")),
-                line.split_whitespace().find_map(|w| w.strip_prefix("GRES=")),
-            ) else {
-                continue;
-            };
-            if leaf_model::hostlist::expand(nodes).map(|n| n.iter().any(|n| n == node)).unwrap_or(false) {
-                indices.extend(leaf_model::gres_detail::parse(gres).into_iter().filter(|e| e.name == "gpu").flat_map(|e| e.indices));
-            }
-        }
-        if !indices.is_empty() {
-            out.push(SlurmJob { job, user, indices });
-        }
-    }
-    out
+    leaf_model::gres_detail::scontrol_jobs(text)
+        .into_iter()
+        .filter(|j| j.state == "RUNNING")
+        .filter_map(|j| {
+            let indices: Vec<u32> = leaf_model::gres_detail::parse(j.detail_on(node)?)
+                .into_iter()
+                .filter(|e| e.name == "gpu")
+                .flat_map(|e| e.indices)
+                .collect();
+            (!indices.is_empty()).then(|| SlurmJob { job: j.job, user: j.user.clone(), indices })
+        })
+        .collect()
 }
 
 #[cfg(test)]

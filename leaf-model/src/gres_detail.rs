@@ -44,6 +44,49 @@ pub fn parse(detail: &str) -> Vec<Allocated> {
     out
 }
 
+/// A job as `scontrol show job -d` prints it: its id, user, state, and each node line's GRES
+/// detail (`Nodes=n[1-2] CPU_IDs=0-3 Mem=0 GRES=gpu:1g.5gb:2(IDX:2-3)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScontrolJob {
+    pub job: u32,
+    pub user: String,
+    pub state: String,
+    /// (the line's node hostlist, its GRES detail)
+    pub nodes: Vec<(String, String)>,
+}
+
+impl ScontrolJob {
+    /// The GRES detail of `node`, if the job has some there.
+    pub fn detail_on(&self, node: &str) -> Option<&str> {
+        self.nodes
+            .iter()
+            .find(|(list, _)| crate::hostlist::expand(list).map(|n| n.iter().any(|n| n == node)).unwrap_or(false))
+            .map(|(_, d)| d.as_str())
+    }
+}
+
+/// Reads the jobs of `scontrol show job -d` output.
+pub fn scontrol_jobs(text: &str) -> Vec<ScontrolJob> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let words: Vec<&str> = block.split_whitespace().collect();
+        let get = |k: &str| words.iter().find_map(|w| w.strip_prefix(k));
+        let Some(job) = get("JobId=").and_then(|j| j.parse::<u32>().ok()) else { continue };
+        let user = get("UserId=").map(|u| u.split('(').next().unwrap_or(u).to_string()).unwrap_or_default();
+        let state = get("JobState=").unwrap_or_default().to_string();
+        let mut nodes = Vec::new();
+        for line in block.lines().map(str::trim) {
+            let Some(rest) = line.strip_prefix("Nodes=") else { continue };
+            let list = rest.split_whitespace().next().unwrap_or_default();
+            if let Some(gres) = line.split_whitespace().find_map(|w| w.strip_prefix("GRES=")) {
+                nodes.push((list.to_string(), gres.to_string()));
+            }
+        }
+        out.push(ScontrolJob { job, user, state, nodes });
+    }
+    out
+}
+
 /// A Slurm index list (`0,2,4` or `0-2,5`), None when malformed.
 pub fn index_list(s: &str) -> Option<Vec<u32>> {
     let mut out = Vec::new();
@@ -66,6 +109,19 @@ pub fn index_list(s: &str) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_scontrols_jobs() {
+        let text = "JobId=12 JobName=x\n   UserId=alice(1001) GroupId=alice(1001)\n   JobState=RUNNING Reason=None\n   \
+                    JOB_GRES=gpu:1g.5gb:2\n     Nodes=n[1-2] CPU_IDs=0-1 Mem=0 GRES=gpu:1g.5gb:2(IDX:2-3)\n\n\
+                    JobId=13 JobName=y\n   UserId=bob(1002)\n   JobState=PENDING\n";
+        let jobs = scontrol_jobs(text);
+        assert_eq!(jobs.len(), 2);
+        assert_eq!((jobs[0].job, jobs[0].user.as_str(), jobs[0].state.as_str()), (12, "alice", "RUNNING"));
+        assert_eq!(jobs[0].detail_on("n2"), Some("gpu:1g.5gb:2(IDX:2-3)"));
+        assert_eq!(jobs[0].detail_on("n3"), None);
+        assert!(jobs[1].nodes.is_empty());
+    }
 
     #[test]
     fn reads_scontrols_detail() {

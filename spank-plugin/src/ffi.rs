@@ -11,11 +11,6 @@ pub(crate) mod bindings {
     include!(concat!(env!("OUT_DIR"), "/slurm_consts.rs"));
 }
 
-#[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
-mod job_info {
-    include!(concat!(env!("OUT_DIR"), "/job_info_bindings.rs"));
-}
-
 use bindings::{slurm_err_t as spank_err, spank_item};
 pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT};
 
@@ -343,77 +338,6 @@ fn check(rc: bindings::spank_err_t, what: &str) -> Result<()> {
         }
     };
     Err(Error::slurm(format!("{what} failed: {text}")))
-}
-
-/// `SHOW_DETAIL | SHOW_LOCAL` of slurm.h (the same bits in every release: per-node GRES indices,
-/// and no federation look-up first).
-const SHOW_DETAIL_LOCAL: u16 = 0x0002 | 0x0010;
-
-/// What slurmctld says the job was given on each of its nodes, as `scontrol show job -d` prints
-/// it: the job's node list and one `gpu:1g.10gb:2(IDX:0-1),...` entry per node, in node order.
-/// None when it cannot be asked (not inside a daemon that links libslurm, slurmctld
-/// unreachable, the job gone).
-pub(crate) fn job_gres_detail(job_id: u32) -> Option<(String, Vec<String>)> {
-    use job_info::job_info_msg_t;
-    #[cfg(flexmig_load_job_by_step_id)]
-    type LoadJob = unsafe extern "C" fn(*mut *mut job_info_msg_t, job_info::slurm_step_id_t, u16) -> c_int;
-    #[cfg(not(flexmig_load_job_by_step_id))]
-    type LoadJob = unsafe extern "C" fn(*mut *mut job_info_msg_t, u32, u16) -> c_int;
-    type FreeJobInfo = unsafe extern "C" fn(*mut job_info_msg_t);
-    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names has no preconditions.
-    let (load, free) = unsafe {
-        (libc::dlsym(libc::RTLD_DEFAULT, c"slurm_load_job".as_ptr()), libc::dlsym(libc::RTLD_DEFAULT, c"slurm_free_job_info_msg".as_ptr()))
-    };
-    if load.is_null() || free.is_null() {
-        return None;
-    }
-    // SAFETY: non-null results are libslurm's functions of these names, whose C signatures for the
-    // release this plugin is built against (it refuses to load into another) are the types above.
-    let (load, free) =
-        unsafe { (std::mem::transmute::<*mut libc::c_void, LoadJob>(load), std::mem::transmute::<*mut libc::c_void, FreeJobInfo>(free)) };
-    #[cfg(flexmig_load_job_by_step_id)]
-    let id = {
-        // SAFETY: slurm_step_id_t is plain integers; all-zero is a valid value.
-        let mut id: job_info::slurm_step_id_t = unsafe { std::mem::zeroed() };
-        id.job_id = job_id;
-        id.step_id = u32::MAX - 1; // NO_VAL: the job, not one of its steps
-        id.step_het_comp = u32::MAX - 1;
-        id
-    };
-    #[cfg(not(flexmig_load_job_by_step_id))]
-    let id = job_id;
-    let mut resp: *mut job_info_msg_t = std::ptr::null_mut();
-    // SAFETY: a valid out pointer; the call fills it with a message we free below.
-    let rc = unsafe { load(&mut resp, id, SHOW_DETAIL_LOCAL) };
-    if rc != 0 || resp.is_null() {
-        return None;
-    }
-    let text = |p: *mut c_char| -> String {
-        if p.is_null() {
-            String::new()
-        } else {
-            // SAFETY: strings of the job record are NUL-terminated and live until it is freed.
-            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-        }
-    };
-    // SAFETY: resp is the message slurm_load_job returned; job_array has record_count entries,
-    // each with gres_detail_cnt strings in gres_detail_str.
-    let found = unsafe {
-        let msg = &*resp;
-        let jobs: &[job_info::slurm_job_info_t] =
-            if msg.job_array.is_null() { &[] } else { std::slice::from_raw_parts(msg.job_array, msg.record_count as usize) };
-        jobs.iter().find(|j| j.job_id == job_id).map(|j| {
-            let details = if j.gres_detail_str.is_null() {
-                Vec::new()
-            } else {
-                std::slice::from_raw_parts(j.gres_detail_str, j.gres_detail_cnt as usize).iter().map(|p| text(*p)).collect()
-            };
-            (text(j.nodes), details)
-        })
-    };
-    // SAFETY: the message from slurm_load_job, freed once.
-    unsafe { free(resp) };
-    found
 }
 
 /// The few system calls the plugin makes as root on paths: relative to an already checked

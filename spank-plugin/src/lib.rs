@@ -85,8 +85,9 @@ static PREPARED: Mutex<Option<Result<Prepared>>> = Mutex::new(None);
 /// Asked once per step, before the tasks are forked, so they inherit it.
 static JOB_GRES_TYPES: OnceLock<Option<std::collections::BTreeMap<u32, String>>> = OnceLock::new();
 
-/// `slurm_spank_user_init`, once per step in slurmstepd: asks slurmctld which GRES types the job
-/// was given on this node, for the tasks to check their leaves against.
+/// `slurm_spank_user_init`, once per step in slurmstepd (as the user): asks slurmctld, through
+/// `scontrol show job -d`, which GRES types the job was given on this node, for the tasks to
+/// check their leaves against.
 fn user_init(spank: &Spank, _args: &[String]) -> Result<()> {
     let Some(arg) = spank.flexmig_option() else {
         return Ok(());
@@ -94,11 +95,19 @@ fn user_init(spank: &Spank, _args: &[String]) -> Result<()> {
     if !matches!(Mode::parse(arg.as_deref()), Ok(Mode::Rank | Mode::Node)) {
         return Ok(());
     }
+    // Asked from a fresh process: libslurm's own RPC calls made from inside slurmstepd can hit
+    // its locks (Slurm 24.11 aborts the step: "auth_g_create: pthread_rwlock_rdlock()").
     let types = (|| {
         let node = trusted_node_name().ok()??;
-        let (nodes, details) = ffi::job_gres_detail(spank.item_u32(Item::JobId).ok()?)?;
-        let at = leaf_model::hostlist::expand(&nodes).ok()?.iter().position(|n| n == node.as_str())?;
-        Some(binding::allocated_types(details.get(at)?))
+        let job = spank.item_u32(Item::JobId).ok()?;
+        let out = std::process::Command::new("scontrol")
+            .args(["show", "job", "-d", &job.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let jobs = leaf_model::gres_detail::scontrol_jobs(&String::from_utf8_lossy(&out.stdout));
+        let detail = jobs.iter().find(|j| j.job == job)?.detail_on(node.as_str())?.to_string();
+        Some(binding::allocated_types(&detail))
     })();
     if types.is_none() {
         tracing::debug!("the job's GRES types on this node are not known: leaves are not checked against them");
