@@ -20,7 +20,7 @@
 #   FLEXMIG_SPANK_SO_<SUITE>, FLEXMIG_GRES_HELPER, FLEXMIG_LUA_DIR   test installed files
 #                        instead of the build (scripts/package-test.sh)
 #   FLEXMIG_MATRIX_TESTS test binaries to run, NAME or NAME:ARGS (default: plugin hardening
-#                        helper_slurm release)
+#                        helper_slurm release status)
 #   FLEXMIG_TEST_ARGS    arguments for each test binary (a test name filter, --nocapture)
 # Needs root. Always unmounts what it mounted, also on failure or Ctrl-C.
 set -euo pipefail
@@ -30,7 +30,7 @@ suites=("$@")
 [ "${#suites[@]}" -gt 0 ] || suites=(trixie sid)
 root=${FLEXMIG_CHROOT_ROOT:-/var/cache/flexmig-ci/chroots}
 matrix=$repo/target/matrix
-tests=(${FLEXMIG_MATRIX_TESTS:-plugin hardening helper_slurm release})
+tests=(${FLEXMIG_MATRIX_TESTS:-plugin hardening helper_slurm release status})
 mkdir -p "$matrix"
 
 # The test binaries and the helper: built once on the host, the same for every release.
