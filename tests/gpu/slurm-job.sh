@@ -5,7 +5,8 @@
 # are cut into emulated leaves, the Lua filters and the real plugin with nccl=, and
 # `sbatch --gres=mig:4 -n4` with `srun --flexmig python tests/gpu/ddp_job.py`, a 7-leaf job and
 # two jobs at once, checked (bindings, SHM only, equal parameters, falling loss) and timed against
-# one process with the job's whole SM share. Its last line is PASS when everything held; the log
+# one process with the job's whole SM share, and the 7-leaf job again with the host-reduce library
+# (plugstack hostreduce=). Its last line is PASS when everything held; the log
 # goes to $OUT/slurm-job-<date>.log (commit it as tests/gpu/records/).
 #
 #   bash tests/gpu/slurm-job.sh            # on the GPU machine, after tests/gpu/prepare-slurm-job.sh here
@@ -65,4 +66,4 @@ export NCCL_NVLS_ENABLE=0
 log=$OUT/slurm-job-$(date -u +%F).log
 { nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader; "$PY" -c 'import torch; print("torch", torch.__version__)'; } | tee "$log"
 FLEXMIG_SPANK_SO=$CARRY/bin/libflexmig_spank.so FLEXMIG_GRES_HELPER=$CARRY/bin/flexmig-gres-helper \
-  "$CARRY/bin/flexmig-gpu-job" --nccl "$LIB" --python "$PY" --steps "$STEPS" 2>&1 | tee -a "$log"
+  "$CARRY/bin/flexmig-gpu-job" --nccl "$LIB" --hostreduce "$CARRY/bin/libflexmig_hostreduce.so" --python "$PY" --steps "$STEPS" 2>&1 | tee -a "$log"

@@ -8,7 +8,10 @@
 //! The last line is `PASS` when everything held. MIG mode is never touched; a GPU in MIG mode is
 //! refused.
 //!
-//!   flexmig-gpu-job [--nccl LIB] [--python PY] [--steps N] [--dry-run]
+//!   flexmig-gpu-job [--nccl LIB] [--hostreduce LIB] [--python PY] [--steps N] [--dry-run]
+//!
+//! With `--hostreduce`, the 7-leaf job runs a second time with the plugin's `hostreduce=` (the
+//! host-reduce library in front of NCCL, FLEXMIG_HOSTREDUCE=auto), checked the same way.
 //!
 //! Run from the repository root by tests/gpu/slurm-job.sh (FLEXMIG_SPANK_SO names the plugin).
 //! `--dry-run` needs no GPU and no torch: a fake GPU, and ddp_job.py --dry-run, so CI checks the
@@ -27,6 +30,7 @@ const SM_PERCENT: u32 = 14;
 
 struct Args {
     nccl: Option<String>,
+    hostreduce: Option<String>,
     python: String,
     steps: u32,
     dry_run: bool,
@@ -48,16 +52,17 @@ fn main() {
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { nccl: None, python: "python3".into(), steps: 300, dry_run: false };
+    let mut a = Args { nccl: None, hostreduce: None, python: "python3".into(), steps: 300, dry_run: false };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
         match k.as_str() {
             "--nccl" => a.nccl = Some(v()?),
+            "--hostreduce" => a.hostreduce = Some(v()?),
             "--python" => a.python = v()?,
             "--steps" => a.steps = v()?.parse().context("--steps")?,
             "--dry-run" => a.dry_run = true,
-            _ => bail!("unknown argument {k}; use [--nccl LIB] [--python PY] [--steps N] [--dry-run]"),
+            _ => bail!("unknown argument {k}; use [--nccl LIB] [--hostreduce LIB] [--python PY] [--steps N] [--dry-run]"),
         }
     }
     Ok(a)
@@ -91,7 +96,7 @@ fn gpus(dry_run: bool) -> Result<Vec<RealGpu>> {
     Ok(out)
 }
 
-fn node(gpus: &[RealGpu], nccl: Option<&str>) -> Result<(ClusterConfig, Vec<EmulatedLeaf>)> {
+fn node(gpus: &[RealGpu], nccl: Option<&str>, hostreduce: Option<&str>) -> Result<(ClusterConfig, Vec<EmulatedLeaf>)> {
     let (mut cfg, leaves) = ClusterConfig::emulated_gpus(gpus, LEAVES_PER_GPU, PROFILE, SM_PERCENT);
     let n = leaves.len();
     for f in ["job_submit.lua", "cli_filter.lua", "flexmig_filter.lua"] {
@@ -153,7 +158,7 @@ fn run(a: &Args) -> Result<bool> {
     for (i, g) in gpus.iter().enumerate() {
         println!("   GPU {i}: {} {} {}", g.model, g.uuid, g.bus_id);
     }
-    let (cfg, leaves) = node(&gpus, a.nccl.as_deref())?;
+    let (cfg, leaves) = node(&gpus, a.nccl.as_deref(), None)?;
     let c = Cluster::start(&cfg)?;
     println!("== Slurm up in {}; plugstack: {}", c.dir().display(), std::fs::read_to_string(c.dir().join("plugstack.conf"))?.trim());
     let py =
@@ -198,6 +203,32 @@ fn run(a: &Args) -> Result<bool> {
             }
             results.push((n, job.result.clone()));
         }
+    }
+    if let Some(hr) = &a.hostreduce {
+        // The same 7-leaf job on a node whose plugstack line adds hostreduce=.
+        let (cfg, leaves) = node(&gpus, a.nccl.as_deref(), Some(hr))?;
+        let c2 = Cluster::start(&cfg)?;
+        c2.write_file(
+            "job.sh",
+            &script.replace("NCCL_DEBUG_SUBSYS=INIT,P2P,SHM", "NCCL_DEBUG_SUBSYS=INIT,P2P,SHM FLEXMIG_HOSTREDUCE_DEBUG=1"),
+        )?;
+        let n = total.min(7);
+        let tag = format!("mig{n}-hostreduce");
+        let out = c2.dir().join(format!("{tag}.out"));
+        let o = c2
+            .command("sbatch")
+            .args(["--wait", &format!("--gres=mig:{n}"), &format!("-n{n}"), "-o"])
+            .arg(&out)
+            .arg(c2.dir().join("job.sh"))
+            .output()
+            .context("sbatch")?;
+        let job = read_output(std::fs::read_to_string(&out).unwrap_or_default());
+        println!("\n== sbatch --gres=mig:{n} -n{n} with hostreduce= on the plugstack line ({tag})");
+        ok &= check_job(n, &job, &leaves, &gpus, a.dry_run, o.status.success());
+        for l in job.text.lines().filter(|l| l.contains("hostreduce")).take(8) {
+            println!("     {l}");
+        }
+        results.push((n, job.result.clone()));
     }
     if !a.dry_run {
         println!("\n== The same script as one process with the whole job's SM share");
