@@ -118,10 +118,14 @@ fn node(gpus: &[RealGpu], nccl: Option<&str>, hostreduce: Option<&str>) -> Resul
     if v2 {
         cfg.files.push(("cgroup.conf".into(), "CgroupPlugin=cgroup/v2\nIgnoreSystemd=yes\n".into()));
     }
+    let mut extra = String::new();
     if let Some(lib) = nccl {
-        cfg.plugstack =
-            format!("required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks holders_dir=@DIR@/holders nccl={lib}\n");
+        extra.push_str(&format!(" nccl={lib}"));
     }
+    if let Some(lib) = hostreduce {
+        extra.push_str(&format!(" hostreduce={lib}"));
+    }
+    cfg.plugstack = format!("required @PLUGIN@ inventory=@DIR@/flexmig.toml lock_dir=@DIR@/locks holders_dir=@DIR@/holders{extra}\n");
     cfg.cpus = 64;
     Ok((cfg, leaves))
 }
