@@ -25,6 +25,7 @@ if [ -n "${CI:-}" ] && [ -z "${FLEXMIG_CHROOT_ROOT:-}" ]; then
   # anything is mounted in it; the scripts unmount what they mount, also on failure).
   FLEXMIG_CHROOT_ROOT=$(mktemp -d /var/tmp/flexmig-ci-chroots.XXXXXX)
   export FLEXMIG_CHROOT_ROOT
+  trap 'exit 130' INT TERM
   trap 'if findmnt -rn -o TARGET | grep -q "^$FLEXMIG_CHROOT_ROOT/"; then echo "test.sh: $FLEXMIG_CHROOT_ROOT has mounts, left in place" >&2; else rm -rf --one-file-system "$FLEXMIG_CHROOT_ROOT"; fi' EXIT
 fi
 matrix=0
