@@ -93,6 +93,9 @@ done
 # Each chroot: install there, run the matrix against the installed files, purge.
 for s in "${suites[@]}"; do
   dir=$root/$s
+  # This run alone in the chroot (release-matrix.sh below is told it holds the lock).
+  exec {lock}> "$(realpath -m "$dir").lock"
+  flock -w 3600 "$lock" || { echo "package-test: $dir is in use by another run" >&2; exit 1; }
   release=$(release_of "$matrix/include-$s")
   plugin_deb=$(ls "$debs"/flexmig-slurm-plugin-"$release"_*.deb)
   echo "package-test: $s (Slurm $release): installing the packages"
@@ -120,7 +123,7 @@ for s in "${suites[@]}"; do
     continue
   fi
   var=FLEXMIG_SPANK_SO_$(echo "$s" | tr '[:lower:]-' '[:upper:]_')
-  env "$var=$so" FLEXMIG_GRES_HELPER=/usr/bin/flexmig-gres-helper FLEXMIG_LUA_DIR=/usr/share/flexmig \
+  env "$var=$so" FLEXMIG_CHROOT_LOCKED=1 FLEXMIG_GRES_HELPER=/usr/bin/flexmig-gres-helper FLEXMIG_LUA_DIR=/usr/share/flexmig \
     FLEXMIG_MATRIX_TESTS="${tests[*]}" bash scripts/release-matrix.sh "$s" || failed+=("$s/tests")
   # An upgrade keeps the admin's enabled plugstack line (a conffile) and replaces the plugin.
   conf=$dir/etc/slurm/plugstack.conf.d/flexmig.conf
@@ -141,6 +144,7 @@ for s in "${suites[@]}"; do
   [ ! -e "$conf" ] || { echo "package-test: $s: purge left $conf" >&2; failed+=("$s/purge-conffile"); }
   chroot_installed=
   rm -rf "$dir/tmp/flexmig-debs"
+  exec {lock}>&-
 done
 echo "package-test: done in $((SECONDS - t0)) s"
 if [ "${#failed[@]}" -gt 0 ]; then

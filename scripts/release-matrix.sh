@@ -97,6 +97,13 @@ t_all=$SECONDS
 for suite in "${suites[@]}"; do
   t0=$SECONDS
   dir=$(realpath -m "$root/$suite")
+  # One run at a time per chroot (two would mount over each other and end each other's daemons);
+  # scripts/package-test.sh holds the lock itself and says so.
+  if [ -z "${FLEXMIG_CHROOT_LOCKED:-}" ]; then
+    mkdir -p "$root"
+    exec {lock}> "$dir.lock"
+    flock -w 3600 "$lock" || { echo "release-matrix: $dir is in use by another run" >&2; exit 1; }
+  fi
   bash scripts/release-chroot.sh "$suite" "$dir"
   # The release's own headers, alone in a directory (the host's C library headers stay in use).
   inc=$matrix/include-$suite
@@ -139,6 +146,7 @@ for suite in "${suites[@]}"; do
   done
   end_chroot_processes "$dir"
   unmount_all
+  [ -n "${FLEXMIG_CHROOT_LOCKED:-}" ] || exec {lock}>&-
   echo "release-matrix: $suite (Slurm $release) done in $((SECONDS - t0)) s"
 done
 echo "release-matrix: ${suites[*]} in $((SECONDS - t_all)) s"
