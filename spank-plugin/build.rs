@@ -49,13 +49,16 @@ fn main() {
         .expect("the C preprocessor could not read slurm/slurm.h (install libslurm-dev)");
     let text = String::from_utf8_lossy(&expanded);
     let batch = macro_value(&text, "flexmig_batch_script");
+    let interactive = macro_value(&text, "flexmig_interactive_step");
     let version = parse_c_int(&macro_value(&text, "flexmig_slurm_version"));
     println!("cargo:rerun-if-changed=consts.c");
     std::fs::write(
         out.join("slurm_consts.rs"),
         format!(
-            "/// `SLURM_BATCH_SCRIPT` from slurm.h: the step id of a batch script.\npub const SLURM_BATCH_SCRIPT: u32 = {};\n",
-            batch.trim_matches(|c| c == '(' || c == ')')
+            "/// `SLURM_BATCH_SCRIPT` from slurm.h: the step id of a batch script.\npub const SLURM_BATCH_SCRIPT: u32 = {};\n\
+             /// `SLURM_INTERACTIVE_STEP` from slurm.h: the step id of `srun --interactive` (salloc's shell).\npub const SLURM_INTERACTIVE_STEP: u32 = {};\n",
+            batch.trim_matches(|c| c == '(' || c == ')'),
+            interactive.trim_matches(|c| c == '(' || c == ')')
         ),
     )
     .unwrap();

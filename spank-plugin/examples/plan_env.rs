@@ -80,6 +80,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             global_task_id: t,
             total_task_count: tasks,
             step_gpus: None,
+            is_interactive: false,
         };
         let env = |k: &str| match k {
             "SLURM_STEP_GPUS" => Some(step_gpus.join(",")),

@@ -16,6 +16,9 @@ pub struct TaskView {
     pub step_id: u32,
     /// True for the batch script's own step.
     pub is_batch: bool,
+    /// True for `srun --interactive` (salloc's shell): like the batch script, Slurm sets only the
+    /// job's GPUs (SLURM_JOB_GPUS) for it, so SLURM_STEP_GPUS is whatever the user exported.
+    pub is_interactive: bool,
     pub node_id: u32,
     pub nnodes: u32,
     pub local_task_id: u32,
@@ -30,9 +33,11 @@ pub struct TaskView {
 }
 
 impl TaskView {
-    /// The variable Slurm lists the allocated GRES indices in.
+    /// The variable slurmstepd itself sets to the allocated GRES indices (overwriting or
+    /// removing the user's): the job's for the batch script and the interactive step, the
+    /// step's for every other step.
     pub fn gpu_var(&self) -> &'static str {
-        if self.is_batch {
+        if self.is_batch || self.is_interactive {
             "SLURM_JOB_GPUS"
         } else {
             "SLURM_STEP_GPUS"
@@ -210,6 +215,32 @@ pub fn check_allocated_types(args: &PluginArgs, inv: &Inventory, task: &TaskView
         }
     }
     Ok(())
+}
+
+/// Refuses a step whose GRES indices are not all among those slurmctld allocated to the job on
+/// this node (`detail`, its `scontrol show job -d` entry for the node).
+///
+/// # Errors
+/// The first index Slurm did not allocate to the job here.
+pub fn check_allocated_indices(args: &PluginArgs, inv: &Inventory, task: &TaskView, detail: &str, node: &str) -> Result<()> {
+    let allocated: BTreeSet<u32> =
+        leaf_model::gres_detail::parse(detail).into_iter().filter(|e| e.name == "gpu").flat_map(|e| e.indices).collect();
+    for leaf in allocated_leaves(args, inv, task, node)? {
+        if !allocated.contains(&leaf.gres_index) {
+            return Err(Error::step(format!(
+                "GRES index {} (leaf {}) is in {} but slurmctld allocated only {detail} to job {} on {node}; refusing to bind it",
+                leaf.gres_index,
+                leaf.uuid,
+                task.gpu_var(),
+                task.job_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn allocated_leaves<'a>(args: &PluginArgs, inv: &'a Inventory, task: &TaskView, node: &str) -> Result<Vec<&'a Leaf>> {
+    allocated(args, inv, task, task.step_gpus.clone(), node)
 }
 
 /// Everything the plugin decides for one task, given the mode, the plugstack arguments, the node
@@ -507,6 +538,7 @@ mod tests {
             global_task_id: local,
             total_task_count: count,
             step_gpus: None,
+            is_interactive: false,
         }
     }
 
@@ -800,6 +832,18 @@ mod tests {
         std::fs::remove_file(&lib).unwrap();
         let e = plan_task(Mode::Rank, &args, &inv, &task(0, 1), &env).unwrap_err().to_string();
         assert!(e.contains("does not exist") && e.contains("nccl="), "{e}");
+    }
+
+    #[test]
+    fn indices_slurm_did_not_allocate_to_the_job_are_refused() {
+        let inv = inventory();
+        let t = TaskView { step_gpus: Some("2,3,4".into()), ..task(0, 3) };
+        check_allocated_indices(&PluginArgs::default(), &inv, &t, "gpu:1g.5gb:3(IDX:2-4)", "n1").unwrap();
+        check_allocated_indices(&PluginArgs::default(), &inv, &t, "gpu:3(IDX:2-4)", "n1").unwrap();
+        let e = check_allocated_indices(&PluginArgs::default(), &inv, &t, "gpu:1g.5gb:1(IDX:2)", "n1").unwrap_err().to_string();
+        assert!(e.contains("GRES index 3") && e.contains("slurmctld allocated only"), "{e}");
+        // The interactive step's own list is the job's (the user's SLURM_STEP_GPUS is not).
+        assert_eq!(TaskView { is_interactive: true, ..task(0, 1) }.gpu_var(), "SLURM_JOB_GPUS");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub(crate) mod bindings {
 }
 
 use bindings::{slurm_err_t as spank_err, spank_item};
-pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT};
+pub(crate) use bindings::{spank_context as Context, spank_t, SLURM_BATCH_SCRIPT, SLURM_INTERACTIVE_STEP};
 
 use crate::error::{Error, Result};
 
@@ -104,10 +104,9 @@ macro_rules! spank_callback {
         pub unsafe extern "C" fn $symbol(sp: spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
             // SAFETY: Slurm passes the handle of this callback and ac valid argument strings.
             let (spank, args) = unsafe { (Spank(sp), args(ac, av)) };
-            let rc = guard(stringify!($symbol), || {
-                let _span = tracing::debug_span!(stringify!($symbol)).entered();
-                $body(&spank, &args)
-            });
+            // No tracing span here: the subscriber's span storage does not survive slurmstepd's
+            // fork into the tasks (spans entered before the fork panic after it).
+            let rc = guard(stringify!($symbol), || $body(&spank, &args));
             if rc != 0 && $ends_task {
                 // SAFETY: task callbacks run in the forked task, before exec; _exit ends only it.
                 unsafe { libc::_exit(1) };
@@ -122,8 +121,13 @@ spank_callback!(
     slurm_spank_init => crate::init
 );
 spank_callback!(
-    /// Called once per step in slurmstepd, before the tasks are forked.
-    slurm_spank_user_init => crate::user_init
+    /// Called after the options are read, in every context; in slurmstepd as root, once per
+    /// step, before the tasks are forked.
+    slurm_spank_init_post_opt => crate::init_post_opt
+);
+spank_callback!(
+    /// Called at the end, in every context; in slurmstepd as root when the step is over.
+    slurm_spank_exit => crate::exit
 );
 spank_callback!(
     /// Called in each forked task as root, before it becomes the user.
@@ -423,6 +427,11 @@ pub(crate) mod sys {
         let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: a valid directory descriptor, a NUL-terminated name, flags and a mode.
         owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) })
+    }
+
+    pub(crate) fn remove_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
     }
 
     pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {

@@ -51,7 +51,23 @@ impl OpenLocks {
     ///
     /// # Errors
     /// A leaf already bound to another task, a leaf whose lock was not opened, or I/O.
-    pub fn hold(mut self, uuids: &[&str]) -> Result<()> {
+    pub fn hold(self, uuids: &[&str]) -> Result<()> {
+        for fd in self.lock(uuids)? {
+            sys::keep_across_exec(fd).map_err(|e| Error::node(format!("keeping a leaf lock open: {e}")))?;
+        }
+        Ok(()) // the remaining descriptors close here
+    }
+
+    /// Locks the leaves `uuids` for as long as the returned descriptors stay open in this process
+    /// (slurmstepd holds its step's leaves this way: no program of the user's ever has them).
+    ///
+    /// # Errors
+    /// As [`OpenLocks::hold`].
+    pub fn hold_here(self, uuids: &[&str]) -> Result<Vec<OwnedFd>> {
+        self.lock(uuids)
+    }
+
+    fn lock(mut self, uuids: &[&str]) -> Result<Vec<OwnedFd>> {
         let mut held = Vec::new();
         for uuid in uuids {
             let fd = self.0.remove(*uuid).ok_or_else(|| {
@@ -70,15 +86,41 @@ impl OpenLocks {
                 Err(e) => return Err(Error::node(format!("cannot lock MIG leaf {uuid}: {e}"))),
             }
         }
-        for fd in held {
-            sys::keep_across_exec(fd).map_err(|e| Error::node(format!("keeping a leaf lock open: {e}")))?;
-        }
-        Ok(()) // the remaining descriptors close here
+        Ok(held)
     }
 
     /// The leaves whose lock files are open.
     pub fn leaves(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
+    }
+}
+
+/// Removes a step's task lock directory and its lock files (at the end of the step).
+///
+/// # Errors
+/// A directory root cannot trust, or I/O other than a missing file.
+pub fn remove_dir(dir: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else { return Ok(()) };
+    let d = match trusted_fs::open_dir(dir, Missing::Fail) {
+        Ok(d) => d,
+        Err(_) if !dir.exists() => return Ok(()),
+        Err(e) => return Err(Error::node(format!("leaf locks: {e}"))),
+    };
+    let entries = std::fs::read_dir(&d.path).map_err(|e| Error::node(format!("{}: {e}", d.path.display())))?;
+    for e in entries.flatten() {
+        let n = e.file_name();
+        if n.to_string_lossy().ends_with(".lock") {
+            if let Ok(c) = sys::c_name(&n) {
+                let _ = sys::unlink_at(d.fd.as_fd(), &c);
+            }
+        }
+    }
+    let p = trusted_fs::open_dir(parent, Missing::Fail).map_err(|e| Error::node(format!("leaf locks: {e}")))?;
+    let c = sys::c_name(name).map_err(|e| Error::node(e.to_string()))?;
+    match sys::remove_dir_at(p.fd.as_fd(), &c) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::node(format!("removing {}: {e}", dir.display()))),
     }
 }
 

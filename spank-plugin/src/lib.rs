@@ -61,13 +61,34 @@ fn init(spank: &Spank, args: &[String]) -> Result<()> {
 /// line they cannot use, fails the command before anything is submitted or started.
 fn option_given(arg: Option<&str>, remote: bool) -> Result<()> {
     if remote {
-        return Ok(()); // slurmstepd: the task reads the option itself
+        // slurmstepd: remembered for init_post_opt, where spank_option_getopt does not see it yet.
+        *REMOTE_OPTION.lock().unwrap_or_else(|p| p.into_inner()) = Some(arg.map(str::to_string));
+        return Ok(());
     }
     if Mode::parse(arg)? != Mode::Off {
         plugin_args()?;
     }
     Ok(())
 }
+
+/// The `--flexmig` argument slurmstepd's option callback was given (Some(None): a bare one).
+static REMOTE_OPTION: Mutex<Option<Option<String>>> = Mutex::new(None);
+
+/// What slurmstepd prepared for the step as root, before it forked the tasks (which inherit it).
+#[derive(Debug)]
+struct Step {
+    args: PluginArgs,
+    inventory: Inventory,
+    /// The step's GPUs as slurmstepd set them (see [`TaskView::gpu_var`]).
+    step_gpus: Option<String>,
+    /// The step's leaves, locked for the step's lifetime by slurmstepd itself: no program of
+    /// the user's ever holds these, so none can keep a leaf after its job.
+    _held: Vec<std::os::fd::OwnedFd>,
+    /// Where the tasks of this step lock their own leaves (one rank per leaf within the step).
+    task_locks: Option<std::path::PathBuf>,
+}
+
+static STEP: Mutex<Option<Result<Step>>> = Mutex::new(None);
 
 /// What root prepared in a task for `task_init`, which runs later in the same process.
 #[derive(Debug)]
@@ -81,44 +102,144 @@ struct Prepared {
 
 static PREPARED: Mutex<Option<Result<Prepared>>> = Mutex::new(None);
 
-/// The GRES types slurmctld says the job was given on this node, by index (None: not known).
-/// Asked once per step, before the tasks are forked, so they inherit it.
-static JOB_GRES_TYPES: OnceLock<Option<std::collections::BTreeMap<u32, String>>> = OnceLock::new();
-
-/// `slurm_spank_user_init`, once per step in slurmstepd (as the user): asks slurmctld, through
-/// `scontrol show job -d`, which GRES types the job was given on this node, for the tasks to
-/// check their leaves against.
-fn user_init(spank: &Spank, _args: &[String]) -> Result<()> {
-    let Some(arg) = spank.flexmig_option() else {
+/// `slurm_spank_init_post_opt`: in slurmstepd, as root, once per step before the tasks are
+/// forked: checks the step's leaves against what slurmctld allocated and locks them for the
+/// step. What goes wrong is reported by the tasks, where the user sees it.
+fn init_post_opt(spank: &Spank, _args: &[String]) -> Result<()> {
+    if ffi::context() != Context::S_CTX_REMOTE {
+        return Ok(());
+    }
+    let given = spank.flexmig_option().or_else(|| REMOTE_OPTION.lock().unwrap_or_else(|p| p.into_inner()).clone());
+    let Some(arg) = given else {
         return Ok(());
     };
-    if !matches!(Mode::parse(arg.as_deref()), Ok(Mode::Rank | Mode::Node)) {
+    let Ok(mode @ (Mode::Rank | Mode::Node)) = Mode::parse(arg.as_deref()) else {
         return Ok(());
+    };
+    let step = prepare_step(spank, mode);
+    if let Err(e) = &step {
+        tracing::debug!("step not prepared: {}", e.message());
     }
-    // Asked from a fresh process: libslurm's own RPC calls made from inside slurmstepd can hit
-    // its locks (Slurm 24.11 aborts the step: "auth_g_create: pthread_rwlock_rdlock()").
-    let types = (|| {
-        let node = trusted_node_name().ok()??;
-        let job = spank.item_u32(Item::JobId).ok()?;
-        let out = std::process::Command::new("scontrol")
-            .args(["show", "job", "-d", &job.to_string()])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .ok()?;
-        let jobs = leaf_model::gres_detail::scontrol_jobs(&String::from_utf8_lossy(&out.stdout));
-        let detail = jobs.iter().find(|j| j.job == job)?.detail_on(node.as_str())?.to_string();
-        Some(binding::allocated_types(&detail))
-    })();
-    if types.is_none() {
-        tracing::debug!("the job's GRES types on this node are not known: leaves are not checked against them");
-    }
-    let _ = JOB_GRES_TYPES.set(types);
+    *STEP.lock().unwrap_or_else(|p| p.into_inner()) = Some(step);
     Ok(())
 }
 
-/// `slurm_spank_task_init_privileged`, in each task as root: reads the inventory and opens the
-/// lock files of the step's leaves. What goes wrong is reported by `task_init`, where the user
-/// sees it.
+fn prepare_step(spank: &Spank, mode: Mode) -> Result<Step> {
+    let node = trusted_node_name()?;
+    let args = plugin_args()?.for_node(node.as_ref())?;
+    let node_shown = node.as_ref().map_or("this node".to_string(), NodeName::to_string);
+    let text = trusted_fs::read_file(&args.inventory).map_err(|e| {
+        Error::node(format!(
+            "cannot use the node inventory on {node_shown}: {e}; the admin writes it with `flexmig-gres-helper gres-conf --inventory PATH` \
+             (a file of root's, in a directory of root's) and names it with inventory= in plugstack.conf"
+        ))
+    })?;
+    let inventory = Inventory::parse(&text, &args.inventory.display().to_string()).map_err(|e| Error::node(e.to_string()))?;
+    let view = step_view(spank)?;
+    let step_gpus = spank.getenv(view.gpu_var());
+    let view = TaskView { step_gpus: step_gpus.clone(), ..view };
+    if let Some(node) = &node {
+        match slurm_allocation(view.job_id, node) {
+            Allocation::Known(detail) => {
+                binding::check_allocated_types(&args, &inventory, &view, &binding::allocated_types(&detail), &node_shown)?;
+                binding::check_allocated_indices(&args, &inventory, &view, &detail, &node_shown)?;
+            }
+            Allocation::Ambiguous => {
+                return Err(Error::step(
+                    "slurmctld's record of this job holds lines that look like its own GRES detail (in the job's name or comment?), \
+                     so flexmig cannot tell which leaves Slurm allocated here; rename the job (sbatch -J) and resubmit",
+                ))
+            }
+            Allocation::Unknown => tracing::debug!("slurmctld's allocation is not known here: leaves are not checked against it"),
+        }
+    }
+    let uuids = binding::leaves_to_lock(mode, &args, &inventory, &view, &node_shown)?;
+    let ids: Vec<&str> = uuids.iter().map(String::as_str).collect();
+    let held = leaf_lock::open(&args.lock_dir, ids.iter().copied())?.hold_here(&ids)?;
+    let task_locks = (!uuids.is_empty()).then(|| args.lock_dir.join("steps").join(format!("{}.{}", view.job_id, view.step_id)));
+    Ok(Step { args, inventory, step_gpus, _held: held, task_locks })
+}
+
+enum Allocation {
+    /// This node's GRES detail of the job (`gpu:1g.5gb:2(IDX:2-3),...`).
+    Known(String),
+    /// The record names this node's detail more than once: it cannot be told from forged text.
+    Ambiguous,
+    Unknown,
+}
+
+/// What slurmctld says the job was given on `node`, from `scontrol show job -d` run as root from
+/// the Slurm installation slurmstepd belongs to (never PATH), in `/`, for at most 10 s. A fresh
+/// process: libslurm's own calls made from inside slurmstepd can hit its locks (Slurm 24.11 aborts
+/// the step: "auth_g_create: pthread_rwlock_rdlock()").
+fn slurm_allocation(job: u32, node: &NodeName) -> Allocation {
+    let Some(scontrol) = std::fs::read_link("/proc/self/exe").ok().and_then(|exe| Some(exe.parent()?.parent()?.join("bin/scontrol")))
+    else {
+        return Allocation::Unknown;
+    };
+    let Ok(mut child) = std::process::Command::new(&scontrol)
+        .args(["show", "job", "-d", &job.to_string()])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return Allocation::Unknown;
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t0.elapsed() < std::time::Duration::from_secs(10) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Allocation::Unknown;
+            }
+        }
+    }
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+    }
+    let jobs = leaf_model::gres_detail::scontrol_jobs(&text);
+    // One record, one detail line for this node: anything more was written by the job's owner.
+    let ours: Vec<_> = jobs.iter().filter(|j| j.job == job).collect();
+    let lines = text.lines().filter(|l| l.trim_start().starts_with("JobId=")).count();
+    match ours.as_slice() {
+        [j] if lines == 1 => {
+            let mut here = j
+                .nodes
+                .iter()
+                .filter(|(list, _)| leaf_model::hostlist::expand(list).map(|n| n.iter().any(|n| n == node.as_str())).unwrap_or(false));
+            match (here.next(), here.next()) {
+                (Some((_, d)), None) => Allocation::Known(d.clone()),
+                (None, _) => Allocation::Unknown,
+                _ => Allocation::Ambiguous,
+            }
+        }
+        [] if lines == 0 => Allocation::Unknown,
+        _ => Allocation::Ambiguous,
+    }
+}
+
+/// `slurm_spank_exit`: in slurmstepd at the end of the step, as root: removes the step's task
+/// lock directory (the step's own leaf locks go with slurmstepd).
+fn exit(_spank: &Spank, _args: &[String]) -> Result<()> {
+    if ffi::context() != Context::S_CTX_REMOTE {
+        return Ok(());
+    }
+    let step = STEP.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(Ok(Step { task_locks: Some(dir), .. })) = step {
+        leaf_lock::remove_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// `slurm_spank_task_init_privileged`, in each task as root: opens the task's lock files (in its
+/// step's own directory) and its holder record. What goes wrong is reported by `task_init`,
+/// where the user sees it.
 fn task_init_privileged(spank: &Spank, _args: &[String]) -> Result<()> {
     let Some(arg) = spank.flexmig_option() else {
         return Ok(());
@@ -132,30 +253,31 @@ fn task_init_privileged(spank: &Spank, _args: &[String]) -> Result<()> {
 }
 
 fn prepare(spank: &Spank, mode: Mode) -> Result<Prepared> {
-    let node = trusted_node_name()?;
-    let args = plugin_args()?.for_node(node.as_ref())?;
-    let node_shown = node.as_ref().map_or("this node".to_string(), NodeName::to_string);
-    let text = trusted_fs::read_file(&args.inventory).map_err(|e| {
-        Error::node(format!(
-            "cannot use the node inventory on {node_shown}: {e}; the admin writes it with `flexmig-gres-helper gres-conf --inventory PATH` \
-             (a file of root's, in a directory of root's) and names it with inventory= in plugstack.conf"
-        ))
-    })?;
-    let inventory = Inventory::parse(&text, &args.inventory.display().to_string()).map_err(|e| Error::node(e.to_string()))?;
-    let task = task_view(spank, None)?;
-    let step_gpus = spank.getenv(task.gpu_var());
-    let task = TaskView { step_gpus: step_gpus.clone(), ..task };
-    if let Some(Some(types)) = JOB_GRES_TYPES.get() {
-        binding::check_allocated_types(&args, &inventory, &task, types, &node_shown)?;
-    }
-    let uuids = binding::leaves_to_lock(mode, &args, &inventory, &task, &node_shown)?;
-    let locks = leaf_lock::open(&args.lock_dir, uuids.iter().map(String::as_str))?;
+    let guard = STEP.lock().unwrap_or_else(|p| p.into_inner());
+    let step = match guard.as_ref() {
+        Some(Ok(step)) => step,
+        Some(Err(e)) => return Err(e.clone()),
+        None => return Err(Error::slurm("slurm_spank_init_post_opt did not run for this step")),
+    };
+    let node_shown = trusted_node_name()?.map_or("this node".to_string(), |n| n.to_string());
+    let task = TaskView { step_gpus: step.step_gpus.clone(), ..task_view(spank, None)? };
+    let uuids = binding::leaves_to_lock(mode, &step.args, &step.inventory, &task, &node_shown)?;
+    let locks = match &step.task_locks {
+        Some(dir) => leaf_lock::open(dir, uuids.iter().map(String::as_str))?,
+        None => leaf_lock::OpenLocks::default(),
+    };
     let records = if task.is_batch {
         holders::Records::default()
     } else {
-        holders::open(&args.holders_dir, args.dcgm_job_map.as_deref(), (task.job_id, task.step_id, task.local_task_id), &uuids, &inventory)?
+        holders::open(
+            &step.args.holders_dir,
+            step.args.dcgm_job_map.as_deref(),
+            (task.job_id, task.step_id, task.local_task_id),
+            &uuids,
+            &step.inventory,
+        )?
     };
-    Ok(Prepared { args, inventory, step_gpus, locks, records })
+    Ok(Prepared { args: step.args.clone(), inventory: step.inventory.clone(), step_gpus: step.step_gpus.clone(), locks, records })
 }
 
 /// This node's Slurm name as slurmd told slurmstepd (slurmstepd puts it in its own process
@@ -241,12 +363,31 @@ fn task_exit(spank: &Spank, _args: &[String]) -> Result<()> {
     holders::remove(&args.holders_dir, args.dcgm_job_map.as_deref(), ids, &inventory)
 }
 
+/// The step as slurmstepd sees it before any task exists (task ids 0).
+fn step_view(spank: &Spank) -> Result<TaskView> {
+    let step_id = spank.item_u32(Item::StepId)?;
+    Ok(TaskView {
+        job_id: spank.item_u32(Item::JobId)?,
+        step_id,
+        is_batch: step_id == ffi::SLURM_BATCH_SCRIPT,
+        is_interactive: step_id == ffi::SLURM_INTERACTIVE_STEP,
+        node_id: spank.item_u32(Item::NodeId)?,
+        nnodes: spank.item_u32(Item::NNodes)?,
+        local_task_id: 0,
+        local_task_count: spank.item_u32(Item::LocalTaskCount)?,
+        global_task_id: 0,
+        total_task_count: spank.item_u32(Item::TotalTaskCount)?,
+        step_gpus: None,
+    })
+}
+
 fn task_view(spank: &Spank, step_gpus: Option<String>) -> Result<TaskView> {
     let step_id = spank.item_u32(Item::StepId)?;
     Ok(TaskView {
         job_id: spank.item_u32(Item::JobId)?,
         step_id,
         is_batch: step_id == ffi::SLURM_BATCH_SCRIPT,
+        is_interactive: step_id == ffi::SLURM_INTERACTIVE_STEP,
         node_id: spank.item_u32(Item::NodeId)?,
         nnodes: spank.item_u32(Item::NNodes)?,
         local_task_id: spank.item_u32(Item::TaskId)?,

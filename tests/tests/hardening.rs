@@ -348,3 +348,77 @@ fn a_task_killed_with_sigkill_leaves_no_stale_lock() {
     let leaf_a = a.lines().find_map(|l| l.strip_prefix("A ")).unwrap_or_else(|| panic!("{a}"));
     assert_eq!(b.lines().find_map(|l| l.strip_prefix("B ")), Some(leaf_a), "the killed task's leaf is free again:\n{a}\n{b}");
 }
+
+#[test]
+fn the_interactive_step_binds_only_the_jobs_own_leaves_whatever_the_user_exports() {
+    let (c, leaves) = start(2);
+    ensure_test_user().unwrap();
+    let o = Cluster::output(c.command_as_user("sbatch").unwrap().args([
+        "--parsable",
+        "--gres=gpu:1g.5gb:1",
+        "-n1",
+        "-o",
+        "/dev/null",
+        "--wrap",
+        "sleep 30",
+    ]))
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let job = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    wait_running(&c, &job);
+    // The interactive step gets only SLURM_JOB_GPUS from slurmstepd: a SLURM_STEP_GPUS naming every
+    // leaf of the node is the user's own.
+    let mut cmd = c.command_as_user("srun").unwrap();
+    cmd.env("SLURM_STEP_GPUS", "0-13").args([
+        &format!("--jobid={job}"),
+        "--overlap",
+        "--interactive",
+        "--flexmig=node",
+        "-n1",
+        "bash",
+        "-c",
+        "echo LEAVES=$FLEXMIG_LEAVES",
+    ]);
+    let o = Cluster::output(&mut cmd).unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    if let Some(l) = out.lines().find_map(|l| l.strip_prefix("LEAVES=")) {
+        assert_eq!(l.split(',').count(), 1, "the interactive step got more than the job's one leaf: {}", text(&o));
+        assert!(leaves.iter().any(|x| x.uuid == l && x.profile == "1g.5gb"));
+    }
+    // Whatever it did, every other leaf is still free for other users' jobs.
+    let o = srun(&c, &["--flexmig", "-n2", "--gres=gpu:1g.10gb:2", "true"]);
+    assert!(o.status.success(), "another job's leaves were taken: {}", text(&o));
+    let _ = c.command("scancel").arg(&job).status();
+}
+
+#[test]
+fn a_lock_a_user_keeps_past_the_step_blocks_no_later_step() {
+    let (c, _) = start(1);
+    ensure_test_user().unwrap();
+    // The task leaves a process behind that keeps whatever descriptors it inherited.
+    let o = Cluster::output(c.command_as_user("srun").unwrap().args([
+        "--flexmig",
+        "-n1",
+        "--gres=gpu:1g.5gb:1",
+        "bash",
+        "-c",
+        "setsid sleep 30 </dev/null >/dev/null 2>&1 & disown",
+    ]))
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = srun(&c, &["--flexmig", "-n1", "--gres=gpu:1g.5gb:1", "true"]);
+    assert!(o.status.success(), "a process left by an ended step still blocks its leaf: {}", text(&o));
+    let _ = std::process::Command::new("pkill").args(["-u", TEST_USER, "sleep"]).status();
+}
+
+fn wait_running(c: &Cluster, job: &str) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let o = Cluster::output(c.command("squeue").args(["-h", "-j", job, "-o", "%T"])).unwrap();
+        if String::from_utf8_lossy(&o.stdout).trim() == "RUNNING" {
+            return;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "job {job} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
