@@ -93,6 +93,23 @@ fn a_second_segment_of_the_same_name_is_refused() {
 }
 
 #[test]
+fn a_file_another_user_put_under_the_name_is_never_mapped_and_the_creator_leaves_no_temporary_name() {
+    let path = unique_path("squat");
+    let g = Geometry { nranks: 2, depth: 2, slot_bytes: 4096 };
+    // The name appears only once the segment is complete: nothing else of ours is ever visible.
+    let seg = Segment::create(&path, g).unwrap();
+    let names = leftovers(&path);
+    assert_eq!(names.len(), 1, "only the final name: {names:?}");
+    seg.unlink();
+    // A file of the right size but not this user's 0600 one is refused by the ranks that open it.
+    std::fs::write(&path, vec![0u8; g.total_bytes()]).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let e = Segment::open(&path, g, 1, Duration::from_millis(100)).unwrap_err().to_string();
+    assert!(e.contains("not a 0600 file of this user's"), "{e}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
 fn a_rank_that_never_attaches_leaves_nothing_behind() {
     let path = unique_path("noshow");
     let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1 };

@@ -211,16 +211,31 @@ impl Segment {
         let len = geometry.total_bytes();
         let tmp = PathBuf::from(format!("{}.tmp{}", path.display(), std::process::id()));
         let ctmp = cpath(&tmp);
-        // SAFETY: plain open(2) of a NUL-terminated path.
-        let fd = unsafe { libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600 as libc::c_uint) };
-        if fd < 0 {
-            return Err(io_err("creating", &tmp));
-        }
+        // An unnamed file (O_TMPFILE) is invisible until it is linked under its final name, so no
+        // other user learns the name early or meets the file half made; a named temporary is the
+        // fallback where the file system lacks O_TMPFILE.
+        let dir = cpath(path.parent().unwrap_or(Path::new("/")));
+        // SAFETY: plain open(2) of a NUL-terminated directory path.
+        let unnamed = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600 as libc::c_uint) };
+        let fd = if unnamed >= 0 {
+            unnamed
+        } else {
+            // SAFETY: plain open(2) of a NUL-terminated path.
+            let fd =
+                unsafe { libc::open(ctmp.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600 as libc::c_uint) };
+            if fd < 0 {
+                return Err(io_err("creating", &tmp));
+            }
+            fd
+        };
+        let named_tmp = unnamed < 0;
         let cleanup = |e: ShmError| {
             // SAFETY: the fd is ours and the path NUL-terminated; removing our own temporary file.
             unsafe {
                 libc::close(fd);
-                libc::unlink(ctmp.as_ptr());
+                if named_tmp {
+                    libc::unlink(ctmp.as_ptr());
+                }
             }
             e
         };
@@ -231,8 +246,6 @@ impl Segment {
             return Err(cleanup(ShmError::Io { what: "sizing", path: tmp.clone(), source: io::Error::from_raw_os_error(rc) }));
         }
         let base = Self::map(fd, len, &tmp).map_err(cleanup)?;
-        // SAFETY: the mapping holds its own reference to the file.
-        unsafe { libc::close(fd) };
         let seg = Segment { base, len, geometry, path: path.to_path_buf(), rank: 0 };
         let h = seg.header();
         h.version.store(VERSION, Ordering::Relaxed);
@@ -243,11 +256,19 @@ impl Segment {
         h.attached.store(1, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
         let cfinal = cpath(path);
-        // SAFETY: link(2) of two NUL-terminated paths: atomic, and fails instead of replacing.
-        let linked = unsafe { libc::link(ctmp.as_ptr(), cfinal.as_ptr()) };
+        // Atomic, and fails instead of replacing; the unnamed file is linked through /proc, which
+        // needs no privilege (AT_EMPTY_PATH would).
+        let source = if named_tmp { ctmp.clone() } else { cpath(Path::new(&format!("/proc/self/fd/{fd}"))) };
+        // SAFETY: linkat(2) of two NUL-terminated paths.
+        let linked = unsafe { libc::linkat(libc::AT_FDCWD, source.as_ptr(), libc::AT_FDCWD, cfinal.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
         let err = io::Error::last_os_error();
-        // SAFETY: removing our temporary name; the file lives on under its final name or dies with the mapping.
-        unsafe { libc::unlink(ctmp.as_ptr()) };
+        // SAFETY: the mapping holds its own reference to the file; removing our temporary name.
+        unsafe {
+            libc::close(fd);
+            if named_tmp {
+                libc::unlink(ctmp.as_ptr());
+            }
+        }
         if linked != 0 {
             return Err(if err.raw_os_error() == Some(libc::EEXIST) {
                 ShmError::Exists(path.to_path_buf())
@@ -274,7 +295,7 @@ impl Segment {
         let t0 = Instant::now();
         let fd = loop {
             // SAFETY: plain open(2) of a NUL-terminated path.
-            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
             if fd >= 0 {
                 break fd;
             }
@@ -293,6 +314,16 @@ impl Segment {
             if libc::fstat(fd, &mut st) != 0 {
                 libc::close(fd);
                 return Err(io_err("reading the size of", path));
+            }
+            // Only a segment of this user's, made the way rank 0 makes it: another user's file
+            // under the same name is never mapped.
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != libc::geteuid() || st.st_mode & 0o777 != 0o600 {
+                libc::close(fd);
+                return Err(ShmError::Io {
+                    what: "trusting (not a 0600 file of this user's)",
+                    path: path.to_path_buf(),
+                    source: io::Error::from_raw_os_error(libc::EPERM),
+                });
             }
             st.st_size as usize
         };
