@@ -135,8 +135,11 @@ pub fn check(plugin: &Path, stamp: std::result::Result<u32, NoStamp>, slurm: Slu
         Ok(n) => n,
         Err(why) => {
             return Some(format!(
-                "the plugin {} {why}: Slurm {slurm} cannot load it; install flexmig's plugin built for this release there",
-                plugin.display()
+                "the plugin {} {why}: Slurm {slurm} cannot load it; install flexmig's plugin built for this release there \
+                 (the package flexmig-slurm-plugin-{}.{:02})",
+                plugin.display(),
+                slurm.major,
+                slurm.minor
             ))
         }
     };
@@ -145,11 +148,13 @@ pub fn check(plugin: &Path, stamp: std::result::Result<u32, NoStamp>, slurm: Slu
         format!(
             "the plugin {} is built for Slurm {}.{:02} (plugin_version {stamp:#x}, {built}), but this node runs Slurm {slurm} ({source}): \
              Slurm refuses a plugin of another major.minor release (\"Incompatible Slurm plugin\"), and with a `required` plugstack line \
-             every srun and job step fails; rebuild it against this release's headers (`cargo build --release -p flexmig-spank`, \
-             SLURM_INCLUDE_DIR for a Slurm elsewhere) and install it again",
+             every srun and job step fails; install the package flexmig-slurm-plugin-{}.{:02}, or rebuild it against this release's \
+             headers (`cargo build --release -p flexmig-spank`, SLURM_INCLUDE_DIR for a Slurm elsewhere) and install it again",
             plugin.display(),
             built.major,
-            built.minor
+            built.minor,
+            slurm.major,
+            slurm.minor
         )
     })
 }
@@ -186,6 +191,7 @@ mod tests {
         assert_eq!(check(so, Ok(0x16_05_02), running, "slurmd -V"), None, "another micro release loads");
         let d = check(so, Ok(0x17_0b_0a), running, "slurmd -V").unwrap();
         assert!(d.starts_with("the plugin /x/flexmig.so is built for Slurm 23.11 (plugin_version 0x170b0a, 23.11.10)"), "{d}");
+        assert!(d.contains("install the package flexmig-slurm-plugin-"), "names the package to install: {d}");
         assert!(d.contains("this node runs Slurm 22.05.8 (slurmd -V)") && d.contains("rebuild it"), "{d}");
         assert!(check(so, Ok(0x16_06_00), running, "slurmd -V").is_some(), "another minor release is refused");
         assert!(check(so, Ok(0x17_05_08), running, "slurmd -V").is_some(), "another major release is refused");
