@@ -180,21 +180,7 @@ pub fn replace_gpu_items(value: &str, gpu: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let mut placed = false;
     // Split at the commas outside a socket list such as `(S:0,1)`.
-    let mut items = Vec::new();
-    let (mut depth, mut start) = (0usize, 0);
-    for (i, c) in value.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                items.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    items.push(&value[start..]);
-    for item in items.into_iter().filter(|i| !i.trim().is_empty()) {
+    for item in leaf_model::gres_order::split_top_level(value) {
         let name = item.trim().split([':', '(']).next().unwrap_or("");
         if name == "gpu" {
             if !placed && !gpu.is_empty() {

@@ -14,21 +14,7 @@ pub struct Allocated {
 /// The entries with GRES indices; others (`mig:0`, `license:x(CNT:1)`) and malformed ones are left
 /// out.
 pub fn parse(detail: &str) -> Vec<Allocated> {
-    let mut depth = 0i32;
-    let mut start = 0;
-    let mut entries = Vec::new();
-    for (i, c) in detail.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                entries.push(&detail[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    entries.push(&detail[start..]);
+    let entries = crate::gres_order::split_top_level(detail);
     let mut out = Vec::new();
     for e in entries {
         let Some((head, rest)) = e.trim().split_once("(IDX:") else { continue };

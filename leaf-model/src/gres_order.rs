@@ -118,7 +118,9 @@ pub fn parse_node_gres(value: &str) -> Result<Vec<GresCount>, String> {
     Ok(out)
 }
 
-fn split_top_level(value: &str) -> Vec<&str> {
+/// The items of a GRES list (`gpu:1g.5gb:2(S:0,1),mig:0`), split at the commas outside
+/// parentheses; empty items left out.
+pub fn split_top_level(value: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut depth, mut start) = (0usize, 0);
     for (i, c) in value.char_indices() {

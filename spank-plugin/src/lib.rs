@@ -382,18 +382,10 @@ fn step_view(spank: &Spank) -> Result<TaskView> {
 }
 
 fn task_view(spank: &Spank, step_gpus: Option<String>) -> Result<TaskView> {
-    let step_id = spank.item_u32(Item::StepId)?;
     Ok(TaskView {
-        job_id: spank.item_u32(Item::JobId)?,
-        step_id,
-        is_batch: step_id == ffi::SLURM_BATCH_SCRIPT,
-        is_interactive: step_id == ffi::SLURM_INTERACTIVE_STEP,
-        node_id: spank.item_u32(Item::NodeId)?,
-        nnodes: spank.item_u32(Item::NNodes)?,
         local_task_id: spank.item_u32(Item::TaskId)?,
-        local_task_count: spank.item_u32(Item::LocalTaskCount)?,
         global_task_id: spank.item_u32(Item::TaskGlobalId)?,
-        total_task_count: spank.item_u32(Item::TotalTaskCount)?,
         step_gpus,
+        ..step_view(spank)?
     })
 }

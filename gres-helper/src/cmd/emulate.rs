@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use leaf_model::atomic::FileWrite;
 use leaf_model::inventory::{Emulation, Gpu, Inventory, Leaf};
 
 use super::{host_short_name, Global, Outcome};
@@ -118,32 +117,27 @@ pub fn run(g: &Global, a: EmulateArgs) -> Result<Outcome> {
         "-- flexmig size-aware policy for emulated leaves (written by `flexmig-gres-helper emulate`).\n\
          return {{\n  small_type = {profile:?},\n  double_type = nil,\n  leaves_per_node = {total},\n  small_leaves_per_node = {total},\n  single_prefers_double = true,\n}}\n"
     );
-    let mut set = Vec::new();
-    let mut add = |path: &Option<PathBuf>, text: String, what: &'static str| {
-        if let Some(p) = path {
-            set.push((FileWrite { path: p.clone(), contents: text.into_bytes(), mode: 0o644 }, what));
-        }
-    };
-    add(&a.gres_conf, gres.clone(), "gres.conf");
-    add(
-        &a.node_conf,
-        format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper emulate)\n{line}\n"),
-        "slurm.conf node line",
-    );
-    add(&a.inventory, inv.to_toml_string(), "node inventory");
-    add(&a.policy, policy, "Lua policy");
-    if set.is_empty() {
+    let asked = [&a.gres_conf, &a.node_conf, &a.inventory, &a.policy].iter().any(|p| p.is_some());
+    if !asked {
         println!("### gres.conf\n{gres}\n### slurm.conf\n{line}\n\n### {}\n{}", leaf_model::inventory::DEFAULT_PATH, inv.to_toml_string());
         return Ok(Outcome::Done);
     }
     if a.gres_conf.is_some() {
         make_aliases(&aliases)?;
     }
-    let files: Vec<FileWrite> = set.iter().map(|(f, _)| f.clone()).collect();
-    leaf_model::atomic::write_set(&files).context("emulate writes its files as a set")?;
-    for (f, what) in &set {
-        eprintln!("wrote {what} {}", f.path.display());
-    }
+    super::write_file_set(
+        vec![
+            (&a.gres_conf, gres, "gres.conf"),
+            (
+                &a.node_conf,
+                format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper emulate)\n{line}\n"),
+                "slurm.conf node line",
+            ),
+            (&a.inventory, inv.to_toml_string(), "node inventory"),
+            (&a.policy, policy, "Lua policy"),
+        ],
+        "emulate",
+    )?;
     eprintln!("start CUDA MPS on the node before jobs run (see README, \"Trying flexmig without MIG\")");
     Ok(Outcome::Done)
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use leaf_model::atomic::FileWrite;
 
 use super::{host_short_name, Global, Outcome};
 use crate::devices::MigMinors;
@@ -43,34 +42,26 @@ pub fn run(g: &Global, a: GresConfArgs) -> Result<Outcome> {
     let node_name = a.node_name.unwrap_or_else(host_short_name);
     let line = node_config::node_line(&node_name, &leaves, &a.node_options);
     let inv = node_config::inventory(&gpus, &leaves);
-    // gres.conf, the node line and the inventory only agree as a set: write all of them or none.
-    let mut set = Vec::new();
-    let mut add = |path: &Option<PathBuf>, text: String, what: &'static str| {
-        if let Some(p) = path {
-            set.push((FileWrite { path: p.clone(), contents: text.into_bytes(), mode: 0o644 }, what));
-        }
-    };
-    add(&a.gres_conf, gres.clone(), "gres.conf");
-    add(
-        &a.node_conf,
-        format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper gres-conf)\n{line}\n"),
-        "slurm.conf node line",
-    );
     if a.inventory.is_some() {
         inv.validate().map_err(|e| anyhow!("the inventory to write is inconsistent ({e}); nothing was written"))?;
     }
-    add(&a.inventory, inv.to_toml_string(), "node inventory");
-    if a.policy.is_some() {
-        add(&a.policy, node_config::policy_lua(&leaves).context("nothing was written")?, "Lua policy");
-    }
-    if set.is_empty() {
+    let policy = if a.policy.is_some() { node_config::policy_lua(&leaves).context("nothing was written")? } else { String::new() };
+    // gres.conf, the node line and the inventory only agree as a set: write all of them or none.
+    let written = super::write_file_set(
+        vec![
+            (&a.gres_conf, gres.clone(), "gres.conf"),
+            (
+                &a.node_conf,
+                format!("# flexmig: the node's line for slurm.conf (written by flexmig-gres-helper gres-conf)\n{line}\n"),
+                "slurm.conf node line",
+            ),
+            (&a.inventory, inv.to_toml_string(), "node inventory"),
+            (&a.policy, policy, "Lua policy"),
+        ],
+        "gres-conf",
+    )?;
+    if !written {
         println!("### gres.conf\n{gres}\n### slurm.conf\n{line}\n\n### {}\n{}", leaf_model::inventory::DEFAULT_PATH, inv.to_toml_string());
-        return Ok(Outcome::Done);
-    }
-    let files: Vec<FileWrite> = set.iter().map(|(f, _)| f.clone()).collect();
-    leaf_model::atomic::write_set(&files).context("gres-conf writes its files as a set")?;
-    for (f, what) in &set {
-        eprintln!("wrote {what} {}", f.path.display());
     }
     Ok(Outcome::Done)
 }

@@ -73,6 +73,29 @@ impl Global {
     }
 }
 
+/// Writes the files given a path (`(path, contents, what)`) as one set: all of them or none.
+/// Returns false, writing nothing, when no path was given (the caller prints instead).
+///
+/// # Errors
+/// A file that could not be written; then none was changed.
+pub fn write_file_set(files: Vec<(&Option<PathBuf>, String, &'static str)>, verb: &str) -> Result<bool> {
+    let set: Vec<(leaf_model::atomic::FileWrite, &str)> = files
+        .into_iter()
+        .filter_map(|(path, text, what)| {
+            path.as_ref().map(|p| (leaf_model::atomic::FileWrite { path: p.clone(), contents: text.into_bytes(), mode: 0o644 }, what))
+        })
+        .collect();
+    if set.is_empty() {
+        return Ok(false);
+    }
+    let files: Vec<_> = set.iter().map(|(f, _)| f.clone()).collect();
+    leaf_model::atomic::write_set(&files).with_context(|| format!("{verb} writes its files as a set"))?;
+    for (f, what) in &set {
+        eprintln!("wrote {what} {}", f.path.display());
+    }
+    Ok(true)
+}
+
 /// This host's name up to the first dot: the NodeName Slurm usually gives it.
 pub fn host_short_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
