@@ -430,13 +430,15 @@ impl Cluster {
 
     fn wait_for(&self, what: &str, mut ok: impl FnMut() -> bool) -> Result<()> {
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
+        // Generous: on a loaded 2-core CI machine, with a dozen test clusters starting at once,
+        // slurmd's registration can take tens of seconds.
+        while t0.elapsed() < Duration::from_secs(90) {
             if ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("{what} did not come up within 30 s; logs:\n{}", self.log_tails())
+        bail!("{what} did not come up within 90 s; logs:\n{}", self.log_tails())
     }
 
     /// The directory holding slurm.conf, gres.conf, plugstack.conf, flexmig.toml.
