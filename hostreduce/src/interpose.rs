@@ -341,13 +341,19 @@ fn teardown(gc: GpuComm, abort: bool) {
     for s in [gc.down, gc.up] {
         let _ = cuda::stream_synchronize(s);
     }
+    let st = gc.host.stats();
+    let ms = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e6;
     log(
         gc.debug,
         format_args!(
-            "rank {}: {} all-reduces on the host path, {} through NCCL",
+            "rank {}: {} all-reduces on the host path, {} through NCCL; reducer threads: {} chunks, {} pieces reduced here, {:.1} ms waiting for copies down, {:.1} ms reducing",
             gc.host.rank(),
             gc.host_calls.load(Ordering::Relaxed),
-            gc.nccl_calls.load(Ordering::Relaxed)
+            gc.nccl_calls.load(Ordering::Relaxed),
+            st.chunks.load(Ordering::Relaxed),
+            st.pieces.load(Ordering::Relaxed),
+            ms(&st.wait_ns),
+            ms(&st.reduce_ns),
         ),
     );
     let _ = cuda::unregister(gc.host.segment());

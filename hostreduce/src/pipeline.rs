@@ -7,10 +7,13 @@
 //! 1. each rank's *down* stream waits until `reduced[slot] >= r - depth + 1` (the reducers are done
 //!    reading the slot's previous inputs), copies its chunk into its input slot, and writes
 //!    `arrived[slot][rank] = r + 1`;
-//! 2. the reducer threads (T per rank, k·T shares per chunk) wait until every rank's `arrived` is
-//!    `>= r + 1` and every rank's `consumed` is `>= r - depth + 1` (the slot's previous result has
-//!    been copied up everywhere), reduce their share into the result slot, and count it in
-//!    `done[slot]`; the share that completes the round stores `reduced[slot] = r + 1`;
+//! 2. the reducer threads (T per rank) wait until every rank's `arrived` is `>= r + 1` and every
+//!    rank's `consumed` is `>= r - depth + 1` (the slot's previous result has been copied up
+//!    everywhere); then each takes pieces of the chunk from `claim[slot]` until none is left,
+//!    reduces each into the result slot and counts it in `done[slot]`; the piece that completes the
+//!    round stores `reduced[slot] = r + 1`. Pieces are handed out, not assigned (about
+//!    [`PIECES_PER_SHARE`] per thread), so a reducer the scheduler keeps off a CPU delays one piece,
+//!    not a fixed share of every chunk while all ranks wait for it;
 //! 3. each rank's *up* stream waits until `reduced[slot] >= r + 1`, copies the result into its
 //!    output buffer, and writes `consumed[slot][rank] = r + 1`.
 //!
@@ -24,7 +27,7 @@
 
 use crate::ffi::shm::{process_alive, Counter, Geometry, Segment, ShmError};
 use crate::reduce::{self, DType, Op};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,6 +38,62 @@ pub const RELEASED: u64 = 1 << 62;
 
 /// How often a waiting reducer checks that its peers still run.
 const PEER_CHECK: Duration = Duration::from_millis(50);
+
+/// Pieces of a chunk per reducer thread of the communicator: enough that threads that run late
+/// find the rest taken by others, few enough that handing them out costs nothing next to reducing.
+pub const PIECES_PER_SHARE: usize = 4;
+
+/// Pieces a chunk of `elements` is cut into for `shares` reducer threads (all ranks' together):
+/// [`PIECES_PER_SHARE`] each, at most one per 64-element block; every rank computes the same.
+pub fn pieces(elements: usize, shares: usize) -> usize {
+    (shares * PIECES_PER_SHARE).min(elements.div_ceil(reduce::BLOCK)).max(1)
+}
+
+/// Bits of a `claim` counter that hold the next piece; the bits above hold the use of the slot.
+const PIECE_BITS: u32 = 24;
+
+/// Takes the next unclaimed piece of the `use_`-th use of a slot (1-based: round r is use
+/// r / depth + 1) from its `claim` counter, out of `pieces`; None when all are taken.
+///
+/// The counter holds (use << 24) | next piece. The first reducer of a new use replaces the last
+/// use's value (whose pieces are all reduced: a reducer only starts round r after every rank copied
+/// up round r - depth), taking piece 0; a reducer still in an older use finds a newer one and takes
+/// nothing. Every piece of a use goes to exactly one reducer.
+pub fn claim_piece(claim: &AtomicU64, use_: u64, pieces: usize) -> Option<usize> {
+    debug_assert!(pieces < 1 << PIECE_BITS && use_ < 1 << (64 - PIECE_BITS));
+    let mut cur = claim.load(Ordering::Acquire);
+    loop {
+        let (u, next) = (cur >> PIECE_BITS, (cur & ((1 << PIECE_BITS) - 1)) as usize);
+        let (take, new) = match u.cmp(&use_) {
+            std::cmp::Ordering::Less => (0, (use_ << PIECE_BITS) | 1),
+            std::cmp::Ordering::Equal if next < pieces => (next, cur + 1),
+            _ => return None,
+        };
+        match claim.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(take),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// What this rank's reducer threads did, for the debug line at teardown.
+#[derive(Debug, Default)]
+pub struct ReducerStats {
+    /// Chunks seen (every thread sees every chunk).
+    pub chunks: AtomicU64,
+    /// Pieces this rank's threads reduced.
+    pub pieces: AtomicU64,
+    /// Time spent waiting for the ranks' copies down (and the slot to be free), in ns, all threads.
+    pub wait_ns: AtomicU64,
+    /// Time spent reducing, in ns, all threads.
+    pub reduce_ns: AtomicU64,
+}
+
+impl ReducerStats {
+    fn add(c: &AtomicU64, t: Instant) {
+        c.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
 
 /// The two streams of a rank: copies into the segment, copies out of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +247,7 @@ pub struct HostComm {
     next_round: Mutex<u64>,
     senders: Mutex<Vec<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    stats: Arc<ReducerStats>,
 }
 
 impl HostComm {
@@ -199,6 +259,22 @@ impl HostComm {
     /// # Errors
     /// [`SetupError`]; on rank 0 the name is removed before returning an error.
     pub fn setup(path: &std::path::Path, rank: usize, settings: Settings, timeout: Duration) -> Result<HostComm, SetupError> {
+        Self::setup_reducers(path, rank, settings, timeout, settings.threads)
+    }
+
+    /// [`HostComm::setup`] with `reducers` threads on this rank instead of `settings.threads` (the
+    /// pieces of every chunk are still cut for `settings.threads` per rank): how the tests show that
+    /// the others reduce what a rank's missing or late reducers do not.
+    ///
+    /// # Errors
+    /// As [`HostComm::setup`].
+    pub fn setup_reducers(
+        path: &std::path::Path,
+        rank: usize,
+        settings: Settings,
+        timeout: Duration,
+        reducers: usize,
+    ) -> Result<HostComm, SetupError> {
         let g = settings.geometry;
         let seg = if rank == 0 {
             let s = Segment::create(path, g)?;
@@ -224,10 +300,17 @@ impl HostComm {
             }
         }
         let seg = Arc::new(seg);
-        let comm = HostComm { seg, settings, next_round: Mutex::new(0), senders: Mutex::new(Vec::new()), threads: Mutex::new(Vec::new()) };
-        for t in 0..settings.threads {
+        let comm = HostComm {
+            seg,
+            settings,
+            next_round: Mutex::new(0),
+            senders: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            stats: Arc::default(),
+        };
+        for t in 0..reducers {
             let (tx, rx) = mpsc::channel();
-            let worker = Reducer { seg: comm.seg.clone(), settings, share: rank * settings.threads + t };
+            let worker = Reducer { seg: comm.seg.clone(), settings, stats: comm.stats.clone() };
             let h = std::thread::Builder::new()
                 .name(format!("hostreduce-{rank}.{t}"))
                 .spawn(move || worker.run(rx))
@@ -249,6 +332,9 @@ impl HostComm {
     }
     pub fn segment_arc(&self) -> Arc<Segment> {
         self.seg.clone()
+    }
+    pub fn stats(&self) -> &ReducerStats {
+        &self.stats
     }
 
     /// The abort state, if the communicator's host path is dead.
@@ -330,23 +416,26 @@ fn release(seg: &Segment) {
     }
 }
 
-/// One reducer thread: share `share` of every chunk of every call.
+/// One reducer thread: pieces of every chunk of every call, as many as it gets.
 struct Reducer {
     seg: Arc<Segment>,
     settings: Settings,
-    share: usize,
+    stats: Arc<ReducerStats>,
 }
 
 impl Reducer {
     fn run(self, jobs: mpsc::Receiver<Job>) {
+        crate::ffi::shm::set_timer_slack(1_000);
+        // Pieces handed out per slot over all its uses so far: the `done` count that completes a round.
+        let mut handed = vec![0u64; self.settings.geometry.depth];
         for job in jobs {
-            if self.reduce_job(job).is_err() {
+            if self.reduce_job(job, &mut handed).is_err() {
                 release(&self.seg);
             }
         }
     }
 
-    fn reduce_job(&self, job: Job) -> Result<(), Abort> {
+    fn reduce_job(&self, job: Job, handed: &mut [u64]) -> Result<(), Abort> {
         let g = self.settings.geometry;
         let depth = g.depth as u64;
         let shares = g.nranks * self.settings.threads;
@@ -354,27 +443,39 @@ impl Reducer {
         for (c, _, len) in chunks(job.bytes, g.slot_bytes) {
             let r = job.first_round + c;
             let slot = (r % depth) as usize;
+            let t0 = Instant::now();
             self.wait(|| {
                 (0..g.nranks).all(|i| {
                     self.seg.counter(slot, Counter::Arrived(i)).load(Ordering::Acquire) > r
                         && (r < depth || self.seg.counter(slot, Counter::Consumed(i)).load(Ordering::Acquire) > r - depth)
                 })
             })?;
-            let e = reduce::share(len / size, shares, self.share);
-            if !e.is_empty() {
-                let bytes = e.start * size..e.end * size;
-                // SAFETY: every rank's `arrived` says its input for round r is in the slot, and no
-                // copy down of round r + depth starts before `reduced` reaches r + 1, which needs this
-                // share; every rank's `consumed` has passed round r - depth, so no one reads this
-                // share of the result slot, and no other share overlaps it (reduce::share).
-                let (ins, out) = unsafe { (self.seg.inputs(slot, bytes.clone()), self.seg.result_mut(slot, bytes)) };
-                // Lengths agree by construction; an error here would be a bug in share arithmetic.
-                reduce::reduce(job.dtype, job.op, &ins, out).expect("share ranges fit the slots");
+            ReducerStats::add(&self.stats.wait_ns, t0);
+            self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+            let t1 = Instant::now();
+            let elements = len / size;
+            let n = pieces(elements, shares);
+            handed[slot] += n as u64;
+            while let Some(p) = claim_piece(self.seg.counter(slot, Counter::Claim), r / depth + 1, n) {
+                let e = reduce::share(elements, n, p);
+                if !e.is_empty() {
+                    let bytes = e.start * size..e.end * size;
+                    // SAFETY: every rank's `arrived` says its input for round r is in the slot, and no
+                    // copy down of round r + depth starts before `reduced` reaches r + 1, which needs this
+                    // piece; every rank's `consumed` has passed round r - depth, so no one reads this
+                    // piece of the result slot; claim_piece gives piece p of this round to this thread
+                    // alone, and no other piece overlaps it (reduce::share).
+                    let (ins, out) = unsafe { (self.seg.inputs(slot, bytes.clone()), self.seg.result_mut(slot, bytes)) };
+                    // Lengths agree by construction; an error here would be a bug in share arithmetic.
+                    reduce::reduce(job.dtype, job.op, &ins, out).expect("piece ranges fit the slots");
+                }
+                self.stats.pieces.fetch_add(1, Ordering::Relaxed);
+                let done = self.seg.counter(slot, Counter::Done).fetch_add(1, Ordering::AcqRel) + 1;
+                if done == handed[slot] {
+                    self.seg.counter(slot, Counter::Reduced).fetch_max(r + 1, Ordering::AcqRel);
+                }
             }
-            let done = self.seg.counter(slot, Counter::Done).fetch_add(1, Ordering::AcqRel) + 1;
-            if done == (r / depth + 1) * shares as u64 {
-                self.seg.counter(slot, Counter::Reduced).fetch_max(r + 1, Ordering::AcqRel);
-            }
+            ReducerStats::add(&self.stats.reduce_ns, t1);
         }
         Ok(())
     }
@@ -402,7 +503,7 @@ impl Reducer {
             if waited < Duration::from_millis(2) {
                 std::thread::yield_now();
             } else {
-                std::thread::sleep(Duration::from_micros(if waited < Duration::from_millis(20) { 20 } else { 200 }));
+                std::thread::sleep(Duration::from_micros(if waited < Duration::from_millis(20) { 20 } else { 50 }));
             }
             if waited > next_check {
                 next_check = waited + PEER_CHECK;
@@ -504,6 +605,59 @@ mod tests {
                 "write Consumed(2)[1]=4",
             ]
         );
+    }
+
+    #[test]
+    fn pieces_are_a_few_per_thread_and_never_below_a_block() {
+        assert_eq!(pieces(1 << 20, 7), 7 * PIECES_PER_SHARE);
+        assert_eq!(pieces(64 * 3, 7), 3, "one per 64-element block");
+        assert_eq!(pieces(1, 7), 1);
+        assert_eq!(pieces(0, 7), 1, "an empty chunk still completes its round");
+    }
+
+    #[test]
+    fn every_piece_of_a_use_is_claimed_once_and_older_uses_get_nothing() {
+        let c = AtomicU64::new(0);
+        let got: Vec<_> = std::iter::from_fn(|| claim_piece(&c, 1, 5)).collect();
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        assert_eq!(claim_piece(&c, 1, 5), None);
+        // The slot's next use starts over at piece 0; a reducer still in use 1 takes nothing.
+        assert_eq!(claim_piece(&c, 2, 3), Some(0));
+        assert_eq!(claim_piece(&c, 1, 5), None);
+        assert_eq!(claim_piece(&c, 2, 3), Some(1));
+        // A reducer may skip uses of a slot (all their pieces taken by others): the next use it
+        // joins starts over too.
+        assert_eq!(claim_piece(&c, 5, 1), Some(0));
+        assert_eq!(claim_piece(&c, 5, 1), None);
+    }
+
+    #[test]
+    fn racing_reducers_share_the_pieces_without_overlap() {
+        let c = Arc::new(AtomicU64::new(0));
+        let (uses, pieces) = (50u64, 97usize);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let taken: Vec<Vec<(u64, usize)>> = (0..8)
+            .map(|_| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut mine = Vec::new();
+                    for u in 1..=uses {
+                        barrier.wait(); // a use starts once every thread is past the last one
+                        while let Some(p) = claim_piece(&c, u, pieces) {
+                            mine.push((u, p));
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let mut all: Vec<_> = taken.concat();
+        all.sort_unstable();
+        let want: Vec<_> = (1..=uses).flat_map(|u| (0..pieces).map(move |p| (u, p))).collect();
+        assert_eq!(all, want);
     }
 
     #[test]

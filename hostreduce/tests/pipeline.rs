@@ -19,6 +19,11 @@ fn run(k: usize, depth: usize, threads: usize, calls: usize) {
 }
 
 fn run_with(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank) {
+    run_reducers(k, depth, threads, calls, make, &|_| threads)
+}
+
+/// As [`run_with`], rank r running `reducers(r)` reducer threads.
+fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank, reducers: &dyn Fn(usize) -> usize) {
     let slot_bytes = 16384;
     let path = unique_path("pipe");
     let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads };
@@ -26,8 +31,9 @@ fn run_with(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostC
     let handles: Vec<_> = (0..k)
         .map(|rank| {
             let (path, barrier) = (path.clone(), barrier.clone());
+            let n = reducers(rank);
             std::thread::spawn(move || {
-                let sim = make(HostComm::setup(&path, rank, settings, T).expect("setup"));
+                let sim = make(HostComm::setup_reducers(&path, rank, settings, T, n).expect("setup"));
                 barrier.wait();
                 // Every rank is set up: the name is gone, the memory lives on in the mappings.
                 assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
@@ -74,6 +80,14 @@ fn three_ranks_two_threads_each() {
 #[test]
 fn seven_leaves() {
     run(7, 4, 1, 24);
+}
+
+#[test]
+fn ranks_whose_reducers_do_not_run_are_covered_by_the_others() {
+    // Pieces are handed out, not owned: ranks 1 and 2 run no reducer thread at all (as if the
+    // scheduler kept them off the CPUs), and rank 0's reduce everything.
+    run_reducers(3, 3, 2, 24, SimRank::new, &|r| if r == 0 { 2 } else { 0 });
+    run_reducers(7, 4, 1, 24, SimRank::new, &|r| usize::from(r == 6));
 }
 
 #[test]
