@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A real training step over emulated MIG leaves of one GPU (issue 6, benchmark 3).
+"""A real training step over emulated MIG leaves of one GPU.
 
   ddp_step.py run --model resnet|transformer --variant patched|net|single --ranks K [--lib L] [--mps]
+                  [--compare NAME=K=V[,K=V][;...]]
 
 patched: K ranks, DistributedDataParallel over flexmig's patched NCCL (SHM between leaves);
 net:     K ranks over PyTorch's stock NCCL with one NCCL_HOSTID per rank (the NET workaround);
@@ -13,6 +14,14 @@ RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, FLEXMI
 FLEXMIG_PROFILE; here all leaves are on GPU 0 (emulated with MPS thread percentages).
 Step time = mean of timed steps with gradient sync; communication share = 1 - (step time under
 DDP.no_sync()) / (step time with sync). Random data, no downloads.
+
+--compare (patched only): one launch times several exchanges side by side, taking turns, through a
+DDP comm hook that does what DDP's default hook does (divide, all-reduce the bucket) on one process
+group per NAME, each made with its K=V environment (e.g. hostreduce=FLEXMIG_HOSTREDUCE=on), plus
+three references: "none" (no_sync: no exchange, the ceiling), "noop" (the hook returns the bucket:
+DDP's bucketing without any exchange) and "tiny" (the hook all-reduces one element per bucket
+through NCCL: the ranks wait for each other per bucket, but move no data). Gradients are checked
+per NAME.
 Prints `RESULT {json}`.
 """
 import argparse
@@ -57,9 +66,14 @@ def worker():
 
     model, per_rank_batch = os.environ["BENCH_MODEL"], int(os.environ["BENCH_BATCH"])
     distributed = os.environ.get("BENCH_DDP") == "1"
+    compare = json.loads(os.environ.get("BENCH_COMPARE", "[]"))
     dev = torch.device("cuda", 0)
     torch.cuda.set_device(dev)
-    if distributed:
+    if distributed and compare:
+        # No device_id: each group's communicator is then made by its own ncclCommInitRank (not
+        # split from the default one), so its environment applies.
+        dist.init_process_group("nccl")
+    elif distributed:
         dist.init_process_group("nccl", device_id=dev)
     torch.manual_seed(0)
     net, make = build(model, torch)
@@ -67,6 +81,7 @@ def worker():
     params = sum(p.numel() for p in net.parameters())
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[0])
+    hook = compare_hook(net, compare, torch, dist, dev) if distributed and compare else None
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x, y = make(per_rank_batch)
     x, y = x.to(dev), y.to(dev)
@@ -96,18 +111,78 @@ def worker():
             dt = t.item()
         return dt
 
+    rank = int(os.environ.get("RANK", "0"))
+    if hook:
+        modes = ["none", "noop", "tiny"] + [name for name, _ in compare]
+        rounds = {m: [] for m in modes}
+        for m in modes:  # warm-up, every exchange once
+            hook["mode"] = "noop" if m == "none" else m
+            step()
+        for _ in range(2):  # taking turns, so drift hits every mode alike
+            for m in modes:
+                hook["mode"] = m
+                rounds[m].append(timed(10, sync=m != "none"))
+        res = {"params": params, "compare": {}}
+        for m in modes:
+            hook["mode"] = m
+            ok = grads_check(net, x, y, loss_fn, torch, dist, dev) if m in dict(compare) else None
+            res["compare"][m] = {"step_s": sum(rounds[m]) / len(rounds[m]), "rounds": rounds[m], "grads_ok": ok}
+        dist.destroy_process_group()
+        if rank == 0:
+            print("RESULT " + json.dumps(res), flush=True)
+        return
     for _ in range(3):
         step()
     t_sync = timed(10)
     t_nosync = timed(10, sync=False) if distributed else t_sync
     t_sync2 = timed(10)  # again, so drift shows
-    rank = int(os.environ.get("RANK", "0"))
     res = {"params": params, "step_s": (t_sync + t_sync2) / 2, "step_nosync_s": t_nosync, "step_s_first": t_sync, "step_s_second": t_sync2}
     if distributed:
         res["grads_ok"] = grads_check(net, x, y, loss_fn, torch, dist, dev)
         dist.destroy_process_group()
     if rank == 0:
         print("RESULT " + json.dumps(res), flush=True)
+
+
+def compare_hook(net, compare, torch, dist, dev):
+    """Makes one process group per (name, env) of `compare` (its communicator created while env is
+    set) and registers a comm hook on `net` that exchanges through the group of the current mode.
+    Returns the hook's state: set state["mode"] to pick the exchange."""
+    k = dist.get_world_size()
+    ranks = list(range(k))
+
+    def group(env):
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        g = dist.new_group(ranks)
+        dist.all_reduce(torch.ones(1024, device=dev), group=g)  # the communicator is made here
+        torch.cuda.synchronize()
+        for key, v in saved.items():
+            if v is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = v
+        return g
+
+    state = {"mode": "noop", "groups": {name: group(env) for name, env in compare}, "tiny": torch.zeros(1, device=dev)}
+    state["tiny_group"] = group({"FLEXMIG_HOSTREDUCE": "off"})
+
+    def hook(st, bucket):
+        buf = bucket.buffer()
+        mode = st["mode"]
+        if mode == "noop":
+            fut = torch.futures.Future()
+            fut.set_result(buf)
+            return fut
+        if mode == "tiny":
+            work = dist.all_reduce(st["tiny"], group=st["tiny_group"], async_op=True)
+            return work.get_future().then(lambda _: buf)
+        buf.div_(k)  # what DDP's default hook does: average as a sum of the divided gradients
+        work = dist.all_reduce(buf, group=st["groups"][mode], async_op=True)
+        return work.get_future().then(lambda f: f.value()[0])
+
+    net.register_comm_hook(state, hook)
+    return state
 
 
 def grads_check(net, x, y, loss_fn, torch, dist, dev):
@@ -147,6 +222,8 @@ def run(a):
             BENCH_DDP="0" if a.variant == "single" else "1",
         )
         env.pop("LD_PRELOAD", None)
+        if a.compare:
+            env["BENCH_COMPARE"] = json.dumps(a.compare)
         if a.variant != "single":
             env.update(leaf_launch.plugin_env(rank, k, port, gpus=a.gpus, max_channels=a.plugin_max_channels))
         if a.variant == "patched":
@@ -166,7 +243,13 @@ def run(a):
     res = leaf_launch.results(text)
     _, via = leaf_launch.transports(text)
     out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "gpus": 1 if a.variant == "single" else a.gpus, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
-    if res:
+    if res and "compare" in res[0]:
+        out.update(res[0])
+        ceiling = out["compare"]["none"]["step_s"]
+        for m, c in out["compare"].items():
+            c["samples_per_s"] = BATCH[a.model] * k / c["step_s"]
+            c["comm_share"] = max(0.0, 1 - ceiling / c["step_s"])
+    elif res:
         r = res[0]
         out.update(r)
         out["comm_share"] = max(0.0, 1 - r["step_nosync_s"] / r["step_s"]) if a.variant != "single" else 0.0
@@ -174,10 +257,25 @@ def run(a):
     else:
         out["error"] = (text.strip().splitlines() or ["no output"])[-1][:300]
     print("RESULT " + json.dumps(out), flush=True)
-    s = f"{out['samples_per_s']:.1f} samples/s, step {out['step_s'] * 1e3:.1f} ms, comm {out['comm_share'] * 100:.0f}%" if res else out["error"]
+    if res and "compare" in out:
+        s = "; ".join(f"{m} {c['samples_per_s']:.0f}/s {c['comm_share'] * 100:.1f}%{' WRONG GRADIENTS' if c['grads_ok'] is False else ''}" for m, c in out["compare"].items())
+    else:
+        s = f"{out['samples_per_s']:.1f} samples/s, step {out['step_s'] * 1e3:.1f} ms, comm {out['comm_share'] * 100:.0f}%" if res else out["error"]
     if out.get("grads_ok") is False:
         s += " WRONG GRADIENTS"
     print(f"  {label:<32} {','.join(via)} {s}", file=sys.stderr, flush=True)
+
+
+def compare_spec(text):
+    """'nccl=FLEXMIG_HOSTREDUCE=off;t2=FLEXMIG_HOSTREDUCE=on,FLEXMIG_HOSTREDUCE_THREADS=2' to
+    [(name, {K: V})]; the names none, noop and tiny are the references."""
+    out = []
+    for entry in filter(None, text.split(";")):
+        name, _, kvs = entry.partition("=")
+        if not name or name in ("none", "noop", "tiny") or not kvs:
+            raise argparse.ArgumentTypeError(f"{entry!r}: want NAME=K=V[,K=V], NAME not none/noop/tiny")
+        out.append((name, dict(kv.split("=", 1) for kv in kvs.split(","))))
+    return out
 
 
 def main():
@@ -195,6 +293,7 @@ def main():
     r.add_argument("--mps-percent", type=int, default=14)
     r.add_argument("--env", action="append", default=[], help="extra K=V for every rank")
     r.add_argument("--tag", default="")
+    r.add_argument("--compare", type=compare_spec, default=[], help="NAME=K=V[,K=V][;...]: exchanges timed side by side through a comm hook")
     leaf_launch.add_placement_args(r)
     r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")
     r.add_argument("--timeout", type=float, default=120)

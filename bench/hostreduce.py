@@ -189,8 +189,15 @@ def ddp_lines(machine, impl):
         if not line.startswith("RESULT "):
             continue
         d = json.loads(line[len("RESULT "):])
-        print(json.dumps({"kind": "ddp", "impl": impl, "model": d["model"], "k": d["ranks"], "samples_per_s": d.get("samples_per_s"),
-                          "machine": machine, "mps": "14%" if d["mps"] else "off", **{key: v for key, v in d.items() if key not in ("model", "ranks", "samples_per_s", "mps")}}), flush=True)
+        common = {"kind": "ddp", "model": d["model"], "k": d["ranks"], "machine": machine, "mps": "14%" if d["mps"] else "off"}
+        rest = {key: v for key, v in d.items() if key not in ("model", "ranks", "samples_per_s", "mps", "compare")}
+        if "compare" in d:
+            # One record per exchange of the side-by-side launch, all through DDP's comm hook.
+            for name, c in d["compare"].items():
+                print(json.dumps({**common, "impl": name, "exchange": "comm-hook", "samples_per_s": c["samples_per_s"], **rest, **c}), flush=True)
+        else:
+            exchange = "none" if impl == "single" else "ddp-default"
+            print(json.dumps({**common, "impl": impl, "exchange": exchange, "samples_per_s": d.get("samples_per_s"), **rest}), flush=True)
 
 
 def summarize():

@@ -22,10 +22,12 @@
 # libnccl.so.2 instead of building), WORK (/tmp/flexmig-bench), OUTDIR ($WORK/out), RANKS
 # ("2 3 4 5 7"), SIZES (1..256 MiB), DTYPES (f32), VARIANTS (host-path settings compared at
 # VARIANT_SIZES, ';'-separated, e.g. "FLEXMIG_HOSTREDUCE_CHUNK=524288"), CE_RANKS ("": none),
-# MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce ddp"), STOP_ON_FAIL (1:
-# stop after the first k whose launch failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet):
-# DDP steps through bench/ddp_step.py for DDP_IMPLS ("nccl hostreduce auto"; kind "ddp"); AUTO (1: the
-# all-reduces also through a FLEXMIG_HOSTREDUCE=auto group, impl "auto").
+# MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce ddp"; also "faults":
+# bench/hostreduce_faults.py, kind "fault"), STOP_ON_FAIL (1: stop after the first k whose launch
+# failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet): DDP steps through bench/ddp_step.py
+# for DDP_IMPLS ("single auto compare"; also "nccl", "hostreduce"; kind "ddp"), DDP_COMPARE (the
+# exchanges "compare" times side by side); AUTO (1: the all-reduces also through a
+# FLEXMIG_HOSTREDUCE=auto group, impl "auto").
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
@@ -78,6 +80,14 @@ if has cpu; then
   [ -x "$ex" ] && "$ex" 2048 1 2 8 | tee -a "$J"
 fi
 
+if has faults; then
+  # Where things go wrong (a rank killed mid all-reduce, a CUDA graph, CUDA_LAUNCH_BLOCKING=1), on
+  # stock NCCL; one CASE line each, kept as kind "fault" records.
+  $PY "$REPO/bench/hostreduce_faults.py" --hostreduce "$HRLIB" 2>>"$LOG" | tee -a "$LOG" \
+    | sed -n 's/^CASE //p' | $PY -c 'import json,sys
+for l in sys.stdin: print(json.dumps({"kind": "fault", **json.loads(l)}))' | tee -a "$J"
+fi
+
 source "$REPO/bench/mps.sh"
 trap 'mps_stop >/dev/null 2>&1' EXIT
 mps_start || { echo "MPS did not start"; exit 2; }
@@ -100,13 +110,26 @@ if has ce && [ -n "${CE_RANKS:-}" ]; then
   done
 fi
 if has ddp && [ -n "${DDP_RANKS:-}" ]; then
-  # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels: NCCL SHM, then the host path.
+  # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels. Per model and k: "single"
+  # (one process with k times the SM share and the batch), DDP's own exchange through NCCL or the
+  # host path ("nccl", "hostreduce", "auto": FLEXMIG_HOSTREDUCE off, on, auto), and "compare": one
+  # launch timing, taking turns, the exchanges of DDP_COMPARE through a comm hook that does what
+  # DDP's default one does, with the references none (no exchange), noop and tiny.
+  DDP_COMPARE=${DDP_COMPARE:-"nccl=FLEXMIG_HOSTREDUCE=off;hostreduce=FLEXMIG_HOSTREDUCE=on;auto=FLEXMIG_HOSTREDUCE=auto"}
   for model in ${DDP_MODELS:-resnet}; do
     for k in $DDP_RANKS; do
-      for impl in ${DDP_IMPLS:-nccl hostreduce auto}; do
-        case $impl in nccl) lib="$PATCHED" mode=off ;; hostreduce) lib="$HRLIB $PATCHED" mode=on ;; auto) lib="$HRLIB $PATCHED" mode=auto ;; esac
-        $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
-          --env FLEXMIG_HOSTREDUCE=$mode --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
+      for impl in ${DDP_IMPLS:-single auto compare}; do
+        extra=()
+        case $impl in
+          single) variant=single lib="" mode=off ;;
+          nccl) variant=patched lib="$PATCHED" mode=off ;;
+          hostreduce) variant=patched lib="$HRLIB $PATCHED" mode=on ;;
+          auto) variant=patched lib="$HRLIB $PATCHED" mode=auto ;;
+          compare) variant=patched lib="$HRLIB $PATCHED" mode=off extra=(--compare "$DDP_COMPARE") ;;
+          *) echo "DDP_IMPLS: unknown $impl"; exit 2 ;;
+        esac
+        $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant $variant --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
+          --env FLEXMIG_HOSTREDUCE=$mode --env FLEXMIG_HOSTREDUCE_DEBUG=1 "${extra[@]}" --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
           | tee -a "$LOG" | $PY "$B" ddp-lines "$MACHINE" "$impl" | tee -a "$J" | cut -c1-220
       done
     done
