@@ -15,19 +15,14 @@
 # TIMEOUT (120: seconds before the ranks of one run are killed as hung), PATCHED_LIB (as bench/nccl_leaves.sh),
 # GPUS (1; 2 spreads the leaves of the patched and net runs over GPUs 0 and 1, the plugin's order).
 set -uo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=${WORK:-/tmp/flexmig-bench}
-OUTDIR=${OUTDIR:-$WORK/out}
-PY=${PYTHON:-python3}
-mkdir -p "$OUTDIR"
+# REPO, WORK, OUTDIR, PY, PATCHED (PATCHED_LIB), mps_start, ...
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_gpu
 J="$OUTDIR/ddp_step.jsonl"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 PHASES=build BUILD_NEW=0 MODES=none WORK=$WORK OUTDIR=$OUTDIR bash "$REPO/bench/nccl_leaves.sh" || exit 2
-LIB=${PATCHED_LIB:-$WORK/patched-2.28.9/lib/libnccl.so.2}
-echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | paste -sd ";")\", \"torch\": \"$($PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+echo "{\"machine\": \"$(gpu_names)\", \"torch\": \"$($PY -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__)')\", \"date\": \"$(utc_now)\"}" >>"$J"
 MPSFLAG=""
 if [ "${MPS:-1}" = 1 ]; then
-  source "$REPO/bench/mps.sh"
   mps_start
   trap 'mps_stop >/dev/null 2>&1' EXIT
   MPSFLAG=--mps
@@ -35,13 +30,13 @@ fi
 for model in ${MODELS:-resnet transformer}; do
   for k in ${RANKS:-2 4 7}; do
     for v in ${VARIANTS-single patched net}; do
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --timeout "${TIMEOUT:-120}" $MPSFLAG | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant "$v" --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$PATCHED" --timeout "${TIMEOUT:-120}" $MPSFLAG | result_lines >>"$J"
     done
     # SHM settings for the patched library inside a real step (TUNE="K=V[,K=V] ...").
     for s in ${TUNE:-}; do
-      envs=(); IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done
-      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$LIB" --timeout "${TIMEOUT:-120}" $MPSFLAG --tag "tune:$s" "${envs[@]}" | grep '^RESULT ' | sed 's/^RESULT //' >>"$J"
+      setting_envs "$s"
+      $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant patched --ranks "$k" --gpus "${GPUS:-1}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" --lib "$PATCHED" --timeout "${TIMEOUT:-120}" $MPSFLAG --tag "tune:$s" "${envs[@]}" | result_lines >>"$J"
     done
   done
 done
-echo "== done $(date -u +%FT%TZ)"
+echo "== done $(utc_now)"

@@ -3,10 +3,11 @@
 # (gres.conf + node line + inventory + policy, written atomically), wall time per call.
 # Usage: bash bench/helper_cost.sh [RUNS]   (default 50)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
 runs=${1:-50}
-cargo build -q --release -p flexmig-gres-helper
-H=$PWD/target/release/flexmig-gres-helper
+release_build -p flexmig-gres-helper
+H=$RELEASE/flexmig-gres-helper
 d=$(mktemp -d); trap 'rm -rf "$d"' EXIT
 "$H" fake-node create --model H100-80GB --gpus 8 --mig-disabled "$d/node.toml" >/dev/null 2>&1
 "$H" --fake-node "$d/node.toml" apply >/dev/null 2>&1

@@ -1,4 +1,4 @@
-# CUDA MPS for the GPU benchmarks, sourced by bench/nccl_leaves.sh and bench/ddp_step.sh: one
+# CUDA MPS for the GPU benchmarks, sourced by bench/lib.sh, bench/hostreduce.sh and tests/gpu: one
 # control daemon per $WORK (its pipe directory), so that ranks run concurrently on their own SM
 # shares as MIG leaves would. MPS is a process: MIG mode, compute mode and clocks stay untouched.
 mps_start() {

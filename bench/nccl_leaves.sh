@@ -24,61 +24,44 @@
 # (skip the stock >= 2.30 build), PATCHED_LIB (measure this libnccl.so.2 as "patched" instead of the
 # one built here; it must exist), TIMEOUT (90: seconds before the ranks of one run are killed as hung).
 set -uo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
-WORK=${WORK:-/tmp/flexmig-bench}
-OUTDIR=${OUTDIR:-$WORK/out}
+# REPO, NCCL_SRC, WORK, OUTDIR, PY, PATCHED (PATCHED_LIB), bench_helper, nccl_install, mps_start, ...
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PHASES=${PHASES:-build copy main tune}
 MODES=${MODES:-plain mps}
 RANKS=${RANKS:-2 4 7}
 GPUS=${GPUS:-1}
 VARIANTS=${VARIANTS:-patched net multirank}
-NGPU=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
-PY=${PYTHON:-python3}
+NGPU=$(gpu_count)
 B="$REPO/bench/nccl_leaves.py"
-mkdir -p "$WORK" "$OUTDIR"
+bench_gpu
 J="$OUTDIR/nccl_leaves.jsonl"
-has() { [[ " $PHASES " == *" $1 "* ]]; }
-# NVLink multicast stays off on shared machines.
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-# Only the kernels these benchmarks and PyTorch's barrier/DDP use: builds in a fraction of the
-# time of a full library (make reads ONLY_FUNCS from the environment; see src/device/generate.py).
-# (ReduceScatter for every type: tests/gpu/nccl-mig.sh checks an int32 one and may reuse these builds.)
-export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
-
-HELPER=${FLEXMIG_HELPER:-}
-if [ -z "$HELPER" ]; then
-  (cd "$REPO" && cargo build -q --release -p flexmig-gres-helper) || exit 2
-  HELPER="${CARGO_TARGET_DIR:-$REPO/target}/release/flexmig-gres-helper"
-fi
-PATCHED=${PATCHED_LIB:-$WORK/patched-2.28.9/lib/libnccl.so.2}
+bench_helper
 NEW=$WORK/stock-new/lib/libnccl.so.2
 
-echo "== nccl_leaves on $(hostname), $(date -u +%FT%TZ); phases: $PHASES; modes: $MODES" | tee "$OUTDIR/nccl_leaves.log"
+echo "== nccl_leaves on $(hostname), $(utc_now); phases: $PHASES; modes: $MODES" | tee "$OUTDIR/nccl_leaves.log"
 nvidia-smi --query-gpu=name,driver_version,mig.mode.current,pci.bus_id --format=csv,noheader | tee -a "$OUTDIR/nccl_leaves.log"
-echo "{\"machine\": \"$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | paste -sd ";")\", \"cpus\": $(nproc), \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+echo "{\"machine\": \"$(gpu_names)\", \"cpus\": $(nproc), \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(utc_now)\"}" >>"$J"
 
 if has build; then
   t0=$(date +%s)
-  [ -f "$PATCHED" ] || "$HELPER" nccl install --source "$NCCL_SRC/nccl-2.28.9" --prefix "$WORK/patched-2.28.9" >"$WORK/build-patched.log" 2>&1 &
+  [ -f "$PATCHED" ] || nccl_install "$NCCL_SRC/nccl-2.28.9" "$WORK/patched-2.28.9" "$WORK/build-patched.log" &
   newsrc=$(ls -d "$NCCL_SRC"/nccl-2.3[0-9]* 2>/dev/null | sort -V | tail -1)
-  [ -f "$NEW" ] || [ "${BUILD_NEW:-1}" = 0 ] || "$HELPER" nccl install --source "$newsrc" --prefix "$WORK/stock-new" --no-patch >"$WORK/build-new.log" 2>&1 &
+  [ -f "$NEW" ] || [ "${BUILD_NEW:-1}" = 0 ] || nccl_install "$newsrc" "$WORK/stock-new" "$WORK/build-new.log" --no-patch &
   wait
   echo "builds done in $(( $(date +%s) - t0 )) s" | tee -a "$OUTDIR/nccl_leaves.log"
   for l in "$PATCHED" "$NEW"; do [ -f "$l" ] && "$HELPER" nccl status "$l" 2>&1 | tee -a "$OUTDIR/nccl_leaves.log"; done
   [ -f "$PATCHED" ] || { tail -20 "$WORK/build-patched.log"; exit 2; }
 fi
 
-source "$REPO/bench/mps.sh"
 trap 'mps_stop >/dev/null 2>&1' EXIT
 
 one() { # args for nccl_leaves.py run
-  $PY "$B" run --log "$WORK/logs" --timeout "${TIMEOUT:-90}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" "$@" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J" | $PY "$B" summarize
+  $PY "$B" run --log "$WORK/logs" --timeout "${TIMEOUT:-90}" --plugin-max-channels "${PLUGIN_MAX_CHANNELS:-off}" "$@" | result_lines | tee -a "$J" | $PY "$B" summarize
 }
 
 if has copy; then
   maxg=1; for g in $GPUS; do [ "$g" -gt "$maxg" ] && maxg=$g; done
-  $PY "$B" copy "$maxg" | grep '^RESULT ' | sed 's/^RESULT //' | tee -a "$J"
+  $PY "$B" copy "$maxg" | result_lines | tee -a "$J"
 fi
 
 for mode in $MODES; do
@@ -108,7 +91,7 @@ for mode in $MODES; do
         [ "$k" -gt $((7 * g)) ] && continue
         for s in $TUNE; do
           envs=()
-          if [ "$s" != base ]; then IFS=, read -ra kv <<<"$s"; for e in "${kv[@]}"; do envs+=(--env "$e"); done; fi
+          if [ "$s" != base ]; then setting_envs "$s"; fi
           one --variant patched --lib "$PATCHED" --ranks "$k" --gpus "$g" $mflag --colls "${TUNE_COLLS:-all_reduce}" --sizes 4194304,33554432,268435456 --tag "tune:$s" "${envs[@]}"
         done
       done
@@ -116,4 +99,4 @@ for mode in $MODES; do
   fi
   [ "$mode" = mps ] && mps_stop
 done
-echo "== done $(date -u +%FT%TZ)" | tee -a "$OUTDIR/nccl_leaves.log"
+echo "== done $(utc_now)" | tee -a "$OUTDIR/nccl_leaves.log"

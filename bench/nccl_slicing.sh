@@ -20,18 +20,11 @@
 # names the library in the results), DDP_MODELS ("": no training steps; e.g. "transformer"),
 # DDP_RANKS ("2 7"). Results: $OUTDIR/nccl_leaves.jsonl and $OUTDIR/ddp_step.jsonl.
 set -uo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
-WORK=${WORK:-/tmp/flexmig-bench}
-OUTDIR=${OUTDIR:-$WORK/out}
+# REPO, NCCL_SRC, WORK, OUTDIR, bench_helper, nccl_install, ...
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SLICINGS=${SLICINGS:-4x2 4x1}
-mkdir -p "$WORK" "$OUTDIR"
-HELPER=${FLEXMIG_HELPER:-}
-if [ -z "$HELPER" ]; then
-  (cd "$REPO" && cargo build -q --release -p flexmig-gres-helper) || exit 2
-  HELPER="${CARGO_TARGET_DIR:-$REPO/target}/release/flexmig-gres-helper"
-fi
-export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
+bench_gpu
+bench_helper
 lib() { echo "$WORK/patched-2.28.9-slicing-$1/lib/libnccl.so.2"; }
 
 # One build per slicing, one after the other (each uses every core): `nccl install
@@ -44,8 +37,7 @@ for v in $SLICINGS; do
     4x1 | 4x2) ;;
     *) echo "nccl_slicing: $v is not 4x1 or 4x2 (CHUNKSTEPSxSLICESTEPS)" >&2; exit 1 ;;
   esac
-  "$HELPER" nccl install --source "$NCCL_SRC/nccl-2.28.9" --prefix "$WORK/patched-2.28.9-slicing-$v" --ring-slice-steps "${v#4x}" \
-    >"$WORK/build-slicing-$v.log" 2>&1 || {
+  nccl_install "$NCCL_SRC/nccl-2.28.9" "$WORK/patched-2.28.9-slicing-$v" "$WORK/build-slicing-$v.log" --ring-slice-steps "${v#4x}" || {
     tail -20 "$WORK/build-slicing-$v.log"
     exit 2
   }

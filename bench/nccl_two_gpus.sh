@@ -13,9 +13,9 @@
 # Results: $OUTDIR/nccl_leaves.jsonl (field "gpus"); bench/nccl_leaves_report.py makes the tables.
 # Environment: as bench/nccl_leaves.sh (WORK, OUTDIR, MODES, NCCL_SRC, FLEXMIG_HELPER, ...).
 set -uo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-n=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null | wc -l)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+n=$(gpu_count 2>/dev/null)
 [ "$n" -ge 2 ] || { echo "nccl_two_gpus: needs two GPUs, nvidia-smi lists $n" >&2; exit 2; }
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+bench_gpu
 GPUS=${GPUS:-1 2} RANKS=${RANKS:-2 4 7 14} VARIANTS=${VARIANTS:-patched net} BUILD_NEW=${BUILD_NEW:-0} \
   PHASES=${PHASES:-build copy main} exec bash "$REPO/bench/nccl_leaves.sh"

@@ -17,18 +17,17 @@
 # CHUNKS_KIB (1024 4096 8192 16384) for LOOP_SECONDS (1.5) each, for LOOP_DIRS (both pipe).
 # One JSON line per process; lines of one measurement share start_ms.
 set -uo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=${WORK:-/tmp/flexmig-bench}
-OUTDIR=${OUTDIR:-$WORK/out}
-mkdir -p "$WORK" "$OUTDIR"
+# REPO, WORK, OUTDIR, has, mps_start, ...
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_gpu
 J="$OUTDIR/pcie_paths.jsonl"
 BIN=$WORK/pcie_paths
 nvcc -O3 -std=c++17 -arch=sm_90 -o "$BIN" "$REPO/bench/pcie_paths.cu" || exit 2
 export CUDA_VISIBLE_DEVICES=${GPU:-0}
-echo "{\"machine\": \"$(nvidia-smi -i "${GPU:-0}" --query-gpu=name,driver_version,mig.mode.current,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader)\", \"nvcc\": \"$(nvcc --version | tail -1)\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+echo "{\"machine\": \"$(nvidia-smi -i "${GPU:-0}" --query-gpu=name,driver_version,mig.mode.current,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader)\", \"nvcc\": \"$(nvcc --version | tail -1)\", \"date\": \"$(utc_now)\"}" >>"$J"
 run() { "$BIN" "$@" "${MIB:-256}" | tee -a "$J"; }
 PHASES=${PHASES:-paths loop}
-if [[ " $PHASES " == *" paths "* ]]; then
+if has paths; then
 for d in h2d d2h both; do run "ce_$d" 1; done
 for p in ${PATHS:-sm4 sm8 tma}; do
   for d in h2d d2h both; do
@@ -57,10 +56,8 @@ loop() {
   cat "$WORK"/loop.* | tee -a "$J"
   rm -f "$WORK"/loop.*
 }
-if [[ " $PHASES " == *" loop "* ]]; then
+if has loop; then
   loop 1 1 both 8192 # without MPS, against ce_both above
-  # shellcheck source=bench/mps.sh
-  source "$REPO/bench/mps.sh"
   mps_start
   for dir in ${LOOP_DIRS:-both pipe}; do
     for kib in ${CHUNKS_KIB:-1024 4096 8192 16384}; do
@@ -72,4 +69,4 @@ if [[ " $PHASES " == *" loop "* ]]; then
   done
   mps_stop
 fi
-echo "== done $(date -u +%FT%TZ)"
+echo "== done $(utc_now)"
