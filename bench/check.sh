@@ -3,8 +3,9 @@
 # 1. every Python script compiles, and the launcher's plugin environment follows the plugin's
 #    round-robin order and its nccl_max_channels= argument;
 # 2. bench/results/nccl/report.md is exactly what bench/nccl_leaves_report.py makes of the
-#    committed raw results, and BENCHMARKS.md quotes its tables unchanged (the numbers in
-#    BENCHMARKS.md come from the scripts, not by hand).
+#    committed raw results, every raw result there is read by a section of the report (or kept
+#    out on purpose, and cited), and BENCHMARKS.md quotes its tables unchanged (the numbers in
+#    BENCHMARKS.md's tables come from the scripts, not by hand).
 # Needs python3 (no third-party modules; plots are skipped without matplotlib).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -110,16 +111,8 @@ PY
 R=bench/results/nccl
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-( cd "$R" && python3 "$REPO/bench/nccl_leaves_report.py" run[1-5]-*.jsonl run10-*.jsonl \
-    --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
-    --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
-    --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
-    --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl \
-    run21-ce-proxy-control.jsonl run22-ce-direct.jsonl run23-ce-direct-channels.jsonl run24-ddp-ce-direct.jsonl \
-    run26-ce-direct-few-channels.jsonl run27-ce-direct-repeat.jsonl run28-ce-direct-2leaves.jsonl \
-    --pcie-loop run29-pcie-loop.jsonl \
-    --slicing run31-slicing.jsonl run32-slicing-4x1.jsonl run33-slicing-buffers.jsonl run34-slicing-confirm.jsonl run35-ddp-slicing.jsonl \
-    --out "$tmp" --no-plots >/dev/null )
+# No files named: the report script reads the raw results its MANIFEST names, from $R.
+python3 bench/nccl_leaves_report.py --results "$R" --out "$tmp" --no-plots >/dev/null
 diff -u "$R/report.md" "$tmp/report.md"
 echo "bench/check: $R/report.md is reproduced from the raw results"
 # ... and BENCHMARKS.md quotes every row of its tables unchanged.
@@ -130,4 +123,41 @@ text = open(sys.argv[2]).read()
 missing = [l for l in rows if l not in text]
 assert not missing, "BENCHMARKS.md lacks or altered these rows of report.md:\n" + "\n".join(missing)
 print(f"bench/check: BENCHMARKS.md quotes all {len(rows)} table rows of report.md")
+PY
+# Every file in bench/results/nccl/ is accounted for by bench/nccl_leaves_report.py:
+# - outputs of the report script: report.md and the *.png plots;
+# - console transcripts (what a command printed; no section parses them): every *.console.txt
+#   (the console of a bench/ run, beside its .jsonl) and the captures named in TRANSCRIPTS
+#   (run6-topology.txt, run8-nccl-mig-summary.txt, run36-graph-refusals.txt);
+# - raw results: everything else (.jsonl, .json, .csv and any other .txt). Each must be read by a
+#   section of MANIFEST, or be named in KEPT_OUT (kept out of the tables on purpose) and be cited
+#   in BENCHMARKS.md, by its name or its run prefix (run25-... as `run25`).
+python3 - "$R" BENCHMARKS.md <<'PY'
+import os, re, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "bench")
+import nccl_leaves_report as rep
+results, prose = sys.argv[1], open(sys.argv[2]).read()
+read = {f for files in rep.MANIFEST.values() for f in files}
+problems = []
+for name in sorted(set(read) | set(rep.KEPT_OUT) | set(rep.TRANSCRIPTS)):
+    if not os.path.isfile(os.path.join(results, name)):
+        problems.append(f"{name}: named by the report script, not in {results}/")
+for name in sorted(read & (set(rep.KEPT_OUT) | set(rep.TRANSCRIPTS))):
+    problems.append(f"{name}: read by a section, and listed as kept out or as a transcript")
+raw = 0
+for name in sorted(os.listdir(results)):
+    if name == "report.md" or name.endswith(".png") or name.endswith(".console.txt") or name in rep.TRANSCRIPTS:
+        continue
+    raw += 1
+    if name in read:
+        continue
+    if name in rep.KEPT_OUT:
+        stem = name.split(".")[0]
+        if not re.search(r"\b(%s|%s)\b" % (re.escape(stem), re.escape(stem.split("-")[0])), prose):
+            problems.append(f"{name}: kept out of the report (KEPT_OUT), but BENCHMARKS.md does not cite it")
+        continue
+    problems.append(f"{name}: raw results that no section of bench/nccl_leaves_report.py's MANIFEST reads (add it to a section, or to KEPT_OUT or TRANSCRIPTS with the reason)")
+assert not problems, "\n".join(problems)
+print(f"bench/check: every raw result in {results}/ is read by a report section ({len(read)}) or kept out on purpose ({len(rep.KEPT_OUT)}), of {raw}")
 PY

@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-"""Tables and plots from bench/nccl_leaves.sh results (JSON lines).
+"""Tables and plots from the GPU benchmarks' raw results (JSON lines): report.md and its plots.
 
-  cd bench/results/nccl && python3 ../../nccl_leaves_report.py run[1-5]-*.jsonl run10-*.jsonl \
-      --two-gpus run6-two-gpus-copy.jsonl run6-two-gpus-mps.jsonl run7-two-gpus-plain.jsonl run11-two-gpus-ddp.jsonl \
-      --channels run8-channels.jsonl run8-ddp-channels.jsonl run9-two-gpus-channels.jsonl run9-two-gpus-ddp-channels.jsonl \
-      --plain-steps run12-ddp-plain.jsonl --pcie run12-pcie-paths.jsonl \
-      --ce run13-ce-tune.jsonl run13-ddp-ce.jsonl run14-ddp-ce-channels.jsonl run15-ce-both.jsonl run16-ce-both-check.jsonl run16-ddp-ce-both.jsonl run17-ce-both-ctx.jsonl run17-ddp-ce-both.jsonl run18-ce-ctx-buffers.jsonl run19-ce-ctx-buffers.jsonl run20-ce-ctx-repeat.jsonl \
-           run21-ce-proxy-control.jsonl run22-ce-direct.jsonl run23-ce-direct-channels.jsonl run24-ddp-ce-direct.jsonl \
-           run26-ce-direct-few-channels.jsonl run27-ce-direct-repeat.jsonl run28-ce-direct-2leaves.jsonl --out .
+  python3 bench/nccl_leaves_report.py --out bench/results/nccl
 
-(bench/check.sh runs exactly this and compares the result with the committed report.md.)
+reads the committed raw results that MANIFEST below names, section by section, from
+bench/results/nccl/ (--results DIR reads them from DIR). bench/check.sh runs exactly this, compares
+the result with the committed report.md, and fails on a raw result there that no section reads.
+For the results of a new run, name each section's files instead (then MANIFEST is not used):
 
-The positional files are benchmark 1 and 3 (one GPU), --two-gpus benchmark 2 (leaves packed on
-one GPU against spread over two, measured on a two-GPU machine), --channels the NCCL channel
-count side by side (collectives and DDP steps, one and two GPUs), --plain-steps benchmark 3
-time-sliced, --pcie bench/pcie_paths.sh (the link's capacity by path) and --ce the copy-engine
-SHM settings side by side (collectives and DDP steps) set against it.
+  python3 bench/nccl_leaves_report.py $OUTDIR/nccl_leaves.jsonl $OUTDIR/ddp_step.jsonl \
+      --pcie $OUTDIR/pcie_paths.jsonl --out $OUTDIR
+
+The sections, in report order (the option that names a section's files):
+  FILES          leaves of one GPU: bench/nccl_leaves.sh collectives and SHM settings,
+                 bench/ddp_step.sh training steps under MPS
+  --two-gpus     leaves packed on one GPU against spread over two (bench/nccl_two_gpus.sh, and
+                 training steps with GPUS=1 and GPUS=2)
+  --channels     the NCCL channel count side by side (collectives and DDP steps, one and two GPUs)
+  --plain-steps  training steps time-sliced (bench/ddp_step.sh with MPS=0)
+  --pcie         the link's capacity by path (bench/pcie_paths.sh)
+  --ce           the copy-engine SHM settings side by side (collectives and DDP steps) set against
+                 those paths; shown only with --pcie
+  --pcie-loop    copy engines driven by several processes at once (bench/pcie_paths.sh PHASES=loop)
+  --slicing      ring slicing (bench/nccl_slicing.sh): collectives and DDP steps
 
 Writes report.md (the tables BENCHMARKS.md quotes) and PNG plots (needs matplotlib:
 `pip install matplotlib`). Every number comes from the JSON lines; nothing is typed in.
@@ -25,14 +32,59 @@ import json
 import os
 from collections import defaultdict
 
+# The manifest: the raw result files (in bench/results/nccl/) each section of report.md reads,
+# in report order; each key is a section below (@section) and, with - for _, the option that
+# replaces its files (one_gpu: the positional FILES). Within a section the order counts: a later
+# run of the same label replaces an earlier one, and the first machine line names the machine.
+MANIFEST = {
+    "one_gpu": ["run1-plain.jsonl", "run2-mps.jsonl", "run3-mps-tune.jsonl", "run4-ddp-mps.jsonl", "run5-ddp-tune.jsonl", "run10-mps-tune.jsonl"],
+    "two_gpus": ["run6-two-gpus-copy.jsonl", "run6-two-gpus-mps.jsonl", "run7-two-gpus-plain.jsonl", "run11-two-gpus-ddp.jsonl"],
+    "channels": ["run8-channels.jsonl", "run8-ddp-channels.jsonl", "run9-two-gpus-channels.jsonl", "run9-two-gpus-ddp-channels.jsonl"],
+    "plain_steps": ["run12-ddp-plain.jsonl"],
+    "pcie": ["run12-pcie-paths.jsonl"],
+    "ce": [
+        "run13-ce-tune.jsonl", "run13-ddp-ce.jsonl", "run14-ddp-ce-channels.jsonl", "run15-ce-both.jsonl", "run16-ce-both-check.jsonl",
+        "run16-ddp-ce-both.jsonl", "run17-ce-both-ctx.jsonl", "run17-ddp-ce-both.jsonl", "run18-ce-ctx-buffers.jsonl", "run19-ce-ctx-buffers.jsonl",
+        "run20-ce-ctx-repeat.jsonl", "run21-ce-proxy-control.jsonl", "run22-ce-direct.jsonl", "run23-ce-direct-channels.jsonl",
+        "run24-ddp-ce-direct.jsonl", "run26-ce-direct-few-channels.jsonl", "run27-ce-direct-repeat.jsonl", "run28-ce-direct-2leaves.jsonl",
+    ],
+    "pcie_loop": ["run29-pcie-loop.jsonl"],
+    "slicing": ["run31-slicing.jsonl", "run32-slicing-4x1.jsonl", "run33-slicing-buffers.jsonl", "run34-slicing-confirm.jsonl", "run35-ddp-slicing.jsonl"],
+}
+# Raw results in bench/results/nccl/ that no section reads, on purpose: runs BENCHMARKS.md cites
+# in its prose but keeps out of the tables. bench/check.sh wants each of them cited there.
+KEPT_OUT = {
+    "run21-probe-driver-api.jsonl": "a library that only moved the proxy's copies to the CUDA driver API; it still hung (not kept)",
+    "run25-ce-direct-streams.jsonl": "two copy streams per SHM connection: hung at 2 and 4 leaves; the patch keeps one",
+    "run30-ce-2leaves-diag.jsonl": "2 leaves on copy engines: all_gather as slow as all_reduce, SM share and threads per CTA no help",
+}
+# Console transcripts in bench/results/nccl/: what a command printed, kept as a record, parsed by
+# no section. Every *.console.txt (the console output of a bench/ run beside its .jsonl), and these
+# captures of other commands. Everything else there except report.md and the plots is raw results.
+TRANSCRIPTS = {
+    "run6-topology.txt": "the two-GPU machine's topology: nvidia-smi topo -m, PCIe links, lscpu, NUMA nodes",
+    "run8-nccl-mig-summary.txt": "tests/gpu/nccl-mig.sh: library builds and cases",
+    "run36-graph-refusals.txt": "tests/gpu/nccl-mig.sh cases for the copy-engine refusals under CUDA graphs, with rank logs",
+}
+
 MIB = 1 << 20
-DDP = []  # bench/ddp_step.py results
 SIZES_LABEL = {8192: "8K", 65536: "64K", 524288: "512K", 4 * MIB: "4M", 32 * MIB: "32M", 256 * MIB: "256M"}
+SECTIONS = {}  # name: function(files, ctx, lines), registered by @section(name)
+PLOTS = ("allreduce", "two_gpus", "ddp", "pcie", "slicing")  # ctx["plots"] keys, in drawing order
 
 
-def load(paths, ddp=None):
-    ddp = DDP if ddp is None else ddp
-    runs, copy, meta = [], None, []
+def section(name):
+    """Registers a report section under its MANIFEST key."""
+    def register(f):
+        SECTIONS[name] = f
+        return f
+    return register
+
+
+def load(paths):
+    """The records of JSON lines files: collective runs, the last pinned-copy record, the machine
+    lines and the DDP step records."""
+    runs, copy, meta, ddp = [], None, [], []
     for p in paths:
         for line in open(p):
             d = json.loads(line)
@@ -52,7 +104,7 @@ def load(paths, ddp=None):
     by_label = {}
     for r in runs:
         by_label[(r["label"], r["_file"]) if r.get("tag") else r["label"]] = r
-    return list(by_label.values()), copy, meta
+    return list(by_label.values()), copy, meta, ddp
 
 
 def tuned(runs, key):
@@ -78,8 +130,8 @@ def fmt(v):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("files", nargs="+")
+    ap = argparse.ArgumentParser(description="report.md and plots from the GPU benchmarks' JSON lines; with no result files, the committed ones of MANIFEST")
+    ap.add_argument("one_gpu", nargs="*", metavar="FILES", help="leaves of one GPU: bench/nccl_leaves.sh and bench/ddp_step.sh results")
     ap.add_argument("--two-gpus", nargs="*", default=[])
     ap.add_argument("--channels", nargs="*", default=[])
     ap.add_argument("--plain-steps", nargs="*", default=[], help="bench/ddp_step.sh results with MPS=0 (time-sliced)")
@@ -87,17 +139,64 @@ def main():
     ap.add_argument("--ce", nargs="*", default=[], help="copy-engine SHM settings: collectives and DDP steps (tags tune:)")
     ap.add_argument("--pcie-loop", nargs="*", default=[], help="bench/pcie_paths.sh PHASES=loop results (several processes at once)")
     ap.add_argument("--slicing", nargs="*", default=[], help="bench/nccl_slicing.sh results: collectives and DDP steps")
+    ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "nccl"),
+                    help="where MANIFEST's files are, when no files are named (default: bench/results/nccl)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-plots", action="store_true", help="tables only")
     a = ap.parse_args()
-    runs, copy_rec, meta = load(a.files)
+    assert set(SECTIONS) == set(MANIFEST), "every section has its MANIFEST entry"
+    if any(getattr(a, name) for name in MANIFEST):
+        if not a.one_gpu:
+            ap.error("with result files named, the one-GPU FILES are needed too")
+        inputs = {name: getattr(a, name) for name in MANIFEST}
+    else:
+        inputs = {name: [os.path.join(a.results, f) for f in files] for name, files in MANIFEST.items()}
     os.makedirs(a.out, exist_ok=True)
+    ctx, lines = {"plots": {}}, []
+    for name, files in inputs.items():
+        if files or name == "one_gpu":
+            SECTIONS[name](files, ctx, lines)
+    open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    if a.no_plots:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no matplotlib: pip install matplotlib for the plots)")
+        return
+    for name in PLOTS:
+        if name in ctx["plots"]:
+            ctx["plots"][name](plt, a.out)
+
+
+@section("one_gpu")
+def one_gpu_section(files, ctx, lines):
+    """Leaves of one GPU: the machine, the bandwidth against the PCIe bound, all sizes, the SHM
+    settings and, with DDP results among the files, the training steps."""
+    runs, copy_rec, meta, ddp = load(files)
     copy = copy_rec["pinned_copy_GBs"] if copy_rec else None
     limit = min(copy["h2d"], copy["d2h"]) if copy else None
     # The ring sends and receives at once: the copy rate each way with both directions busy.
     limit2 = copy["bidirectional_total"] / 2 if copy else None
     main_runs = {(r["variant"], r["mps"], r["ranks"]): r for r in runs if not r.get("tag") and r["gpus"] == 1}
-    lines = []
+    ctx["limit"] = limit
+    bandwidth_table(meta, copy, main_runs, limit, limit2, lines)
+    all_sizes_table(runs, main_runs, lines)
+    settings_table(runs, lines)
+    if ddp:
+        ddp_table(ddp, lines)
+        ddp_settings_table(ddp, lines)
+    ctx["plots"]["allreduce"] = lambda plt, out: plot_allreduce(plt, main_runs, limit, out)
+    if ddp:
+        ctx["plots"]["ddp"] = lambda plt, out: plot_ddp(plt, ddp, os.path.join(out, "ddp-step.png"))
+
+
+def bandwidth_table(meta, copy, main_runs, limit, limit2, lines):
     m = meta[0] if meta else {}
     lines.append(f"Machine: {m.get('machine', '?')}, {m.get('cpus', '?')} CPUs, PyTorch {m.get('torch', '?')}; runs of {', '.join(sorted({x['date'][:10] for x in meta}))}.")
     if copy:
@@ -131,6 +230,9 @@ def main():
                 f"{(100 * pa / bound):.0f}% | {(100 * pa / (limit2 / k)):.0f}% | {fmt(na)} | {(pa / na):.1f}x | {sa_txt} | "
                 f"{fmt(busbw(p, 'all_gather', 256 * MIB))} | {fmt(busbw(n, 'all_gather', 256 * MIB) if n else None)} |"
             )
+
+
+def all_sizes_table(runs, main_runs, lines):
     lines.append("")
     lines.append("All sizes, all_reduce bus bandwidth (GB/s):")
     lines.append("")
@@ -140,6 +242,9 @@ def main():
     for key in sorted(main_runs, key=lambda t: (t[1], t[2], t[0])):
         r = main_runs[key]
         lines.append(f"| {r['label']} | " + " | ".join(fmt(busbw(r, "all_reduce", s)) for s in sizes) + " |")
+
+
+def settings_table(runs, lines):
     lines.append("")
     lines.append("SHM settings side by side (patched 2.28.9, all_reduce at 256 MiB, GB/s; ratio to the default):")
     lines.append("")
@@ -156,67 +261,55 @@ def main():
             err = (r.get("error") or "").strip()
             txt = fmt(v) if v else ("failed: " + (err[:80] if len(err) > 3 else "no result"))
             lines.append(f"| {f} | {'MPS' if mps else 'plain'} | {k} | {name} | {txt} | {rel} |")
-    if DDP:
-        lines.append("")
-        lines.append("Training step under MPS (bench/ddp_step.sh): samples/s of the whole job, step time, share of the step spent in")
-        lines.append("gradient communication (1 - no_sync step / synced step), and throughput against one process with k/7 of the GPU")
-        lines.append("and k times the batch (one bigger instance, no communication):")
-        lines.append("")
-        lines.append("| model | leaves k | one instance samples/s | patched SHM samples/s | step ms | comm | vs one instance | NET samples/s | step ms | comm | patched / NET |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        # Side by side in one run: the first run that has a case provides it.
-        res = {}
-        for d in DDP:
-            if not d.get("tag"):
-                res.setdefault((d["model"], d["variant"], d["ranks"]), d)
-        for model in ("resnet", "transformer"):
-            for k in (2, 4, 7):
-                si, pa, ne = (res.get((model, v, k)) for v in ("single", "patched", "net"))
-                if not (si and pa and ne) or "samples_per_s" not in pa:
-                    continue
-                name = "ResNet-50, batch 32/leaf" if model == "resnet" else "transformer 6x768, batch 16x256/leaf"
-                lines.append(
-                    f"| {name} | {k} | {si['samples_per_s']:.0f} | {pa['samples_per_s']:.0f} | {pa['step_s'] * 1e3:.0f} | {pa['comm_share'] * 100:.0f}% | "
-                    f"{pa['samples_per_s'] / si['samples_per_s']:.2f} | {ne['samples_per_s']:.0f} | {ne['step_s'] * 1e3:.0f} | {ne['comm_share'] * 100:.0f}% | "
-                    f"{pa['samples_per_s'] / ne['samples_per_s']:.2f} |"
-                )
-        tagged = [d for d in DDP if d.get("tag")]
-        if tagged:
-            lines.append("")
-            lines.append("SHM settings inside the training step (patched, MPS), against the default of the same run:")
-            lines.append("")
-            lines.append("| model | leaves k | setting | samples/s | vs default | comm | outcome |")
-            lines.append("|---|---|---|---|---|---|---|")
-            for d in tagged:
-                base = next((b for b in DDP if not b.get("tag") and b["model"] == d["model"] and b["ranks"] == d["ranks"] and b["variant"] == "patched" and b["_file"] == d["_file"]), None)
-                if "samples_per_s" in d:
-                    rel = f"{d['samples_per_s'] / base['samples_per_s']:.2f}" if base and "samples_per_s" in base else "-"
-                    lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | ran |")
-                else:
-                    codes = ",".join(sorted({str(c) for c in d["exit"]}))
-                    lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | - | - | - | hung: ranks {codes} (PyTorch's NCCL watchdog aborted them) |")
-    two = two_gpu_section(a.two_gpus, lines) if a.two_gpus else None
-    if a.channels:
-        channels_section(a.channels, lines)
-    if a.plain_steps:
-        plain_steps_section(a.plain_steps, lines)
-    ceiling = paths_section(a.pcie, a.ce, lines) if a.pcie else None
-    if a.pcie_loop:
-        loop_section(a.pcie_loop, lines)
-    slicing = slicing_section(a.slicing, ceiling["ce_one"] if ceiling else limit, lines) if a.slicing else None
-    open(os.path.join(a.out, "report.md"), "w").write("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
-    if a.no_plots:
-        return
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(no matplotlib: pip install matplotlib for the plots)")
+def ddp_table(ddp, lines):
+    lines.append("")
+    lines.append("Training step under MPS (bench/ddp_step.sh): samples/s of the whole job, step time, share of the step spent in")
+    lines.append("gradient communication (1 - no_sync step / synced step), and throughput against one process with k/7 of the GPU")
+    lines.append("and k times the batch (one bigger instance, no communication):")
+    lines.append("")
+    lines.append("| model | leaves k | one instance samples/s | patched SHM samples/s | step ms | comm | vs one instance | NET samples/s | step ms | comm | patched / NET |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    # Side by side in one run: the first run that has a case provides it.
+    res = {}
+    for d in ddp:
+        if not d.get("tag"):
+            res.setdefault((d["model"], d["variant"], d["ranks"]), d)
+    for model in ("resnet", "transformer"):
+        for k in (2, 4, 7):
+            si, pa, ne = (res.get((model, v, k)) for v in ("single", "patched", "net"))
+            if not (si and pa and ne) or "samples_per_s" not in pa:
+                continue
+            name = "ResNet-50, batch 32/leaf" if model == "resnet" else "transformer 6x768, batch 16x256/leaf"
+            lines.append(
+                f"| {name} | {k} | {si['samples_per_s']:.0f} | {pa['samples_per_s']:.0f} | {pa['step_s'] * 1e3:.0f} | {pa['comm_share'] * 100:.0f}% | "
+                f"{pa['samples_per_s'] / si['samples_per_s']:.2f} | {ne['samples_per_s']:.0f} | {ne['step_s'] * 1e3:.0f} | {ne['comm_share'] * 100:.0f}% | "
+                f"{pa['samples_per_s'] / ne['samples_per_s']:.2f} |"
+            )
+
+
+def ddp_settings_table(ddp, lines):
+    tagged = [d for d in ddp if d.get("tag")]
+    if not tagged:
         return
+    lines.append("")
+    lines.append("SHM settings inside the training step (patched, MPS), against the default of the same run:")
+    lines.append("")
+    lines.append("| model | leaves k | setting | samples/s | vs default | comm | outcome |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for d in tagged:
+        base = next((b for b in ddp if not b.get("tag") and b["model"] == d["model"] and b["ranks"] == d["ranks"] and b["variant"] == "patched" and b["_file"] == d["_file"]), None)
+        if "samples_per_s" in d:
+            rel = f"{d['samples_per_s'] / base['samples_per_s']:.2f}" if base and "samples_per_s" in base else "-"
+            lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | ran |")
+        else:
+            codes = ",".join(sorted({str(c) for c in d["exit"]}))
+            lines.append(f"| {d['model']} | {d['ranks']} | `{d['tag'][5:]}` | - | - | - | hung: ranks {codes} (PyTorch's NCCL watchdog aborted them) |")
+
+
+def plot_allreduce(plt, main_runs, limit, out):
+    """all_reduce bus bandwidth against size per k, time-sliced and under MPS."""
     for mps in (False, True):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
         for ax, k in zip(axes, (2, 4, 7)):
@@ -229,15 +322,7 @@ def main():
                 ax.axhline(limit / k, color="gray", lw=1)
                 ax.text(8192, limit / k * 1.08, f"PCIe copy bound {limit / k:.1f}", color="gray", fontsize=8)
             size_axes(ax, f"{k} leaves on one H200 ({'MPS' if mps else 'time-sliced'})")
-        save(fig, axes, os.path.join(a.out, f"allreduce-{'mps' if mps else 'plain'}.png"))
-    if two:
-        plot_two_gpus(plt, two, os.path.join(a.out, "allreduce-two-gpus.png"))
-    if DDP:
-        plot_ddp(plt, os.path.join(a.out, "ddp-step.png"))
-    if ceiling:
-        plot_paths(plt, ceiling, os.path.join(a.out, "pcie-paths.png"))
-    if slicing:
-        plot_slicing(plt, slicing, os.path.join(a.out, "slicing.png"))
+        save(fig, axes, os.path.join(out, f"allreduce-{'mps' if mps else 'plain'}.png"))
 
 
 def spread_bound(copy_each_way, k, gpus):
@@ -246,9 +331,10 @@ def spread_bound(copy_each_way, k, gpus):
     return copy_each_way / -(-k // gpus)
 
 
-def two_gpu_section(paths, lines):
-    ddp = []
-    runs, rec, meta = load(paths, ddp=ddp)
+@section("two_gpus")
+def two_gpu_section(paths, ctx, lines):
+    """Leaves packed on one GPU against spread over two: collectives, then DDP steps."""
+    runs, rec, meta, ddp = load(paths)
     m = meta[0] if meta else {}
     per = rec["per_gpu"] if rec else []
     lines.append("")
@@ -300,12 +386,14 @@ def two_gpu_section(paths, lines):
                 f"| {model} | {k} | {p['samples_per_s']:.0f} | {ps:.0f} | {pc:.0f} | {pm:.0f} | "
                 f"{q['samples_per_s']:.0f} | {qs:.0f} | {qc:.0f} | {qm:.0f} | {q['samples_per_s'] / p['samples_per_s']:.2f} | {qm / pm:.2f} |"
             )
-    return got
+    if got:
+        ctx["plots"]["two_gpus"] = lambda plt, out: plot_two_gpus(plt, got, os.path.join(out, "allreduce-two-gpus.png"))
 
 
-def channels_section(paths, lines):
-    ddp = []
-    runs, _, _ = load(paths, ddp=ddp)
+@section("channels")
+def channels_section(paths, ctx, lines):
+    """NCCL_MAX_NCHANNELS=2 against NCCL's own choice: collectives, then DDP steps."""
+    runs, _, _, ddp = load(paths)
     lines.append("")
     lines.append("## Channels: NCCL_MAX_NCHANNELS=2 against NCCL's own choice (and NCCL_MIN_NCHANNELS=16), MPS")
     lines.append("")
@@ -338,9 +426,10 @@ def channels_section(paths, lines):
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {b['samples_per_s']:.0f} | {c2[0]} | {c2[1]} | {comm} | {c16[0]} | {c16[1]} |")
 
 
-def plain_steps_section(paths, lines):
-    ddp = []
-    load(paths, ddp=ddp)
+@section("plain_steps")
+def plain_steps_section(paths, ctx, lines):
+    """Training steps time-sliced, without MPS."""
+    ddp = load(paths)[3]
     got = {(d["model"], d["variant"], d["ranks"]): d for d in ddp if not d.get("tag") and not d.get("mps") and "samples_per_s" in d}
     lines.append("")
     lines.append("## Training step time-sliced (no MPS): the ranks share all SMs by time-slicing, not what a MIG leaf does")
@@ -471,9 +560,10 @@ def direct_sizes(tune, lines):
         lines.append(f"| {f} | {k} | `{setting.replace(',', ' ')}` | " + " | ".join(cells) + " |")
 
 
-def paths_section(pcie_paths, ce_paths, lines):
-    """The link's capacity by path, and how much of it NCCL's SHM transport uses. Returns what
-    the plot needs."""
+@section("pcie")
+def paths_section(pcie_paths, ctx, lines):
+    """The link's capacity by path; ctx["ceiling"]: each path's ceiling, for the "ce" section and
+    the plot."""
     meas, meta = [], []
     for p in pcie_paths:
         for line in open(p):
@@ -540,10 +630,21 @@ def paths_section(pcie_paths, ce_paths, lines):
     lines.append("|---|---|---|---|---|---|")
     for path, (c, at) in ceilings.items():
         lines.append(f"| {PATH_NAMES[path]} | {fmt(c)} | {at} | {100 * c / ce_both:.0f}% | {100 * c / ce_one:.0f}% | {'yes' if c >= 0.8 * ce_one else 'no'} |")
-    # NCCL's SHM transport against those ceilings (collectives side by side, tune: tags).
-    runs, _, _ = load(ce_paths, ddp=[]) if ce_paths else ([], None, None)
+    ceiling = {"got": got, "blocks": blocks, "ce_both": ce_both, "ce_one": ce_one, "ceilings": ceilings, "shm": {}}
+    ctx["ceiling"] = ceiling
+    ctx["plots"]["pcie"] = lambda plt, out: plot_paths(plt, ceiling, os.path.join(out, "pcie-paths.png"))
+
+
+@section("ce")
+def ce_section(ce_paths, ctx, lines):
+    """NCCL's SHM transport against the paths' ceilings (collectives side by side, tune: tags),
+    then copy-engine settings inside DDP steps. Needs the "pcie" section's ceilings; records the
+    default's link use per k in them (ctx["ceiling"]["shm"]) for the plot."""
+    if "ceiling" not in ctx:
+        return
+    ceilings, ce_one, shm = ctx["ceiling"]["ceilings"], ctx["ceiling"]["ce_one"], ctx["ceiling"]["shm"]
+    runs, _, _, ddp = load(ce_paths)
     tune = tuned(runs, lambda r: (run_number(r["_file"]), r["_file"], r["ranks"]))
-    shm = {}
     if tune:
         lines.append("")
         lines.append("NCCL's SHM transport against them (patched 2.28.9, MPS, all_reduce at 256 MiB, each run side by side; link use")
@@ -568,9 +669,6 @@ def paths_section(pcie_paths, ce_paths, lines):
                     shm.setdefault(setting, {})[k] = k * v
         shm_summary(tune, ce_one, lines)
         direct_sizes(tune, lines)
-    ddp = []
-    if ce_paths:
-        load(ce_paths, ddp=ddp)
     if ddp:
         lines.append("")
         lines.append("Copy-engine SHM inside DDP steps (patched, MPS), against the default of the same run; NCCL_CREATE_THREAD_CONTEXT=1")
@@ -593,10 +691,10 @@ def paths_section(pcie_paths, ce_paths, lines):
             else:
                 codes = ",".join(sorted({str(c) for c in d["exit"]}))
                 lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
-    return {"got": got, "blocks": blocks, "ce_both": ce_both, "ce_one": ce_one, "shm": shm}
 
 
-def loop_section(files, lines):
+@section("pcie_loop")
+def loop_section(files, ctx, lines):
     """Copy engines driven as several leaves drive them (bench/pcie_paths.sh PHASES=loop): the
     processes of one measurement share start_ms; their rates add up."""
     groups = defaultdict(list)
@@ -636,11 +734,14 @@ def loop_section(files, lines):
             lines.append(f"Without MPS, one process, one flow, {k[0]}, {k[1] >> 10} MiB copies: {cell(v)} GB/s.")
 
 
-def slicing_section(files, ce_one, lines):
+@section("slicing")
+def slicing_section(files, ctx, lines):
     """Ring slicing (bench/nccl_slicing.sh): the same settings on libraries built with different
-    CHUNKSTEPSxSLICESTEPS (FLEXMIG_BENCH_SLICING=CxS in the setting), side by side per run."""
-    ddp = []
-    runs, _, _ = load(files, ddp=ddp)
+    CHUNKSTEPSxSLICESTEPS (FLEXMIG_BENCH_SLICING=CxS in the setting), side by side per run. The
+    bound's copy rate where a run has none: the copy engines' of the "pcie" section, else the
+    one-GPU runs'."""
+    ce_one = ctx["ceiling"]["ce_one"] if "ceiling" in ctx else ctx["limit"]
+    runs, _, _, ddp = load(files)
     copies = {}
     for p in files:
         for line in open(p):
@@ -709,7 +810,8 @@ def slicing_section(files, ce_one, lines):
             grads = "yes" if a.get("grads_ok") and b.get("grads_ok") else ("WRONG" if False in (a.get("grads_ok"), b.get("grads_ok")) else "not checked")
             lines.append(f"| {f} | {model} | {k} | {setting} | {a['step_s'] * 1e3:.1f} | {b['step_s'] * 1e3:.1f} | {b['step_s'] / a['step_s']:.3f} | "
                          f"{a['comm_share'] * 100:.0f}% | {b['comm_share'] * 100:.0f}% | {grads} |")
-    return shares
+    if shares:
+        ctx["plots"]["slicing"] = lambda plt, out: plot_slicing(plt, shares, os.path.join(out, "slicing.png"))
 
 
 def plot_slicing(plt, shares, path):
@@ -766,10 +868,10 @@ def plot_paths(plt, c, path):
     print("wrote", path)
 
 
-def plot_ddp(plt, path):
+def plot_ddp(plt, ddp, path):
     """Samples/s of one bigger instance, k leaves over patched SHM and over NET, per model and k."""
     res = {}
-    for d in DDP:
+    for d in ddp:
         if not d.get("tag") and "samples_per_s" in d and d.get("gpus", 1) == 1:
             res.setdefault((d["model"], d["variant"], d["ranks"]), d["samples_per_s"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
