@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real training step over emulated MIG leaves of one GPU (issue 6, benchmark 3), on a GPU
+# A real training step over emulated MIG leaves of one GPU, on a GPU
 # machine (MIG untouched). One command:
 #
 #   bash bench/ddp_step.sh

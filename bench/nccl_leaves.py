@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Collective bandwidth between emulated MIG leaves (issue 6, benchmarks 1 and 2).
+"""Collective bandwidth between emulated MIG leaves, of one GPU or spread over several.
 
 Each leaf is one rank on GPU 0 (or, with --gpus G, on GPU rank % G: the plugin's round-robin
 spread) with its own NCCL_MIG_ID, launched with the environment the
@@ -221,7 +221,7 @@ def copy_bench(ngpus=1):
             "d2h": size / timed(lambda: d2h(b)) / 1e9,
             "bidirectional_total": 2 * size / timed(lambda: (h2d(b), d2h(b))) / 1e9,
         })
-    # The first GPU's figures keep their old name: the bound of benchmark 1.
+    # The first GPU's figures keep their old name: the bound of the one-GPU collectives.
     out["pinned_copy_GBs"] = out["per_gpu"][0]
     if ngpus > 1:
         out["all_gpus_bidirectional_total"] = 2 * ngpus * size / timed(lambda: [(h2d(b), d2h(b)) for b in B]) / 1e9

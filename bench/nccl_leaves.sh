@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Collective bandwidth between emulated MIG leaves of one GPU (issue 6, benchmark 1), on a GPU
+# Collective bandwidth between emulated MIG leaves of one GPU, on a GPU
 # machine (MIG mode is never touched: leaves are emulated as ranks sharing GPU 0, each with its
 # own NCCL_MIG_ID). One command:
 #

@@ -483,14 +483,15 @@ def failure(r):
 
 
 def bytes_checked(r):
-    """Whether a collective run verified its results: yes, WRONG, or not checked (runs before run16)."""
+    """Whether a collective run verified its results: yes, WRONG, or not checked (runs recorded
+    before the drivers checked the bytes)."""
     checked = [x.get("correct") for x in r["results"]]
     return "not checked" if not checked or None in checked else ("yes" if all(checked) else "WRONG")
 
 
 def ce_label(path, r):
     """The path's short name; copy engines driven from the rank's own thread (flexmig's patch,
-    run21 on) are marked."""
+    recorded as ce_proxy "direct") are marked."""
     return PATH_SHORT[path] + (" (rank's thread)" if r.get("ce_proxy") == "direct" else "")
 
 

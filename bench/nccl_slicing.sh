@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How a ring's chunk is cut into slices, against copy engines between 2 leaves (issue 6). With
+# How a ring's chunk is cut into slices, against copy engines between 2 leaves. With
 # NCCL_SHM_USE_CUDA_MEMCPY=1 a slice crosses the link twice in turn (device to host on the
 # sender's copy engine, host to device on the receiver's), and a ring kernel only sends its next
 # chunk once it has received the current one. With 2 leaves there is no middle step that receives
@@ -28,8 +28,9 @@ bench_helper
 lib() { echo "$WORK/patched-2.28.9-slicing-$1/lib/libnccl.so.2"; }
 
 # One build per slicing, one after the other (each uses every core): `nccl install
-# --ring-slice-steps S` sets the slices; chunks stay at NCCL's 4 steps (8-step chunks hung, run31,
-# built by this script at commit 95a2960, which edited the header itself).
+# --ring-slice-steps S` sets the slices; chunks stay at NCCL's 4 steps (8-step chunks, 8x2 and
+# 8x1, hung in every measurement, the default SM path included: the first slicing measurements,
+# with libraries built by this script at commit 95a2960, which edited the header itself).
 t0=$(date +%s)
 for v in $SLICINGS; do
   [ -f "$(lib "$v")" ] && continue

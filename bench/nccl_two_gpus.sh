@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark 2 of issue 6: emulated MIG leaves spread round-robin over two GPUs (the plugin's
+# Emulated MIG leaves spread round-robin over two GPUs (the plugin's
 # order) against packed on one, patched SHM against the NET workaround, plainly and under CUDA
 # MPS. Needs a machine with two GPUs (nvidia-h200-x2 here); MIG mode is never touched and
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0). One command:

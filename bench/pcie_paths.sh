@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The PCIe ceiling under benchmark 1, by path (issue 6): copy engines against SM loads/stores
+# The PCIe ceiling under the collectives between leaves of one GPU (bench/nccl_leaves.sh), by
+# path: copy engines against SM loads/stores
 # (what NCCL's SHM transport uses) against Hopper bulk copies, one direction and both at once,
 # for a range of CTA counts (a 1g leaf has about 16 of an H200's 132 SMs). GPU machine, one
 # command, MIG untouched:

@@ -9,7 +9,7 @@
 //! Needs root (daemons, mknod) and the Debian packages slurm-wlm, slurmctld, slurmd,
 //! slurm-client and munge; `scripts/test.sh` installs them.
 //!
-//! Inputs an issue-3 test may set: [`ClusterConfig`]'s `node_gres` (the slurm.conf `Gres=`),
+//! Inputs a test may set: [`ClusterConfig`]'s `node_gres` (the slurm.conf `Gres=`),
 //! `gres_conf` (full gres.conf text; `@DEV@` is replaced by the cluster's fake device root),
 //! `inventory` (the plugin's TOML, `@DEV@` replaced too), `plugstack` (full text; `@PLUGIN@`,
 //! `@DIR@` replaced), `slurm_conf_extra` (extra slurm.conf lines, e.g. `JobSubmitPlugins=lua`),
