@@ -80,7 +80,9 @@ def worker():
     net = net.to(dev)
     params = sum(p.numel() for p in net.parameters())
     if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[0])
+        # gradient_as_bucket_view: gradients live in DDP's buckets, so no copy into them (an option
+        # of the user's code, measured to show what it saves).
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[0], gradient_as_bucket_view=os.environ.get("BENCH_BUCKET_VIEW") == "1")
     hook = compare_hook(net, compare, torch, dist, dev) if distributed and compare else None
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x, y = make(per_rank_batch)
@@ -224,6 +226,8 @@ def run(a):
         env.pop("LD_PRELOAD", None)
         if a.compare:
             env["BENCH_COMPARE"] = json.dumps(a.compare)
+        if a.bucket_view:
+            env["BENCH_BUCKET_VIEW"] = "1"
         if a.variant != "single":
             env.update(leaf_launch.plugin_env(rank, k, port, gpus=a.gpus, max_channels=a.plugin_max_channels))
         if a.variant == "patched":
@@ -242,7 +246,7 @@ def run(a):
     codes, text = leaf_launch.launch(HERE, envs, logs, a.timeout)
     res = leaf_launch.results(text)
     _, via = leaf_launch.transports(text)
-    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "gpus": 1 if a.variant == "single" else a.gpus, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
+    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "bucket_view": a.bucket_view, "gpus": 1 if a.variant == "single" else a.gpus, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
     if res and "compare" in res[0]:
         out.update(res[0])
         ceiling = out["compare"]["none"]["step_s"]
@@ -293,6 +297,7 @@ def main():
     r.add_argument("--mps-percent", type=int, default=14)
     r.add_argument("--env", action="append", default=[], help="extra K=V for every rank")
     r.add_argument("--tag", default="")
+    r.add_argument("--bucket-view", action="store_true", help="DDP with gradient_as_bucket_view=True")
     r.add_argument("--compare", type=compare_spec, default=[], help="NAME=K=V[,K=V][;...]: exchanges timed side by side through a comm hook")
     leaf_launch.add_placement_args(r)
     r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")

@@ -194,7 +194,7 @@ def ddp_lines(machine, impl):
         if "compare" in d:
             # One record per exchange of the side-by-side launch, all through DDP's comm hook.
             for name, c in d["compare"].items():
-                print(json.dumps({**common, "impl": name, "exchange": "comm-hook", "samples_per_s": c["samples_per_s"], **rest, **c}), flush=True)
+                print(json.dumps({**common, "impl": name, "exchange": "comm-hook" + ("-bucket-view" if d.get("bucket_view") else ""), "samples_per_s": c["samples_per_s"], **rest, **c}), flush=True)
         else:
             exchange = "none" if impl == "single" else "ddp-default"
             print(json.dumps({**common, "impl": impl, "exchange": exchange, "samples_per_s": d.get("samples_per_s"), **rest}), flush=True)

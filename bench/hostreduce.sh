@@ -25,7 +25,8 @@
 # MPS_PERCENT (14), TIMEOUT (240 s per launch), PHASES ("build copy cpu main ce ddp"; also "faults":
 # bench/hostreduce_faults.py, kind "fault"), STOP_ON_FAIL (1: stop after the first k whose launch
 # failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet): DDP steps through bench/ddp_step.py
-# for DDP_IMPLS ("single auto compare"; also "nccl", "hostreduce"; kind "ddp"), DDP_COMPARE (the
+# for DDP_IMPLS ("single auto compare"; also "nccl", "hostreduce", and "compare-bv": compare with
+# DDP's gradient_as_bucket_view=True; kind "ddp"), DDP_COMPARE (the
 # exchanges "compare" times side by side); AUTO (1: the all-reduces also through a
 # FLEXMIG_HOSTREDUCE=auto group, impl "auto").
 set -uo pipefail
@@ -126,6 +127,7 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
           hostreduce) variant=patched lib="$HRLIB $PATCHED" mode=on ;;
           auto) variant=patched lib="$HRLIB $PATCHED" mode=auto ;;
           compare) variant=patched lib="$HRLIB $PATCHED" mode=off extra=(--compare "$DDP_COMPARE") ;;
+          compare-bv) variant=patched lib="$HRLIB $PATCHED" mode=off extra=(--compare "$DDP_COMPARE" --bucket-view) ;;
           *) echo "DDP_IMPLS: unknown $impl"; exit 2 ;;
         esac
         $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant $variant --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
