@@ -25,6 +25,9 @@ assert all(e["FLEXMIG_GPU"] == e["CUDA_VISIBLE_DEVICES"] and e["MASTER_PORT"] ==
 assert all("NCCL_MAX_NCHANNELS" not in e for e in envs)
 assert L.plugin_env(0, 2, 1, max_channels=L.channels_arg("2"))["NCCL_MAX_NCHANNELS"] == "2"
 assert L.channels_arg("off") is None
+# A rendezvous port taken before rank 0 bound it is recognised (the launch is then made again).
+assert L.port_taken("DistNetworkError: The server socket has failed to listen on any local network address. port: 36183, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use")
+assert not L.port_taken("NCCL WARN Duplicate GPU detected")
 # Which path a run's copy engines took, from NCCL's own log lines (recorded as ce_proxy).
 conn = "vm:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] via SHM/{}/{}\n"
 direct = "vm:1:1 [0] NCCL INFO flexmig-shm-ce/1: copy engines driven from the rank's stream, no proxy thread\n"

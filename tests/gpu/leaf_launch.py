@@ -21,6 +21,11 @@ def free_port():
         return s.getsockname()[1]
 
 
+def port_taken(text):
+    """Whether a launch failed because its rendezvous port was taken before rank 0 bound it."""
+    return "EADDRINUSE" in text and "failed to listen" in text
+
+
 def mig_id(rank):
     """The emulated leaf's MIG UUID."""
     return f"MIG-f1e0{rank:04x}-0000-4000-8000-000000000000"

@@ -156,6 +156,17 @@ def worker():
 
 def driver(args):
     os.makedirs(args.log, exist_ok=True)
+    # The rendezvous port is free when picked, but another process (NCCL's bootstrap listens on
+    # ephemeral ports too) can take it before rank 0 binds it: then the launch is made again, once,
+    # on a new port, and the case says so.
+    codes, text = launch(args)
+    retried = leaf_launch.port_taken(text)
+    if retried:
+        codes, text = launch(args)
+    return report(args, codes, text, retried)
+
+
+def launch(args):
     n = args.ranks
     port = leaf_launch.free_port()
     envs, logs = [], []
@@ -178,7 +189,11 @@ def driver(args):
         envs.append(env)
         logs.append(os.path.join(args.log, f"{args.label}.rank{rank}.log"))
     # Once one rank fails, the others get 15 s (they may hang waiting for it).
-    codes, text = leaf_launch.launch(HERE, envs, logs, args.timeout, grace=15)
+    return leaf_launch.launch(HERE, envs, logs, args.timeout, grace=15)
+
+
+def report(args, codes, text, retried):
+    n = args.ranks
     codes = ["killed" if c == "timeout" else c for c in codes]
     results = leaf_launch.results(text)
     counts, _ = leaf_launch.transports(text)
@@ -188,7 +203,7 @@ def driver(args):
     loaded = re.search(r"NCCL version (\d+\.\d+\.\d+)", text)
     ver = loaded.group(1) if loaded else "-"
     busbw = f"{results[0]['busbw']:.2f}" if results else "-"
-    note = []
+    note = ["retried on a new port after a port collision"] if retried else []
     for needle in ("Duplicate GPU detected", "Multiple Ranks are using the same GPU", "flexmig-mig-patch/1"):
         if needle in text:
             note.append(needle)
