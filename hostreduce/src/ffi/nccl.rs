@@ -1,6 +1,7 @@
 //! The NCCL boundary: the entry points this library exports in front of libnccl.so.2 (it is
 //! LD_PRELOADed, so the application's calls land here first), and the real ones behind it,
-//! found with `dlsym(RTLD_NEXT)`. Each exported function runs its body through [`guard`]: no
+//! found with `dlsym(RTLD_NEXT)` or, for a libnccl loaded out of the global scope, through its
+//! own handle. Each exported function runs its body through [`guard`]: no
 //! panic crosses into the application, it becomes `ncclInternalError` with a message.
 //!
 //! The decisions are made in `crate::interpose` (safe code); this file only converts arguments.
@@ -50,10 +51,26 @@ struct Real {
 }
 
 fn next<T>(name: &std::ffi::CStr) -> Option<T> {
-    // SAFETY: dlsym with RTLD_NEXT finds the definition after ours (libnccl's); the caller names
-    // the function type that symbol has in nccl.h.
+    // SAFETY: dlsym with RTLD_NEXT finds the definition after ours (libnccl's) where libnccl is in
+    // the global scope (preloaded, or linked by the program). Where it is not (PyTorch's own NCCL
+    // comes in as a dependency of an extension module, which Python loads RTLD_LOCAL), the loaded
+    // libnccl.so.2 is asked directly: RTLD_NOLOAD only returns a handle to a library already in
+    // the process, and a lookup through that handle searches libnccl and its dependencies, which
+    // this library is not one of (checked: never our own definition). The caller names the function
+    // type that symbol has in nccl.h.
     unsafe {
-        let p = libc::dlsym(libc::RTLD_NEXT, name.as_ptr());
+        let mut p = libc::dlsym(libc::RTLD_NEXT, name.as_ptr());
+        if p.is_null() {
+            let h = libc::dlopen(c"libnccl.so.2".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if !h.is_null() {
+                p = libc::dlsym(h, name.as_ptr());
+                if p == libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) {
+                    p = std::ptr::null_mut();
+                }
+                // The handle only counted a reference to a library that stays loaded anyway.
+                libc::dlclose(h);
+            }
+        }
         if p.is_null() {
             None
         } else {
