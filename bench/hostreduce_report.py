@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Markdown tables of the host-reduction results (bench/hostreduce.sh), for BENCHMARKS.md.
 
-  cd bench/results/hostreduce && python3 ../../hostreduce_report.py run1-allreduce.jsonl run2-allreduce-ddp.jsonl run3-allreduce-auto-ddp.jsonl
+  cd bench/results/hostreduce && python3 ../../hostreduce_report.py run1-allreduce.jsonl run2-allreduce-ddp.jsonl run3-allreduce-auto-ddp.jsonl run4-allreduce-bf16-ddp.jsonl
 
 Per run: the copy bound measured in it; all_reduce busbw-equivalent (algbw x 2(k-1)/k) of NCCL SHM,
 the host path and auto by k and size (default settings only), the host path at 256 MiB against its
@@ -71,8 +71,8 @@ def report(path):
         big = 256 * MIB
         out.append("At 256 MiB, against the bounds (ring: L/k; host path: 2(k-1)/k^2 x L):")
         out.append("")
-        out.append("| k | NCCL SHM | host path | host / NCCL | host bound, L both-ways | % | host bound, L one-way | % |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| k | type | NCCL SHM | host path | host / NCCL | host bound, L both-ways | % | host bound, L one-way | % |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         for (k, dtype) in sorted(t):
             d = t[(k, dtype)].get(big, {})
             if "hostreduce" not in d or "nccl" not in d:
@@ -80,7 +80,7 @@ def report(path):
             h, n = d["hostreduce"], d["nccl"]
             lb, l1 = copy["bidirectional_total"] / 2, min(copy["h2d"], copy["d2h"])
             bb, b1 = 2 * (k - 1) / k / k * lb, 2 * (k - 1) / k / k * l1
-            out.append(f"| {k} | {fmt(n)} | {fmt(h)} | {h / n:.2f}x | {fmt(bb)} | {h / bb * 100:.0f}% | {fmt(b1)} | {h / b1 * 100:.0f}% |")
+            out.append(f"| {k} | {dtype} | {fmt(n)} | {fmt(h)} | {h / n:.2f}x | {fmt(bb)} | {h / bb * 100:.0f}% | {fmt(b1)} | {h / b1 * 100:.0f}% |")
         out.append("")
     var = [r for r in ar if r["variant"] != "default"]
     if var:
@@ -99,17 +99,59 @@ def report(path):
             out.append(f"| {k} | {s // MIB}M | {fmt(d.get('default', 0))} | " + " | ".join(fmt(d[v]) if v in d else "" for v in vs) + " |")
         out.append("")
     ddp = [r for r in rows if r.get("kind") == "ddp"]
-    if ddp:
-        out.append("DDP steps (bench/ddp_step.py, 2 NCCL channels as the plugin exports; comm = 1 - no_sync step / step):")
+    plain = [r for r in ddp if not r.get("exchange", "").startswith("comm-hook")]
+    if plain:
+        out.append("DDP steps (bench/ddp_step.py, 2 NCCL channels as the plugin exports; DDP's own exchange, "
+                   "FLEXMIG_HOSTREDUCE per path; single: one process with k times the SM share and the batch; comm = 1 - no_sync step / step):")
         out.append("")
         out.append("| model | k | path | samples/s | step ms | comm | gradients equal |")
         out.append("|---|---|---|---|---|---|---|")
-        for r in sorted(ddp, key=lambda r: (r["model"], r["k"], r["impl"])):
+        for r in sorted(plain, key=lambda r: (r["model"], r["k"], r["impl"])):
             if r.get("samples_per_s") is None:
                 out.append(f"| {r['model']} | {r['k']} | {r['impl']} | failed: {r.get('error', '')[:80]} | | | |")
                 continue
-            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {'yes' if r.get('grads_ok') else 'NO'} |")
+            checked = "-" if r["impl"] == "single" else ("yes" if r.get("grads_ok") else "NO")
+            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {checked} |")
         out.append("")
+    hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
+    if hooked:
+        out.append(ddp_compare(hooked, plain))
+    return "\n".join(out)
+
+
+REFS = ("none", "noop", "tiny")
+
+
+def ddp_compare(hooked, plain):
+    """The side-by-side DDP launches: samples/s of each exchange, and in brackets how far below the
+    ceiling (none: no exchange) it is; single from the same run's one-process launch."""
+    by = defaultdict(dict)
+    for r in hooked:
+        by[(r["model"], r["exchange"], r["k"])][r["impl"]] = r
+    single = {(r["model"], r["k"]): r["samples_per_s"] for r in plain if r["impl"] == "single" and r.get("samples_per_s")}
+    names = sorted({i for d in by.values() for i in d if i not in REFS}, key=lambda i: (i != "nccl", i != "hostreduce", i != "auto", i))
+    out = ["DDP exchanges side by side (one launch per row, taking turns through a comm hook doing what DDP's default one does; "
+           "none = no_sync, the ceiling; noop = the hook returns the bucket (DDP's bucketing, no exchange); tiny = one element "
+           "all-reduced per bucket (ranks wait for each other, move nothing)); samples/s, in brackets the share below the ceiling:", ""]
+    out.append("| model | k | bucket view | single | none | noop | tiny | " + " | ".join(names) + " | gradients equal |")
+    out.append("|---|---|---|---|---|---|---|" + "---|" * len(names) + "---|")
+    for (model, exchange, k) in sorted(by):
+        d = by[(model, exchange, k)]
+        ceiling = d["none"]["samples_per_s"]
+
+        def cell(i):
+            if i not in d:
+                return ""
+            v = d[i]["samples_per_s"]
+            return f"{v:.0f}" if i == "none" else f"{v:.0f} ({(1 - v / ceiling) * 100:.1f}%)"
+        ok = all(d[i].get("grads_ok") for i in names if i in d)
+        s1 = single.get((model, k))
+        out.append(f"| {model} | {k} | {'yes' if exchange.endswith('bucket-view') else 'no'} | {f'{s1:.0f}' if s1 else ''} | "
+                   + " | ".join(cell(i) for i in REFS) + " | " + " | ".join(cell(i) for i in names) + f" | {'yes' if ok else 'NO'} |")
+    out.append("")
+    return "\n".join(out)
+
+
     return "\n".join(out)
 
 
