@@ -120,10 +120,72 @@ def worker():
                     "busbw_equiv_GBps": algbw * 2 * (k - 1) / k, "correct": bool(ok.item()),
                 })
             del src, expect, x
+    overlap_sizes = [int(v) for v in os.environ.get("BENCH_OVERLAP_SIZES", "").split(",") if v]
+    if overlap_sizes:
+        out += overlap(torch, dist, dev, groups, overlap_sizes, k)
     torch.cuda.synchronize()
     dist.barrier(group=groups["nccl"])
     if rank == 0:
         print("RESULT " + json.dumps(out), flush=True)
+
+
+def overlap(torch, dist, dev, groups, sizes, k):
+    """All-reduces beside compute, as in training: per size, every rank runs matrix products on a
+    stream of its own (as much as NCCL's all-reduces of that size take alone, so either can hide the
+    other) while its default stream all-reduces; the time until both are done, per path, max over
+    ranks, best of two rounds taking turns. A path that takes SMs from the compute, or the link
+    from the other ranks, shows here and not in the all-reduce alone. fp32, kind "overlap"."""
+    cs = torch.cuda.Stream(device=dev)
+    a = torch.randn(2048, 2048, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(2048, 2048, device=dev, dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+
+    def slowest(t):
+        v = torch.tensor([t], device=dev, dtype=torch.float64)
+        dist.all_reduce(v, op=dist.ReduceOp.MAX, group=groups["nccl"])
+        return v.item()
+
+    def timed(fn):
+        torch.cuda.synchronize()
+        dist.barrier(group=groups["nccl"])
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return slowest(time.perf_counter() - t0)
+
+    def compute(n):
+        with torch.cuda.stream(cs):
+            for _ in range(n):
+                torch.mm(a, b, out=c)
+
+    for _ in range(20):
+        torch.mm(a, b, out=c)
+    per_mm = timed(lambda: compute(50)) / 50
+    names = [g for g in ("nccl", "hostreduce", "auto") if g in groups]
+    recs = []
+    for size in sizes:
+        x = torch.zeros(size // 4, device=dev, dtype=torch.float32)  # sums stay 0: no overflow over many calls
+        calls = 2 * iters_for(size)
+
+        def reduce(name):
+            for _ in range(calls):
+                dist.all_reduce(x, group=groups[name])
+        for name in names:
+            reduce(name)  # warm
+        alone = {name: min(timed(lambda: reduce(name)) for _ in range(2)) for name in names}
+        n_mm = max(1, round(alone["nccl"] / per_mm))
+        compute_s = min(timed(lambda: compute(n_mm)) for _ in range(2))
+        both = {name: [] for name in names}
+        for _ in range(2):
+            for name in names:
+                both[name].append(timed(lambda: (compute(n_mm), reduce(name))))
+        for name in names:
+            recs.append({"kind": "overlap", "impl": name, "variant": "default", "dtype": "f32", "bytes": size, "calls": calls,
+                         "matmuls": n_mm, "compute_s": compute_s, "allreduce_alone_s": alone[name], "both_s": min(both[name]),
+                         "busbw_equiv_alone_GBps": size * calls / alone[name] / 1e9 * 2 * (k - 1) / k})
+        del x
+    return recs
     dist.destroy_process_group()
 
 
@@ -141,6 +203,7 @@ def run(args):
             NCCL_DEBUG="WARN", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1", FLEXMIG_HOSTREDUCE_DEBUG="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_DTYPES=",".join(args.dtypes),
             BENCH_VARIANTS=";".join(args.variants), BENCH_VARIANT_SIZES=",".join(str(s) for s in args.variant_sizes),
+            BENCH_OVERLAP_SIZES=",".join(str(s) for s in args.overlap_sizes),
             LD_PRELOAD=f"{args.hostreduce} {args.nccl}", BENCH_AUTO="1" if args.auto else "0",
         )
         if args.mps:
@@ -206,6 +269,9 @@ def summarize():
         d = json.loads(line)
         if "error" in d:
             print(f"  k={d['k']}: FAILED {d['error']} exit={d['exit']} paths={d['paths']}", flush=True)
+        elif d.get("kind") == "overlap":
+            print(f"  k={d['k']} {d['impl']:<10} beside compute {d['bytes'] // MIB:>4} MiB x{d['calls']}: both {d['both_s'] * 1e3:7.1f} ms, "
+                  f"compute alone {d['compute_s'] * 1e3:7.1f} ms, all-reduces alone {d['allreduce_alone_s'] * 1e3:7.1f} ms", flush=True)
         elif d["bytes"] in (4 * MIB, 64 * MIB, 256 * MIB):
             print(f"  k={d['k']} {d['impl']:<10} {d['variant']:<34} {d['dtype']:<4} {d['bytes'] // MIB:>4} MiB "
                   f"busbw_equiv {d['busbw_equiv_GBps']:6.2f} GB/s correct={d['correct']}", flush=True)
@@ -237,6 +303,8 @@ def main():
     r.add_argument("--dtypes", type=lambda s: s.split(","), default=["f32"])
     r.add_argument("--variants", type=lambda s: [v for v in s.split(";") if v], default=[], help="host-path settings to compare, ';'-separated, each K=V[,K=V]")
     r.add_argument("--variant-sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
+    r.add_argument("--overlap-sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[],
+                   help="also these sizes beside compute (kind \"overlap\")")
     r.add_argument("--env", action="append", default=[])
     r.add_argument("--tag", default="")
     r.add_argument("--log", default="")

@@ -27,7 +27,8 @@
 # failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet): DDP steps through bench/ddp_step.py
 # for DDP_IMPLS ("single auto compare"; also "nccl", "hostreduce", and "compare-bv": compare with
 # DDP's gradient_as_bucket_view=True; kind "ddp"), DDP_COMPARE (the
-# exchanges "compare" times side by side); AUTO (1: the all-reduces also through a
+# exchanges "compare" times side by side); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
+# all-reduces of these sizes also beside compute, kind "overlap"); AUTO (1: the all-reduces also through a
 # FLEXMIG_HOSTREDUCE=auto group, impl "auto").
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -96,7 +97,8 @@ SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,33554432,67108864,134217
 if has main; then
   for k in $RANKS; do
     $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes "$SIZES" \
-      --dtypes "${DTYPES:-f32}" $([ "${AUTO:-1}" = 1 ] && echo --auto) --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
+      --dtypes "${DTYPES:-f32}" $([ "${AUTO:-1}" = 1 ] && echo --auto) --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" \
+      --overlap-sizes "${OVERLAP_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
       | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" | tee -a "$J" | $PY "$B" summarize
     if [ "${STOP_ON_FAIL:-0}" = 1 ] && tail -1 "$J" | grep -q '"error"'; then echo "k=$k failed: stopping (STOP_ON_FAIL=1)"; exit 3; fi
   done

@@ -82,6 +82,9 @@ def report(path):
             bb, b1 = 2 * (k - 1) / k / k * lb, 2 * (k - 1) / k / k * l1
             out.append(f"| {k} | {dtype} | {fmt(n)} | {fmt(h)} | {h / n:.2f}x | {fmt(bb)} | {h / bb * 100:.0f}% | {fmt(b1)} | {h / b1 * 100:.0f}% |")
         out.append("")
+    ov = [r for r in rows if r.get("kind") == "overlap"]
+    if ov:
+        out.append(overlap_table(ov))
     var = [r for r in ar if r["variant"] != "default"]
     if var:
         out.append("Host-path settings against the defaults of the same run (busbw-equivalent GB/s):")
@@ -116,6 +119,31 @@ def report(path):
     hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
     if hooked:
         out.append(ddp_compare(hooked, plain))
+    return "\n".join(out)
+
+
+def overlap_table(ov):
+    """All-reduces beside compute: time until both are done, per path, against compute alone."""
+    by = defaultdict(dict)
+    for r in ov:
+        by[(r["k"], r["dtype"], r["bytes"])][r["impl"]] = r
+    out = ["All-reduces beside compute (each rank: matrix products on a stream of its own, as long as NCCL's "
+           "all-reduces alone; time until both are done, ms; in brackets NCCL's time over this path's):", ""]
+    out.append("| k | type | size x calls | compute alone | nccl alone | nccl both | hostreduce alone | hostreduce both | auto both |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for (k, dtype, size) in sorted(by):
+        d = by[(k, dtype, size)]
+        n = d.get("nccl")
+        if not n:
+            continue
+
+        def both(i):
+            return f"{d[i]['both_s'] * 1e3:.1f} ({n['both_s'] / d[i]['both_s']:.2f}x)" if i in d else ""
+        h = d.get("hostreduce")
+        h_alone = f"{h['allreduce_alone_s'] * 1e3:.1f}" if h else ""
+        out.append(f"| {k} | {dtype} | {size // MIB}M x {n['calls']} | {n['compute_s'] * 1e3:.1f} | {n['allreduce_alone_s'] * 1e3:.1f} | "
+                   f"{n['both_s'] * 1e3:.1f} | {h_alone} | {both('hostreduce')} | {both('auto')} |")
+    out.append("")
     return "\n".join(out)
 
 
