@@ -10,7 +10,8 @@ use crate::config::{decide, default_threads, fnv1a, host_hash, Config, Decision,
 use crate::ffi::cuda::{self, CudaError, DevPtr, DeviceBuffer, Event, GpuCall, Stream};
 use crate::ffi::nccl::{self, Comm, NcclResult, NCCL_REMOTE_ERROR, NCCL_SUCCESS, NCCL_UNHANDLED_CUDA_ERROR};
 use crate::ffi::shm::segment_path;
-use crate::pipeline::{self, AbortReason, HostComm};
+use crate::numa;
+use crate::pipeline::{self, AbortReason, HostComm, Local};
 use crate::reduce::{DType, Op};
 use crate::select::{Table, BUILT_IN};
 use std::cell::Cell;
@@ -203,7 +204,12 @@ fn build(
     table: Table,
     debug: bool,
 ) -> Result<GpuComm, String> {
-    let host = HostComm::setup(path, rank, settings, SETUP_TIMEOUT).map_err(|e| e.to_string())?;
+    let cpus = reducer_cpus();
+    let local = Local { reducers: settings.threads, cpus: cpus.as_ref().map(|(_, c)| c.clone()) };
+    let host = HostComm::setup_local(path, rank, settings, SETUP_TIMEOUT, local).map_err(|e| e.to_string())?;
+    if let Some((node, c)) = &cpus {
+        log(debug, format_args!("rank {rank}: reducer threads on NUMA node {node} (CPUs {}), the GPU's", numa::format_cpulist(c)));
+    }
     let seg_dev = cuda::register(host.segment()).map_err(|e| e.to_string())?;
     let made = (|| -> Result<_, CudaError> {
         Ok((cuda::stream_create()?, cuda::stream_create()?, cuda::event_create()?, cuda::event_create()?, cuda::event_create()?))
@@ -228,6 +234,15 @@ fn build(
             Err(e.to_string())
         }
     }
+}
+
+/// The GPU's NUMA node and the CPUs of it this process may use, where the machine has several
+/// nodes (see [`numa`]); None leaves the reducer threads to the scheduler.
+fn reducer_cpus() -> Option<(usize, Vec<usize>)> {
+    let sys = std::path::Path::new("/sys");
+    let nodes = numa::nodes(sys);
+    let (node, cpus) = numa::gpu_node(sys, &cuda::current_pci_bus_id().ok()?)?;
+    numa::choose(nodes, &cpus, &crate::ffi::shm::allowed_cpus()).map(|c| (node, c))
 }
 
 fn dtype_of(nccl_type: i32) -> Option<DType> {

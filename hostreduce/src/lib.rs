@@ -7,11 +7,13 @@
 //! - [`pipeline`]: the chunk protocol (counters, slots, reducer threads, dead peers);
 //! - [`select`]: the measured table behind `FLEXMIG_HOSTREDUCE=auto`;
 //! - [`config`]: environment, the ranks' agreement at communicator creation;
+//! - [`numa`]: the reducer threads' CPUs (the GPU's NUMA node);
 //! - `interpose` with [`ffi::nccl`] and [`ffi::cuda`]: the preloaded NCCL entry points;
 //! - [`sim`]: the GPU side simulated with threads, for tests without a GPU.
 pub mod config;
 pub mod ffi;
 mod interpose;
+pub mod numa;
 pub mod pipeline;
 pub mod reduce;
 pub mod select;

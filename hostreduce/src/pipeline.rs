@@ -210,6 +210,17 @@ pub struct Abort {
     pub rank: usize,
 }
 
+/// What one rank decides for itself (the others need not agree).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    /// Reducer threads this rank runs: `Settings::threads` normally (the pieces of every chunk are
+    /// cut for that many per rank); fewer only in tests showing that the others reduce what a
+    /// rank's missing or late reducers do not.
+    pub reducers: usize,
+    /// CPUs the reducer threads are kept on (see [`crate::numa`]); None: anywhere.
+    pub cpus: Option<Vec<usize>>,
+}
+
 /// The settings every rank of a communicator must share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -259,22 +270,22 @@ impl HostComm {
     /// # Errors
     /// [`SetupError`]; on rank 0 the name is removed before returning an error.
     pub fn setup(path: &std::path::Path, rank: usize, settings: Settings, timeout: Duration) -> Result<HostComm, SetupError> {
-        Self::setup_reducers(path, rank, settings, timeout, settings.threads)
+        Self::setup_local(path, rank, settings, timeout, Local { reducers: settings.threads, cpus: None })
     }
 
-    /// [`HostComm::setup`] with `reducers` threads on this rank instead of `settings.threads` (the
-    /// pieces of every chunk are still cut for `settings.threads` per rank): how the tests show that
-    /// the others reduce what a rank's missing or late reducers do not.
+    /// [`HostComm::setup`] with this rank's own choices in `local`.
     ///
     /// # Errors
     /// As [`HostComm::setup`].
-    pub fn setup_reducers(
+    pub fn setup_local(
         path: &std::path::Path,
         rank: usize,
         settings: Settings,
         timeout: Duration,
-        reducers: usize,
+        local: Local,
     ) -> Result<HostComm, SetupError> {
+        let reducers = local.reducers;
+        let cpus = local.cpus.map(Arc::new);
         let g = settings.geometry;
         let seg = if rank == 0 {
             let s = Segment::create(path, g)?;
@@ -310,7 +321,7 @@ impl HostComm {
         };
         for t in 0..reducers {
             let (tx, rx) = mpsc::channel();
-            let worker = Reducer { seg: comm.seg.clone(), settings, stats: comm.stats.clone() };
+            let worker = Reducer { seg: comm.seg.clone(), settings, stats: comm.stats.clone(), cpus: cpus.clone() };
             let h = std::thread::Builder::new()
                 .name(format!("hostreduce-{rank}.{t}"))
                 .spawn(move || worker.run(rx))
@@ -421,11 +432,15 @@ struct Reducer {
     seg: Arc<Segment>,
     settings: Settings,
     stats: Arc<ReducerStats>,
+    cpus: Option<Arc<Vec<usize>>>,
 }
 
 impl Reducer {
     fn run(self, jobs: mpsc::Receiver<Job>) {
         crate::ffi::shm::set_timer_slack(1_000);
+        if let Some(cpus) = &self.cpus {
+            crate::ffi::shm::pin_current_thread(cpus);
+        }
         // Pieces handed out per slot over all its uses so far: the `done` count that completes a round.
         let mut handed = vec![0u64; self.settings.geometry.depth];
         for job in jobs {

@@ -4,7 +4,7 @@
 mod common;
 use common::{leftovers, unique_path};
 use flexmig_hostreduce::ffi::shm::{Geometry, Segment, ShmError};
-use flexmig_hostreduce::pipeline::{AbortReason, HostComm, Settings, SetupError};
+use flexmig_hostreduce::pipeline::{AbortReason, HostComm, Local, Settings, SetupError};
 use flexmig_hostreduce::sim::{test_call, test_expected, test_input, SimRank};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -33,7 +33,7 @@ fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(H
             let (path, barrier) = (path.clone(), barrier.clone());
             let n = reducers(rank);
             std::thread::spawn(move || {
-                let sim = make(HostComm::setup_reducers(&path, rank, settings, T, n).expect("setup"));
+                let sim = make(HostComm::setup_local(&path, rank, settings, T, Local { reducers: n, cpus: None }).expect("setup"));
                 barrier.wait();
                 // Every rank is set up: the name is gone, the memory lives on in the mappings.
                 assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
@@ -180,4 +180,30 @@ fn abort_releases_a_waiting_peer() {
     assert_eq!((a.reason, a.rank), (AbortReason::Aborted, 1));
     assert_eq!(sim.all_reduce(Arc::new(vec![0; 4]), Arc::new(Mutex::new(vec![0; 4])), dtype, op).unwrap_err(), a);
     aborter.join().unwrap();
+}
+
+#[test]
+fn reducer_threads_stay_on_the_cpus_they_are_given() {
+    use flexmig_hostreduce::ffi::shm::allowed_cpus;
+    let allowed = allowed_cpus();
+    assert!(allowed.len() >= 2, "this test needs two CPUs to tell a pinned thread from a free one, has {allowed:?}");
+    let cpu = *allowed.last().unwrap();
+    let path = unique_path("pin");
+    let settings = Settings { geometry: Geometry { nranks: 1, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let comm = HostComm::setup_local(&path, 0, settings, T, Local { reducers: 1, cpus: Some(vec![cpu]) }).unwrap();
+    // Reducer threads are named hostreduce-<rank>.<thread>; other tests' rank-0 reducers run free.
+    let pinned = || {
+        std::fs::read_dir("/proc/self/task").unwrap().flatten().any(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            comm.trim() == "hostreduce-0.0"
+                && status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Cpus_allowed_list:", &cpu.to_string()])
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while !pinned() {
+        assert!(t0.elapsed() < T, "no reducer thread kept on CPU {cpu}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(comm);
 }

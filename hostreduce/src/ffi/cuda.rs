@@ -109,6 +109,8 @@ macro_rules! driver_table {
 
 driver_table! {
     cuCtxGetCurrent: "cuCtxGetCurrent" fn(*mut *mut c_void);
+    cuCtxGetDevice: "cuCtxGetDevice" fn(*mut c_int);
+    cuDeviceGetPCIBusId: "cuDeviceGetPCIBusId" fn(*mut c_char, c_int, c_int);
     cuStreamCreate: "cuStreamCreate" fn(*mut *mut c_void, c_uint);
     cuStreamDestroy: "cuStreamDestroy_v2" fn(*mut c_void);
     cuStreamSynchronize: "cuStreamSynchronize" fn(*mut c_void);
@@ -169,6 +171,16 @@ pub fn has_context() -> Result<bool, CudaError> {
     let mut ctx: *mut c_void = std::ptr::null_mut();
     cu!(cuCtxGetCurrent(&mut ctx))?;
     Ok(!ctx.is_null())
+}
+
+/// The PCI bus id ("0000:3B:00.0") of the current context's device.
+pub fn current_pci_bus_id() -> Result<String, CudaError> {
+    let mut dev: c_int = 0;
+    cu!(cuCtxGetDevice(&mut dev))?;
+    let mut buf = [0 as c_char; 32];
+    cu!(cuDeviceGetPCIBusId(buf.as_mut_ptr(), buf.len() as c_int, dev))?;
+    // SAFETY: the driver wrote a NUL-terminated string into buf, which is longer than any bus id.
+    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 pub fn stream_create() -> Result<Stream, CudaError> {

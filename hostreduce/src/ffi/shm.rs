@@ -193,6 +193,30 @@ pub fn set_timer_slack(ns: u64) {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask); empty if the kernel does not say.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Keeps the calling thread on `cpus` (ignored where that fails: the thread then runs anywhere).
+pub fn pin_current_thread(cpus: &[usize]) {
+    // SAFETY: the set is built from CPU numbers below CPU_SETSIZE and only affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// CPUs online on this machine.
 pub fn online_cpus() -> usize {
     // SAFETY: sysconf only reads a system setting.
