@@ -322,7 +322,8 @@ fn enqueue(gc: &GpuComm, send: DevPtr, recv: DevPtr, bytes: usize, dtype: DType,
     cuda::stream_wait_stream(gc.up, stream, gc.fork).map_err(Enqueue::Cuda)?;
     let first = gc.host.start(bytes, dtype, op).map_err(Enqueue::Aborted)?;
     let mut call = GpuCall { seg: gc.host.segment(), seg_dev: gc.seg_dev, down: gc.down, up: gc.up, send, recv };
-    pipeline::enqueue(&mut call, gc.host.settings().geometry, gc.host.rank(), first, bytes).map_err(Enqueue::Cuda)?;
+    pipeline::enqueue(&mut call, gc.host.settings().geometry, gc.host.rank(), first, bytes, pipeline::signature(bytes, dtype, op))
+        .map_err(Enqueue::Cuda)?;
     // The caller's stream continues once both are through.
     cuda::stream_wait_stream(stream, gc.down, gc.join_down).map_err(Enqueue::Cuda)?;
     cuda::stream_wait_stream(stream, gc.up, gc.join_up).map_err(Enqueue::Cuda)

@@ -5,11 +5,13 @@
 //! makes the same calls in the same order), and uses slot `r % depth`. Per round:
 //!
 //! 1. each rank's *down* stream waits until `reduced[slot] >= r - depth + 1` (the reducers are done
-//!    reading the slot's previous inputs), copies its chunk into its input slot, and writes
-//!    `arrived[slot][rank] = r + 1`;
+//!    reading the slot's previous inputs), writes its call's [`signature`] into `sig[slot][rank]`,
+//!    copies its chunk into its input slot, and writes `arrived[slot][rank] = r + 1`;
 //! 2. the reducer threads (T per rank) wait until every rank's `arrived` is `>= r + 1` and every
 //!    rank's `consumed` is `>= r - depth + 1` (the slot's previous result has been copied up
-//!    everywhere); then each takes pieces of the chunk from `claim[slot]` until none is left,
+//!    everywhere), and that every rank's `sig` is their own call's (ranks making different calls
+//!    abort the communicator with a message, instead of reducing unrelated bytes or waiting for
+//!    rounds that never come); then each takes pieces of the chunk from `claim[slot]` until none is left,
 //!    reduces each into the result slot and counts it in `done[slot]`; the piece that completes the
 //!    round stores `reduced[slot] = r + 1`. Pieces are handed out, not assigned (about
 //!    [`PIECES_PER_SHARE`] per thread), so a reducer the scheduler keeps off a CPU delays one piece,
@@ -47,6 +49,37 @@ pub const PIECES_PER_SHARE: usize = 4;
 /// [`PIECES_PER_SHARE`] each, at most one per 64-element block; every rank computes the same.
 pub fn pieces(elements: usize, shares: usize) -> usize {
     (shares * PIECES_PER_SHARE).min(elements.div_ceil(reduce::BLOCK)).max(1)
+}
+
+/// What a call is, as every rank's copy down declares it: size, element type and operation.
+/// Ranks of a communicator must make the same calls in the same order (NCCL's rule too).
+pub fn signature(bytes: usize, dtype: DType, op: Op) -> u64 {
+    let t = match dtype {
+        DType::F32 => 1,
+        DType::Bf16 => 2,
+        DType::F16 => 3,
+    };
+    let o = match op {
+        Op::Sum => 1,
+        Op::Avg => 2,
+    };
+    ((bytes as u64) << 8) | (t << 4) | o
+}
+
+/// A [`signature`] in words, for the error message.
+pub fn describe(sig: u64) -> String {
+    let t = match (sig >> 4) & 0xf {
+        1 => "f32",
+        2 => "bf16",
+        3 => "f16",
+        _ => "?",
+    };
+    let o = match sig & 0xf {
+        1 => "sum",
+        2 => "avg",
+        _ => "?",
+    };
+    format!("{} bytes {t} {o}", sig >> 8)
 }
 
 /// Bits of a `claim` counter that hold the next piece; the bits above hold the use of the slot.
@@ -140,7 +173,7 @@ pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usi
 ///
 /// # Errors
 /// Whatever the streams return; the call is then broken and the communicator must be aborted.
-pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64, bytes: usize) -> Result<(), S::Error> {
+pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64, bytes: usize, sig: u64) -> Result<(), S::Error> {
     let depth = g.depth as u64;
     let all: Vec<_> = chunks(bytes, g.slot_bytes).collect();
     let ahead = g.depth - 1;
@@ -150,6 +183,7 @@ pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64
         if r >= depth {
             s.wait_geq(Side::Down, slot, Counter::Reduced, r - depth + 1)?;
         }
+        s.write(Side::Down, slot, Counter::Sig(rank), sig)?;
         s.copy_down(off, slot, len)?;
         s.write(Side::Down, slot, Counter::Arrived(rank), r + 1)
     };
@@ -178,6 +212,8 @@ pub enum AbortReason {
     Aborted,
     /// Destroy found work the peers never finished.
     Unfinished,
+    /// A rank made another all-reduce (size, type or operation) than the others at the same point.
+    Mismatch,
 }
 
 impl AbortReason {
@@ -186,6 +222,7 @@ impl AbortReason {
             AbortReason::PeerDied => 1,
             AbortReason::Aborted => 2,
             AbortReason::Unfinished => 3,
+            AbortReason::Mismatch => 4,
         }
     }
     fn from_code(c: u32) -> Option<AbortReason> {
@@ -193,6 +230,7 @@ impl AbortReason {
             1 => Some(AbortReason::PeerDied),
             2 => Some(AbortReason::Aborted),
             3 => Some(AbortReason::Unfinished),
+            4 => Some(AbortReason::Mismatch),
             _ => None,
         }
     }
@@ -204,6 +242,7 @@ impl AbortReason {
     AbortReason::PeerDied => format!("flexmig-hostreduce: rank {rank} died or left; the communicator is unusable"),
     AbortReason::Aborted => format!("flexmig-hostreduce: rank {rank} aborted the communicator"),
     AbortReason::Unfinished => format!("flexmig-hostreduce: rank {rank} destroyed the communicator with all-reduces its peers never finished"),
+    AbortReason::Mismatch => format!("flexmig-hostreduce: rank {rank} made another all-reduce than its peers (size, type or operation); the communicator is unusable"),
 })]
 pub struct Abort {
     pub reason: AbortReason,
@@ -248,6 +287,7 @@ struct Job {
     bytes: usize,
     dtype: DType,
     op: Op,
+    sig: u64,
 }
 
 /// The CPU side of one rank of a communicator: its mapping of the segment and its reducer threads.
@@ -365,7 +405,7 @@ impl HostComm {
         let mut next = self.next_round.lock().unwrap();
         let first_round = *next;
         *next += chunks(bytes, self.settings.geometry.slot_bytes).count() as u64;
-        let job = Job { first_round, bytes, dtype, op };
+        let job = Job { first_round, bytes, dtype, op, sig: signature(bytes, dtype, op) };
         for tx in self.senders.lock().unwrap().iter() {
             // A reducer only ends when its sender is dropped, so sending cannot fail here.
             let _ = tx.send(job);
@@ -411,14 +451,17 @@ fn aborted(seg: &Segment) -> Option<Abort> {
     AbortReason::from_code(code).map(|reason| Abort { reason, rank: h.abort_rank.load(Ordering::Relaxed) as usize })
 }
 
-/// Marks the segment aborted (the first reason wins) and releases every stream wait.
-fn set_abort(seg: &Segment, reason: AbortReason, rank: usize) {
+/// Marks the segment aborted (the first reason wins: true for the caller that set it) and
+/// releases every stream wait.
+fn set_abort(seg: &Segment, reason: AbortReason, rank: usize) -> bool {
     let h = seg.header();
-    if h.abort.compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    let first = h.abort.compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok();
+    if first {
         h.abort_rank.store(rank as u32, Ordering::Relaxed);
         h.abort.store(reason.code(), Ordering::Release);
     }
     release(seg);
+    first
 }
 
 fn release(seg: &Segment) {
@@ -466,6 +509,23 @@ impl Reducer {
                 })
             })?;
             ReducerStats::add(&self.stats.wait_ns, t0);
+            // The signatures read are this round's only while the round is still open: once its
+            // last piece is done, copies down of round r + depth may overwrite them. The first
+            // reducer to claim a piece always checks an open round.
+            let mismatch = (0..g.nranks)
+                .map(|i| (i, self.seg.counter(slot, Counter::Sig(i)).load(Ordering::Acquire)))
+                .find(|&(_, sig)| sig != job.sig);
+            if let Some((other, theirs)) = mismatch.filter(|_| self.seg.counter(slot, Counter::Reduced).load(Ordering::Acquire) <= r) {
+                if set_abort(&self.seg, AbortReason::Mismatch, other) {
+                    eprintln!(
+                        "flexmig-hostreduce: rank {} called all-reduce of {}, rank {other} of {} at the same point: every rank of a communicator must make the same calls in the same order; aborting the communicator",
+                        self.seg.rank(),
+                        describe(job.sig),
+                        describe(theirs)
+                    );
+                }
+                return Err(aborted(&self.seg).expect("just set"));
+            }
             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
             let t1 = Instant::now();
             let elements = len / size;
@@ -591,17 +651,20 @@ mod tests {
         let g = Geometry { nranks: 3, depth: 2, slot_bytes: 4096 };
         let mut rec = Record::default();
         // rounds 1, 2, 3 of rank 2: round 1 uses slot 1 for the first time, round 2 reuses slot 0
-        enqueue(&mut rec, g, 2, 1, 3 * 4096 - 100).unwrap();
+        enqueue(&mut rec, g, 2, 1, 3 * 4096 - 100, 77).unwrap();
         let side = |s| rec.0.iter().filter(|(x, _)| *x == s).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
         assert_eq!(
             side(Side::Down),
             [
+                "write Sig(2)[1]=77",
                 "down 0+4096->[1]",
                 "write Arrived(2)[1]=2",
                 "wait Reduced[0]>=1",
+                "write Sig(2)[0]=77",
                 "down 4096+4096->[0]",
                 "write Arrived(2)[0]=3",
                 "wait Reduced[1]>=2",
+                "write Sig(2)[1]=77",
                 "down 8192+3996->[1]",
                 "write Arrived(2)[1]=4",
             ]
@@ -676,8 +739,22 @@ mod tests {
     }
 
     #[test]
+    fn signatures_tell_calls_apart_and_read_back() {
+        let s = signature(4096, DType::F32, Op::Sum);
+        assert_eq!(describe(s), "4096 bytes f32 sum");
+        assert_eq!(describe(signature(1 << 40, DType::Bf16, Op::Avg)), format!("{} bytes bf16 avg", 1u64 << 40));
+        let others = [
+            signature(8192, DType::F32, Op::Sum),
+            signature(4096, DType::Bf16, Op::Sum),
+            signature(4096, DType::F16, Op::Sum),
+            signature(4096, DType::F32, Op::Avg),
+        ];
+        assert!(others.iter().all(|&o| o != s && o != 0), "never 0, the value before any write");
+    }
+
+    #[test]
     fn abort_codes_round_trip_and_unknown_codes_are_healthy() {
-        for r in [AbortReason::PeerDied, AbortReason::Aborted, AbortReason::Unfinished] {
+        for r in [AbortReason::PeerDied, AbortReason::Aborted, AbortReason::Unfinished, AbortReason::Mismatch] {
             assert_eq!(AbortReason::from_code(r.code()), Some(r));
         }
         assert_eq!(AbortReason::from_code(0), None);

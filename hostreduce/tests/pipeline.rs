@@ -5,6 +5,7 @@ mod common;
 use common::{leftovers, unique_path};
 use flexmig_hostreduce::ffi::shm::{Geometry, Segment, ShmError};
 use flexmig_hostreduce::pipeline::{AbortReason, HostComm, Local, Settings, SetupError};
+use flexmig_hostreduce::reduce::{DType, Op};
 use flexmig_hostreduce::sim::{test_call, test_expected, test_input, SimRank};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -206,4 +207,40 @@ fn reducer_threads_stay_on_the_cpus_they_are_given() {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(comm);
+}
+
+/// Ranks making different calls at the same point (here rank `odd` calls with `its` instead of
+/// the others' 4096 f32 elements summed): every rank's call completes (no stream waits forever),
+/// the communicator is aborted as a mismatch naming a rank, and the next call is refused.
+fn mismatch(odd: usize, its: (DType, Op, usize)) {
+    let path = unique_path("mismatch");
+    let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 16384 }, threads: 1 };
+    let handles: Vec<_> = (0..3)
+        .map(|rank| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let sim = SimRank::new(HostComm::setup(&path, rank, settings, T).expect("setup"));
+                let (dtype, op, n) = if rank == odd { its } else { (DType::F32, Op::Sum, 4096) };
+                let recv = Arc::new(Mutex::new(vec![0u8; n * dtype.size()]));
+                let done = sim.all_reduce(Arc::new(vec![1u8; n * dtype.size()]), recv, dtype, op).unwrap();
+                assert!(done.wait(T), "rank {rank}: a mismatched call left the streams waiting");
+                let a = sim.comm.aborted().expect("the mismatch aborts the communicator");
+                assert_eq!(a.reason, AbortReason::Mismatch, "rank {rank}");
+                assert!(a.to_string().contains("another all-reduce"), "{a}");
+                assert_eq!(sim.all_reduce(Arc::new(vec![0; 4]), Arc::new(Mutex::new(vec![0; 4])), DType::F32, Op::Sum).unwrap_err(), a);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(leftovers(&path).is_empty());
+}
+
+#[test]
+fn ranks_calling_another_size_type_or_operation_abort_instead_of_hanging() {
+    mismatch(1, (DType::F32, Op::Sum, 4096 * 5)); // more chunks than the others
+    mismatch(2, (DType::F32, Op::Sum, 1024)); // fewer
+    mismatch(0, (DType::Bf16, Op::Sum, 8192)); // the same bytes, another type
+    mismatch(1, (DType::F32, Op::Avg, 4096)); // another operation
 }

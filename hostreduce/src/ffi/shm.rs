@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// "flexmHR1" as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"flexmHR1");
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Ranks per communicator the header has room for (8 GPUs x 7 leaves = 56 on the largest node).
 pub const MAX_RANKS: usize = 64;
 const PAGE: usize = 4096;
@@ -49,6 +49,9 @@ pub enum Counter {
     Arrived(usize),
     /// The round whose result this rank has copied out of the slot (round + 1).
     Consumed(usize),
+    /// What this rank's call of the slot's current round is (see [`crate::pipeline::signature`]),
+    /// written by its copy down before `Arrived`.
+    Sig(usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +103,7 @@ impl Geometry {
         Ok(())
     }
     fn counters_per_slot(&self) -> usize {
-        3 + 2 * self.nranks
+        3 + 3 * self.nranks
     }
     fn counter_offset(&self, slot: usize, c: Counter) -> usize {
         let i = match c {
@@ -109,6 +112,7 @@ impl Geometry {
             Counter::Claim => 2,
             Counter::Arrived(r) => 3 + r,
             Counter::Consumed(r) => 3 + self.nranks + r,
+            Counter::Sig(r) => 3 + 2 * self.nranks + r,
         };
         PAGE + (slot * self.counters_per_slot() + i) * LINE
     }
