@@ -4,8 +4,8 @@
 #    round-robin order and its nccl_max_channels= argument;
 # 2. bench/results/nccl/report.md is exactly what bench/nccl_leaves_report.py makes of the
 #    committed raw results, every raw result there is read by a section of the report (or kept
-#    out on purpose, and cited), and BENCHMARKS.md quotes its tables unchanged (the numbers in
-#    BENCHMARKS.md's tables come from the scripts, not by hand).
+#    out on purpose, and cited), and BENCHMARKS.md with bench/NOTES.md quotes its tables unchanged
+#    (the numbers in those tables come from the scripts, not by hand).
 # Needs python3 (no third-party modules; plots are skipped without matplotlib).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -118,14 +118,38 @@ trap 'rm -rf "$tmp"' EXIT
 python3 bench/nccl_leaves_report.py --results "$R" --out "$tmp" --no-plots >/dev/null
 diff -u "$R/report.md" "$tmp/report.md"
 echo "bench/check: $R/report.md is reproduced from the raw results"
-# ... and BENCHMARKS.md quotes every row of its tables unchanged.
-python3 - "$R/report.md" BENCHMARKS.md <<'PY'
+# ... every row of its tables is quoted unchanged in BENCHMARKS.md or bench/NOTES.md (the summary
+# and the record behind it), and a table there under one of report.md's header rows holds only
+# rows of that table of report.md, unchanged (no altered or hand-made rows among quoted ones).
+python3 - "$R/report.md" BENCHMARKS.md bench/NOTES.md <<'PY'
 import sys
-rows = [l for l in open(sys.argv[1]).read().splitlines() if l.startswith("|") and not l.startswith("|---")]
-text = open(sys.argv[2]).read()
-missing = [l for l in rows if l not in text]
-assert not missing, "BENCHMARKS.md lacks or altered these rows of report.md:\n" + "\n".join(missing)
-print(f"bench/check: BENCHMARKS.md quotes all {len(rows)} table rows of report.md")
+def tables(path):
+    """The markdown tables of a file: lists of their rows (header first, no |---| line)."""
+    out, cur = [], None
+    for l in open(path).read().splitlines():
+        if l.startswith("|"):
+            if cur is None:
+                cur = []
+                out.append(cur)
+            if not l.startswith("|---"):
+                cur.append(l)
+        else:
+            cur = None
+    return out
+report = {}
+for t in tables(sys.argv[1]):
+    report.setdefault(t[0], set()).update(t)
+rows = {l for t in report.values() for l in t}
+quoted, problems = set(), []
+for doc in sys.argv[2:]:
+    for t in tables(doc):
+        quoted.update(t)
+        if t[0] in report:
+            problems += [f"{doc}: {l}" for l in t[1:] if l not in report[t[0]]]
+assert not problems, "these rows, in tables under a header of report.md, are not rows of that table (altered?):\n" + "\n".join(problems)
+missing = sorted(rows - quoted)
+assert not missing, "neither BENCHMARKS.md nor bench/NOTES.md quotes these rows of report.md (or they were altered):\n" + "\n".join(missing)
+print(f"bench/check: BENCHMARKS.md and bench/NOTES.md quote all {len(rows)} table rows of report.md, unchanged")
 PY
 # Every file in bench/results/nccl/ is accounted for by bench/nccl_leaves_report.py:
 # - outputs of the report script: report.md and the *.png plots;
@@ -134,13 +158,13 @@ PY
 #   (run6-topology.txt, run8-nccl-mig-summary.txt, run36-graph-refusals.txt);
 # - raw results: everything else (.jsonl, .json, .csv and any other .txt). Each must be read by a
 #   section of MANIFEST, or be named in KEPT_OUT (kept out of the tables on purpose) and be cited
-#   in BENCHMARKS.md, by its name or its run prefix (run25-... as `run25`).
-python3 - "$R" BENCHMARKS.md <<'PY'
+#   in BENCHMARKS.md or bench/NOTES.md, by its name or its run prefix (run25-... as `run25`).
+python3 - "$R" BENCHMARKS.md bench/NOTES.md <<'PY'
 import os, re, sys
 sys.dont_write_bytecode = True
 sys.path.insert(0, "bench")
 import nccl_leaves_report as rep
-results, prose = sys.argv[1], open(sys.argv[2]).read()
+results, prose = sys.argv[1], "\n".join(open(f).read() for f in sys.argv[2:])
 read = {f for files in rep.MANIFEST.values() for f in files}
 problems = []
 for name in sorted(set(read) | set(rep.KEPT_OUT) | set(rep.TRANSCRIPTS)):
@@ -158,7 +182,7 @@ for name in sorted(os.listdir(results)):
     if name in rep.KEPT_OUT:
         stem = name.split(".")[0]
         if not re.search(r"\b(%s|%s)\b" % (re.escape(stem), re.escape(stem.split("-")[0])), prose):
-            problems.append(f"{name}: kept out of the report (KEPT_OUT), but BENCHMARKS.md does not cite it")
+            problems.append(f"{name}: kept out of the report (KEPT_OUT), but neither BENCHMARKS.md nor bench/NOTES.md cites it")
         continue
     problems.append(f"{name}: raw results that no section of bench/nccl_leaves_report.py's MANIFEST reads (add it to a section, or to KEPT_OUT or TRANSCRIPTS with the reason)")
 assert not problems, "\n".join(problems)
