@@ -188,3 +188,40 @@ for name in sorted(os.listdir(results)):
 assert not problems, "\n".join(problems)
 print(f"bench/check: every raw result in {results}/ is read by a report section ({len(read)}) or kept out on purpose ({len(rep.KEPT_OUT)}), of {raw}")
 PY
+
+# 4. The host-reduction report: bench/results/hostreduce/report.md is what
+#    bench/hostreduce_report.py makes of the committed runs (its RUNS, and every raw result there is
+#    one of them), and every table row of BENCHMARKS.md's "Host-side reduction between leaves" is a
+#    row of it, unchanged.
+python3 - <<'PY'
+import contextlib, io, os, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "bench")
+import hostreduce_report as hr
+d = "bench/results/hostreduce"
+problems = []
+for name in sorted(os.listdir(d)):
+    if name.endswith(".jsonl") and name not in hr.RUNS:
+        problems.append(f"{d}/{name}: raw results that bench/hostreduce_report.py's RUNS does not name")
+cwd = os.getcwd()
+os.chdir(d)
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    sys.argv = ["hostreduce_report.py"]
+    hr.main()
+os.chdir(cwd)
+committed = open(os.path.join(d, "report.md")).read()
+if out.getvalue() != committed:
+    problems.append(f"{d}/report.md is not what bench/hostreduce_report.py makes of RUNS (run it there and commit the result)")
+rows = set(l for l in committed.splitlines() if l.startswith("|"))
+b = open("BENCHMARKS.md").read()
+start = b.index("## Host-side reduction between leaves")
+end = b.find("\n## ", start + 1)
+section = b[start:end if end > 0 else len(b)]
+quoted = [l for l in section.splitlines() if l.startswith("|")]
+for l in quoted:
+    if l not in rows:
+        problems.append(f"BENCHMARKS.md, host-side reduction, a table row not in {d}/report.md: {l[:120]}")
+assert not problems, "\n".join(problems)
+print(f"bench/check: {d}/report.md is reproduced from {len(hr.RUNS)} runs; BENCHMARKS.md quotes {len(quoted)} of its rows unchanged")
+PY

@@ -24,7 +24,7 @@ The sections, in report order (the option that names a section's files):
   --pcie-loop    copy engines driven by several processes at once (bench/pcie_paths.sh PHASES=loop)
   --slicing      ring slicing (bench/nccl_slicing.sh): collectives and DDP steps
 
-Writes report.md (the tables BENCHMARKS.md quotes) and PNG plots (needs matplotlib:
+Writes report.md (the tables BENCHMARKS.md and bench/NOTES.md quote) and PNG plots (needs matplotlib:
 `pip install matplotlib`). Every number comes from the JSON lines; nothing is typed in.
 """
 import argparse
@@ -51,7 +51,7 @@ MANIFEST = {
     "pcie_loop": ["run29-pcie-loop.jsonl"],
     "slicing": ["run31-slicing.jsonl", "run32-slicing-4x1.jsonl", "run33-slicing-buffers.jsonl", "run34-slicing-confirm.jsonl", "run35-ddp-slicing.jsonl"],
 }
-# Raw results in bench/results/nccl/ that no section reads, on purpose: runs BENCHMARKS.md cites
+# Raw results in bench/results/nccl/ that no section reads, on purpose: runs BENCHMARKS.md or bench/NOTES.md cites
 # in its prose but keeps out of the tables. bench/check.sh wants each of them cited there.
 KEPT_OUT = {
     "run21-probe-driver-api.jsonl": "a library that only moved the proxy's copies to the CUDA driver API; it still hung (not kept)",
