@@ -222,6 +222,18 @@ quoted = [l for l in section.splitlines() if l.startswith("|")]
 for l in quoted:
     if l not in rows:
         problems.append(f"BENCHMARKS.md, host-side reduction, a table row not in {d}/report.md: {l[:120]}")
+# Numbers its prose quotes (ratios "1.79x", shares "8.9%", both ends of ranges "82-85%"), and the
+# summary rows linking to it, must be numbers the report gives.
+import re
+summary = [l for l in b.splitlines() if l.startswith("|") and "(#host-side-reduction-between-leaves)" in l]
+prose = [l for l in section.splitlines() if not l.startswith("|")] + summary
+text = committed
+for l in prose:
+    for m in re.finditer(r"(?<![\w.])(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?(x|%)(?!\w)", l):
+        for v in filter(None, (m.group(1), m.group(2))):
+            tok = v + m.group(3)
+            if tok not in text:
+                problems.append(f"BENCHMARKS.md, host-side reduction: {tok} is quoted but {d}/report.md gives no such number: {l.strip()[:100]}")
 assert not problems, "\n".join(problems)
-print(f"bench/check: {d}/report.md is reproduced from {len(hr.RUNS)} runs; BENCHMARKS.md quotes {len(quoted)} of its rows unchanged")
+print(f"bench/check: {d}/report.md is reproduced from {len(hr.RUNS)} runs; BENCHMARKS.md quotes {len(quoted)} of its rows unchanged and only numbers it gives")
 PY

@@ -180,8 +180,8 @@ def ddp_compare(hooked, plain):
     out.append("The same launches: what moving the gradients costs beyond `tiny` (share of the ceiling), and each "
                "exchange's samples/s against one process with k times the SM share and the batch (single):")
     out.append("")
-    out.append("| model | k | bucket view | " + " | ".join(f"{i} beyond tiny" for i in names) + " | " + " | ".join(f"{i} / single" for i in names) + " |")
-    out.append("|---|---|---|" + "---|" * (2 * len(names)))
+    out.append("| model | k | bucket view | tiny beyond noop | " + " | ".join(f"{i} beyond tiny" for i in names) + " | " + " | ".join(f"{i} / single" for i in names) + " |")
+    out.append("|---|---|---|---|" + "---|" * (2 * len(names)))
     for (model, exchange, k) in sorted(by):
         d = by[(model, exchange, k)]
         ceiling = d["none"]["samples_per_s"]
@@ -189,7 +189,8 @@ def ddp_compare(hooked, plain):
         s1 = single.get((model, k))
         beyond = [f"{(1 - d[i]['samples_per_s'] / ceiling - tiny) * 100:.1f}%" if i in d else "" for i in names]
         ratio = [f"{d[i]['samples_per_s'] / s1:.2f}x" if i in d and s1 else "" for i in names]
-        out.append(f"| {model} | {k} | {'yes' if exchange.endswith('bucket-view') else 'no'} | " + " | ".join(beyond) + " | " + " | ".join(ratio) + " |")
+        wait = (1 - d["tiny"]["samples_per_s"] / ceiling) - (1 - d["noop"]["samples_per_s"] / ceiling)
+        out.append(f"| {model} | {k} | {'yes' if exchange.endswith('bucket-view') else 'no'} | {wait * 100:.1f}% | " + " | ".join(beyond) + " | " + " | ".join(ratio) + " |")
     out.append("")
     return "\n".join(out)
 
