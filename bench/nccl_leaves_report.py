@@ -206,7 +206,7 @@ def bandwidth_table(meta, copy, main_runs, limit, limit2, lines):
         )
     lines.append("")
     lines.append("Bus bandwidth in GB/s at 256 MiB (nccl-tests definitions), and the share of the PCIe bound copy/k, with")
-    lines.append("copy = one direction alone (the issue's bound) and copy = each direction while both are busy (what a ring,")
+    lines.append("copy = one direction alone (the copy bound) and copy = each direction while both are busy (what a ring,")
     lines.append("which sends and receives at once, can get):")
     lines.append("")
     lines.append("| emulation | leaves k | bound copy/k | patched SHM all_reduce | % of bound | % of both-ways bound | NET workaround | patched / NET | stock 2.30.7 multi-rank (in-GPU P2P, not a MIG path) | patched all_gather | NET all_gather |")
@@ -496,7 +496,7 @@ def ce_label(path, r):
 
 
 def shm_summary(tune, ce_one, lines):
-    """The runs above by kind of setting: per k the range of the issue's bound reached over all
+    """The runs above by kind of setting: per k the range of the copy bound reached over all
     runs and settings of that kind, how many ran and how many hung."""
     def kind(setting, r):
         path = shm_path(setting)
@@ -523,7 +523,7 @@ def shm_summary(tune, ce_one, lines):
     ks = sorted({k for d in got.values() for k in d})
     lines.append("")
     lines.append("The same by kind of setting, over all runs and settings of that kind: the lowest and highest share of the")
-    lines.append("issue's bound at 256 MiB, and how many measurements ran (and hung):")
+    lines.append("copy bound at 256 MiB, and how many measurements ran (and hung):")
     lines.append("")
     lines.append("| setting | " + " | ".join(f"{k} leaves" for k in ks) + " |")
     lines.append("|---|" + "---|" * len(ks))
@@ -624,10 +624,10 @@ def paths_section(pcie_paths, ctx, lines):
     lines.append("")
     lines.append("Ceiling of each path with both directions busy (best CTA count), and what it allows: a ring all-reduce over k")
     lines.append("leaves of one GPU moves k x (bus bandwidth) each way over the link, so no transport that moves bytes this way can")
-    lines.append(f"pass ceiling/k, which is ceiling/copy of the issue's bound (copy/k, copy = {ce_one:.1f} GB/s one direction alone); the")
+    lines.append(f"pass ceiling/k, which is ceiling/copy of the copy bound (copy/k, copy = {ce_one:.1f} GB/s one direction alone); the")
     lines.append(f"80% target needs {0.8 * ce_one:.1f} GB/s each way:")
     lines.append("")
-    lines.append("| path | ceiling each way, both busy | at CTAs (H2D:D2H) | share of the copy engines' both-ways rate | most of the issue's bound it allows | 80% target reachable |")
+    lines.append("| path | ceiling each way, both busy | at CTAs (H2D:D2H) | share of the copy engines' both-ways rate | most of the copy bound it allows | 80% target reachable |")
     lines.append("|---|---|---|---|---|---|")
     for path, (c, at) in ceilings.items():
         lines.append(f"| {PATH_NAMES[path]} | {fmt(c)} | {at} | {100 * c / ce_both:.0f}% | {100 * c / ce_one:.0f}% | {'yes' if c >= 0.8 * ce_one else 'no'} |")
@@ -652,7 +652,7 @@ def ce_section(ce_paths, ctx, lines):
         lines.append("= k x bus bandwidth, each way; bytes checked: every rank verified the result of an all_reduce of rank + 1 at")
         lines.append("each size, in the runs that have the check):")
         lines.append("")
-        lines.append("| run | leaves k | setting | path | bus bandwidth GB/s | link use each way GB/s | % of that path's ceiling | % of the issue's bound | bytes checked |")
+        lines.append("| run | leaves k | setting | path | bus bandwidth GB/s | link use each way GB/s | % of that path's ceiling | % of the copy bound | bytes checked |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for key in sorted(tune):
             _, f, k = key
@@ -768,7 +768,7 @@ def slicing_section(files, ctx, lines):
     lines.append("")
     lines.append("Patched 2.28.9 built with ring all-reduce/all-gather chunks of CHUNKSTEPS steps cut into slices of SLICESTEPS")
     lines.append("(CxS; 4x2 is NCCL's own, 4x1 is `flexmig-gres-helper nccl install --ring-slice-steps 1`), the same settings side")
-    lines.append("by side (MPS). Bus bandwidth GB/s; % of the issue's bound (copy/k, copy of the same run where it has one, else")
+    lines.append("by side (MPS). Bus bandwidth GB/s; % of the copy bound (copy/k, copy of the same run where it has one, else")
     lines.append(f"{ce_one:.1f} GB/s from bench/pcie_paths.sh); ratios against 4x2 of the same run and setting:")
     lines.append("")
     shares = {}
@@ -816,7 +816,7 @@ def slicing_section(files, ctx, lines):
 
 
 def plot_slicing(plt, shares, path):
-    """The last slicing run with a default: per k, the share of the issue's bound of the default
+    """The last slicing run with a default: per k, the share of the copy bound of the default
     (SM path) and of the best copy-engine setting, for each slicing, against the 80% target."""
     last = max((f for f, _, s, _ in shares if s == "default"), key=run_number)
     ks = sorted({k for f, k, _, _ in shares if f == last})
