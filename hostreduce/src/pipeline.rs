@@ -82,6 +82,15 @@ pub fn describe(sig: u64) -> String {
     format!("{} bytes {t} {o}", sig >> 8)
 }
 
+/// Of the ranks' signatures of one round, not all equal: (a rank making the most common call, the
+/// lowest such; the lowest rank making another).
+fn odd_call(sigs: &[u64]) -> (usize, usize) {
+    let count = |i: usize| sigs.iter().filter(|&&s| s == sigs[i]).count();
+    let common = (0..sigs.len()).max_by_key(|&i| (count(i), std::cmp::Reverse(i))).expect("at least one rank");
+    let odd = (0..sigs.len()).find(|&i| sigs[i] != sigs[common]).expect("signatures differ");
+    (common, odd)
+}
+
 /// Bits of a `claim` counter that hold the next piece; the bits above hold the use of the slot.
 const PIECE_BITS: u32 = 24;
 
@@ -512,16 +521,17 @@ impl Reducer {
             // The signatures read are this round's only while the round is still open: once its
             // last piece is done, copies down of round r + depth may overwrite them. The first
             // reducer to claim a piece always checks an open round.
-            let mismatch = (0..g.nranks)
-                .map(|i| (i, self.seg.counter(slot, Counter::Sig(i)).load(Ordering::Acquire)))
-                .find(|&(_, sig)| sig != job.sig);
-            if let Some((other, theirs)) = mismatch.filter(|_| self.seg.counter(slot, Counter::Reduced).load(Ordering::Acquire) <= r) {
-                if set_abort(&self.seg, AbortReason::Mismatch, other) {
+            let sigs: Vec<u64> = (0..g.nranks).map(|i| self.seg.counter(slot, Counter::Sig(i)).load(Ordering::Acquire)).collect();
+            if sigs.iter().any(|&s| s != job.sig) && self.seg.counter(slot, Counter::Reduced).load(Ordering::Acquire) <= r {
+                // Every reducer of every rank read these same signatures (the round is open), so
+                // whichever aborts first names the same rank: one whose call differs from most
+                // ranks' (ties: from the lowest rank's call), not the first that differs from its own.
+                let (common, odd) = odd_call(&sigs);
+                if set_abort(&self.seg, AbortReason::Mismatch, odd) {
                     eprintln!(
-                        "flexmig-hostreduce: rank {} called all-reduce of {}, rank {other} of {} at the same point: every rank of a communicator must make the same calls in the same order; aborting the communicator",
-                        self.seg.rank(),
-                        describe(job.sig),
-                        describe(theirs)
+                        "flexmig-hostreduce: rank {odd} called all-reduce of {}, rank {common} of {} at the same point: every rank of a communicator must make the same calls in the same order; aborting the communicator",
+                        describe(sigs[odd]),
+                        describe(sigs[common])
                     );
                 }
                 return Err(aborted(&self.seg).expect("just set"));
@@ -750,6 +760,14 @@ mod tests {
             signature(4096, DType::F32, Op::Avg),
         ];
         assert!(others.iter().all(|&o| o != s && o != 0), "never 0, the value before any write");
+    }
+
+    #[test]
+    fn the_rank_named_in_a_mismatch_is_the_one_the_most_ranks_disagree_with() {
+        assert_eq!(odd_call(&[7, 7, 9]), (0, 2));
+        assert_eq!(odd_call(&[9, 7, 7, 7]), (1, 0), "the odd call on rank 0");
+        assert_eq!(odd_call(&[7, 9]), (0, 1), "a tie: the lowest rank's call counts as the common one");
+        assert_eq!(odd_call(&[7, 9, 9, 7, 5]), (0, 1));
     }
 
     #[test]

@@ -211,7 +211,8 @@ fn reducer_threads_stay_on_the_cpus_they_are_given() {
 
 /// Ranks making different calls at the same point (here rank `odd` calls with `its` instead of
 /// the others' 4096 f32 elements summed): every rank's call completes (no stream waits forever),
-/// the communicator is aborted as a mismatch naming a rank, and the next call is refused.
+/// the communicator is aborted as a mismatch naming the odd rank (on every rank, whichever
+/// rank's reducer saw it first), and the next call is refused.
 fn mismatch(odd: usize, its: (DType, Op, usize)) {
     let path = unique_path("mismatch");
     let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 16384 }, threads: 1 };
@@ -226,6 +227,7 @@ fn mismatch(odd: usize, its: (DType, Op, usize)) {
                 assert!(done.wait(T), "rank {rank}: a mismatched call left the streams waiting");
                 let a = sim.comm.aborted().expect("the mismatch aborts the communicator");
                 assert_eq!(a.reason, AbortReason::Mismatch, "rank {rank}");
+                assert_eq!(a.rank, odd, "rank {rank}: the abort names the rank whose call differs from the others': {a}");
                 assert!(a.to_string().contains("another all-reduce"), "{a}");
                 assert_eq!(sim.all_reduce(Arc::new(vec![0; 4]), Arc::new(Mutex::new(vec![0; 4])), DType::F32, Op::Sum).unwrap_err(), a);
             })
