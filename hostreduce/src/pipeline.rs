@@ -455,20 +455,17 @@ impl Drop for HostComm {
 }
 
 fn aborted(seg: &Segment) -> Option<Abort> {
-    let h = seg.header();
-    let code = h.abort.load(Ordering::Acquire);
-    AbortReason::from_code(code).map(|reason| Abort { reason, rank: h.abort_rank.load(Ordering::Relaxed) as usize })
+    let word = seg.header().abort.load(Ordering::Acquire);
+    AbortReason::from_code(word & 0xff).map(|reason| Abort { reason, rank: (word >> 8) as usize })
 }
 
 /// Marks the segment aborted (the first reason wins: true for the caller that set it) and
-/// releases every stream wait.
+/// releases every stream wait. Reason and rank are one word, set by one compare-exchange: no rank
+/// ever finds the flag taken but the reason not yet there, however setters race (a loser would
+/// see no abort right after its own) or die halfway (every rank would see none, for good).
 fn set_abort(seg: &Segment, reason: AbortReason, rank: usize) -> bool {
-    let h = seg.header();
-    let first = h.abort.compare_exchange(0, u32::MAX, Ordering::AcqRel, Ordering::Acquire).is_ok();
-    if first {
-        h.abort_rank.store(rank as u32, Ordering::Relaxed);
-        h.abort.store(reason.code(), Ordering::Release);
-    }
+    let word = reason.code() | (rank as u32) << 8;
+    let first = seg.header().abort.compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire).is_ok();
     release(seg);
     first
 }
@@ -768,6 +765,28 @@ mod tests {
         assert_eq!(odd_call(&[9, 7, 7, 7]), (1, 0), "the odd call on rank 0");
         assert_eq!(odd_call(&[7, 9]), (0, 1), "a tie: the lowest rank's call counts as the common one");
         assert_eq!(odd_call(&[7, 9, 9, 7, 5]), (0, 1));
+    }
+
+    #[test]
+    fn racing_aborts_agree_on_the_first_and_each_setter_sees_an_abort_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry { nranks: 1, depth: 3, slot_bytes: 4096 };
+        let seg = Arc::new(Segment::create(&dir.path().join("seg"), g).unwrap());
+        let reasons = [AbortReason::PeerDied, AbortReason::Aborted, AbortReason::Unfinished, AbortReason::Mismatch];
+        let seen: Vec<(bool, Option<Abort>)> = (0..8)
+            .map(|i| {
+                let seg = seg.clone();
+                std::thread::spawn(move || (set_abort(&seg, reasons[i % 4], 60 + i % 4), aborted(&seg)))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(seen.iter().filter(|(first, _)| *first).count(), 1, "one setter wins");
+        let first = aborted(&seg).expect("aborted");
+        assert!(seen.iter().all(|(_, a)| *a == Some(first)), "{seen:?}");
+        assert_eq!(first.rank, 60 + reasons.iter().position(|&r| r == first.reason).unwrap(), "reason and rank of one setter");
+        assert!((0..g.depth).all(|s| seg.counter(s, Counter::Reduced).load(Ordering::Relaxed) == RELEASED));
     }
 
     #[test]

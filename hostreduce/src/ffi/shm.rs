@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// "flexmHR1" as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"flexmHR1");
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Ranks per communicator the header has room for (8 GPUs x 7 leaves = 56 on the largest node).
 pub const MAX_RANKS: usize = 64;
 const PAGE: usize = 4096;
@@ -83,10 +83,12 @@ pub struct Header {
     pub slot_bytes: AtomicU64,
     /// Ranks that have mapped the segment; the one that makes it `nranks` unlinks the name.
     pub attached: AtomicU32,
-    /// 0 while healthy; otherwise an [`crate::pipeline::AbortReason`] code. Never goes back to 0.
+    /// 0 while healthy; otherwise an [`crate::pipeline::AbortReason`] code in the low 8 bits and
+    /// the rank the abort is about (the dead one, or the one that aborted) above them, set together
+    /// by one compare-exchange. Never goes back to 0.
     pub abort: AtomicU32,
-    /// The rank the abort is about (the dead one, or the one that aborted).
-    pub abort_rank: AtomicU32,
+    /// Unused (up to version 3, the abort's rank, written after the flag).
+    _unused: AtomicU32,
     _pad2: AtomicU32,
     pub pids: [AtomicU32; MAX_RANKS],
     /// Process start time (clock ticks after boot, /proc/PID/stat field 22): a reused pid is not the peer.
