@@ -539,6 +539,10 @@ impl Reducer {
             let n = pieces(elements, shares);
             handed[slot] += n as u64;
             while let Some(p) = claim_piece(self.seg.counter(slot, Counter::Claim), r / depth + 1, n) {
+                // Once aborted, the released streams overwrite the slots: stop reducing them.
+                if let Some(a) = aborted(&self.seg) {
+                    return Err(a);
+                }
                 let e = reduce::share(elements, n, p);
                 if !e.is_empty() {
                     let bytes = e.start * size..e.end * size;
