@@ -31,41 +31,34 @@
 # all-reduces of these sizes also beside compute, kind "overlap"); AUTO (1: the all-reduces also through a
 # FLEXMIG_HOSTREDUCE=auto group, impl "auto").
 set -uo pipefail
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-NCCL_SRC=${NCCL_SRC:-$REPO/.nccl/src}
-WORK=${WORK:-/tmp/flexmig-bench}
-OUTDIR=${OUTDIR:-$WORK/out}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_gpu
 RANKS=${RANKS:-2 3 4 5 7}
 PHASES=${PHASES:-build copy cpu main ce ddp}
-PY=${PYTHON:-python3}
 B="$REPO/bench/hostreduce.py"
-mkdir -p "$WORK" "$OUTDIR"
 J="$OUTDIR/hostreduce.jsonl"
 LOG="$OUTDIR/hostreduce.log"
-has() { [[ " $PHASES " == *" $1 "* ]]; }
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-# Only the kernels PyTorch's all-reduce, barrier and group set-up use (see bench/nccl_leaves.sh).
-export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
-T="${CARGO_TARGET_DIR:-$REPO/target}/release"
+T=$RELEASE
 
+# The helper and the library: given, else built here where cargo is (a GPU machine may have none).
 HELPER=${FLEXMIG_HELPER:-$T/flexmig-gres-helper}
 HRLIB=${HOSTREDUCE_LIB:-$T/libflexmig_hostreduce.so}
 for bin in "$HELPER:flexmig-gres-helper" "$HRLIB:flexmig-hostreduce"; do
-  [ -e "${bin%%:*}" ] || (cd "$REPO" && cargo build -q --release -p "${bin##*:}") || { echo "no ${bin%%:*} and no cargo to build it"; exit 2; }
+  [ -e "${bin%%:*}" ] || release_build -p "${bin##*:}" || { echo "no ${bin%%:*} and no cargo to build it"; exit 2; }
 done
-PATCHED=${PATCHED_LIB:-$WORK/patched-2.28.9/lib/libnccl.so.2}
 
-echo "== hostreduce on $(hostname), $(date -u +%FT%TZ); phases: $PHASES; ranks: $RANKS" | tee "$LOG"
+echo "== hostreduce on $(hostname), $(utc_now); phases: $PHASES; ranks: $RANKS" | tee "$LOG"
 MACHINE="$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | head -1)"
 echo "$MACHINE" | tee -a "$LOG"
 df -h /dev/shm | tail -1 | tee -a "$LOG"
-echo "{\"kind\": \"machine\", \"machine\": \"$MACHINE\", \"cpus\": $(nproc), \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(date -u +%FT%TZ)\"}" >>"$J"
+echo "{\"kind\": \"machine\", \"machine\": \"$MACHINE\", \"cpus\": $(nproc), \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"torch\": \"$($PY -c 'import torch; print(torch.__version__)')\", \"date\": \"$(utc_now)\"}" >>"$J"
 
 if has build && [ ! -f "$PATCHED" ]; then
   src="$NCCL_SRC/nccl-2.28.9"
   [ -d "$src" ] || src="$NCCL_SRC/nccl-2.28.9.tar.gz"
   t0=$(date +%s)
-  "$HELPER" nccl install --source "$src" --prefix "$WORK/patched-2.28.9" >"$WORK/build-patched.log" 2>&1 || { tail -20 "$WORK/build-patched.log"; exit 2; }
+  nccl_install "$src" "$WORK/patched-2.28.9" "$WORK/build-patched.log" || { tail -20 "$WORK/build-patched.log"; exit 2; }
   echo "patched NCCL built in $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 fi
 [ -f "$PATCHED" ] || { echo "no patched NCCL at $PATCHED"; exit 2; }
@@ -90,7 +83,6 @@ if has faults; then
 for l in sys.stdin: print(json.dumps({"kind": "fault", **json.loads(l)}))' | tee -a "$J"
 fi
 
-source "$REPO/bench/mps.sh"
 trap 'mps_stop >/dev/null 2>&1' EXIT
 mps_start || { echo "MPS did not start"; exit 2; }
 SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,33554432,67108864,134217728,268435456}
@@ -140,4 +132,4 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
   done
 fi
 mps_stop
-echo "== done $(date -u +%FT%TZ)" | tee -a "$LOG"
+echo "== done $(utc_now)" | tee -a "$LOG"
