@@ -287,6 +287,8 @@ pub enum SetupError {
     PeerInvisible { rank: usize, pid: u32 },
     #[error("cannot start a reducer thread: {0}")]
     Thread(std::io::Error),
+    #[error("rank 0 could not make the shared segment (or a rank could not tell): every rank stays with NCCL")]
+    NotMade,
 }
 
 /// One call, as the reducer threads see it.
@@ -319,28 +321,42 @@ impl HostComm {
     /// # Errors
     /// [`SetupError`]; on rank 0 the name is removed before returning an error.
     pub fn setup(path: &std::path::Path, rank: usize, settings: Settings, timeout: Duration) -> Result<HostComm, SetupError> {
-        Self::setup_local(path, rank, settings, timeout, Local { reducers: settings.threads, cpus: None })
+        Self::setup_local(path, rank, settings, timeout, Local { reducers: settings.threads, cpus: None }, &mut |_| true)
     }
 
-    /// [`HostComm::setup`] with this rank's own choices in `local`.
+    /// [`HostComm::setup`] with this rank's own choices in `local`, and a `gate` every rank passes
+    /// once: rank 0 right after making the segment (with whether it could), the others before
+    /// opening it (with true). It must tell every rank whether all passed true (an exchange among
+    /// the ranks); if not, all give up at once instead of waiting out `timeout` for a segment that
+    /// will never appear (a full /dev/shm, a memory limit).
     ///
     /// # Errors
-    /// As [`HostComm::setup`].
+    /// As [`HostComm::setup`]; [`SetupError::NotMade`] where the gate said no.
     pub fn setup_local(
         path: &std::path::Path,
         rank: usize,
         settings: Settings,
         timeout: Duration,
         local: Local,
+        gate: &mut dyn FnMut(bool) -> bool,
     ) -> Result<HostComm, SetupError> {
         let reducers = local.reducers;
         let cpus = local.cpus.map(Arc::new);
         let g = settings.geometry;
         let seg = if rank == 0 {
-            let s = Segment::create(path, g)?;
+            let made = Segment::create(path, g);
+            let all = gate(made.is_ok());
+            let s = made?;
+            if !all {
+                s.unlink();
+                return Err(SetupError::NotMade);
+            }
             s.wait_attached(timeout)?;
             s
         } else {
+            if !gate(true) {
+                return Err(SetupError::NotMade);
+            }
             Segment::open(path, g, rank, timeout)?
         };
         // Every peer has registered its pid once it attached; rank 0 saw all attach, the others

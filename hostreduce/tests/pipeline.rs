@@ -34,7 +34,8 @@ fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(H
             let (path, barrier) = (path.clone(), barrier.clone());
             let n = reducers(rank);
             std::thread::spawn(move || {
-                let sim = make(HostComm::setup_local(&path, rank, settings, T, Local { reducers: n, cpus: None }).expect("setup"));
+                let sim =
+                    make(HostComm::setup_local(&path, rank, settings, T, Local { reducers: n, cpus: None }, &mut |_| true).expect("setup"));
                 barrier.wait();
                 // Every rank is set up: the name is gone, the memory lives on in the mappings.
                 assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
@@ -191,7 +192,7 @@ fn reducer_threads_stay_on_the_cpus_they_are_given() {
     let cpu = *allowed.last().unwrap();
     let path = unique_path("pin");
     let settings = Settings { geometry: Geometry { nranks: 1, depth: 2, slot_bytes: 4096 }, threads: 1 };
-    let comm = HostComm::setup_local(&path, 0, settings, T, Local { reducers: 1, cpus: Some(vec![cpu]) }).unwrap();
+    let comm = HostComm::setup_local(&path, 0, settings, T, Local { reducers: 1, cpus: Some(vec![cpu]) }, &mut |_| true).unwrap();
     // Reducer threads are named hostreduce-<rank>.<thread>; other tests' rank-0 reducers run free.
     let pinned = || {
         std::fs::read_dir("/proc/self/task").unwrap().flatten().any(|t| {
@@ -245,4 +246,37 @@ fn ranks_calling_another_size_type_or_operation_abort_instead_of_hanging() {
     mismatch(2, (DType::F32, Op::Sum, 1024)); // fewer
     mismatch(0, (DType::Bf16, Op::Sum, 8192)); // the same bytes, another type
     mismatch(1, (DType::F32, Op::Avg, 4096)); // another operation
+}
+
+#[test]
+fn when_rank_0_cannot_make_the_segment_every_rank_gives_up_at_once() {
+    // A segment directory that does not exist stands for a full /dev/shm or a memory limit.
+    let path = std::env::temp_dir().join(format!("flexmig-no-such-dir-{}", std::process::id())).join("seg");
+    let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let barrier = Arc::new(Barrier::new(3));
+    let long = Duration::from_secs(30);
+    let t0 = std::time::Instant::now();
+    let handles: Vec<_> = (0..3)
+        .map(|rank| {
+            let (path, said, barrier) = (path.clone(), said.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // The exchange among the ranks, as the library does it over NCCL.
+                let mut gate = |ok: bool| {
+                    said.lock().unwrap().push(ok);
+                    barrier.wait();
+                    let all = said.lock().unwrap().iter().all(|&b| b);
+                    all
+                };
+                HostComm::setup_local(&path, rank, settings, long, Local { reducers: 1, cpus: None }, &mut gate).unwrap_err()
+            })
+        })
+        .collect();
+    for (rank, h) in handles.into_iter().enumerate() {
+        let e = h.join().unwrap();
+        if rank > 0 {
+            assert!(matches!(e, SetupError::NotMade), "rank {rank}: {e}");
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "the ranks waited {:?} for a segment that never came", t0.elapsed());
 }
