@@ -90,15 +90,19 @@ sys.path.insert(0, "tests/gpu")
 import leaf_launch as L
 SAME = ["NCCL_MULTI_RANK_GPU_ENABLE", "NCCL_NVLS_ENABLE", "NCCL_MNNVL_ENABLE", "FLEXMIG_GPU", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NCCL_MAX_NCHANNELS"]
 n = 0
-for gpus, tasks in [(1, 2), (1, 4), (1, 7), (2, 2), (2, 4), (2, 7), (2, 14)]:
+SHAPES = [(1, 2, None), (1, 4, None), (1, 7, None), (2, 2, None), (2, 4, None), (2, 7, None), (2, 14, None)]
+# Jobs Slurm placed unevenly over two GPUs (the placements of the two-GPU benchmark).
+SHAPES += [(2, sum(p), p) for p in ([6, 0], [5, 1], [4, 2], [3, 3], [1, 5])]
+for gpus, tasks, placed in SHAPES:
     for ch in ("off", "2"):
-        out = subprocess.run([sys.argv[1], "--gpus", str(gpus), "--tasks", str(tasks), "--max-channels", ch], check=True, capture_output=True, text=True).stdout
+        shape = ["--placement", ",".join(map(str, placed))] if placed else ["--gpus", str(gpus), "--tasks", str(tasks)]
+        out = subprocess.run([sys.argv[1], *shape, "--max-channels", ch], check=True, capture_output=True, text=True).stdout
         real = {}
         for line in out.splitlines():
             t, kv = line.split(" ", 1)
             k, v = kv.split("=", 1)
             real.setdefault(int(t), {})[k] = v
-        emu = {t: L.plugin_env(t, tasks, 29500, gpus=gpus, max_channels=L.channels_arg(ch)) for t in range(tasks)}
+        emu = {t: L.plugin_env(t, tasks, 29500, gpus=gpus, max_channels=L.channels_arg(ch), placement=placed) for t in range(tasks)}
         for t in range(tasks):
             r, e = real[t], emu[t]
             assert set(r) == set(e), f"{gpus} GPUs, {tasks} tasks, channels {ch}, task {t}: plugin {sorted(r)} launcher {sorted(e)}"

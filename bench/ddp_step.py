@@ -214,6 +214,8 @@ def run(a):
     port = leaf_launch.free_port()
     os.makedirs(a.log, exist_ok=True)
     spread = f"-spread{a.gpus}" if a.gpus > 1 and a.variant != "single" else ""
+    if a.placement and a.variant != "single":
+        spread = "-placed" + "-".join(map(str, a.placement))
     label = f"{a.model}-{a.variant}{'-mps' if a.mps else ''}-{k}{spread}{('-' + a.tag) if a.tag else ''}"
     envs, logs = [], []
     for rank in range(nproc):
@@ -229,7 +231,7 @@ def run(a):
         if a.bucket_view:
             env["BENCH_BUCKET_VIEW"] = "1"
         if a.variant != "single":
-            env.update(leaf_launch.plugin_env(rank, k, port, gpus=a.gpus, max_channels=a.plugin_max_channels))
+            env.update(leaf_launch.placement_env(a, rank, k, port))
         if a.variant == "patched":
             env["LD_PRELOAD"] = a.lib
         if a.variant == "net":
@@ -246,7 +248,7 @@ def run(a):
     codes, text = leaf_launch.launch(HERE, envs, logs, a.timeout)
     res = leaf_launch.results(text)
     _, via = leaf_launch.transports(text)
-    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "bucket_view": a.bucket_view, "gpus": 1 if a.variant == "single" else a.gpus, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
+    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "bucket_view": a.bucket_view, "gpus": 1 if a.variant == "single" else max(a.gpus, len(a.placement or [])), "placement": a.placement, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
     if res and "compare" in res[0]:
         out.update(res[0])
         ceiling = out["compare"]["none"]["step_s"]

@@ -198,7 +198,7 @@ def run(args):
     envs, logs = [], []
     for rank in range(k):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, k, port, max_channels=args.plugin_max_channels))
+        env.update(leaf_launch.placement_env(args, rank, k, port))
         env.update(
             NCCL_DEBUG="WARN", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1", FLEXMIG_HOSTREDUCE_DEBUG="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_DTYPES=",".join(args.dtypes),

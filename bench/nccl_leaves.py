@@ -103,11 +103,13 @@ def run(args):
     logdir = args.log or tempfile.mkdtemp(prefix="nccl-leaves-")
     os.makedirs(logdir, exist_ok=True)
     spread = f"-spread{args.gpus}" if args.gpus > 1 else ""
+    if args.placement:
+        spread = "-placed" + "-".join(map(str, args.placement))
     label = f"{args.variant}{'-mps' if args.mps else ''}-{n}{spread}{('-' + args.tag) if args.tag else ''}"
     envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus, max_channels=args.plugin_max_channels))
+        env.update(leaf_launch.placement_env(args, rank, n, port))
         env.update(
             NCCL_DEBUG="INFO", NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1",
             BENCH_SIZES=",".join(str(s) for s in args.sizes), BENCH_COLLS=",".join(args.colls),

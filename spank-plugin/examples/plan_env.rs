@@ -4,12 +4,15 @@
 //! bench/check.sh compares the two so that the emulation cannot drift from the plugin.
 //!
 //!   cargo run -q -p flexmig-spank --example plan_env -- --gpus 2 --tasks 7 [--max-channels 2|off]
+//!   cargo run -q -p flexmig-spank --example plan_env -- --placement 4,2 [--max-channels 2|off]
 //!
 //! The node has `--gpus` GPUs of 7 leaves each (6 x 1g.18gb and one 1g.35gb, an H200), in the
 //! GRES order `flexmig-gres-helper gres-conf` writes (`leaf_model::gres_order`: double leaves
 //! first, then the small ones round-robin over the GPUs). The step holds the `--tasks` lowest small-leaf GRES indices, which
 //! is what Slurm gives `--gres=gpu:1g.18gb:K` on an idle node, and double leaves past the small
 //! ones (7 leaves of one GPU); with `--gpus 1` the leaves are those of one GPU ("packed").
+//! `--placement A,B,...` instead: A small leaves of GPU 0, B of GPU 1, ... (a job Slurm placed
+//! unevenly), one task each.
 
 use flexmig_spank::binding::{plan_task, EnvChange, TaskView};
 use flexmig_spank::config::{Mode, PluginArgs};
@@ -28,6 +31,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut gpus = 1u32;
     let mut tasks = 1u32;
     let mut channels = "off".to_string();
+    let mut placement: Option<Vec<u32>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{a} needs a value"));
@@ -35,7 +39,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--gpus" => gpus = value()?.parse().map_err(|e| format!("--gpus: {e}"))?,
             "--tasks" => tasks = value()?.parse().map_err(|e| format!("--tasks: {e}"))?,
             "--max-channels" => channels = value()?,
-            _ => return Err(format!("unknown argument {a}; use --gpus G --tasks K [--max-channels N|off]").into()),
+            "--placement" => {
+                let p: Vec<u32> = value()?.split(',').map(str::parse).collect::<Result<_, _>>().map_err(|e| format!("--placement: {e}"))?;
+                if p.iter().any(|&n| n > 6) || p.iter().sum::<u32>() == 0 {
+                    return Err("--placement: 0..=6 small leaves per GPU, at least one in all".into());
+                }
+                gpus = p.len() as u32;
+                tasks = p.iter().sum();
+                placement = Some(p);
+            }
+            _ => return Err(format!("unknown argument {a}; use --gpus G --tasks K or --placement A,B,.. [--max-channels N|off]").into()),
         }
     }
     if gpus == 0 || tasks == 0 || tasks > 7 * gpus {
@@ -65,8 +78,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             gpu_instance: None,
         });
     }
-    // Small leaves first (GRES gpus..7*gpus), then the doubles (0..gpus).
-    let step_gpus: Vec<String> = (gpus..7 * gpus).chain(0..gpus).take(tasks as usize).map(|i| i.to_string()).collect();
+    // Small leaves first (GRES gpus..7*gpus), then the doubles (0..gpus); or, placed, the first
+    // small leaves of each GPU.
+    let step_gpus: Vec<String> = match &placement {
+        None => (gpus..7 * gpus).chain(0..gpus).take(tasks as usize).map(|i| i.to_string()).collect(),
+        Some(p) => {
+            let mut idx: Vec<u32> = (0..gpus)
+                .flat_map(|g| inv.leaves.iter().filter(move |l| l.gpu == g && l.profile == "1g.18gb").take(p[g as usize] as usize).map(|l| l.gres_index))
+                .collect();
+            idx.sort_unstable();
+            idx.iter().map(|i| i.to_string()).collect()
+        }
+    };
     let plugin_args = PluginArgs::parse(&[format!("nccl_max_channels={channels}")])?;
     for t in 0..tasks {
         let task = TaskView {

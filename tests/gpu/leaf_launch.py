@@ -38,11 +38,40 @@ def leaf_gpu(rank, gpus):
     return rank % gpus
 
 
-def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1, max_channels=None):
+def placed_gpus(counts):
+    """The GPU of each local task when the step holds counts[g] leaves of GPU g (a job Slurm
+    placed unevenly, e.g. [4, 2]): the plugin's round-robin over the GPUs that still have leaves
+    (binding.rs, balanced_leaves): [4, 2] gives GPUs 0, 1, 0, 1, 0, 0."""
+    left, out = list(counts), []
+    while any(left):
+        for g, n in enumerate(left):
+            if n:
+                out.append(g)
+                left[g] -= 1
+    return out
+
+
+def placement_arg(value):
+    """argparse type for --placement: leaves per GPU, "4,2"."""
+    counts = [int(v) for v in value.split(",")]
+    if not counts or any(c < 0 for c in counts) or sum(counts) == 0:
+        raise ValueError(f"--placement {value}: leaves per GPU, e.g. 4,2")
+    return counts
+
+
+def placement_env(args, rank, ranks, port):
+    """plugin_env() for a driver's parsed add_placement_args() options; a --placement must
+    number as many leaves as the step has ranks."""
+    if args.placement and sum(args.placement) != ranks:
+        raise SystemExit(f"--placement {','.join(map(str, args.placement))} holds {sum(args.placement)} leaves, the step has {ranks} ranks")
+    return plugin_env(rank, ranks, port, gpus=max(args.gpus, len(args.placement or [])), max_channels=args.plugin_max_channels, placement=args.placement)
+
+
+def plugin_env(rank, ranks, port, profile="1g.18gb", gpus=1, max_channels=None, placement=None):
     """What the plugin exports for local task `rank` of a `ranks`-task step on one node whose
-    leaves lie on `gpus` GPUs, with plugstack `nccl_max_channels=max_channels` (None: `off`;
-    the plugin's default is 2)."""
-    gpu = str(leaf_gpu(rank, gpus))
+    leaves lie on `gpus` GPUs (evenly; or `placement[g]` leaves on GPU g), with plugstack
+    `nccl_max_channels=max_channels` (None: `off`; the plugin's default is 2)."""
+    gpu = str(placed_gpus(placement)[rank] if placement else leaf_gpu(rank, gpus))
     extra = {"NCCL_MAX_NCHANNELS": str(max_channels)} if max_channels else {}
     return extra | {
         "CUDA_VISIBLE_DEVICES": gpu,
@@ -68,8 +97,9 @@ def channels_arg(value):
 
 
 def add_placement_args(parser):
-    """The drivers' options for plugin_env(): --gpus and --plugin-max-channels."""
+    """The drivers' options for plugin_env(): --gpus (or --placement) and --plugin-max-channels."""
     parser.add_argument("--gpus", type=int, default=1, help="spread the leaves round-robin over GPUs 0..G-1, as the plugin does")
+    parser.add_argument("--placement", type=placement_arg, default=None, help="leaves per GPU instead, e.g. 4,2 (the ranks then number their sum)")
     parser.add_argument("--plugin-max-channels", type=channels_arg, default=None, help="the plugin's nccl_max_channels= (N or off; default off: NCCL chooses)")
 
 

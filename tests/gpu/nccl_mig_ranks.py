@@ -172,7 +172,7 @@ def launch(args):
     envs, logs = [], []
     for rank in range(n):
         env = dict(os.environ)
-        env.update(leaf_launch.plugin_env(rank, n, port, gpus=args.gpus, max_channels=args.plugin_max_channels))
+        env.update(leaf_launch.placement_env(args, rank, n, port))
         env.update(NCCL_DEBUG="INFO", PYTHONUNBUFFERED="1")
         env.pop("NCCL_MIG_ID", None)
         if args.mig_ids == "distinct":
