@@ -84,7 +84,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         None => (gpus..7 * gpus).chain(0..gpus).take(tasks as usize).map(|i| i.to_string()).collect(),
         Some(p) => {
             let mut idx: Vec<u32> = (0..gpus)
-                .flat_map(|g| inv.leaves.iter().filter(move |l| l.gpu == g && l.profile == "1g.18gb").take(p[g as usize] as usize).map(|l| l.gres_index))
+                .flat_map(|g| {
+                    inv.leaves
+                        .iter()
+                        .filter(move |l| l.gpu == g && l.profile == "1g.18gb")
+                        .take(p[g as usize] as usize)
+                        .map(|l| l.gres_index)
+                })
                 .collect();
             idx.sort_unstable();
             idx.iter().map(|i| i.to_string()).collect()
