@@ -154,17 +154,7 @@ def compare_hook(net, compare, torch, dist, dev):
     ranks = list(range(k))
 
     def group(env):
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        g = dist.new_group(ranks)
-        dist.all_reduce(torch.ones(1024, device=dev), group=g)  # the communicator is made here
-        torch.cuda.synchronize()
-        for key, v in saved.items():
-            if v is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = v
-        return g
+        return leaf_launch.group_with_env(torch, dist, dev, ranks, env)
 
     state = {"mode": "noop", "groups": {name: group(env) for name, env in compare}, "tiny": torch.zeros(1, device=dev)}
     state["tiny_group"] = group({"FLEXMIG_HOSTREDUCE": "off"})

@@ -54,18 +54,7 @@ def worker():
     groups = {}
 
     def make(name, env):
-        saved = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
-        g = dist.new_group(ranks)
-        t = torch.ones(1024, device=dev)
-        dist.all_reduce(t, group=g)  # the communicator is created here, with this environment
-        torch.cuda.synchronize()
-        for key, v in saved.items():
-            if v is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = v
-        groups[name] = g
+        groups[name] = leaf_launch.group_with_env(torch, dist, dev, ranks, env)
 
     make("nccl", {"FLEXMIG_HOSTREDUCE": "off"})
     make("hostreduce", {"FLEXMIG_HOSTREDUCE": "on"})

@@ -8,6 +8,7 @@ bench/check.sh (run by scripts/test.sh) compares plugin_env() with the plugin's 
 binding::plan_task for 1 and 2 GPUs and 2 to 14 leaves, so the two cannot drift apart.
 """
 import json
+import os
 import re
 import socket
 import subprocess
@@ -36,6 +37,25 @@ def leaf_gpu(rank, gpus):
     GPUs (or one more on the first ones): the plugin orders leaves round-robin over the GPUs
     (leaf 0 of every GPU, then leaf 1, ...: binding.rs, balanced_leaves), so task r is on GPU r % gpus."""
     return rank % gpus
+
+
+def group_with_env(torch, dist, dev, ranks, env):
+    """A new process group of `ranks` whose NCCL communicator is made while `env` is set (so
+    that, e.g., its FLEXMIG_HOSTREDUCE applies to it), the environment restored afterwards. The
+    default group must have been made without device_id, or NCCL would split this one from it."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        g = dist.new_group(ranks)
+        dist.all_reduce(torch.ones(1024, device=dev), group=g)  # the communicator is made here
+        torch.cuda.synchronize()
+    finally:
+        for key, v in saved.items():
+            if v is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = v
+    return g
 
 
 def placed_gpus(counts):
