@@ -58,10 +58,13 @@ FAILED=0
 
 # Multicast (NVLS) stays off on shared machines; the patch turns it off between MIG leaves anyway.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
-# Only the kernels the cases use (PyTorch's all_reduce, all_gather, reduce_scatter, broadcast,
-# send/recv, barrier): two releases built at once take about 4 minutes instead of 8, so a whole
-# run fits one 10-minute command. ONLY_FUNCS="" builds every kernel.
-export ONLY_FUNCS=${ONLY_FUNCS-"SendRecv|AllGather * *|Broadcast * *|AllReduce (Sum|MinMax) * * *|ReduceScatter Sum * * *"}
+# Only the kernels the cases use (the benchmarks' set, from bench/lib.sh: PyTorch's all_reduce,
+# all_gather, reduce_scatter, broadcast, send/recv, barrier): two releases built at once take
+# about 4 minutes instead of 8, so a whole run fits one 10-minute command. ONLY_FUNCS="" builds
+# every kernel. (lib.sh keeps the WORK, NCCL_SRC and PYTHON set above.)
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+export ONLY_FUNCS=${ONLY_FUNCS-$BENCH_ONLY_FUNCS}
 
 say "== flexmig NCCL MIG proof on $(hostname), $(date -u +%FT%TZ), parts: $PARTS"
 nvidia-smi --query-gpu=name,driver_version,mig.mode.current,compute_cap --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$SUMMARY"
