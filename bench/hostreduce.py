@@ -116,6 +116,7 @@ def worker():
     dist.barrier(group=groups["nccl"])
     if rank == 0:
         print("RESULT " + json.dumps(out), flush=True)
+    dist.destroy_process_group()
 
 
 def overlap(torch, dist, dev, groups, sizes, k):
@@ -175,7 +176,6 @@ def overlap(torch, dist, dev, groups, sizes, k):
                          "busbw_equiv_alone_GBps": size * calls / alone[name] / 1e9 * 2 * (k - 1) / k})
         del x
     return recs
-    dist.destroy_process_group()
 
 
 def run(args):

@@ -29,7 +29,10 @@
 # DDP's gradient_as_bucket_view=True; kind "ddp"), DDP_COMPARE (the
 # exchanges "compare" times side by side); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
 # all-reduces of these sizes also beside compute, kind "overlap"); AUTO (1: the all-reduces also through a
-# FLEXMIG_HOSTREDUCE=auto group, impl "auto").
+# FLEXMIG_HOSTREDUCE=auto group, impl "auto"). Phase "table" (before "ddp") builds
+# $OUTDIR/select.json with bench/hostreduce_table.py from this run's host and beside-compute
+# records and the best NCCL ones of this run and the committed runs, and the DDP steps' "auto"
+# then decides by it (FLEXMIG_HOSTREDUCE_TABLE), so they measure the table this run makes.
 set -uo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -103,6 +106,12 @@ if has ce && [ -n "${CE_RANKS:-}" ]; then
       --env NCCL_SHM_USE_CUDA_MEMCPY=1 --env NCCL_SHM_MEMCPY_MODE=3 --env NCCL_BUFFSIZE=33554432 --env NCCL_MAX_NCHANNELS=2 \
       --tag ce --log "$WORK/logs" --timeout "${TIMEOUT:-240}" | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" --nccl-as nccl-ce | tee -a "$J" | $PY "$B" summarize
   done
+fi
+if has table; then
+  (cd "$OUTDIR" && $PY "$REPO/bench/hostreduce_table.py" --host "$J" --beside "$J" \
+    --nccl "$REPO"/bench/results/hostreduce/run*-*.jsonl "$J" --out "$OUTDIR/select.json") || { echo "table: failed"; exit 2; }
+  export FLEXMIG_HOSTREDUCE_TABLE=$OUTDIR/select.json
+  echo "table: $FLEXMIG_HOSTREDUCE_TABLE, $(grep -c '"k":' "$OUTDIR/select.json") points" | tee -a "$LOG"
 fi
 if has ddp && [ -n "${DDP_RANKS:-}" ]; then
   # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels. Per model and k: "single"

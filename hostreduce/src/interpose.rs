@@ -397,7 +397,7 @@ mod tests {
 
     fn table() -> Table {
         Table::parse(
-            r#"{"version":1,"source":"test","machine":"test","min_speedup":1.1,"points":[
+            r#"{"version":2,"source":"test","machine":"test","min_speedup":1.1,"floor":0.95,"points":[
             {"k":7,"dtype":"f32","bytes":16777216,"hostreduce_busbw_gbps":7.0,"nccl_busbw_gbps":5.7},
             {"k":7,"dtype":"f32","bytes":268435456,"hostreduce_busbw_gbps":10.3,"nccl_busbw_gbps":5.9}]}"#,
         )

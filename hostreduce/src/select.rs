@@ -3,9 +3,12 @@
 //!
 //! The rule is "never slower than NCCL": a call of `bytes` at `k` ranks takes the host path only
 //! when it lies between two measured sizes (or on one) at that k and type, and every measured size
-//! from the one below it to the one above it was a win (host reduction at least `min_speedup` times
-//! NCCL's rate). Anything not measured (another k, another type, a size below the smallest or above
-//! the largest measured) goes to NCCL. An empty table sends everything to NCCL.
+//! from the one below it to the one above it was a win. A point is a win when the host path was at
+//! least `min_speedup` times NCCL's rate alone, or, where it was also measured beside compute (as
+//! in training, where NCCL's kernels take SMs from the backward pass), when it was that much faster
+//! there and at least `floor` times NCCL's rate alone. Anything not measured (another k, another
+//! type, a size below the smallest or above the largest measured) goes to NCCL. An empty table
+//! sends everything to NCCL.
 //!
 //! The committed table (`hostreduce/select.json`, built into the library) is made from
 //! bench/results/hostreduce/ by `bench/hostreduce_table.py`; `FLEXMIG_HOSTREDUCE_TABLE=PATH` loads
@@ -14,7 +17,7 @@
 use crate::reduce::DType;
 use serde::{Deserialize, Serialize};
 
-pub const TABLE_VERSION: u32 = 1;
+pub const TABLE_VERSION: u32 = 2;
 
 /// The table built into the library.
 pub const BUILT_IN: &str = include_str!("../select.json");
@@ -29,6 +32,9 @@ pub struct Table {
     pub machine: String,
     /// A measured point counts as a win only when the host path is this many times faster.
     pub min_speedup: f64,
+    /// Beside compute, a win also needs the host path alone at this fraction of NCCL's rate alone
+    /// at least, so that an all-reduce with nothing beside it loses little where it is taken.
+    pub floor: f64,
     pub points: Vec<Point>,
 }
 
@@ -41,6 +47,18 @@ pub struct Point {
     pub bytes: u64,
     pub hostreduce_busbw_gbps: f64,
     pub nccl_busbw_gbps: f64,
+    /// The same all-reduces beside compute, where measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beside_compute: Option<Beside>,
+}
+
+/// All-reduces beside matrix products on another stream of the same rank: seconds until both
+/// are done, per path (bench/hostreduce.py, kind "overlap").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Beside {
+    pub hostreduce_s: f64,
+    pub nccl_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +69,8 @@ pub enum TableError {
     Version(u32),
     #[error("selection table: min_speedup {0} is below 1, which would pick a slower path")]
     Speedup(f64),
+    #[error("selection table: floor {0} is not in (0, 1]")]
+    Floor(f64),
     #[error("selection table: two points for k={k} {dtype} {bytes} bytes")]
     Duplicate { k: usize, dtype: DType, bytes: u64 },
 }
@@ -69,6 +89,9 @@ impl Table {
         if t.min_speedup.is_nan() || t.min_speedup < 1.0 {
             return Err(TableError::Speedup(t.min_speedup));
         }
+        if t.floor.is_nan() || t.floor <= 0.0 || t.floor > 1.0 {
+            return Err(TableError::Floor(t.floor));
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &t.points {
             if !seen.insert((p.k, p.dtype, p.bytes)) {
@@ -79,7 +102,12 @@ impl Table {
     }
 
     fn wins(&self, p: &Point) -> bool {
-        p.nccl_busbw_gbps > 0.0 && p.hostreduce_busbw_gbps >= self.min_speedup * p.nccl_busbw_gbps
+        if p.nccl_busbw_gbps <= 0.0 {
+            return false;
+        }
+        let alone = p.hostreduce_busbw_gbps / p.nccl_busbw_gbps;
+        let beside = p.beside_compute.as_ref().is_some_and(|b| b.hostreduce_s > 0.0 && b.nccl_s >= self.min_speedup * b.hostreduce_s);
+        alone >= self.min_speedup || (beside && alone >= self.floor)
     }
 
     /// Whether an all-reduce of `bytes` of `dtype` over `k` ranks takes the host path.
@@ -106,13 +134,21 @@ mod tests {
 
     fn table(points: &[(usize, u64, f64, f64)]) -> Table {
         Table {
-            version: 1,
+            version: TABLE_VERSION,
             source: "test".into(),
             machine: "test".into(),
             min_speedup: 1.05,
+            floor: 0.95,
             points: points
                 .iter()
-                .map(|&(k, bytes, h, n)| Point { k, dtype: DType::F32, bytes, hostreduce_busbw_gbps: h, nccl_busbw_gbps: n })
+                .map(|&(k, bytes, h, n)| Point {
+                    k,
+                    dtype: DType::F32,
+                    bytes,
+                    hostreduce_busbw_gbps: h,
+                    nccl_busbw_gbps: n,
+                    beside_compute: None,
+                })
                 .collect(),
         }
     }
@@ -145,6 +181,22 @@ mod tests {
     }
 
     #[test]
+    fn beside_compute_a_win_needs_the_margin_there_and_the_floor_alone() {
+        let mut t = table(&[(4, 16 * M, 9.6, 10.0), (4, 32 * M, 9.0, 10.0), (4, 64 * M, 9.7, 10.0)]);
+        let beside = |h, n| Some(Beside { hostreduce_s: h, nccl_s: n });
+        t.points[0].beside_compute = beside(1.0, 1.2); // wins beside compute, 0.96 alone
+        t.points[1].beside_compute = beside(1.0, 1.5); // wins beside compute, but 0.90 alone
+        t.points[2].beside_compute = beside(1.0, 1.02); // 0.97 alone, no margin beside compute
+        assert!(t.host_wins(4, DType::F32, 16 * M));
+        assert!(!t.host_wins(4, DType::F32, 32 * M), "below the floor alone");
+        assert!(!t.host_wins(4, DType::F32, 64 * M), "beside compute within the margin");
+        assert!(!t.host_wins(4, DType::F32, 24 * M), "between a win and a loss");
+        // alone, a win needs no measurement beside compute
+        t.points[1] = Point { hostreduce_busbw_gbps: 11.0, beside_compute: None, ..t.points[1].clone() };
+        assert!(t.host_wins(4, DType::F32, 24 * M));
+    }
+
+    #[test]
     fn the_built_in_table_parses_and_round_trips() {
         let t = Table::parse(BUILT_IN).unwrap();
         let again = Table::parse(&serde_json::to_string(&t).unwrap()).unwrap();
@@ -158,10 +210,12 @@ mod tests {
 
     #[test]
     fn malformed_tables_are_refused() {
-        let ok = r#"{"version":1,"source":"s","machine":"m","min_speedup":1.05,"points":[]}"#;
+        let ok = r#"{"version":2,"source":"s","machine":"m","min_speedup":1.05,"floor":0.95,"points":[]}"#;
         assert!(Table::parse(ok).is_ok());
-        assert!(matches!(Table::parse(&ok.replace("\"version\":1", "\"version\":2")), Err(TableError::Version(2))));
+        assert!(matches!(Table::parse(&ok.replace("\"version\":2", "\"version\":1")), Err(TableError::Version(1))));
         assert!(matches!(Table::parse(&ok.replace("1.05", "0.9")), Err(TableError::Speedup(_))));
+        assert!(matches!(Table::parse(&ok.replace("0.95", "1.5")), Err(TableError::Floor(_))));
+        assert!(matches!(Table::parse(&ok.replace(",\"floor\":0.95", "")), Err(TableError::Parse(_))));
         assert!(matches!(Table::parse(&ok.replace("\"points\"", "\"extra\":1,\"points\"")), Err(TableError::Parse(_))));
         let p = r#"{"k":2,"dtype":"f32","bytes":1,"hostreduce_busbw_gbps":1,"nccl_busbw_gbps":1}"#;
         assert!(matches!(Table::parse(&ok.replace("[]", &format!("[{p},{p}]"))), Err(TableError::Duplicate { k: 2, .. })));

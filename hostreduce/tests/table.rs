@@ -1,7 +1,8 @@
 //! The committed selection table (select.json) holds measured numbers only: every point is
 //! rebuilt here from the committed results it names (bench/results/hostreduce/), with the rule of
 //! bench/hostreduce_table.py (host: the worst default-settings record of the --host runs; NCCL:
-//! the best record of the --nccl runs; points with a wrong result left out).
+//! the best record of the --nccl runs; points with a wrong result left out; beside compute: the
+//! slowest host and the fastest NCCL "overlap" record of the --beside runs).
 use flexmig_hostreduce::select::{Table, BUILT_IN};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -9,13 +10,13 @@ use std::path::Path;
 
 type Key = (usize, String, u64);
 
-fn records(file: &str) -> Vec<Value> {
+fn records(file: &str, kind: &str) -> Vec<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results/hostreduce").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|d| d["kind"] == "allreduce" && d.get("bytes").is_some())
+        .filter(|d| d["kind"] == kind && d.get("bytes").is_some())
         .collect()
 }
 
@@ -38,15 +39,17 @@ fn every_point_of_the_built_in_table_comes_from_the_committed_results() {
     let words: Vec<&str> = t.source.split_whitespace().collect();
     assert_eq!(words[0], "bench/hostreduce_table.py", "{}", t.source);
     let after = |flag: &str| -> Vec<&str> {
-        let i = words.iter().position(|w| *w == flag).unwrap_or_else(|| panic!("{flag} in {}", t.source));
+        let Some(i) = words.iter().position(|w| *w == flag) else { return vec![] };
         words[i + 1..].iter().take_while(|w| !w.starts_with("--")).copied().collect()
     };
     let min_speedup: f64 = after("--min-speedup")[0].parse().unwrap();
     assert_eq!(min_speedup, t.min_speedup);
+    let floor: f64 = after("--floor")[0].parse().unwrap();
+    assert_eq!(floor, t.floor);
     let mut host: BTreeMap<Key, f64> = BTreeMap::new();
     let mut wrong = std::collections::BTreeSet::new();
     for f in after("--host") {
-        for d in records(f).into_iter().filter(|d| d["impl"] == "hostreduce" && is_default(d)) {
+        for d in records(f, "allreduce").into_iter().filter(|d| d["impl"] == "hostreduce" && is_default(d)) {
             let v = d["busbw_equiv_GBps"].as_f64().unwrap();
             if d["correct"] != true {
                 wrong.insert(key(&d));
@@ -57,9 +60,22 @@ fn every_point_of_the_built_in_table_comes_from_the_committed_results() {
     }
     let mut nccl: BTreeMap<Key, f64> = BTreeMap::new();
     for f in after("--nccl") {
-        for d in records(f).into_iter().filter(|d| d["impl"] == "nccl" && is_default(d) && d["correct"] == true) {
+        for d in records(f, "allreduce").into_iter().filter(|d| d["impl"] == "nccl" && is_default(d) && d["correct"] == true) {
             let e = nccl.entry(key(&d)).or_insert(0.0);
             *e = e.max(d["busbw_equiv_GBps"].as_f64().unwrap());
+        }
+    }
+    // (host slowest, NCCL fastest) beside compute
+    let mut beside: BTreeMap<Key, (f64, f64)> = BTreeMap::new();
+    for f in after("--beside") {
+        for d in records(f, "overlap").into_iter().filter(is_default) {
+            let s = d["both_s"].as_f64().unwrap();
+            let e = beside.entry(key(&d)).or_insert((f64::NAN, f64::NAN));
+            match d["impl"].as_str() {
+                Some("hostreduce") => e.0 = if e.0.is_nan() { s } else { e.0.max(s) },
+                Some("nccl") => e.1 = if e.1.is_nan() { s } else { e.1.min(s) },
+                _ => {}
+            }
         }
     }
     let want: Vec<(Key, f64, f64)> =
@@ -69,5 +85,12 @@ fn every_point_of_the_built_in_table_comes_from_the_committed_results() {
         assert_eq!((p.k, p.dtype.to_string(), p.bytes), k.clone());
         assert!((p.hostreduce_busbw_gbps - h).abs() < 0.001, "{k:?}: host {} in the table, {h} measured", p.hostreduce_busbw_gbps);
         assert!((p.nccl_busbw_gbps - n).abs() < 0.001, "{k:?}: NCCL {} in the table, {n} measured", p.nccl_busbw_gbps);
+        match (&p.beside_compute, beside.get(k).filter(|(h, n)| !h.is_nan() && !n.is_nan())) {
+            (None, None) => {}
+            (Some(b), Some((h, n))) => {
+                assert!((b.hostreduce_s - h).abs() < 1e-5 && (b.nccl_s - n).abs() < 1e-5, "{k:?}: beside compute {b:?}, measured {h} {n}");
+            }
+            (b, m) => panic!("{k:?}: beside compute {b:?} in the table, {m:?} measured"),
+        }
     }
 }
