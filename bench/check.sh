@@ -226,18 +226,63 @@ quoted = [l for l in section.splitlines() if l.startswith("|")]
 for l in quoted:
     if l not in rows:
         problems.append(f"BENCHMARKS.md, host-side reduction, a table row not in {d}/report.md: {l[:120]}")
-# Numbers its prose quotes (ratios "1.79x", shares "8.9%", both ends of ranges "82-85%"), and the
-# summary rows linking to it, must be numbers the report gives.
-import re
-summary = [l for l in b.splitlines() if l.startswith("|") and "(#host-side-reduction-between-leaves)" in l]
-prose = [l for l in section.splitlines() if not l.startswith("|")] + summary
-text = committed
-for l in prose:
-    for m in re.finditer(r"(?<![\w.])(\d+(?:\.\d+)?)(?:-(\d+(?:\.\d+)?))?(x|%)(?!\w)", l):
-        for v in filter(None, (m.group(1), m.group(2))):
-            tok = v + m.group(3)
-            if tok not in text:
-                problems.append(f"BENCHMARKS.md, host-side reduction: {tok} is quoted but {d}/report.md gives no such number: {l.strip()[:100]}")
+# Numbers its prose quotes, and the summary rows linking to it, must be numbers the report gives
+# (bench/prose_numbers.py; this section keeps the check's ratios-and-shares form).
+import prose_numbers as pn
+summary = [pn.strip(l) for l in b.splitlines() if l.startswith("|") and "(#host-side-reduction-between-leaves)" in l]
+bad, _ = pn.unquoted(pn.prose(section) + summary, committed, ratios_only=True)
+for tok, l in bad:
+    problems.append(f"BENCHMARKS.md, host-side reduction: {tok} is quoted but {d}/report.md gives no such number: {l[:100]}")
 assert not problems, "\n".join(problems)
 print(f"bench/check: {d}/report.md is reproduced from {len(hr.RUNS)} runs; BENCHMARKS.md quotes {len(quoted)} of its rows unchanged and only numbers it gives")
+PY
+
+# 5. The numbers the other sections quote in prose (and the summary rows linking to them) are
+#    numbers their results give: bench/results/nccl/report.md, split at its "## " sections, the
+#    cost transcripts. What counts as a quoted measurement, and what is left alone (sizes, counts,
+#    versions, dates): bench/prose_numbers.py.
+python3 - <<'PY'
+import re, sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "bench")
+import prose_numbers as pn
+report = open("bench/results/nccl/report.md").read()
+parts = {"one GPU": report.split("\n## ")[0]}
+for p in report.split("\n## ")[1:]:
+    parts[p.split("\n", 1)[0]] = p
+def of(*prefixes):
+    """The report sections whose headings start so, in one text; each must exist."""
+    got = [t for h, t in parts.items() if h.startswith(prefixes)]
+    assert len(got) >= len(prefixes), f"report.md has no section for one of {prefixes}"
+    return "\n".join(got)
+host = open("bench/results/hostreduce/report.md").read()
+cost = open("bench/results/helper_cost.txt").read() + open("bench/results/plugin_overhead.txt").read()
+# Each section of BENCHMARKS.md, and the results its prose quotes (a section may quote another's).
+SOURCES = {
+    "Collectives between leaves of one GPU: patched NCCL against the NET workaround": of("one GPU", "Two GPUs", "Channels", "What one GPU's PCIe link"),
+    "Leaves spread over two GPUs against packed on one": of("Two GPUs"),
+    "DDP training on k leaves against one k-slice instance": of("one GPU", "Channels") + host,
+    "Channels: what the plugin exports by default": of("Channels", "one GPU"),
+    "The ceiling: what one GPU's PCIe link moves, by path, and copy engines": of("What one GPU's PCIe link", "What the link moves", "Ring slicing"),
+    "What the plugin and the helper cost": cost,
+}
+# bench/NOTES.md: the sections that restate BENCHMARKS.md's. Its run-by-run record and the
+# investigations quote console transcripts and superseded runs as well, so they are not checked.
+NOTES = {"Channels: what the plugin exports by default": of("Channels", "one GPU")}
+b = open("BENCHMARKS.md").read()
+def anchor(title):
+    return "#" + re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+problems, counts = [], {}
+for title, text in SOURCES.items():
+    summary = [pn.strip(l) for l in b.splitlines() if l.startswith("|") and f"]({anchor(title)})" in l]
+    bad, n = pn.unquoted(pn.prose(pn.section(b, title)) + summary, text)
+    counts[title.split(":")[0]] = n
+    problems += [f"BENCHMARKS.md, {title.split(':')[0]}: {tok} is quoted but its results give no such number: {l[:110]}" for tok, l in bad]
+notes = open("bench/NOTES.md").read()
+for title, text in NOTES.items():
+    bad, n = pn.unquoted(pn.prose(pn.section(notes, title)), text)
+    counts["NOTES " + title.split(":")[0]] = n
+    problems += [f"bench/NOTES.md, {title.split(':')[0]}: {tok} is quoted but its results give no such number: {l[:110]}" for tok, l in bad]
+assert not problems, "\n".join(problems)
+print("bench/check: BENCHMARKS.md and bench/NOTES.md quote only numbers their results give (numbers checked: " + ", ".join(f"{t} {n}" for t, n in counts.items()) + ")")
 PY

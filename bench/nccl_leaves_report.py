@@ -123,6 +123,18 @@ def busbw(run, coll, size):
     return None
 
 
+def span(vals, f="{:.2f}"):
+    """The range of values as prose quotes it: "lo-hi", or the one value."""
+    lo, hi = f.format(min(vals)), f.format(max(vals))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def pct_span(ratios):
+    """Ratios as changes in percent: "+0.1% to +4.7%", "-3.8% to -3.5%"."""
+    lo, hi = (f"{100 * (r - 1):+.1f}%" for r in (min(ratios), max(ratios)))
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
 def fmt(v):
     if v is None:
         return "-"
@@ -187,9 +199,13 @@ def one_gpu_section(files, ctx, lines):
     ctx["limit"] = limit
     bandwidth_table(meta, copy, main_runs, limit, limit2, lines)
     all_sizes_table(runs, main_runs, lines)
+    ratios_lines(runs, main_runs, lines)
     settings_table(runs, lines)
     if ddp:
         ddp_table(ddp, lines)
+        # For the channels section: the same steps in its own run (the noise between runs).
+        ctx["steps"] = {(d["model"], d["ranks"]): d["samples_per_s"] for d in ddp
+                        if not d.get("tag") and d["variant"] == "patched" and "samples_per_s" in d and (d["model"], d["ranks"]) not in ctx.get("steps", {})}
         ddp_settings_table(ddp, lines)
     ctx["plots"]["allreduce"] = lambda plt, out: plot_allreduce(plt, main_runs, limit, out)
     if ddp:
@@ -242,6 +258,29 @@ def all_sizes_table(runs, main_runs, lines):
     for key in sorted(main_runs, key=lambda t: (t[1], t[2], t[0])):
         r = main_runs[key]
         lines.append(f"| {r['label']} | " + " | ".join(fmt(busbw(r, "all_reduce", s)) for s in sizes) + " |")
+
+
+def ratios_lines(runs, main_runs, lines):
+    """The ratios the prose quotes from the tables above, computed here rather than by hand."""
+    ks = [k for k in (2, 4, 7) if ("patched", True, k) in main_runs and ("net", True, k) in main_runs]
+    if not ks:
+        return
+    sizes = sorted({x["bytes"] for r in runs for x in r["results"]})
+    cells = []
+    for b in sizes:
+        got = [(busbw(main_runs[("patched", True, k)], "all_reduce", b), busbw(main_runs[("net", True, k)], "all_reduce", b)) for k in ks]
+        cells.append(f"{SIZES_LABEL.get(b, str(b))} " + " / ".join(f"{p / n:.1f}x" if p and n else "-" for p, n in got))
+    lines.append("")
+    lines.append(f"patched SHM / NET workaround, all_reduce under MPS, {' / '.join(map(str, ks))} leaves: " + "; ".join(cells) + ".")
+    plain = [(busbw(main_runs[("patched", True, k)], "all_reduce", 256 * MIB), busbw(main_runs.get(("patched", False, k)) or {"results": []}, "all_reduce", 256 * MIB)) for k in ks]
+    if all(q for _, q in plain):
+        lines.append(f"patched SHM under MPS / time-sliced, all_reduce at 256 MiB, {' / '.join(map(str, ks))} leaves: " + " / ".join(f"{p / q:.1f}x" for p, q in plain) + ".")
+    # NCCL_MIN_NCHANNELS=16 at 2 leaves under MPS, in every run that has it beside its default.
+    tune = tuned(runs, lambda r: (r["_file"], r["mps"], r["ranks"]))
+    sixteen = [busbw(d["NCCL_MIN_NCHANNELS=16"], "all_reduce", 256 * MIB) / busbw(d["base"], "all_reduce", 256 * MIB)
+               for (f, mps, k), d in tune.items() if mps and k == 2 and "base" in d and "NCCL_MIN_NCHANNELS=16" in d]
+    if sixteen:
+        lines.append(f"NCCL_MIN_NCHANNELS=16 against the default, 2 leaves under MPS: {span(sixteen)}x in {len(sixteen)} runs.")
 
 
 def settings_table(runs, lines):
@@ -376,6 +415,7 @@ def two_gpu_section(paths, ctx, lines):
         lines.append("")
         lines.append("| model | leaves k | packed samples/s | step ms | compute ms | comm ms | spread samples/s | step ms | compute ms | comm ms | spread / packed samples/s | comm ms spread / packed |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        ratios = []
         for (model, k, g) in sorted(steps):
             if g != 1 or (model, k, 2) not in steps:
                 continue
@@ -386,6 +426,11 @@ def two_gpu_section(paths, ctx, lines):
                 f"| {model} | {k} | {p['samples_per_s']:.0f} | {ps:.0f} | {pc:.0f} | {pm:.0f} | "
                 f"{q['samples_per_s']:.0f} | {qs:.0f} | {qc:.0f} | {qm:.0f} | {q['samples_per_s'] / p['samples_per_s']:.2f} | {qm / pm:.2f} |"
             )
+            ratios.append((q["samples_per_s"] / p["samples_per_s"], qc / pc, qm / pm))
+        # Spread ranks compute faster too: MPS ranks of one GPU share its memory bandwidth and L2.
+        lines.append("")
+        lines.append(f"Spread / packed over these steps: samples/s {span([r[0] for r in ratios])}x, compute ms {span([r[1] for r in ratios])}x, "
+                     f"comm ms {span([r[2] for r in ratios])}x.")
     if got:
         ctx["plots"]["two_gpus"] = lambda plt, out: plot_two_gpus(plt, got, os.path.join(out, "allreduce-two-gpus.png"))
 
@@ -424,6 +469,20 @@ def channels_section(paths, ctx, lines):
         c2, c16 = cell(two), cell(sixteen)
         comm = f"{b['comm_share'] * 100:.0f}% -> {two['comm_share'] * 100:.0f}%" if two else "-"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {b['samples_per_s']:.0f} | {c2[0]} | {c2[1]} | {comm} | {c16[0]} | {c16[1]} |")
+    colls = [c / b for d in tuned(runs, lambda r: (r["gpus"], r["ranks"])).values()
+             for b, c in [(busbw(d[t], "all_reduce", 256 * MIB) if t in d else None for t in ("base", "NCCL_MAX_NCHANNELS=2"))] if b and c]
+    two = [d["NCCL_MAX_NCHANNELS=2"]["samples_per_s"] / base[key]["samples_per_s"] for key, d in rows.items() if "NCCL_MAX_NCHANNELS=2" in d]
+    sixteen = [d["NCCL_MIN_NCHANNELS=16"]["samples_per_s"] / base[key]["samples_per_s"] for key, d in rows.items() if "NCCL_MIN_NCHANNELS=16" in d]
+    lines.append("")
+    if colls:
+        lines.append(f"NCCL_MAX_NCHANNELS=2 against the default: collectives {span(colls)}x ({pct_span(colls)}).")
+    if two:
+        lines.append(f"Training steps: NCCL_MAX_NCHANNELS=2 {span(two, '{:.3f}')}x ({pct_span(two)}) in {len(two)} configurations"
+                     + (f"; NCCL_MIN_NCHANNELS=16 {span(sixteen, '{:.3f}')}x ({pct_span(sixteen)}) in {len(sixteen)}." if sixteen else "."))
+    # Noise between runs: the defaults here against the same steps of the one-GPU section's run.
+    again = [abs(b["samples_per_s"] / ctx["steps"][(m, k)] - 1) for (m, g, k, _), b in base.items() if g == 1 and (m, k) in ctx.get("steps", {})]
+    if again:
+        lines.append(f"The defaults against the same steps in the one-GPU run: {span([100 * x for x in again], '{:.1f}')}% apart ({len(again)} configurations).")
 
 
 @section("plain_steps")
@@ -561,6 +620,25 @@ def direct_sizes(tune, lines):
         lines.append(f"| {f} | {k} | `{setting.replace(',', ' ')}` | " + " | ".join(cells) + " |")
 
 
+def repeats(tune, lines):
+    """Copy-engine settings from the rank's thread measured in more than one run (same k): how far
+    apart the runs land, at 256 MiB."""
+    seen = defaultdict(dict)
+    for (_, f, k), d in tune.items():
+        for setting, r in d.items():
+            v = busbw(r, "all_reduce", 256 * MIB)
+            if r.get("ce_proxy") == "direct" and v:
+                seen[(k, setting)][f] = v
+    apart = {key: max(v.values()) / min(v.values()) - 1 for key, v in seen.items() if len(v) > 1}
+    if not apart:
+        return
+    lines.append("")
+    lines.append("The same setting from the rank's thread in another run, all_reduce 256 MiB: " + "; ".join(
+        f"{k} leaves `{setting.replace(',', ' ')}` " + " / ".join(fmt(v) for _, v in sorted(seen[(k, setting)].items(), key=lambda t: run_number(t[0])))
+        + f" GB/s ({', '.join(sorted(seen[(k, setting)], key=run_number))}), {100 * apart[(k, setting)]:.1f}% apart" for k, setting in sorted(apart))
+        + f"; {span([100 * x for x in apart.values()], '{:.1f}')}% apart in all.")
+
+
 @section("pcie")
 def paths_section(pcie_paths, ctx, lines):
     """The link's capacity by path; ctx["ceiling"]: each path's ceiling, for the "ce" section and
@@ -670,7 +748,9 @@ def ce_section(ce_paths, ctx, lines):
                     shm.setdefault(setting, {})[k] = k * v
         shm_summary(tune, ce_one, lines)
         direct_sizes(tune, lines)
+        repeats(tune, lines)
     if ddp:
+        direct = []
         lines.append("")
         lines.append("Copy-engine SHM inside DDP steps (patched, MPS), against the default of the same run; NCCL_CREATE_THREAD_CONTEXT=1")
         lines.append("gives NCCL's proxy thread, which issues the copies, its own CUDA context:")
@@ -688,10 +768,15 @@ def ce_section(ce_paths, ctx, lines):
             if "samples_per_s" in d:
                 rel = f"{d['samples_per_s'] / b['samples_per_s']:.3f}" if b and "samples_per_s" in b else "- (default failed)"
                 who = " (rank's thread)" if d.get("ce_proxy") == "direct" else ""
+                if who and b and "samples_per_s" in b:
+                    direct.append(d["samples_per_s"] / b["samples_per_s"])
                 lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}`{who} | {d['samples_per_s']:.0f} | {rel} | {d['comm_share'] * 100:.0f}% | {grads} | ran |")
             else:
                 codes = ",".join(sorted({str(c) for c in d["exit"]}))
                 lines.append(f"| {f} | {d['model']} | {d['ranks']} | {ch} | `{d['tag'][5:]}` | - | - | - | - | hung: ranks {codes} (killed after the run's timeout) |")
+        if direct:
+            lines.append("")
+            lines.append(f"Copy engines from the rank's thread against the default, in DDP steps: {span(direct, '{:.3f}')}x ({pct_span(direct)}) samples/s in {len(direct)} runs.")
 
 
 @section("pcie_loop")
@@ -803,6 +888,7 @@ def slicing_section(files, ctx, lines):
         lines.append("")
         lines.append("| run | model | leaves k | setting | step ms 4x2 | step ms 4x1 | 4x1 / 4x2 | comm 4x2 | comm 4x1 | gradients checked |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        per_k = defaultdict(list)
         for (f, model, k, setting), d in sorted(steps.items()):
             a, b = d.get("4x2"), d.get("4x1")
             if not (a and b and "step_s" in a and "step_s" in b):
@@ -811,6 +897,11 @@ def slicing_section(files, ctx, lines):
             grads = "yes" if a.get("grads_ok") and b.get("grads_ok") else ("WRONG" if False in (a.get("grads_ok"), b.get("grads_ok")) else "not checked")
             lines.append(f"| {f} | {model} | {k} | {setting} | {a['step_s'] * 1e3:.1f} | {b['step_s'] * 1e3:.1f} | {b['step_s'] / a['step_s']:.3f} | "
                          f"{a['comm_share'] * 100:.0f}% | {b['comm_share'] * 100:.0f}% | {grads} |")
+            per_k[k].append(b["step_s"] / a["step_s"])
+        if per_k:
+            lines.append("")
+            lines.append("Step time 4x1 / 4x2: " + "; ".join(
+                f"{k} leaves {span(v, '{:.3f}')} (within {100 * max(abs(x - 1) for x in v):.1f}%)" for k, v in sorted(per_k.items())) + ".")
     if shares:
         ctx["plots"]["slicing"] = lambda plt, out: plot_slicing(plt, shares, os.path.join(out, "slicing.png"))
 
