@@ -74,6 +74,10 @@ def worker():
         g.replay()
         torch.cuda.synchronize()
         out["correct"] = bool(torch.all(x == k * (k + 1) / 2))
+        # A graph that still holds NCCL work makes destroy_process_group wait forever, with or
+        # without this library (stock NCCL alike): release it first, as training code must.
+        del g
+        torch.cuda.synchronize()
     if case == "blocking":
         x = torch.full((1 << 20,), float(rank + 1), device=dev)
         dist.all_reduce(x)
