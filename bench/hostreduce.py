@@ -223,7 +223,7 @@ def lines(machine, copy, nccl_as=None):
         if not line.startswith("RESULT "):
             continue
         d = json.loads(line[len("RESULT "):])
-        common = {"kind": "allreduce", "k": d["k"], "mps": d["mps"], "env": d["env"], "paths": d["paths"], "machine": machine,
+        common = {"kind": "allreduce", "k": d["k"], "mps": d["mps"], "env": d["env"], "tag": d.get("tag", ""), "paths": d["paths"], "machine": machine,
                   "copy_bound": copy.get("pinned_copy_GBs"), "wall_s": d["wall_s"]}
         if not d["results"]:
             print(json.dumps({**common, "impl": nccl_as or "run", "error": d["error"], "exit": d["exit"]}), flush=True)

@@ -119,6 +119,12 @@ def report(path):
     hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
     if hooked:
         out.append(ddp_compare(hooked, plain))
+    ab = [r for r in rows if r.get("kind") == "library-ab"]
+    if ab:
+        out.append(library_ab(ab))
+    fl = [r for r in rows if r.get("kind") == "fault"]
+    if fl:
+        out.append(faults(fl))
     return "\n".join(out)
 
 
@@ -195,12 +201,43 @@ def ddp_compare(hooked, plain):
     return "\n".join(out)
 
 
+def library_ab(ab):
+    """Two builds of the library taking turns in one machine session (kind "library-ab")."""
+    by = defaultdict(dict)
+    for r in ab:
+        by[(r["k"], r["dtype"], r["bytes"])][(r["library"], r["round"], r["impl"])] = r["busbw_equiv_GBps"]
+    libs = sorted({(r["library"], r["round"]) for r in ab}, key=lambda x: (x[1], x[0] != "run4"))
+    out = ["The library that made run4 (built from its commit) and the current one, taking turns in one machine session "
+           "(busbw-equivalent GB/s, host path; NCCL of the same launch in brackets):", ""]
+    out.append("| k | type | size | " + " | ".join(f"{lib} library, round {n}" for lib, n in libs) + " |")
+    out.append("|---|---|---|" + "---|" * len(libs))
+    for (k, dtype, size) in sorted(by):
+        d = by[(k, dtype, size)]
+        cells = [f"{fmt(d[(lib, n, 'hostreduce')])} ({fmt(d[(lib, n, 'nccl')])})" if (lib, n, "hostreduce") in d else "" for lib, n in libs]
+        out.append(f"| {k} | {dtype} | {size // MIB}M | " + " | ".join(cells) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
+def faults(rows):
+    """bench/hostreduce_faults.py's cases (kind "fault")."""
+    out = ["Where things go wrong (bench/hostreduce_faults.py, PyTorch's stock NCCL behind the library):", ""]
+    out.append("| case | as expected | exit codes | errors raised after the death (s) | all ended after it (s) | host / NCCL calls per rank | shared memory left |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        died = ", ".join(f"{e:.2f}" for e in r.get("error_raised_s_after_death", []))
+        ended = r.get("all_ended_s_after_death")
+        counts = ", ".join(f"{h}/{n}" for h, n in r.get("counts", []))
+        out.append(f"| {r['case']} | {'yes' if r['ok'] else 'NO'} | {', '.join(str(c) for c in r['exit'])} | {died} | "
+                   f"{'' if ended is None else f'{ended:.2f}'} | {counts} | {len(r.get('leftovers', []))} files |")
+    out.append("")
     return "\n".join(out)
 
 
 # The committed runs, in order (bench/results/hostreduce/); report.md is made of these, and
 # bench/check.sh fails on a raw result there that is not one of them.
-RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto-ddp.jsonl", "run4-allreduce-bf16-ddp.jsonl"]
+RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto-ddp.jsonl", "run4-allreduce-bf16-ddp.jsonl",
+        "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl"]
 
 
 def main():
