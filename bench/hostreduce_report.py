@@ -38,6 +38,57 @@ def report(path):
                    f"D2H {copy['d2h']:.1f} GB/s, both at once {copy['bidirectional_total']:.1f} GB/s in total ({both:.1f} each way).")
         out.append("")
     ar = [r for r in rows if r.get("kind") == "allreduce" and "bytes" in r]
+    if ar:
+        out.append(allreduce_tables(ar, copy))
+    ov = [r for r in rows if r.get("kind") == "overlap"]
+    if ov:
+        out.append(overlap_table(ov))
+    var = [r for r in ar if r["variant"] != "default"]
+    if var:
+        out.append("Host-path settings against the defaults of the same run (busbw-equivalent GB/s):")
+        out.append("")
+        vs = sorted({r["variant"] for r in var})
+        vsizes = sorted({r["bytes"] for r in var})
+        out.append("| k | size | default | " + " | ".join(f"`{v}`" for v in vs) + " |")
+        out.append("|---|---|---|" + "---|" * len(vs))
+        by = defaultdict(dict)
+        for r in ar:
+            if r["impl"] == "hostreduce" and r["bytes"] in vsizes:
+                by[(r["k"], r["bytes"])][r["variant"]] = r["busbw_equiv_GBps"]
+        for (k, s) in sorted(by):
+            d = by[(k, s)]
+            out.append(f"| {k} | {s // MIB}M | {fmt(d.get('default', 0))} | " + " | ".join(fmt(d[v]) if v in d else "" for v in vs) + " |")
+        out.append("")
+    ddp = [r for r in rows if r.get("kind") == "ddp"]
+    plain = [r for r in ddp if not r.get("exchange", "").startswith("comm-hook")]
+    if plain:
+        out.append("DDP steps (bench/ddp_step.py, 2 NCCL channels as the plugin exports; DDP's own exchange, "
+                   "FLEXMIG_HOSTREDUCE per path; single: one process with k times the SM share and the batch; comm = 1 - no_sync step / step):")
+        out.append("")
+        out.append("| model | k | path | samples/s | step ms | comm | gradients equal |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in sorted(plain, key=lambda r: (r["model"], r["k"], r["impl"])):
+            if r.get("samples_per_s") is None:
+                out.append(f"| {r['model']} | {r['k']} | {r['impl']} | failed: {r.get('error', '')[:80]} | | | |")
+                continue
+            checked = "-" if r["impl"] == "single" else ("yes" if r.get("grads_ok") else "NO")
+            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {checked} |")
+        out.append("")
+    hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
+    if hooked:
+        out.append(ddp_compare(hooked, plain))
+    ab = [r for r in rows if r.get("kind") == "library-ab"]
+    if ab:
+        out.append(library_ab(ab))
+    fl = [r for r in rows if r.get("kind") == "fault"]
+    if fl:
+        out.append(faults(fl))
+    return "\n".join(out)
+
+
+def allreduce_tables(ar, copy):
+    """all_reduce by k, type and size against NCCL, and at 256 MiB against the bounds."""
+    out = []
     bad = [r for r in ar if not r["correct"]]
     out.append(f"{len(ar)} all_reduce measurements, {len(ar) - len(bad)} byte-checked equal to NCCL's result" + (f", {len(bad)} WRONG" if bad else "") + ".")
     out.append("")
@@ -82,49 +133,6 @@ def report(path):
             bb, b1 = 2 * (k - 1) / k / k * lb, 2 * (k - 1) / k / k * l1
             out.append(f"| {k} | {dtype} | {fmt(n)} | {fmt(h)} | {h / n:.2f}x | {fmt(bb)} | {h / bb * 100:.0f}% | {fmt(b1)} | {h / b1 * 100:.0f}% |")
         out.append("")
-    ov = [r for r in rows if r.get("kind") == "overlap"]
-    if ov:
-        out.append(overlap_table(ov))
-    var = [r for r in ar if r["variant"] != "default"]
-    if var:
-        out.append("Host-path settings against the defaults of the same run (busbw-equivalent GB/s):")
-        out.append("")
-        vs = sorted({r["variant"] for r in var})
-        vsizes = sorted({r["bytes"] for r in var})
-        out.append("| k | size | default | " + " | ".join(f"`{v}`" for v in vs) + " |")
-        out.append("|---|---|---|" + "---|" * len(vs))
-        by = defaultdict(dict)
-        for r in ar:
-            if r["impl"] == "hostreduce" and r["bytes"] in vsizes:
-                by[(r["k"], r["bytes"])][r["variant"]] = r["busbw_equiv_GBps"]
-        for (k, s) in sorted(by):
-            d = by[(k, s)]
-            out.append(f"| {k} | {s // MIB}M | {fmt(d.get('default', 0))} | " + " | ".join(fmt(d[v]) if v in d else "" for v in vs) + " |")
-        out.append("")
-    ddp = [r for r in rows if r.get("kind") == "ddp"]
-    plain = [r for r in ddp if not r.get("exchange", "").startswith("comm-hook")]
-    if plain:
-        out.append("DDP steps (bench/ddp_step.py, 2 NCCL channels as the plugin exports; DDP's own exchange, "
-                   "FLEXMIG_HOSTREDUCE per path; single: one process with k times the SM share and the batch; comm = 1 - no_sync step / step):")
-        out.append("")
-        out.append("| model | k | path | samples/s | step ms | comm | gradients equal |")
-        out.append("|---|---|---|---|---|---|---|")
-        for r in sorted(plain, key=lambda r: (r["model"], r["k"], r["impl"])):
-            if r.get("samples_per_s") is None:
-                out.append(f"| {r['model']} | {r['k']} | {r['impl']} | failed: {r.get('error', '')[:80]} | | | |")
-                continue
-            checked = "-" if r["impl"] == "single" else ("yes" if r.get("grads_ok") else "NO")
-            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {checked} |")
-        out.append("")
-    hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
-    if hooked:
-        out.append(ddp_compare(hooked, plain))
-    ab = [r for r in rows if r.get("kind") == "library-ab"]
-    if ab:
-        out.append(library_ab(ab))
-    fl = [r for r in rows if r.get("kind") == "fault"]
-    if fl:
-        out.append(faults(fl))
     return "\n".join(out)
 
 
@@ -208,12 +216,12 @@ def library_ab(ab):
         by[(r["k"], r["dtype"], r["bytes"])][(r["library"], r["round"], r["impl"])] = r["busbw_equiv_GBps"]
     libs = sorted({(r["library"], r["round"]) for r in ab}, key=lambda x: (x[1], x[0] != "run4"))
     out = ["The library that made run4 (built from its commit) and the current one, taking turns in one machine session "
-           "(busbw-equivalent GB/s, host path; NCCL of the same launch in brackets):", ""]
+           "(busbw-equivalent GB/s, host path; in brackets the ratio to NCCL in the same launch):", ""]
     out.append("| k | type | size | " + " | ".join(f"{lib} library, round {n}" for lib, n in libs) + " |")
     out.append("|---|---|---|" + "---|" * len(libs))
     for (k, dtype, size) in sorted(by):
         d = by[(k, dtype, size)]
-        cells = [f"{fmt(d[(lib, n, 'hostreduce')])} ({fmt(d[(lib, n, 'nccl')])})" if (lib, n, "hostreduce") in d else "" for lib, n in libs]
+        cells = [f"{fmt(d[(lib, n, 'hostreduce')])} ({d[(lib, n, 'hostreduce')] / d[(lib, n, 'nccl')]:.2f}x)" if (lib, n, "hostreduce") in d else "" for lib, n in libs]
         out.append(f"| {k} | {dtype} | {size // MIB}M | " + " | ".join(cells) + " |")
     out.append("")
     return "\n".join(out)
