@@ -65,14 +65,17 @@ def report(path):
         out.append("DDP steps (bench/ddp_step.py, 2 NCCL channels as the plugin exports; DDP's own exchange, "
                    "FLEXMIG_HOSTREDUCE per path; single: one process with k times the SM share and the batch; comm = 1 - no_sync step / step):")
         out.append("")
-        out.append("| model | k | path | samples/s | step ms | comm | gradients equal |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("| model | k | path | samples/s | / single | step ms | comm | gradients equal |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        single = {(r["model"], r["k"]): r["samples_per_s"] for r in plain if r["impl"] == "single" and r.get("samples_per_s")}
         for r in sorted(plain, key=lambda r: (r["model"], r["k"], r["impl"])):
             if r.get("samples_per_s") is None:
-                out.append(f"| {r['model']} | {r['k']} | {r['impl']} | failed: {r.get('error', '')[:80]} | | | |")
+                out.append(f"| {r['model']} | {r['k']} | {r['impl']} | failed: {r.get('error', '')[:80]} | | | | |")
                 continue
             checked = "-" if r["impl"] == "single" else ("yes" if r.get("grads_ok") else "NO")
-            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {checked} |")
+            s1 = single.get((r["model"], r["k"]))
+            ratio = f"{r['samples_per_s'] / s1:.2f}x" if s1 and r["impl"] != "single" else ""
+            out.append(f"| {r['model']} | {r['k']} | {r['impl']} | {r['samples_per_s']:.0f} | {ratio} | {r['step_s'] * 1e3:.1f} | {r['comm_share'] * 100:.0f}% | {checked} |")
         out.append("")
     hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
     if hooked:

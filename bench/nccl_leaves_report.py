@@ -923,7 +923,7 @@ def plot_slicing(plt, shares, path):
         ax.bar(xs, ys, width, label=label)
         for x, y in zip(xs, ys):
             ax.text(x, y, f"{y:.0f}", ha="center", va="bottom", fontsize=7)
-    ax.axhline(80, color="gray", ls="--", lw=1, label="issue's target (80%)")
+    ax.axhline(80, color="gray", ls="--", lw=1, label="the 80% target")
     ax.set_xticks(range(len(ks)), [f"{k} leaves" for k in ks])
     ax.set_ylabel("% of the bound copy/k (all_reduce, 256 MiB)")
     ax.set_ylim(0, 118)
@@ -943,7 +943,7 @@ def plot_paths(plt, c, path):
         if pts:
             ax.plot(*zip(*pts), style, label=PATH_NAMES[p])
     ax.axhline(c["ce_both"], color="black", lw=1, label=f"copy engines, both at once ({c['ce_both']:.1f})")
-    ax.axhline(0.8 * c["ce_one"], color="gray", ls="--", lw=1, label=f"issue's 80% target ({0.8 * c['ce_one']:.1f})")
+    ax.axhline(0.8 * c["ce_one"], color="gray", ls="--", lw=1, label=f"80% target ({0.8 * c['ce_one']:.1f})")
     for setting, per_k in c["shm"].items():
         if setting == "base":
             for k, v in sorted(per_k.items()):

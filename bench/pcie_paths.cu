@@ -1,8 +1,8 @@
-// How fast can bytes cross one GPU's PCIe link, by the path that moves them (issue 6, the
-// ceiling under benchmark 1)? Between MIG leaves of one GPU, NCCL's SHM transport moves every
+// How fast can bytes cross one GPU's PCIe link, by the path that moves them (the ceiling under
+// the collectives between leaves)? Between MIG leaves of one GPU, NCCL's SHM transport moves every
 // byte twice over that link: the sender's kernel stores it into pinned host memory (device to
 // host) and the receiver's kernel loads it back (host to device), both with SM loads and stores,
-// while the copy bandwidth the issue's bound uses is what the copy engines reach.
+// while the copy bandwidth the copy bound uses is what the copy engines reach.
 //
 //   pcie_paths MODE BLOCKS[:D2H_BLOCKS] [MIB]
 //
