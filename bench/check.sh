@@ -257,6 +257,7 @@ def of(*prefixes):
     return "\n".join(got)
 host = open("bench/results/hostreduce/report.md").read()
 cost = open("bench/results/helper_cost.txt").read() + open("bench/results/plugin_overhead.txt").read()
+sim = open("bench/results/simulator/report.md").read()
 # Each section of BENCHMARKS.md, and the results its prose quotes (a section may quote another's).
 SOURCES = {
     "Collectives between leaves of one GPU: patched NCCL against the NET workaround": of("one GPU", "Two GPUs", "Channels", "What one GPU's PCIe link"),
@@ -265,6 +266,7 @@ SOURCES = {
     "Channels: what the plugin exports by default": of("Channels", "one GPU"),
     "The ceiling: what one GPU's PCIe link moves, by path, and copy engines": of("What one GPU's PCIe link", "What the link moves", "Ring slicing"),
     "What the plugin and the helper cost": cost,
+    "Simulator": sim,
 }
 # bench/NOTES.md: the sections that restate BENCHMARKS.md's. Its run-by-run record and the
 # investigations quote console transcripts and superseded runs as well, so they are not checked.
@@ -285,4 +287,23 @@ for title, text in NOTES.items():
     problems += [f"bench/NOTES.md, {title.split(':')[0]}: {tok} is quoted but its results give no such number: {l[:110]}" for tok, l in bad]
 assert not problems, "\n".join(problems)
 print("bench/check: BENCHMARKS.md and bench/NOTES.md quote only numbers their results give (numbers checked: " + ", ".join(f"{t} {n}" for t, n in counts.items()) + ")")
+PY
+
+# 6. The simulator's speed: bench/results/simulator/report.md is what bench/sim_report.py makes of
+#    the raw output beside it (bench/sim_bench.sh), and every table row of BENCHMARKS.md's
+#    "Simulator" section is a row of it, unchanged.
+python3 - <<'PY'
+import sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, "bench")
+import prose_numbers as pn
+import sim_report
+d = "bench/results/simulator"
+made, kept = sim_report.report(d), open(f"{d}/report.md").read()
+assert made == kept, f"{d}/report.md is not what bench/sim_report.py makes of the raw output there: run python3 bench/sim_report.py"
+rows = {l for l in kept.splitlines() if l.startswith("|")}
+quoted = [l for l in pn.section(open("BENCHMARKS.md").read(), "Simulator").splitlines() if l.startswith("|")]
+bad = [l for l in quoted if l not in rows]
+assert quoted and not bad, "BENCHMARKS.md, Simulator: rows not in bench/results/simulator/report.md:\n" + "\n".join(bad)
+print(f"bench/check: {d}/report.md is reproduced from the raw output; BENCHMARKS.md quotes {len(quoted)} of its rows unchanged")
 PY
