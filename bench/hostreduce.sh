@@ -73,9 +73,11 @@ if has copy; then
   echo "{\"kind\": \"copy\", \"copy\": $COPY}" | tee -a "$J"
 fi
 if has cpu; then
-  # The CPU reduce alone, on the threads a rank gets at k=2 and k=7 (16 CPUs shared by k ranks).
+  # The CPU reduce alone, on the threads a rank gets at k=2 and k=7 (16 CPUs shared by k ranks):
+  # the example built here, else the one beside HOSTREDUCE_LIB (tests/gpu/prepare-slurm-job.sh).
   ex="$T/examples/reduce_speed"
-  [ -x "$ex" ] && "$ex" 2048 1 2 8 | tee -a "$J"
+  [ -x "$ex" ] || ex="$(dirname "$HRLIB")/reduce_speed"
+  if [ -x "$ex" ]; then "$ex" 2048 1 2 8 | tee -a "$J"; else echo "cpu: no reduce_speed example (cargo build --release -p flexmig-hostreduce --example reduce_speed)" | tee -a "$LOG"; fi
 fi
 
 if has faults; then

@@ -20,9 +20,9 @@ apt-get download slurm-wlm-basic-plugins slurmd slurmctld slurm-client munge lib
 cd "$REPO"
 cargo build -q --release -p flexmig-spank -p flexmig-gres-helper
 cargo build -q --release -p flexmig-integration --bin flexmig-gpu-job
-cargo build -q --release -p flexmig-hostreduce
+cargo build -q --release -p flexmig-hostreduce --lib --example reduce_speed
 T=${CARGO_TARGET_DIR:-$REPO/target}/release
-cp "$T/libflexmig_spank.so" "$T/flexmig-gres-helper" "$T/flexmig-gpu-job" "$T/libflexmig_hostreduce.so" "$CARRY/bin/"
+cp "$T/libflexmig_spank.so" "$T/flexmig-gres-helper" "$T/flexmig-gpu-job" "$T/libflexmig_hostreduce.so" "$T/examples/reduce_speed" "$CARRY/bin/"
 strip "$CARRY/bin/"*
 if [ -n "${1:-}" ]; then
   cp "$1" "$CARRY/nccl-2.28.9.tar.gz"
