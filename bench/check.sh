@@ -268,9 +268,19 @@ SOURCES = {
     "What the plugin and the helper cost": cost,
     "Simulator": sim,
 }
-# bench/NOTES.md: the sections that restate BENCHMARKS.md's. Its run-by-run record and the
-# investigations quote console transcripts and superseded runs as well, so they are not checked.
-NOTES = {"Channels: what the plugin exports by default": of("Channels", "one GPU")}
+nccl = "bench/results/nccl/"
+# bench/NOTES.md, every section ("" is its introduction): the run-by-run record quotes superseded
+# runs too, all of which report.md keeps, and a console transcript where no section parses the run.
+NOTES = {
+    "": of("one GPU", "What one GPU's PCIe link"),
+    "Collective bandwidth between MIG leaves of one GPU": of("one GPU", "Two GPUs", "Channels", "What one GPU's PCIe link", "What the link moves", "Ring slicing")
+        + open(nccl + "run6-two-gpus-mps.console.txt").read(),
+    "Leaves spread over two GPUs against packed on one": of("Two GPUs"),
+    "A real training step over leaves of one GPU": of("one GPU", "Two GPUs", "Channels", "Training step time-sliced"),
+    "Channels: what the plugin exports by default": of("Channels", "one GPU"),
+    "The ceiling: what one GPU's PCIe link moves, by path, and copy engines, run by run": of("one GPU", "What one GPU's PCIe link", "What the link moves", "Ring slicing", "Channels"),
+    "Two leaves: not the link, the ring's order": of("What the link moves", "Ring slicing", "What one GPU's PCIe link"),
+}
 b = open("BENCHMARKS.md").read()
 def anchor(title):
     return "#" + re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
@@ -281,8 +291,12 @@ for title, text in SOURCES.items():
     counts[title.split(":")[0]] = n
     problems += [f"BENCHMARKS.md, {title.split(':')[0]}: {tok} is quoted but its results give no such number: {l[:110]}" for tok, l in bad]
 notes = open("bench/NOTES.md").read()
+titles = {l[3:] for l in notes.splitlines() if l.startswith("## ")}
+assert titles == set(NOTES) - {""}, f"bench/NOTES.md sections without their results in NOTES, or gone: {sorted(titles ^ (set(NOTES) - {''}))}"
 for title, text in NOTES.items():
-    bad, n = pn.unquoted(pn.prose(pn.section(notes, title)), text)
+    part = pn.section(notes, title) if title else notes.split("\n## ")[0]
+    bad, n = pn.unquoted(pn.prose(part), text)
+    title = title or "introduction"
     counts["NOTES " + title.split(":")[0]] = n
     problems += [f"bench/NOTES.md, {title.split(':')[0]}: {tok} is quoted but its results give no such number: {l[:110]}" for tok, l in bad]
 assert not problems, "\n".join(problems)
