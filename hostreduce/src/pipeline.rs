@@ -502,6 +502,8 @@ struct Reducer {
 
 impl Reducer {
     fn run(self, jobs: mpsc::Receiver<Job>) {
+        // This thread inherited the MXCSR of the application's thread that created it.
+        reduce::use_default_fp_env();
         crate::ffi::shm::set_timer_slack(1_000);
         if let Some(cpus) = &self.cpus {
             crate::ffi::shm::pin_current_thread(cpus);

@@ -309,7 +309,38 @@ unsafe fn f16c_blocks(inputs: &[&[u8]], out: &mut [u8], div: Option<f32>) {
     }
 }
 
+/// MXCSR's power-on value: round to nearest even, denormals neither flushed (FTZ) nor read as
+/// zero (DAZ), every exception masked.
+#[cfg(target_arch = "x86_64")]
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// Gives the calling thread the floating-point environment the reduction is defined in (and Rust
+/// code assumes): round to nearest even, no flush to zero, no denormals read as zero. A new thread
+/// inherits its creator's MXCSR, and the reducer threads are created on the application's thread
+/// inside `ncclCommInitRank`; an application that flushes denormals on that thread (PyTorch's
+/// `torch.set_flush_denormal(True)` sets FTZ and DAZ) or rounds otherwise would change the sums of
+/// fp32 and bf16 (and the portable fp16 rounding, while the F16C conversion always rounds to
+/// nearest even). Called first on every thread of ours that reduces; the thread keeps it.
+pub fn use_default_fp_env() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr = 0u32;
+        // SAFETY: stmxcsr stores the 4-byte MXCSR at the address given, a local u32; ldmxcsr
+        // loads a valid value (reserved bits zero) from one. The thread runs Rust code under this
+        // environment from here on, the one Rust's code generation assumes.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags));
+            if csr & !0x3f != MXCSR_DEFAULT {
+                std::arch::asm!("ldmxcsr [{}]", in(reg) &MXCSR_DEFAULT, options(nostack, preserves_flags, readonly));
+            }
+        }
+    }
+}
+
 /// Reduces `inputs` element-wise into `out` (all the same length, a whole number of elements).
+///
+/// The result is defined for the default floating-point environment ([`use_default_fp_env`]);
+/// the library's reducer threads have it.
 ///
 /// # Errors
 /// [`ReduceError`] when there are no inputs or the lengths do not fit.
@@ -347,7 +378,10 @@ pub fn reduce_threads(dtype: DType, op: Op, inputs: &[&[u8]], out: &mut [u8], th
             let hi = r.end * dtype.size();
             done = r.end;
             let ins: Vec<&[u8]> = inputs.iter().map(|i| &i[lo..hi]).collect();
-            s.spawn(move || reduce(dtype, op, &ins, mine));
+            s.spawn(move || {
+                use_default_fp_env();
+                reduce(dtype, op, &ins, mine)
+            });
         }
     });
     Ok(())
@@ -590,6 +624,67 @@ mod tests {
                     let nans = want.chunks_exact(size).filter(|w| is_nan(dtype, w)).count();
                     assert!(nans > 0 && nans < n, "{dtype}: the inputs cover NaN and other values ({nans} NaN of {n})");
                 }
+            }
+        }
+    }
+
+    /// Runs `f` on this thread with MXCSR set to `csr` (restored after). Test code only: it stands
+    /// for an application thread that flushes denormals or rounds otherwise.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn with_mxcsr<R>(csr: u32, f: impl FnOnce() -> R) -> R {
+        let mut old = 0u32;
+        // SAFETY: stmxcsr stores MXCSR into a local u32; ldmxcsr loads a valid MXCSR value from one.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut old, options(nostack, preserves_flags));
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags, readonly));
+        }
+        let r = f();
+        // SAFETY: as above, the value stored before.
+        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &old, options(nostack, preserves_flags, readonly)) };
+        r
+    }
+
+    /// FTZ, DAZ and round toward zero, on top of the default MXCSR.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) const MXCSR_FLUSH_TRUNCATE: u32 = MXCSR_DEFAULT | 0x8040 | 0x6000;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn threads_made_by_a_thread_that_flushes_denormals_still_reduce_exactly() {
+        // Tiny values (fp32 and bf16 exponents 0-3: subnormals and the smallest normals, whose
+        // sums and averages are subnormal) and any fp16 bits (averages round): under FTZ/DAZ and
+        // round-toward-zero, inherited by new threads, every one of these would differ.
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let n = BLOCK * 40 + 7;
+        for (dtype, mask) in [(DType::F32, 0x81ff_ffffu32), (DType::Bf16, 0x81ff), (DType::F16, 0xffff)] {
+            for op in [Op::Sum, Op::Avg] {
+                let ins: Vec<Vec<u8>> = (0..3)
+                    .map(|_| {
+                        (0..n)
+                            .flat_map(|_| {
+                                let b = (rng.next() as u32 & mask).to_le_bytes();
+                                b[..dtype.size()].to_vec()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = ins.iter().map(|v| v.as_slice()).collect();
+                let mut want = vec![0u8; n * dtype.size()];
+                reduce_scalar(dtype, op, &refs, &mut want).unwrap();
+                let mut got = vec![0u8; n * dtype.size()];
+                let flushed = with_mxcsr(MXCSR_FLUSH_TRUNCATE, || {
+                    reduce_threads(dtype, op, &refs, &mut got, 2).unwrap();
+                    // this thread itself does flush: the test would see an inherited environment
+                    std::hint::black_box(f32::from_bits(1)) + std::hint::black_box(0.0f32)
+                });
+                assert_eq!(flushed, 0.0, "MXCSR {MXCSR_FLUSH_TRUNCATE:#x} flushes denormals here");
+                // (which NaN a NaN sum is depends on the order of an addition's operands)
+                let differ = got
+                    .chunks_exact(dtype.size())
+                    .zip(want.chunks_exact(dtype.size()))
+                    .filter(|(g, w)| g != w && !(is_nan(dtype, g) && is_nan(dtype, w)))
+                    .count();
+                assert_eq!(differ, 0, "{dtype} {op:?}: {differ} of {n} elements differ from the reference");
             }
         }
     }

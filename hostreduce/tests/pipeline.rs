@@ -5,7 +5,7 @@ mod common;
 use common::{leftovers, unique_path};
 use flexmig_hostreduce::ffi::shm::{Geometry, Segment, ShmError};
 use flexmig_hostreduce::pipeline::{AbortReason, HostComm, Local, Settings, SetupError};
-use flexmig_hostreduce::reduce::{DType, Op};
+use flexmig_hostreduce::reduce::{reduce_scalar, DType, Op};
 use flexmig_hostreduce::sim::{test_call, test_expected, test_input, SimRank};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
@@ -279,4 +279,71 @@ fn when_rank_0_cannot_make_the_segment_every_rank_gives_up_at_once() {
         }
     }
     assert!(t0.elapsed() < Duration::from_secs(5), "the ranks waited {:?} for a segment that never came", t0.elapsed());
+}
+
+/// Sets MXCSR to `csr` for the duration of `f` on this thread (restored after): an application
+/// thread that flushes denormals (FTZ, DAZ) and rounds toward zero.
+#[cfg(target_arch = "x86_64")]
+fn with_mxcsr<R>(csr: u32, f: impl FnOnce() -> R) -> R {
+    let mut old = 0u32;
+    // SAFETY: stmxcsr stores MXCSR into a local u32; ldmxcsr loads a valid MXCSR value from one.
+    unsafe {
+        std::arch::asm!("stmxcsr [{}]", in(reg) &mut old, options(nostack, preserves_flags));
+        std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags, readonly));
+    }
+    let r = f();
+    // SAFETY: as above, the value stored before.
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &old, options(nostack, preserves_flags, readonly)) };
+    r
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
+    // The reducer threads are made on the thread that sets the communicator up (in the library,
+    // the application's, inside ncclCommInitRank) and inherit its MXCSR (PyTorch's
+    // set_flush_denormal(True) sets FTZ and DAZ); they must reduce in the default environment.
+    let (k, slot_bytes, n) = (2, 16384, 3000);
+    let path = unique_path("ftz");
+    let settings = Settings { geometry: Geometry { nranks: k, depth: 2, slot_bytes }, threads: 1 };
+    // fp32 and bf16 with exponents 0-3: subnormals and the smallest normals, whose sums and
+    // averages are subnormal or round
+    let input = move |rank: usize, dtype: DType| -> Vec<u8> {
+        (0..n as u32)
+            .flat_map(|i| {
+                let x = (i.wrapping_mul(0x9e37_79b9) ^ (rank as u32).wrapping_mul(0x85eb_ca6b)).rotate_left(7);
+                match dtype {
+                    DType::F32 => (x & 0x81ff_ffff).to_le_bytes().to_vec(),
+                    _ => ((x & 0x81ff) as u16).to_le_bytes().to_vec(),
+                }
+            })
+            .collect()
+    };
+    let handles: Vec<_> = (0..k)
+        .map(|rank| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let comm = with_mxcsr(0x1f80 | 0x8040 | 0x6000, || {
+                    HostComm::setup_local(&path, rank, settings, T, Local { reducers: 1, cpus: None }, &mut |_| true).expect("setup")
+                });
+                let sim = SimRank::new(comm);
+                for dtype in [DType::F32, DType::Bf16] {
+                    for op in [Op::Sum, Op::Avg] {
+                        let ins: Vec<Vec<u8>> = (0..k).map(|r| input(r, dtype)).collect();
+                        let refs: Vec<&[u8]> = ins.iter().map(|v| v.as_slice()).collect();
+                        let mut want = vec![0u8; n * dtype.size()];
+                        reduce_scalar(dtype, op, &refs, &mut want).unwrap();
+                        let recv = Arc::new(Mutex::new(vec![0xeeu8; n * dtype.size()]));
+                        let done = sim.all_reduce(Arc::new(ins[rank].clone()), recv.clone(), dtype, op).unwrap();
+                        assert!(done.wait(T), "rank {rank}: {dtype} {op:?} did not complete");
+                        assert!(*recv.lock().unwrap() == want, "rank {rank}: {dtype} {op:?}: not the reference's bytes");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(leftovers(&path).is_empty());
 }
