@@ -82,10 +82,18 @@ impl Table {
     /// [`TableError`] for malformed JSON, unknown fields, another version, a speed-up below 1, or
     /// a point given twice.
     pub fn parse(text: &str) -> Result<Table, TableError> {
-        let t: Table = serde_json::from_str(text)?;
-        if t.version != TABLE_VERSION {
-            return Err(TableError::Version(t.version));
+        // The version first: a table of another version has other fields (version 1 had no
+        // `floor`), and its error should say which version it is, not which field is missing.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
         }
+        if let Ok(Versioned { version }) = serde_json::from_str::<Versioned>(text) {
+            if version != TABLE_VERSION {
+                return Err(TableError::Version(version));
+            }
+        }
+        let t: Table = serde_json::from_str(text)?;
         if t.min_speedup.is_nan() || t.min_speedup < 1.0 {
             return Err(TableError::Speedup(t.min_speedup));
         }
@@ -216,6 +224,11 @@ mod tests {
         assert!(matches!(Table::parse(&ok.replace("1.05", "0.9")), Err(TableError::Speedup(_))));
         assert!(matches!(Table::parse(&ok.replace("0.95", "1.5")), Err(TableError::Floor(_))));
         assert!(matches!(Table::parse(&ok.replace(",\"floor\":0.95", "")), Err(TableError::Parse(_))));
+        // a version 1 table (no floor) is refused for its version, which the message names
+        let v1 = ok.replace("\"version\":2", "\"version\":1").replace(",\"floor\":0.95", "");
+        let e = Table::parse(&v1).unwrap_err();
+        assert!(matches!(e, TableError::Version(1)), "{e}");
+        assert!(e.to_string().contains("version 1") && e.to_string().contains("version 2"), "{e}");
         assert!(matches!(Table::parse(&ok.replace("\"points\"", "\"extra\":1,\"points\"")), Err(TableError::Parse(_))));
         let p = r#"{"k":2,"dtype":"f32","bytes":1,"hostreduce_busbw_gbps":1,"nccl_busbw_gbps":1}"#;
         assert!(matches!(Table::parse(&ok.replace("[]", &format!("[{p},{p}]"))), Err(TableError::Duplicate { k: 2, .. })));
