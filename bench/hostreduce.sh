@@ -51,7 +51,8 @@ for bin in "$HELPER:flexmig-gres-helper" "$HRLIB:flexmig-hostreduce"; do
   [ -e "${bin%%:*}" ] || release_build -p "${bin##*:}" || { echo "no ${bin%%:*} and no cargo to build it"; exit 2; }
 done
 
-echo "== hostreduce on $(hostname), $(utc_now); phases: $PHASES; ranks: $RANKS" | tee "$LOG"
+# Appended, as $J is: a later command with the same OUTDIR (phases "table ddp") keeps the first's log.
+echo "== hostreduce on $(hostname), $(utc_now); phases: $PHASES; ranks: $RANKS" | tee -a "$LOG"
 MACHINE="$(nvidia-smi --query-gpu=name,driver_version,mig.mode.current --format=csv,noheader | head -1)"
 echo "$MACHINE" | tee -a "$LOG"
 df -h /dev/shm | tail -1 | tee -a "$LOG"
@@ -112,8 +113,12 @@ fi
 if has table; then
   (cd "$OUTDIR" && $PY "$REPO/bench/hostreduce_table.py" --host "$J" --beside "$J" \
     --nccl "$REPO"/bench/results/hostreduce/run*-*.jsonl "$J" --out "$OUTDIR/select.json") || { echo "table: failed"; exit 2; }
+  points=$(grep -c '"k":' "$OUTDIR/select.json")
+  # No points: no host-path records in $J (phase main not run with this OUTDIR); "auto" would
+  # silently be NCCL everywhere.
+  [ "$points" -gt 0 ] || { echo "table: no points from $J (run phase main first, with the same OUTDIR)" | tee -a "$LOG"; exit 2; }
   export FLEXMIG_HOSTREDUCE_TABLE=$OUTDIR/select.json
-  echo "table: $FLEXMIG_HOSTREDUCE_TABLE, $(grep -c '"k":' "$OUTDIR/select.json") points" | tee -a "$LOG"
+  echo "table: $FLEXMIG_HOSTREDUCE_TABLE, $points points" | tee -a "$LOG"
 fi
 if has ddp && [ -n "${DDP_RANKS:-}" ]; then
   # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels. Per model and k: "single"

@@ -13,6 +13,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
+# GNU time's -f, for cli.txt's wall time and peak memory (checked before any output is replaced).
+[ -x /usr/bin/time ] && /usr/bin/time -f %e true 2>/dev/null || { echo "sim_bench: needs GNU time at /usr/bin/time (apt-get install time)"; exit 2; }
 release_build -p flexmig-sim
 B=$RELEASE/flexmig-sim
 OUT=${OUT:-$REPO/bench/results/simulator}
