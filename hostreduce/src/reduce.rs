@@ -690,6 +690,31 @@ mod tests {
     }
 
     #[test]
+    fn every_fp16_value_reduces_as_the_scalar_reference_does() {
+        // Input 0 holds every fp16 bit pattern once, the others the same shifted by an offset, so
+        // every value (subnormals, the largest normals, whose sums overflow, infinities, NaNs) meets
+        // many partners: ties of the final rounding, sums that cancel to signed zeros, subnormal
+        // averages. On a CPU with F16C this is the F16C path against the portable code.
+        let every: Vec<u16> = (0..=u16::MAX).collect();
+        let bytes = |off: u16| -> Vec<u8> { every.iter().flat_map(|&h| h.wrapping_add(off).to_le_bytes()).collect() };
+        for offsets in [&[1u16][..], &[0x8000], &[0x0401], &[0x7bff], &[0x3c00, 0xbc00], &[0x0001, 0x8401, 0x2345, 0xfedc, 0x0400, 0x7c00]]
+        {
+            let ins: Vec<Vec<u8>> = std::iter::once(0).chain(offsets.iter().copied()).map(bytes).collect();
+            let refs: Vec<&[u8]> = ins.iter().map(|v| v.as_slice()).collect();
+            for op in [Op::Sum, Op::Avg] {
+                let mut want = vec![0u8; refs[0].len()];
+                reduce_scalar(DType::F16, op, &refs, &mut want).unwrap();
+                let mut got = vec![0u8; refs[0].len()];
+                reduce(DType::F16, op, &refs, &mut got).unwrap();
+                for (i, (g, w)) in got.chunks_exact(2).zip(want.chunks_exact(2)).enumerate() {
+                    let same = g == w || (is_nan(DType::F16, g) && is_nan(DType::F16, w));
+                    assert!(same, "{op:?} offsets {offsets:x?} element {i:#06x}: {g:02x?}, the reference {w:02x?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn reduced_values_are_the_rounded_fp32_sum() {
         // bf16: 1 + 2^-8 is exact in fp32 but lies halfway between two bf16 values: the even one
         // (1.0) wins; two such halves add to exactly representable 2 + 2^-7.
