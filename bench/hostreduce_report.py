@@ -2,6 +2,7 @@
 """Markdown tables of the host-reduction results (bench/hostreduce.sh), for BENCHMARKS.md.
 
   cd bench/results/hostreduce && python3 ../../hostreduce_report.py [RUN.jsonl ...]   (default: RUNS)
+  cd bench/results/hostreduce && python3 ../../hostreduce_report.py --plot RUN.jsonl    (needs matplotlib)
 
 Per run: the copy bound measured in it; all_reduce busbw-equivalent (algbw x 2(k-1)/k) of NCCL SHM,
 the host path and auto by k and size (default settings only), the host path at 256 MiB against its
@@ -251,8 +252,58 @@ RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto
         "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl"]
 
 
+def plot(path, png):
+    """fp32 busbw-equivalent against size per k: NCCL SHM, the host path and its bound
+    2(k-1)/k^2 x L (L both-ways, measured in the run); and beside compute, NCCL's time over the
+    host path's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = load(path)
+    run = os.path.basename(path).split("-")[0]
+    copy = next(r["copy"]["pinned_copy_GBs"] for r in rows if r.get("kind") == "copy")
+    lb = copy["bidirectional_total"] / 2
+    ar = [r for r in rows if r.get("kind") == "allreduce" and "bytes" in r and r["variant"] == "default" and r["dtype"] == "f32"]
+    ks = sorted({r["k"] for r in ar})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.6))
+    colors = dict(zip(ks, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for k in ks:
+        for impl, style in (("nccl", "--"), ("hostreduce", "-")):
+            pts = sorted((r["bytes"], r["busbw_equiv_GBps"]) for r in ar if r["k"] == k and r["impl"] == impl)
+            ax.plot([b / MIB for b, _ in pts], [v for _, v in pts], style, marker="o", ms=3, color=colors[k],
+                    label=f"{k} leaves, {'NCCL SHM' if impl == 'nccl' else 'host path'}")
+        ax.axhline(2 * (k - 1) / k / k * lb, color=colors[k], ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("all_reduce size (MiB), fp32")
+    ax.set_ylabel("busbw-equivalent GB/s (algbw x 2(k-1)/k)")
+    ax.set_title(f"Alone ({run}); dotted: the host path's bound 2(k-1)/k² x {lb:.1f} GB/s")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ov = [r for r in rows if r.get("kind") == "overlap"]
+    by = defaultdict(dict)
+    for r in ov:
+        by[(r["k"], r["bytes"])][r["impl"]] = r["both_s"]
+    for k in sorted({k for k, _ in by}):
+        pts = sorted((b, d["nccl"] / d["hostreduce"]) for (kk, b), d in by.items() if kk == k and "nccl" in d and "hostreduce" in d)
+        bx.plot([b / MIB for b, _ in pts], [v for _, v in pts], marker="o", ms=3, color=colors.get(k), label=f"{k} leaves")
+    bx.axhline(1, color="gray", lw=1)
+    bx.set_xscale("log", base=2)
+    bx.set_xlabel("all_reduce size (MiB), fp32")
+    bx.set_ylabel("NCCL's time / host path's (above 1: host path faster)")
+    bx.set_title("Beside compute (matrix products on another stream)")
+    bx.grid(True, alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    print("wrote", png)
+
+
 def main():
-    """With no files: the committed runs (RUNS), read from the current directory."""
+    """With no files: the committed runs (RUNS), read from the current directory; --plot RUN: the
+    plot of that run (hostreduce.png beside it)."""
+    if sys.argv[1:2] == ["--plot"]:
+        plot(sys.argv[2], os.path.join(os.path.dirname(sys.argv[2]) or ".", "hostreduce.png"))
+        return
     print("\n".join(report(p) for p in (sys.argv[1:] or RUNS)))
 
 
