@@ -217,18 +217,16 @@ os.chdir(cwd)
 committed = open(os.path.join(d, "report.md")).read()
 if out.getvalue() != committed:
     problems.append(f"{d}/report.md is not what bench/hostreduce_report.py makes of RUNS (run it there and commit the result)")
+import prose_numbers as pn
 rows = set(l for l in committed.splitlines() if l.startswith("|"))
 b = open("BENCHMARKS.md").read()
-start = b.index("## Host-side reduction between leaves")
-end = b.find("\n## ", start + 1)
-section = b[start:end if end > 0 else len(b)]
+section = pn.section(b, "Host-side reduction between leaves")
 quoted = [l for l in section.splitlines() if l.startswith("|")]
 for l in quoted:
     if l not in rows:
         problems.append(f"BENCHMARKS.md, host-side reduction, a table row not in {d}/report.md: {l[:120]}")
 # Numbers its prose quotes, and the summary rows linking to it, must be numbers the report gives
 # (bench/prose_numbers.py; this section keeps the check's ratios-and-shares form).
-import prose_numbers as pn
 summary = [pn.strip(l) for l in b.splitlines() if l.startswith("|") and "(#host-side-reduction-between-leaves)" in l]
 bad, _ = pn.unquoted(pn.prose(section) + summary, committed, ratios_only=True)
 for tok, l in bad:

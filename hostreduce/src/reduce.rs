@@ -312,7 +312,25 @@ unsafe fn f16c_blocks(inputs: &[&[u8]], out: &mut [u8], div: Option<f32>) {
 /// MXCSR's power-on value: round to nearest even, denormals neither flushed (FTZ) nor read as
 /// zero (DAZ), every exception masked.
 #[cfg(target_arch = "x86_64")]
-const MXCSR_DEFAULT: u32 = 0x1f80;
+pub(crate) const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// This thread's MXCSR.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn mxcsr() -> u32 {
+    let mut csr = 0u32;
+    // SAFETY: stmxcsr stores the 4-byte MXCSR at the address given, a local u32.
+    unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags)) };
+    csr
+}
+
+/// Sets this thread's MXCSR (its reserved upper bits kept zero); Rust code on the thread then runs
+/// under that environment.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn set_mxcsr(csr: u32) {
+    let csr = csr & 0xffff;
+    // SAFETY: ldmxcsr loads a 4-byte value from a local u32 whose reserved bits are zero.
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags, readonly)) };
+}
 
 /// Gives the calling thread the floating-point environment the reduction is defined in (and Rust
 /// code assumes): round to nearest even, no flush to zero, no denormals read as zero. A new thread
@@ -323,17 +341,8 @@ const MXCSR_DEFAULT: u32 = 0x1f80;
 /// nearest even). Called first on every thread of ours that reduces; the thread keeps it.
 pub fn use_default_fp_env() {
     #[cfg(target_arch = "x86_64")]
-    {
-        let mut csr = 0u32;
-        // SAFETY: stmxcsr stores the 4-byte MXCSR at the address given, a local u32; ldmxcsr
-        // loads a valid value (reserved bits zero) from one. The thread runs Rust code under this
-        // environment from here on, the one Rust's code generation assumes.
-        unsafe {
-            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags));
-            if csr & !0x3f != MXCSR_DEFAULT {
-                std::arch::asm!("ldmxcsr [{}]", in(reg) &MXCSR_DEFAULT, options(nostack, preserves_flags, readonly));
-            }
-        }
+    if mxcsr() & !0x3f != MXCSR_DEFAULT {
+        set_mxcsr(MXCSR_DEFAULT);
     }
 }
 
@@ -628,26 +637,6 @@ mod tests {
         }
     }
 
-    /// Runs `f` on this thread with MXCSR set to `csr` (restored after). Test code only: it stands
-    /// for an application thread that flushes denormals or rounds otherwise.
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) fn with_mxcsr<R>(csr: u32, f: impl FnOnce() -> R) -> R {
-        let mut old = 0u32;
-        // SAFETY: stmxcsr stores MXCSR into a local u32; ldmxcsr loads a valid MXCSR value from one.
-        unsafe {
-            std::arch::asm!("stmxcsr [{}]", in(reg) &mut old, options(nostack, preserves_flags));
-            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags, readonly));
-        }
-        let r = f();
-        // SAFETY: as above, the value stored before.
-        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &old, options(nostack, preserves_flags, readonly)) };
-        r
-    }
-
-    /// FTZ, DAZ and round toward zero, on top of the default MXCSR.
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) const MXCSR_FLUSH_TRUNCATE: u32 = MXCSR_DEFAULT | 0x8040 | 0x6000;
-
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn threads_made_by_a_thread_that_flushes_denormals_still_reduce_exactly() {
@@ -672,12 +661,12 @@ mod tests {
                 let mut want = vec![0u8; n * dtype.size()];
                 reduce_scalar(dtype, op, &refs, &mut want).unwrap();
                 let mut got = vec![0u8; n * dtype.size()];
-                let flushed = with_mxcsr(MXCSR_FLUSH_TRUNCATE, || {
+                let flushed = crate::sim::with_mxcsr(crate::sim::MXCSR_FLUSH_TRUNCATE, || {
                     reduce_threads(dtype, op, &refs, &mut got, 2).unwrap();
                     // this thread itself does flush: the test would see an inherited environment
                     std::hint::black_box(f32::from_bits(1)) + std::hint::black_box(0.0f32)
                 });
-                assert_eq!(flushed, 0.0, "MXCSR {MXCSR_FLUSH_TRUNCATE:#x} flushes denormals here");
+                assert_eq!(flushed, 0.0, "MXCSR {:#x} flushes denormals here", crate::sim::MXCSR_FLUSH_TRUNCATE);
                 // (which NaN a NaN sum is depends on the order of an addition's operands)
                 let differ = got
                     .chunks_exact(dtype.size())

@@ -13,6 +13,22 @@ use std::thread::JoinHandle;
 
 type Task = Box<dyn FnOnce() + Send>;
 
+/// FTZ, DAZ and round toward zero on top of the default MXCSR: an application thread that flushes
+/// denormals (as `torch.set_flush_denormal(True)` does) and rounds otherwise.
+#[cfg(target_arch = "x86_64")]
+pub const MXCSR_FLUSH_TRUNCATE: u32 = crate::reduce::MXCSR_DEFAULT | 0x8040 | 0x6000;
+
+/// Runs `f` on this thread with MXCSR set to `csr`, restored after: how tests stand for such an
+/// application thread.
+#[cfg(target_arch = "x86_64")]
+pub fn with_mxcsr<R>(csr: u32, f: impl FnOnce() -> R) -> R {
+    let old = crate::reduce::mxcsr();
+    crate::reduce::set_mxcsr(csr);
+    let r = f();
+    crate::reduce::set_mxcsr(old);
+    r
+}
+
 /// One in-order stream: a thread running queued operations one after the other.
 #[derive(Debug)]
 struct Stream {

@@ -281,22 +281,6 @@ fn when_rank_0_cannot_make_the_segment_every_rank_gives_up_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(5), "the ranks waited {:?} for a segment that never came", t0.elapsed());
 }
 
-/// Sets MXCSR to `csr` for the duration of `f` on this thread (restored after): an application
-/// thread that flushes denormals (FTZ, DAZ) and rounds toward zero.
-#[cfg(target_arch = "x86_64")]
-fn with_mxcsr<R>(csr: u32, f: impl FnOnce() -> R) -> R {
-    let mut old = 0u32;
-    // SAFETY: stmxcsr stores MXCSR into a local u32; ldmxcsr loads a valid MXCSR value from one.
-    unsafe {
-        std::arch::asm!("stmxcsr [{}]", in(reg) &mut old, options(nostack, preserves_flags));
-        std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags, readonly));
-    }
-    let r = f();
-    // SAFETY: as above, the value stored before.
-    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &old, options(nostack, preserves_flags, readonly)) };
-    r
-}
-
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
@@ -323,7 +307,7 @@ fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
         .map(|rank| {
             let path = path.clone();
             std::thread::spawn(move || {
-                let comm = with_mxcsr(0x1f80 | 0x8040 | 0x6000, || {
+                let comm = flexmig_hostreduce::sim::with_mxcsr(flexmig_hostreduce::sim::MXCSR_FLUSH_TRUNCATE, || {
                     HostComm::setup_local(&path, rank, settings, T, Local { reducers: 1, cpus: None }, &mut |_| true).expect("setup")
                 });
                 let sim = SimRank::new(comm);
