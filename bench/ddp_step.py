@@ -21,7 +21,9 @@ group per NAME, each made with its K=V environment (e.g. hostreduce=FLEXMIG_HOST
 three references: "none" (no_sync: no exchange, the ceiling), "noop" (the hook returns the bucket:
 DDP's bucketing without any exchange) and "tiny" (the hook all-reduces one element per bucket
 through NCCL: the ranks wait for each other per bucket, but move no data). Gradients are checked
-per NAME.
+per NAME. --buffers-off adds "nobuf" (noop with DDP's broadcast_buffers=False: no broadcast of the
+module's buffers, BatchNorm's statistics, from rank 0 before each forward; "none" skips it too)
+and every NAME again as NAME-nobuf.
 Prints `RESULT {json}`.
 """
 import argparse
@@ -34,6 +36,7 @@ HERE = os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "..", "tests", "gpu"))
 import leaf_launch  # noqa: E402
 BATCH = {"resnet": 32, "transformer": 16}
+NOBUF = "nobuf"  # a --compare mode with DDP's broadcast_buffers=False
 
 
 def build(model, torch):
@@ -116,18 +119,30 @@ def worker():
     rank = int(os.environ.get("RANK", "0"))
     if hook:
         modes = ["none", "noop", "tiny"] + [name for name, _ in compare]
+        if os.environ.get("BENCH_BUFFERS_OFF") == "1" and any(True for _ in net.module.buffers()):
+            # The same exchanges with DDP's broadcast_buffers=False (an option of the user's code:
+            # no broadcast of BatchNorm's running statistics from rank 0 before every forward).
+            modes += [NOBUF] + [name + "-" + NOBUF for name, _ in compare]
+
         rounds = {m: [] for m in modes}
+
+        def select(m):
+            """Sets the hook's exchange and DDP's buffer broadcast for mode m."""
+            net.broadcast_buffers = not (m == NOBUF or m.endswith("-" + NOBUF))
+            base = "noop" if m in ("none", NOBUF) else m.removesuffix("-" + NOBUF)
+            hook["mode"] = base
+
         for m in modes:  # warm-up, every exchange once
-            hook["mode"] = "noop" if m == "none" else m
+            select(m)
             step()
         for _ in range(2):  # taking turns, so drift hits every mode alike
             for m in modes:
-                hook["mode"] = m
+                select(m)
                 rounds[m].append(timed(10, sync=m != "none"))
         res = {"params": params, "compare": {}}
         for m in modes:
-            hook["mode"] = m
-            ok = grads_check(net, x, y, loss_fn, torch, dist, dev) if m in dict(compare) else None
+            select(m)
+            ok = grads_check(net, x, y, loss_fn, torch, dist, dev) if hook["mode"] in dict(compare) else None
             res["compare"][m] = {"step_s": sum(rounds[m]) / len(rounds[m]), "rounds": rounds[m], "grads_ok": ok}
         dist.destroy_process_group()
         if rank == 0:
@@ -220,6 +235,8 @@ def run(a):
             env["BENCH_COMPARE"] = json.dumps(a.compare)
         if a.bucket_view:
             env["BENCH_BUCKET_VIEW"] = "1"
+        if a.buffers_off:
+            env["BENCH_BUFFERS_OFF"] = "1"
         if a.variant != "single":
             env.update(leaf_launch.placement_env(a, rank, k, port))
         if a.variant == "patched":
@@ -268,7 +285,7 @@ def compare_spec(text):
     out = []
     for entry in filter(None, text.split(";")):
         name, _, kvs = entry.partition("=")
-        if not name or name in ("none", "noop", "tiny") or not kvs:
+        if not name or name in ("none", "noop", "tiny", NOBUF) or name.endswith("-" + NOBUF) or not kvs:
             raise argparse.ArgumentTypeError(f"{entry!r}: want NAME=K=V[,K=V], NAME not none/noop/tiny")
         out.append((name, dict(kv.split("=", 1) for kv in kvs.split(","))))
     return out
@@ -290,6 +307,7 @@ def main():
     r.add_argument("--env", action="append", default=[], help="extra K=V for every rank")
     r.add_argument("--tag", default="")
     r.add_argument("--bucket-view", action="store_true", help="DDP with gradient_as_bucket_view=True")
+    r.add_argument("--buffers-off", action="store_true", help=f"with --compare: also the reference {NOBUF!r} and each exchange as NAME-{NOBUF}, with broadcast_buffers=False (models with buffers)")
     r.add_argument("--compare", type=compare_spec, default=[], help="NAME=K=V[,K=V][;...]: exchanges timed side by side through a comm hook")
     leaf_launch.add_placement_args(r)
     r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")

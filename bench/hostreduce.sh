@@ -27,7 +27,8 @@
 # failed), DDP_RANKS ("": no DDP steps) and DDP_MODELS (resnet): DDP steps through bench/ddp_step.py
 # for DDP_IMPLS ("single auto compare"; also "nccl", "hostreduce", and "compare-bv": compare with
 # DDP's gradient_as_bucket_view=True; kind "ddp"), DDP_COMPARE (the
-# exchanges "compare" times side by side); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
+# exchanges "compare" times side by side), DDP_BUFFERS_OFF (1: "compare" also with DDP's
+# broadcast_buffers=False, ddp_step.py --buffers-off); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
 # all-reduces of these sizes also beside compute, kind "overlap"); AUTO (1: the all-reduces also through a
 # FLEXMIG_HOSTREDUCE=auto group, impl "auto"). Phase "table" (before "ddp") builds
 # $OUTDIR/select.json with bench/hostreduce_table.py from this run's host and beside-compute
@@ -74,11 +75,11 @@ if has copy; then
   echo "{\"kind\": \"copy\", \"copy\": $COPY}" | tee -a "$J"
 fi
 if has cpu; then
-  # The CPU reduce alone, on the threads a rank gets at k=2 and k=7 (16 CPUs shared by k ranks):
+  # The CPU reduce alone, on 1 to 16 threads (how far more reducers help before memory binds):
   # the example built here, else the one beside HOSTREDUCE_LIB (tests/gpu/prepare-slurm-job.sh).
   ex="$T/examples/reduce_speed"
   [ -x "$ex" ] || ex="$(dirname "$HRLIB")/reduce_speed"
-  if [ -x "$ex" ]; then "$ex" 2048 1 2 8 | tee -a "$J"; else echo "cpu: no reduce_speed example (cargo build --release -p flexmig-hostreduce --example reduce_speed)" | tee -a "$LOG"; fi
+  if [ -x "$ex" ]; then "$ex" 2048 1 2 4 8 16 | tee -a "$J"; else echo "cpu: no reduce_speed example (cargo build --release -p flexmig-hostreduce --example reduce_speed)" | tee -a "$LOG"; fi
 fi
 
 if has faults; then
@@ -91,7 +92,8 @@ fi
 
 trap 'mps_stop >/dev/null 2>&1' EXIT
 mps_start || { echo "MPS did not start"; exit 2; }
-SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,33554432,67108864,134217728,268435456}
+# 25 MiB: DDP's default bucket.
+SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,26214400,33554432,67108864,134217728,268435456}
 if has main; then
   for k in $RANKS; do
     $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes "$SIZES" \
@@ -140,6 +142,7 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
           compare-bv) variant=patched lib="$HRLIB $PATCHED" mode=off extra=(--compare "$DDP_COMPARE" --bucket-view) ;;
           *) echo "DDP_IMPLS: unknown $impl"; exit 2 ;;
         esac
+        case $impl in compare*) [ "${DDP_BUFFERS_OFF:-0}" = 1 ] && extra+=(--buffers-off) ;; esac
         $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant $variant --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
           --env FLEXMIG_HOSTREDUCE=$mode --env FLEXMIG_HOSTREDUCE_DEBUG=1 "${extra[@]}" --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
           | tee -a "$LOG" | $PY "$B" ddp-lines "$MACHINE" "$impl" | tee -a "$J" | cut -c1-220

@@ -1,11 +1,13 @@
 //! Read-only checks against the real NVML of a GPU machine. Ignored by default; run them there
 //! with `cargo test -p flexmig-gres-helper --test real_gpu -- --ignored`. They never call
-//! `apply`: the machine's MIG mode must stay as it is.
+//! `apply`: the machine's MIG mode must stay as it is. FLEXMIG_HELPER names the helper to run
+//! where this test binary was built elsewhere (tests/gpu/prepare-slurm-job.sh carries both).
 
 use std::process::Command;
 
 fn helper(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_flexmig-gres-helper")).args(args).output().unwrap();
+    let bin = std::env::var_os("FLEXMIG_HELPER").unwrap_or_else(|| env!("CARGO_BIN_EXE_flexmig-gres-helper").into());
+    let o = Command::new(bin).args(args).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
 }
 

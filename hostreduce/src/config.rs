@@ -92,13 +92,19 @@ impl Config {
     }
 }
 
-/// Reducer threads per rank when not set: a quarter of this rank's share of the CPUs (the node's
-/// `k` ranks may all run on the same CPUs, as without Slurm's task binding), at least one. The
-/// rest stays with the application: its threads spin in CUDA synchronisation and load data, and
-/// more reducers than that were slower on the GPU machine (BENCHMARKS.md, "Host-side reduction").
+/// Reducer threads per rank when not set: this rank's share of the CPUs (the node's `k` ranks
+/// may all run on the same CPUs, as without Slurm's task binding) less one for the application's
+/// own thread, which launches the kernels, at least one and at most [`MAX_DEFAULT_THREADS`]. On
+/// the GPU machine (16 CPUs) that is 3 / 3 / 3 / 2 / 1 at 2 / 3 / 4 / 5 / 7 leaves, the best or
+/// within a few percent of it at every size in one launch beside 1-4 (BENCHMARKS.md,
+/// "Host-side reduction"): fewer leave the reduce CPU-bound, more take CPUs the ranks need.
 pub fn default_threads(usable_cpus: usize, online_cpus: usize, k: usize) -> usize {
-    (usable_cpus.min(online_cpus / k.max(1)) / 4).max(1)
+    usable_cpus.min(online_cpus / k.max(1)).saturating_sub(1).clamp(1, MAX_DEFAULT_THREADS)
 }
+
+/// Beyond three reducers per rank the host's memory, not the CPUs, bounds the reduce: four gave
+/// nothing more at any k on the GPU machine.
+pub const MAX_DEFAULT_THREADS: usize = 3;
 
 /// FNV-1a, 64 bits: stable across processes and builds (names and fingerprints must agree between ranks).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
@@ -264,11 +270,13 @@ mod tests {
 
     #[test]
     fn default_threads_share_the_cpus() {
-        assert_eq!(default_threads(16, 16, 7), 1); // all ranks on all CPUs
-        assert_eq!(default_threads(16, 16, 4), 1);
-        assert_eq!(default_threads(16, 16, 2), 2);
-        assert_eq!(default_threads(8, 112, 7), 2); // Slurm gave this task 8 CPUs
+        // All ranks on all 16 CPUs, as on the GPU machine: 2, 3, 4, 5 and 7 leaves.
+        let on_16: Vec<usize> = [2, 3, 4, 5, 7].iter().map(|&k| default_threads(16, 16, k)).collect();
+        assert_eq!(on_16, [3, 3, 3, 2, 1]);
+        assert_eq!(default_threads(8, 112, 7), 3); // Slurm gave this task 8 CPUs: capped
+        assert_eq!(default_threads(2, 112, 7), 1); // ... or 2: one stays with the application
         assert_eq!(default_threads(1, 2, 7), 1);
+        assert_eq!(default_threads(0, 0, 0), 1);
     }
 
     fn info() -> PeerInfo {

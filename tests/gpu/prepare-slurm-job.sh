@@ -23,6 +23,10 @@ cargo build -q --release -p flexmig-integration --bin flexmig-gpu-job
 cargo build -q --release -p flexmig-hostreduce --lib --example reduce_speed
 T=${CARGO_TARGET_DIR:-$REPO/target}/release
 cp "$T/libflexmig_spank.so" "$T/flexmig-gres-helper" "$T/flexmig-gpu-job" "$T/libflexmig_hostreduce.so" "$T/examples/reduce_speed" "$CARRY/bin/"
+# The helper's read-only NVML checks, run there as `FLEXMIG_HELPER=bin/flexmig-gres-helper bin/real_gpu --ignored`.
+real_gpu=$(cargo test -q --release -p flexmig-gres-helper --test real_gpu --no-run --message-format=json \
+  | python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "real_gpu"][0])')
+cp "$real_gpu" "$CARRY/bin/real_gpu"
 strip "$CARRY/bin/"*
 if [ -n "${1:-}" ]; then
   cp "$1" "$CARRY/nccl-2.28.9.tar.gz"
