@@ -46,20 +46,7 @@ def report(path):
         out.append(overlap_table(ov))
     var = [r for r in ar if r["variant"] != "default"]
     if var:
-        out.append("Host-path settings against the defaults of the same run (busbw-equivalent GB/s):")
-        out.append("")
-        vs = sorted({r["variant"] for r in var})
-        vsizes = sorted({r["bytes"] for r in var})
-        out.append("| k | size | default | " + " | ".join(f"`{v}`" for v in vs) + " |")
-        out.append("|---|---|---|" + "---|" * len(vs))
-        by = defaultdict(dict)
-        for r in ar:
-            if r["impl"] == "hostreduce" and r["bytes"] in vsizes:
-                by[(r["k"], r["bytes"])][r["variant"]] = r["busbw_equiv_GBps"]
-        for (k, s) in sorted(by):
-            d = by[(k, s)]
-            out.append(f"| {k} | {s // MIB}M | {fmt(d.get('default', 0))} | " + " | ".join(fmt(d[v]) if v in d else "" for v in vs) + " |")
-        out.append("")
+        out.append(variants_table(ar, var))
     ddp = [r for r in rows if r.get("kind") == "ddp"]
     plain = [r for r in ddp if not r.get("exchange", "").startswith("comm-hook")]
     if plain:
@@ -122,6 +109,13 @@ def allreduce_tables(ar, copy):
             if any(cells):
                 out.append(f"| {k} | {impl} {dtype} | " + " | ".join(cells) + " |")
     out.append("")
+    autos = sorted((d[s]["auto"] / d[s]["nccl"], k, dtype, s) for (k, dtype), d in t.items() for s in d if "auto" in d[s] and "nccl" in d[s])
+    if autos:
+        lo, k, dtype, s = autos[0]
+        below = sum(1 for a in autos if a[0] < 0.95)
+        out.append(f"auto against NCCL at all {len(autos)} points: lowest {lo:.2f}x (k={k}, {dtype}, {s // MIB}M), "
+                   f"median {autos[len(autos) // 2][0]:.2f}x, {below} below 0.95x.")
+        out.append("")
     if copy:
         big = 256 * MIB
         out.append("At 256 MiB, against the bounds (ring: L/k; host path: 2(k-1)/k^2 x L):")
@@ -137,6 +131,53 @@ def allreduce_tables(ar, copy):
             bb, b1 = 2 * (k - 1) / k / k * lb, 2 * (k - 1) / k / k * l1
             out.append(f"| {k} | {dtype} | {fmt(n)} | {fmt(h)} | {h / n:.2f}x | {fmt(bb)} | {h / bb * 100:.0f}% | {fmt(b1)} | {h / b1 * 100:.0f}% |")
         out.append("")
+    return "\n".join(out)
+
+
+def variants_table(ar, var):
+    """Host-path settings side by side with the run's defaults and NCCL, in the same launches."""
+    vs = sorted({r["variant"] for r in var})
+    points = {(r["k"], r["dtype"], r["bytes"]) for r in var}
+    by = defaultdict(dict)
+    for r in ar:
+        if (r["k"], r["dtype"], r["bytes"]) in points and r["impl"] in ("hostreduce", "nccl"):
+            by[(r["k"], r["dtype"], r["bytes"])]["nccl" if r["impl"] == "nccl" else r["variant"]] = r["busbw_equiv_GBps"]
+    out = ["Host-path settings side by side with the library's defaults of the run and NCCL, in the same launches "
+           "(busbw-equivalent GB/s; in brackets the ratio to NCCL):", ""]
+    out.append("| k | type | size | nccl | default | " + " | ".join(f"`{v}`" for v in vs) + " |")
+    out.append("|---|---|---|---|---|" + "---|" * len(vs))
+    for (k, t, b) in sorted(by):
+        d = by[(k, t, b)]
+        n = d.get("nccl")
+
+        def cell(v):
+            return "" if v not in d else fmt(d[v]) + (f" ({d[v] / n:.2f}x)" if n else "")
+        out.append(f"| {k} | {t} | {b // MIB}M | {fmt(n) if n else ''} | {cell('default')} | " + " | ".join(cell(v) for v in vs) + " |")
+    out.append("")
+    return "\n".join(out)
+
+
+def across_sessions(paths):
+    """The host path and auto against NCCL at 256 MiB, fp32, per machine session (runs of one
+    library and defaults, each its own machine start): how far a rate carries between sessions."""
+    out = ["The same library and defaults in separate machine sessions: fp32, 256 MiB, the host path's "
+           "busbw-equivalent GB/s and in brackets its ratio to NCCL in the same launch; auto's ratio (run8, run9: decided by the table committed before them; run10: by the one made from run8 and run9):", ""]
+    out.append("| k | " + " | ".join(f"{p.split('-')[0]} host | {p.split('-')[0]} auto" for p in paths) + " |")
+    out.append("|---|" + "---|---|" * len(paths))
+    by = defaultdict(dict)
+    for p in paths:
+        for r in load(p):
+            if r.get("kind") == "allreduce" and r.get("bytes") == 256 * MIB and r["dtype"] == "f32" and r["variant"] == "default":
+                by[r["k"]][(p, r["impl"])] = r["busbw_equiv_GBps"]
+    for k in sorted(by):
+        d = by[k]
+        cells = []
+        for p in paths:
+            n, h, a = d.get((p, "nccl")), d.get((p, "hostreduce")), d.get((p, "auto"))
+            cells.append(f"{fmt(h)} ({h / n:.2f}x)" if n and h else "")
+            cells.append(f"{a / n:.2f}x" if n and a else "")
+        out.append(f"| {k} | " + " | ".join(cells) + " |")
+    out.append("")
     return "\n".join(out)
 
 
@@ -165,7 +206,7 @@ def overlap_table(ov):
     return "\n".join(out)
 
 
-REFS = ("none", "noop", "tiny")
+REFS = ("none", "noop", "nobuf", "tiny")
 
 
 def ddp_compare(hooked, plain):
@@ -175,12 +216,18 @@ def ddp_compare(hooked, plain):
     for r in hooked:
         by[(r["model"], r["exchange"], r["k"])][r["impl"]] = r
     single = {(r["model"], r["k"]): r["samples_per_s"] for r in plain if r["impl"] == "single" and r.get("samples_per_s")}
-    names = sorted({i for d in by.values() for i in d if i not in REFS}, key=lambda i: (i != "nccl", i != "hostreduce", i != "auto", i))
+    def order(i):
+        base = i.removesuffix("-nobuf")
+        return (i != base, base != "nccl", base != "hostreduce", base != "auto", base)
+    names = sorted({i for d in by.values() for i in d if i not in REFS}, key=order)
+    refs = [i for i in REFS if any(i in d for d in by.values())]
     out = ["DDP exchanges side by side (one launch per row, taking turns through a comm hook doing what DDP's default one does; "
            "none = no_sync, the ceiling; noop = the hook returns the bucket (DDP's bucketing, no exchange); tiny = one element "
-           "all-reduced per bucket (ranks wait for each other, move nothing)); samples/s, in brackets the share below the ceiling:", ""]
-    out.append("| model | k | bucket view | single | none | noop | tiny | " + " | ".join(names) + " | gradients equal |")
-    out.append("|---|---|---|---|---|---|---|" + "---|" * len(names) + "---|")
+           "all-reduced per bucket (ranks wait for each other, move nothing)"
+           + ("; nobuf = noop with DDP's broadcast_buffers=False, and NAME-nobuf each exchange so" if "nobuf" in refs else "")
+           + "); samples/s, in brackets the share below the ceiling:", ""]
+    out.append("| model | k | bucket view | single | " + " | ".join(refs) + " | " + " | ".join(names) + " | gradients equal |")
+    out.append("|---|---|---|---|" + "---|" * len(refs) + "---|" * len(names) + "---|")
     for (model, exchange, k) in sorted(by):
         d = by[(model, exchange, k)]
         ceiling = d["none"]["samples_per_s"]
@@ -193,19 +240,21 @@ def ddp_compare(hooked, plain):
         ok = all(d[i].get("grads_ok") for i in names if i in d)
         s1 = single.get((model, k))
         out.append(f"| {model} | {k} | {'yes' if exchange.endswith('bucket-view') else 'no'} | {f'{s1:.0f}' if s1 else ''} | "
-                   + " | ".join(cell(i) for i in REFS) + " | " + " | ".join(cell(i) for i in names) + f" | {'yes' if ok else 'NO'} |")
+                   + " | ".join(cell(i) for i in refs) + " | " + " | ".join(cell(i) for i in names) + f" | {'yes' if ok else 'NO'} |")
     out.append("")
-    out.append("The same launches: what moving the gradients costs beyond `tiny` (share of the ceiling), and each "
-               "exchange's samples/s against one process with k times the SM share and the batch (single):")
+    out.append("The same launches: what moving the gradients costs beyond `tiny` (NAME-nobuf: beyond `nobuf`; share of the "
+               "ceiling), and each exchange's samples/s against one process with k times the SM share and the batch (single):")
     out.append("")
-    out.append("| model | k | bucket view | tiny beyond noop | " + " | ".join(f"{i} beyond tiny" for i in names) + " | " + " | ".join(f"{i} / single" for i in names) + " |")
+
+    def ref(i):
+        return "nobuf" if i.endswith("-nobuf") else "tiny"
+    out.append("| model | k | bucket view | tiny beyond noop | " + " | ".join(f"{i} beyond {ref(i)}" for i in names) + " | " + " | ".join(f"{i} / single" for i in names) + " |")
     out.append("|---|---|---|---|" + "---|" * (2 * len(names)))
     for (model, exchange, k) in sorted(by):
         d = by[(model, exchange, k)]
         ceiling = d["none"]["samples_per_s"]
-        tiny = 1 - d["tiny"]["samples_per_s"] / ceiling
         s1 = single.get((model, k))
-        beyond = [f"{(1 - d[i]['samples_per_s'] / ceiling - tiny) * 100:.1f}%" if i in d else "" for i in names]
+        beyond = [f"{(d[ref(i)]['samples_per_s'] - d[i]['samples_per_s']) / ceiling * 100:.1f}%" if i in d else "" for i in names]
         ratio = [f"{d[i]['samples_per_s'] / s1:.2f}x" if i in d and s1 else "" for i in names]
         wait = (1 - d["tiny"]["samples_per_s"] / ceiling) - (1 - d["noop"]["samples_per_s"] / ceiling)
         out.append(f"| {model} | {k} | {'yes' if exchange.endswith('bucket-view') else 'no'} | {wait * 100:.1f}% | " + " | ".join(beyond) + " | " + " | ".join(ratio) + " |")
@@ -249,7 +298,10 @@ def faults(rows):
 # The committed runs, in order (bench/results/hostreduce/); report.md is made of these, and
 # bench/check.sh fails on a raw result there that is not one of them.
 RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto-ddp.jsonl", "run4-allreduce-bf16-ddp.jsonl",
-        "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl"]
+        "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl", "run7-threads.jsonl", "run8-allreduce-ddp-buffers.jsonl",
+        "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl"]
+# Runs of the current library and defaults, each in its own machine session.
+SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl"]
 
 
 def plot(path, png):
@@ -304,7 +356,10 @@ def main():
     if sys.argv[1:2] == ["--plot"]:
         plot(sys.argv[2], os.path.join(os.path.dirname(sys.argv[2]) or ".", "hostreduce.png"))
         return
-    print("\n".join(report(p) for p in (sys.argv[1:] or RUNS)))
+    if sys.argv[1:]:
+        print("\n".join(report(p) for p in sys.argv[1:]))
+        return
+    print("\n".join([report(p) for p in RUNS] + ["### Between machine sessions", "", across_sessions(SESSIONS)]))
 
 
 if __name__ == "__main__":
