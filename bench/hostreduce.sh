@@ -14,7 +14,8 @@
 #
 # Output: $OUTDIR/hostreduce.jsonl, one JSON object per measurement (kind "allreduce", impl
 # "hostreduce"|"nccl"|"nccl-ce", k, bytes, busbw_equiv_GBps = algbw x 2(k-1)/k, machine, mps,
-# copy bound), plus "machine", "copy" and "cpu_reduce" lines; $OUTDIR/hostreduce.log.
+# copy bound), plus "machine", "copy" and "cpu_reduce" lines; $OUTDIR/hostreduce.log;
+# $OUTDIR/reducer-stats.txt (per communicator of the main launches: the reducers' waiting and work).
 #
 # Environment: NCCL_SRC (holds nccl-2.28.9/ or nccl-2.28.9.tar.gz; default <repo>/.nccl/src),
 # FLEXMIG_HELPER (default: target/release/flexmig-gres-helper, else cargo-built), HOSTREDUCE_LIB
@@ -100,6 +101,9 @@ if has main; then
       --dtypes "${DTYPES:-f32}" $([ "${AUTO:-1}" = 1 ] && echo --auto) --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" \
       --overlap-sizes "${OVERLAP_SIZES:-}" --log "$WORK/logs" --timeout "${TIMEOUT:-240}" \
       | tee -a "$LOG" | $PY "$B" lines "$MACHINE" "$COPY" | tee -a "$J" | $PY "$B" summarize
+    # What each communicator's reducer threads did (chunks, time waiting for copies down, time
+    # reducing), from the ranks' teardown lines: where a size loses, copies or CPU.
+    grep -h "reducer threads:" "$WORK/logs/hostreduce-mps-$k".rank*.log 2>/dev/null | sed "s/^/k=$k sizes=$SIZES: /" >>"$OUTDIR/reducer-stats.txt"
     if [ "${STOP_ON_FAIL:-0}" = 1 ] && tail -1 "$J" | grep -q '"error"'; then echo "k=$k failed: stopping (STOP_ON_FAIL=1)"; exit 3; fi
   done
 fi
