@@ -21,9 +21,10 @@ group per NAME, each made with its K=V environment (e.g. hostreduce=FLEXMIG_HOST
 three references: "none" (no_sync: no exchange, the ceiling), "noop" (the hook returns the bucket:
 DDP's bucketing without any exchange) and "tiny" (the hook all-reduces one element per bucket
 through NCCL: the ranks wait for each other per bucket, but move no data). Gradients are checked
-per NAME. --buffers-off adds "nobuf" (noop with DDP's broadcast_buffers=False: no broadcast of the
-module's buffers, BatchNorm's statistics, from rank 0 before each forward; "none" skips it too)
-and every NAME again as NAME-nobuf.
+per NAME. --buffers-off adds "nobuf" and "tiny-nobuf" (noop and tiny with DDP's
+broadcast_buffers=False: no broadcast of the module's buffers, BatchNorm's statistics, from rank 0
+before each forward; "none" skips it too) and every NAME again as NAME-nobuf. Each mode's timed
+steps follow one untimed step in its own setting.
 Prints `RESULT {json}`.
 """
 import argparse
@@ -122,7 +123,7 @@ def worker():
         if os.environ.get("BENCH_BUFFERS_OFF") == "1" and any(True for _ in net.module.buffers()):
             # The same exchanges with DDP's broadcast_buffers=False (an option of the user's code:
             # no broadcast of BatchNorm's running statistics from rank 0 before every forward).
-            modes += [NOBUF] + [name + "-" + NOBUF for name, _ in compare]
+            modes += [NOBUF, "tiny-" + NOBUF] + [name + "-" + NOBUF for name, _ in compare]
 
         rounds = {m: [] for m in modes}
 
@@ -138,8 +139,16 @@ def worker():
         for _ in range(2):  # taking turns, so drift hits every mode alike
             for m in modes:
                 select(m)
+                # One step untimed in the mode's own setting: the first synced forward after
+                # no_sync() skips DDP's buffer broadcast, and the first after a change of exchange
+                # would carry the previous one's tail.
+                if m == "none":
+                    with net.no_sync():
+                        step()
+                else:
+                    step()
                 rounds[m].append(timed(10, sync=m != "none"))
-        res = {"params": params, "compare": {}}
+        res = {"params": params, "compare": {}, "settle_steps": 1}
         for m in modes:
             select(m)
             ok = grads_check(net, x, y, loss_fn, torch, dist, dev) if hook["mode"] in dict(compare) else None
@@ -281,12 +290,13 @@ def run(a):
 
 def compare_spec(text):
     """'nccl=FLEXMIG_HOSTREDUCE=off;t2=FLEXMIG_HOSTREDUCE=on,FLEXMIG_HOSTREDUCE_THREADS=2' to
-    [(name, {K: V})]; the names none, noop and tiny are the references."""
+    [(name, {K: V})]; the names none, noop, tiny and nobuf, and any NAME-nobuf, are the
+    references."""
     out = []
     for entry in filter(None, text.split(";")):
         name, _, kvs = entry.partition("=")
         if not name or name in ("none", "noop", "tiny", NOBUF) or name.endswith("-" + NOBUF) or not kvs:
-            raise argparse.ArgumentTypeError(f"{entry!r}: want NAME=K=V[,K=V], NAME not none/noop/tiny")
+            raise argparse.ArgumentTypeError(f"{entry!r}: want NAME=K=V[,K=V], NAME not none/noop/tiny/{NOBUF} nor ending in -{NOBUF}")
         out.append((name, dict(kv.split("=", 1) for kv in kvs.split(","))))
     return out
 

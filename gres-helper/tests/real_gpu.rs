@@ -7,6 +7,7 @@ use std::process::Command;
 
 fn helper(args: &[&str]) -> (i32, String, String) {
     let bin = std::env::var_os("FLEXMIG_HELPER").unwrap_or_else(|| env!("CARGO_BIN_EXE_flexmig-gres-helper").into());
+    eprintln!("real_gpu: running {}", std::path::Path::new(&bin).display());
     let o = Command::new(bin).args(args).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
 }

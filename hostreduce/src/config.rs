@@ -95,15 +95,18 @@ impl Config {
 /// Reducer threads per rank when not set: this rank's share of the CPUs (the node's `k` ranks
 /// may all run on the same CPUs, as without Slurm's task binding) less one for the application's
 /// own thread, which launches the kernels, at least one and at most [`MAX_DEFAULT_THREADS`]. On
-/// the GPU machine (16 CPUs) that is 3 / 3 / 3 / 2 / 1 at 2 / 3 / 4 / 5 / 7 leaves, the best or
-/// within a few percent of it at every size in one launch beside 1-4 (BENCHMARKS.md,
-/// "Host-side reduction"): fewer leave the reduce CPU-bound, more take CPUs the ranks need.
+/// the GPU machine (16 CPUs) that is 3 / 3 / 3 / 2 / 1 at 2 / 3 / 4 / 5 / 7 leaves. Measured at
+/// 16, 64 and 256 MiB against 1-4 threads in the same launches: one leaves the reduce CPU-bound at
+/// 3-5 leaves, more than one loses at 7; the default was within about 5% of the best at 64 and
+/// 256 MiB but for bf16 at 2 leaves and 64 MiB (0.84), and up to 14% off at 16 MiB, as far as
+/// repeats of one setting spread there (bench/results/hostreduce/report.md, the thread runs).
+/// Tuned with random data, no data-loader workers competing for the CPUs.
 pub fn default_threads(usable_cpus: usize, online_cpus: usize, k: usize) -> usize {
     usable_cpus.min(online_cpus / k.max(1)).saturating_sub(1).clamp(1, MAX_DEFAULT_THREADS)
 }
 
-/// Beyond three reducers per rank the host's memory, not the CPUs, bounds the reduce: four gave
-/// nothing more at any k on the GPU machine.
+/// A cap, chosen: at 256 MiB three threads per rank were within noise of four at every k, and
+/// each one more is a CPU the application may want.
 pub const MAX_DEFAULT_THREADS: usize = 3;
 
 /// FNV-1a, 64 bits: stable across processes and builds (names and fingerprints must agree between ranks).

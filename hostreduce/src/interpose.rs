@@ -189,7 +189,7 @@ pub fn on_init(comm: Comm, nranks: usize, id: &[u8], rank: usize, config_blockin
             comms().lock().unwrap().insert(comm as usize, Arc::new(gc));
         }
         (Ok(gc), false) => {
-            teardown(gc, false);
+            teardown(gc, comm, false);
             say("nccl", "another rank could not set up the host path");
         }
         (Err(e), _) => say("nccl", &format!("setup failed: {e}")),
@@ -342,14 +342,14 @@ pub fn on_teardown(comm: Comm, abort: bool) {
     let gc = comms().lock().unwrap().remove(&(comm as usize));
     if let Some(gc) = gc {
         match Arc::try_unwrap(gc) {
-            Ok(gc) => teardown(gc, abort),
+            Ok(gc) => teardown(gc, comm, abort),
             // Another thread is inside a call on this communicator: leave it to the last user.
             Err(gc) => log(gc.debug, format_args!("comm {comm:p} torn down while in use")),
         }
     }
 }
 
-fn teardown(gc: GpuComm, abort: bool) {
+fn teardown(gc: GpuComm, comm: Comm, abort: bool) {
     // Destroy lets started calls finish (aborting them after a timeout); abort does not wait for
     // calls that still need peers. Either way every stream wait on the segment is then satisfied.
     if abort {
@@ -365,7 +365,7 @@ fn teardown(gc: GpuComm, abort: bool) {
     log(
         gc.debug,
         format_args!(
-            "rank {}: {} all-reduces on the host path, {} through NCCL; reducer threads: {} chunks, {} pieces reduced here, {:.1} ms waiting for copies down, {:.1} ms reducing",
+            "rank {} comm {comm:p}: {} all-reduces on the host path, {} through NCCL; reducer threads: {} chunks, {} pieces reduced here, {:.1} ms waiting for copies down, {:.1} ms reducing",
             gc.host.rank(),
             gc.host_calls.load(Ordering::Relaxed),
             gc.nccl_calls.load(Ordering::Relaxed),
