@@ -2,36 +2,10 @@
 //! the global scope (preloaded after it, or linked by the program), or only as a dependency of a
 //! module opened RTLD_LOCAL, which is how PyTorch's own libnccl.so.2 arrives (Python opens
 //! extension modules RTLD_LOCAL). A stand-in libnccl.so.2 answers ncclGroupStart with 42.
+mod common;
+use common::{cc, library};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// libflexmig_hostreduce.so of this source, in this test's target/<profile>/ (beside deps/).
-/// `cargo test` builds the library only as the rlib the tests link, so the shared library is built
-/// here (a no-op when it is current), lest a stale one be tested.
-fn library() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap();
-            let target = profile_dir.parent().unwrap();
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "-p", "flexmig-hostreduce", "--lib", "--target-dir"]).arg(target);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            assert!(cargo.status().unwrap().success(), "building libflexmig_hostreduce.so");
-            let lib = profile_dir.join("libflexmig_hostreduce.so");
-            assert!(lib.exists(), "{} not built", lib.display());
-            lib
-        })
-        .clone()
-}
-
-fn cc(dir: &Path, args: &[&str]) {
-    let st = Command::new("cc").current_dir(dir).args(args).status().expect("a C compiler (cc)");
-    assert!(st.success(), "cc {args:?}");
-}
 
 /// Builds the stand-in NCCL, a module that links it, and a program that opens the module with
 /// `mode` ("RTLD_LOCAL" or "RTLD_GLOBAL") and prints what ncclGroupStart returned.

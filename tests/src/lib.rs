@@ -269,8 +269,24 @@ pub fn ensure_test_user() -> Result<()> {
     Ok(())
 }
 
+/// A port for a daemon of a test cluster. Not one the kernel hands out (bind to port 0 would):
+/// those come from the ephemeral range, where srun's and the daemons' own connections take ports
+/// while clusters start side by side, so a port found free could be taken before slurmctld binds
+/// it. These lie below that range (32768 up by default), and this process never gives one twice.
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20000;
+    const SPAN: u32 = 10000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries running at the same time start at different places.
+    let base = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (FIRST + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {FIRST}-{}", FIRST + SPAN - 1)
 }
 
 fn which(prog: &str) -> Result<()> {
