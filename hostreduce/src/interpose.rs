@@ -51,6 +51,32 @@ fn lookup(comm: Comm) -> Option<Arc<GpuComm>> {
     comms().lock().unwrap().get(&(comm as usize)).cloned()
 }
 
+/// Where each live communicator came from, host path or not: the hash its segment name is made
+/// of, and how many times it has been split. A communicator split from it gets its own hash from
+/// these and its color; every rank of the parent makes the same splits in the same order (NCCL's
+/// rule: ncclCommSplit is collective over the parent), so the ranks of a child agree on it, and
+/// children of different colors or splits differ.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    hash: u64,
+    splits: u64,
+}
+
+fn origins() -> &'static Mutex<HashMap<usize, Origin>> {
+    static ORIGINS: std::sync::OnceLock<Mutex<HashMap<usize, Origin>>> = std::sync::OnceLock::new();
+    ORIGINS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The identity a communicator split from one of hash `parent`, at its split number `split`, with
+/// `color`, is set up under (in place of an ncclUniqueId).
+pub fn split_id(parent: u64, split: u64, color: i32) -> Vec<u8> {
+    let mut id = Vec::with_capacity(24);
+    id.extend_from_slice(&parent.to_le_bytes());
+    id.extend_from_slice(&split.to_le_bytes());
+    id.extend_from_slice(&i64::from(color).to_le_bytes());
+    id
+}
+
 thread_local! {
     static GROUP_DEPTH: Cell<u32> = const { Cell::new(0) };
 }
@@ -104,6 +130,7 @@ fn exchange(comm: Comm, nranks: usize, mine: &[u8]) -> Result<Vec<Vec<u8>>, Stri
 /// host path, and set it up. Any failure leaves the communicator to NCCL (on every rank: the last
 /// step is an exchange of each rank's outcome).
 pub fn on_init(comm: Comm, nranks: usize, id: &[u8], rank: usize, config_blocking: Option<i32>) {
+    origins().lock().unwrap().insert(comm as usize, Origin { hash: fnv1a(id), splits: 0 });
     let cfg = match Config::from_env(&env) {
         Ok(c) => c,
         Err(e) => {
@@ -337,8 +364,32 @@ pub fn is_aborted(comm: Comm) -> bool {
     lookup(comm).is_some_and(|gc| gc.host.aborted().is_some())
 }
 
+/// After the real ncclCommSplit: counts the split on the parent (every rank of it calls split,
+/// `child` None where its color was NCCL_SPLIT_NOCOLOR) and sets the child up as a new
+/// communicator of `nranks`, this process being `rank`. A parent this library did not see made
+/// (not by ncclCommInitRank/Config) gives children that stay with NCCL.
+pub fn on_split(parent: Comm, color: i32, child: Option<(Comm, usize, usize)>, config_blocking: Option<i32>) {
+    let origin = origins().lock().unwrap().get_mut(&(parent as usize)).map(|o| {
+        let at = *o;
+        o.splits += 1;
+        at
+    });
+    let Some((comm, nranks, rank)) = child else { return };
+    match origin {
+        Some(o) => on_init(comm, nranks, &split_id(o.hash, o.splits, color), rank, config_blocking),
+        None => {
+            let debug = Config::from_env(&env).is_ok_and(|c| c.debug);
+            log(
+                debug,
+                format_args!("rank {rank}/{nranks} comm {comm:p}: path=nccl (split from a communicator made outside this library's view)"),
+            );
+        }
+    }
+}
+
 /// ncclCommDestroy (`abort` false) and ncclCommAbort (true).
 pub fn on_teardown(comm: Comm, abort: bool) {
+    origins().lock().unwrap().remove(&(comm as usize));
     let gc = comms().lock().unwrap().remove(&(comm as usize));
     if let Some(gc) = gc {
         match Arc::try_unwrap(gc) {

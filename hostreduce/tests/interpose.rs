@@ -236,3 +236,44 @@ fn ranks_making_different_calls_abort_with_a_message_instead_of_hanging() {
         assert_eq!(c[1].0, 6, "the next call is refused: {}{}", o.out, o.err);
     }
 }
+
+/// The segment each "path=hostreduce" line of a rank names, in order.
+fn segments(err: &str) -> Vec<String> {
+    err.lines()
+        .filter(|l| l.contains("path=hostreduce"))
+        .filter_map(|l| l.split("segment ").nth(1))
+        .map(|s| s.split(',').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn communicators_split_from_one_get_the_host_path_each_with_a_segment_of_its_own() {
+    // 4 ranks split by rank % 2 into {0, 2} and {1, 3}; then the parent again.
+    let split = [("SPLIT", "1"), ("PARENT_CALLS", "f32:sum:3000"), ("FLEXMIG_HOSTREDUCE", "on"), SMALL_SLOTS];
+    let (ranks, dir) = job(4, same("f32:sum:100000,bf16:avg:5000"), &split, none);
+    for (r, o) in ranks.iter().enumerate() {
+        assert_eq!(o.calls(), vec![(0, true); 3], "rank {r}: {}{}", o.out, o.err);
+        assert!(o.err.contains(&format!("rank {r}/4 comm")) && o.err.contains("path=hostreduce (4 ranks"), "{}", o.err);
+        assert!(o.err.contains(&format!("rank {}/2 comm", r / 2)) && o.err.contains("path=hostreduce (2 ranks"), "{}", o.err);
+        assert_eq!(segments(&o.err).len(), 2, "{}", o.err);
+    }
+    let seg = |r: usize| segments(&ranks[r].err);
+    // Parent first, then the child: one parent segment, one per child, the children's apart.
+    assert!((0..4).all(|r| seg(r)[0] == seg(0)[0]));
+    assert_eq!(seg(0)[1], seg(2)[1]);
+    assert_eq!(seg(1)[1], seg(3)[1]);
+    assert_ne!(seg(0)[1], seg(1)[1]);
+    assert!(seg(0)[1] != seg(0)[0] && seg(1)[1] != seg(0)[0]);
+    assert_eq!(shm_files(&dir), Vec::<String>::new());
+
+    // A rank without a color (rank 1) takes no part: the child is {0, 2}; the parent still works
+    // for all three.
+    let nocolor = |r: usize| if r == 1 { vec![("NOCOLOR_RANK".to_string(), "1".to_string())] } else { vec![] };
+    let (ranks, _d) = job(3, same("f32:sum:20000"), &split, nocolor);
+    assert!(ranks[1].out.contains("NOCOLOR"), "{}", ranks[1].out);
+    assert_eq!(ranks[1].calls(), vec![(0, true)], "{}{}", ranks[1].out, ranks[1].err);
+    for o in [&ranks[0], &ranks[2]] {
+        assert_eq!(o.calls(), vec![(0, true); 2], "{}{}", o.out, o.err);
+        assert!(o.err.contains("path=hostreduce (2 ranks"), "{}", o.err);
+    }
+}

@@ -36,6 +36,8 @@ type AllGather = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, 
 type CommOnly = unsafe extern "C" fn(Comm) -> NcclResult;
 type AsyncError = unsafe extern "C" fn(Comm, *mut NcclResult) -> NcclResult;
 type NoArgs = unsafe extern "C" fn() -> NcclResult;
+type Split = unsafe extern "C" fn(Comm, c_int, c_int, *mut Comm, *mut c_void) -> NcclResult;
+type CommInt = unsafe extern "C" fn(Comm, *mut c_int) -> NcclResult;
 
 /// The real NCCL entry points (the next definition after this library in the lookup order).
 struct Real {
@@ -48,6 +50,9 @@ struct Real {
     async_error: Option<AsyncError>,
     group_start: Option<NoArgs>,
     group_end: Option<NoArgs>,
+    split: Option<Split>,
+    count: Option<CommInt>,
+    user_rank: Option<CommInt>,
 }
 
 fn next<T>(name: &std::ffi::CStr) -> Option<T> {
@@ -91,6 +96,9 @@ fn real() -> &'static Real {
         async_error: next(c"ncclCommGetAsyncError"),
         group_start: next(c"ncclGroupStart"),
         group_end: next(c"ncclGroupEnd"),
+        split: next(c"ncclCommSplit"),
+        count: next(c"ncclCommCount"),
+        user_rank: next(c"ncclCommUserRank"),
     })
 }
 
@@ -173,6 +181,38 @@ pub unsafe extern "C" fn ncclCommInitRankConfig(
         }
         r
     })
+}
+
+/// ncclCommSplit: the real one, then the interposer's setup for the new communicator (as for
+/// ncclCommInitRankConfig), which PyTorch makes for its subgroups once the default group has a
+/// device.
+///
+/// # Safety
+/// As ncclCommSplit.
+#[no_mangle]
+pub unsafe extern "C" fn ncclCommSplit(comm: Comm, color: c_int, key: c_int, newcomm: *mut Comm, config: *mut c_void) -> NcclResult {
+    guard("ncclCommSplit", || {
+        let Some(f) = real().split else { return missing("ncclCommSplit") };
+        // SAFETY: passing the caller's arguments through unchanged.
+        let r = unsafe { f(comm, color, key, newcomm, config) };
+        if r != NCCL_SUCCESS || newcomm.is_null() {
+            return r;
+        }
+        // SAFETY: on success NCCL stored the new communicator (or NULL for NCCL_SPLIT_NOCOLOR) in *newcomm.
+        let child = unsafe { *newcomm };
+        let shape = if child.is_null() { None } else { comm_shape(child) };
+        interpose::on_split(comm, color, shape.map(|(n, rk)| (child, n, rk)), config_blocking(config));
+        r
+    })
+}
+
+/// (ranks, this rank) of a communicator, from the real NCCL.
+fn comm_shape(comm: Comm) -> Option<(usize, usize)> {
+    let (count, user_rank) = (real().count?, real().user_rank?);
+    let (mut n, mut rk): (c_int, c_int) = (0, 0);
+    // SAFETY: a live communicator NCCL just made, and pointers to two ints.
+    let ok = unsafe { count(comm, &mut n) == NCCL_SUCCESS && user_rank(comm, &mut rk) == NCCL_SUCCESS };
+    (ok && n > 0 && rk >= 0 && rk < n).then_some((n as usize, rk as usize))
 }
 
 /// ncclAllReduce: the host path where the interposer takes it, NCCL otherwise.

@@ -83,6 +83,32 @@ int ncclAllReduce(const void *send, void *recv, size_t count, int type, int op, 
   free(all);
   return rc;
 }
+/* The ranks of the parent with this color, ordered by (key, parent rank); NULL for a negative
+ * color (NCCL_SPLIT_NOCOLOR). */
+int ncclCommSplit(void *comm, int color, int key, void **newcomm, void *config) {
+  (void)config;
+  struct comm *p = comm;
+  int mine[2] = {color, key};
+  int *all = malloc(sizeof mine * p->nranks);
+  unsigned long seq = p->seq;
+  int rc = gather(p, mine, sizeof mine, all);
+  *newcomm = NULL;
+  if (rc == ncclSuccess && color >= 0) {
+    struct comm *c = calloc(1, sizeof *c);
+    for (int r = 0; r < p->nranks; r++) {
+      if (all[2 * r] != color) continue;
+      c->nranks++;
+      if (all[2 * r + 1] < key || (all[2 * r + 1] == key && r < p->rank)) c->rank++;
+    }
+    if (snprintf(c->dir, sizeof c->dir, "%s/split%lu-%d", p->dir, seq, color) >= (int)sizeof c->dir) rc = ncclSystemError;
+    mkdir(c->dir, 0700);
+    *newcomm = c;
+  }
+  free(all);
+  return rc;
+}
+int ncclCommCount(const void *comm, int *n) { *n = ((const struct comm *)comm)->nranks; return ncclSuccess; }
+int ncclCommUserRank(const void *comm, int *r) { *r = ((const struct comm *)comm)->rank; return ncclSuccess; }
 int ncclCommDestroy(void *c) { free(c); return ncclSuccess; }
 int ncclCommAbort(void *c) { free(c); return ncclSuccess; }
 int ncclCommGetAsyncError(void *c, int *e) { (void)c; *e = ncclSuccess; return ncclSuccess; }

@@ -3,6 +3,8 @@
  *   RANK, NRANKS, FAKE_ID (32 hex digits: the unique id every rank shares)
  *   TEST_CALLS: comma-separated DTYPE:OP:COUNT[:group][:oop] (f32 f16 bf16 f64 i32; sum avg)
  *   KILL_RANK, KILL_BEFORE: that rank kills itself (SIGKILL) before call KILL_BEFORE
+ *   SPLIT: the calls go to a communicator split from the first with color rank % 2 (a rank
+ *     listed in NOCOLOR_RANK takes none), key = rank; PARENT_CALLS are then made on the first
  * Prints "CALL <i> rc=<nccl result> ok=<result right>" per call, then "DONE". */
 #include <signal.h>
 #include <stdint.h>
@@ -16,6 +18,9 @@ int ncclAllReduce(const void *send, void *recv, size_t count, int type, int op, 
 int ncclGroupStart(void);
 int ncclGroupEnd(void);
 int ncclCommDestroy(void *comm);
+int ncclCommSplit(void *comm, int color, int key, void **newcomm, void *config);
+int ncclCommCount(const void *comm, int *n);
+int ncclCommUserRank(const void *comm, int *r);
 int cuMemAlloc_v2(uint64_t *d, size_t n);
 int cuMemFree_v2(uint64_t d);
 int cuStreamCreate(void **s, unsigned flags);
@@ -53,6 +58,43 @@ static double get(int type, const void *p, size_t i) {
   }
 }
 
+/* Makes the calls of `list` on `comm`; `idx` counts calls over the whole run. */
+static void calls(const char *list, void *comm, void *stream, int rank, int nranks, int *idx) {
+  int kill_rank = getenv("KILL_RANK") ? atoi(getenv("KILL_RANK")) : -1;
+  int kill_before = getenv("KILL_BEFORE") ? atoi(getenv("KILL_BEFORE")) : -1;
+  char *copy = strdup(list);
+  for (char *spec = strtok(copy, ","); spec; spec = strtok(NULL, ","), (*idx)++) {
+    if (atoi(getenv("RANK")) == kill_rank && *idx == kill_before) raise(SIGKILL);
+    char t[8], o[8];
+    size_t count;
+    if (sscanf(spec, "%7[^:]:%7[^:]:%zu", t, o, &count) != 3) exit(2);
+    int group = strstr(spec, ":group") != NULL, oop = strstr(spec, ":oop") != NULL, avg = !strcmp(o, "avg");
+    size_t es;
+    int type = type_of(t, &es);
+    uint64_t send, recv;
+    cuMemAlloc_v2(&send, count * es);
+    recv = send;
+    if (oop) cuMemAlloc_v2(&recv, count * es);
+    for (size_t i = 0; i < count; i++) put(type, (void *)(uintptr_t)send, i, value(rank, i, avg));
+    if (group) ncclGroupStart();
+    int rc = ncclAllReduce((void *)(uintptr_t)send, (void *)(uintptr_t)recv, count, type, avg ? 4 : 0, comm, stream);
+    if (group) ncclGroupEnd();
+    cuStreamSynchronize(stream);
+    int ok = rc == 0;
+    for (size_t i = 0; ok && i < count; i++) {
+      double want = 0;
+      for (int r = 0; r < nranks; r++) want += value(r, i, avg);
+      if (avg) want /= nranks;
+      ok = get(type, (void *)(uintptr_t)recv, i) == want;
+    }
+    printf("CALL %d rc=%d ok=%d\n", *idx, rc, ok);
+    fflush(stdout);
+    if (oop) cuMemFree_v2(recv);
+    cuMemFree_v2(send);
+  }
+  free(copy);
+}
+
 int main(void) {
   int rank = atoi(getenv("RANK")), nranks = atoi(getenv("NRANKS"));
   const char *hex = getenv("FAKE_ID");
@@ -65,38 +107,25 @@ int main(void) {
   printf("INIT rc=%d\n", rc);
   fflush(stdout);
   if (rc) return 1;
-  int kill_rank = getenv("KILL_RANK") ? atoi(getenv("KILL_RANK")) : -1;
-  int kill_before = getenv("KILL_BEFORE") ? atoi(getenv("KILL_BEFORE")) : -1;
-  char *calls = strdup(getenv("TEST_CALLS"));
   int idx = 0;
-  for (char *spec = strtok(calls, ","); spec; spec = strtok(NULL, ","), idx++) {
-    if (rank == kill_rank && idx == kill_before) raise(SIGKILL);
-    char t[8], o[8];
-    size_t count;
-    if (sscanf(spec, "%7[^:]:%7[^:]:%zu", t, o, &count) != 3) return 2;
-    int group = strstr(spec, ":group") != NULL, oop = strstr(spec, ":oop") != NULL, avg = !strcmp(o, "avg");
-    size_t es;
-    int type = type_of(t, &es);
-    uint64_t send, recv;
-    cuMemAlloc_v2(&send, count * es);
-    recv = send;
-    if (oop) cuMemAlloc_v2(&recv, count * es);
-    for (size_t i = 0; i < count; i++) put(type, (void *)(uintptr_t)send, i, value(rank, i, avg));
-    if (group) ncclGroupStart();
-    rc = ncclAllReduce((void *)(uintptr_t)send, (void *)(uintptr_t)recv, count, type, avg ? 4 : 0, comm, stream);
-    if (group) ncclGroupEnd();
-    cuStreamSynchronize(stream);
-    int ok = rc == 0;
-    for (size_t i = 0; ok && i < count; i++) {
-      double want = 0;
-      for (int r = 0; r < nranks; r++) want += value(r, i, avg);
-      if (avg) want /= nranks;
-      ok = get(type, (void *)(uintptr_t)recv, i) == want;
+  if (getenv("SPLIT")) {
+    int nocolor = getenv("NOCOLOR_RANK") && atoi(getenv("NOCOLOR_RANK")) == rank;
+    void *child;
+    rc = ncclCommSplit(comm, nocolor ? -1 : rank % 2, rank, &child, NULL);
+    printf("SPLIT rc=%d\n", rc);
+    if (rc) return 1;
+    if (child) {
+      int crank, cn;
+      ncclCommUserRank(child, &crank);
+      ncclCommCount(child, &cn);
+      calls(getenv("TEST_CALLS"), child, stream, crank, cn, &idx);
+      ncclCommDestroy(child);
+    } else {
+      printf("NOCOLOR\n");
     }
-    printf("CALL %d rc=%d ok=%d\n", idx, rc, ok);
-    fflush(stdout);
-    if (oop) cuMemFree_v2(recv);
-    cuMemFree_v2(send);
+    if (getenv("PARENT_CALLS")) calls(getenv("PARENT_CALLS"), comm, stream, rank, nranks, &idx);
+  } else {
+    calls(getenv("TEST_CALLS"), comm, stream, rank, nranks, &idx);
   }
   ncclCommDestroy(comm);
   printf("DONE\n");
