@@ -137,7 +137,7 @@ fn the_host_path_takes_what_it_supports_and_gets_every_byte_right() {
         assert_eq!(o.calls(), vec![(0, true); 9], "rank {r}: {}{}", o.out, o.err);
         assert!(o.err.contains(&format!("rank {r}/3 comm")) && o.err.contains("path=hostreduce (3 ranks on this node"), "{}", o.err);
         assert!(o.err.contains("6 all-reduces on the host path, 3 through NCCL"), "rank {r}: {}", o.err);
-        assert!(o.out.contains("DONE"));
+        assert!(o.out.contains("ASYNC 0\nDONE"), "{}", o.out);
     }
     assert_eq!(shm_files(&dir), Vec::<String>::new(), "no segment left behind");
 }
@@ -218,8 +218,26 @@ fn a_dead_peer_fails_the_others_within_seconds_and_leaves_no_segment() {
         // The call the dead rank never joined may end either way; the next is refused.
         assert_eq!(c[2].0, 6, "ncclRemoteError after the death: {}{}", o.out, o.err);
         assert!(o.err.contains("rank 2 died or left"), "{}", o.err);
+        // What PyTorch's watchdog polls: the communicator reports the error by itself.
+        assert!(o.out.contains("ASYNC 6"), "{}", o.out);
         assert_eq!(o.code, Some(0), "{}", o.err);
     }
+    assert_eq!(shm_files(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn a_call_the_others_never_make_ends_once_they_have_left() {
+    // Rank 1 makes a call more; ranks 0 and 2 destroy their communicator instead of joining it.
+    let calls = |r: usize| if r == 1 { "f32:sum:50000,f32:sum:50000".to_string() } else { "f32:sum:50000".to_string() };
+    let t0 = Instant::now();
+    let (ranks, dir) = job(3, calls, &[("FLEXMIG_HOSTREDUCE", "on"), SMALL_SLOTS], none);
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    for o in &ranks {
+        assert_eq!(o.code, Some(0), "{}{}", o.out, o.err);
+        assert_eq!(o.calls()[0], (0, true), "{}{}", o.out, o.err);
+    }
+    assert_eq!(ranks[1].calls().len(), 2);
+    assert!(ranks[1].out.contains("ASYNC 6"), "the host path knows its peers left: {}{}", ranks[1].out, ranks[1].err);
     assert_eq!(shm_files(&dir), Vec::<String>::new());
 }
 

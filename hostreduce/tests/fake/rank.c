@@ -5,7 +5,8 @@
  *   KILL_RANK, KILL_BEFORE: that rank kills itself (SIGKILL) before call KILL_BEFORE
  *   SPLIT: the calls go to a communicator split from the first with color rank % 2 (a rank
  *     listed in NOCOLOR_RANK takes none), key = rank; PARENT_CALLS are then made on the first
- * Prints "CALL <i> rc=<nccl result> ok=<result right>" per call, then "DONE". */
+ * Prints "CALL <i> rc=<nccl result> ok=<result right>" per call, then "ASYNC <ncclCommGetAsyncError
+ * of the first communicator>" and "DONE". */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@ int ncclCommDestroy(void *comm);
 int ncclCommSplit(void *comm, int color, int key, void **newcomm, void *config);
 int ncclCommCount(const void *comm, int *n);
 int ncclCommUserRank(const void *comm, int *r);
+int ncclCommGetAsyncError(void *comm, int *err);
 int cuMemAlloc_v2(uint64_t *d, size_t n);
 int cuMemFree_v2(uint64_t d);
 int cuStreamCreate(void **s, unsigned flags);
@@ -127,6 +129,9 @@ int main(void) {
   } else {
     calls(getenv("TEST_CALLS"), comm, stream, rank, nranks, &idx);
   }
+  int async_err = -1;
+  ncclCommGetAsyncError(comm, &async_err);
+  printf("ASYNC %d\n", async_err);
   ncclCommDestroy(comm);
   printf("DONE\n");
   return 0;
