@@ -298,9 +298,12 @@ fn per_task_gpu_binding_binds_each_task_to_the_leaf_slurm_gave_it() {
             assert!(seen.insert(leaf.uuid.clone()), "{binding:?}: two tasks on one leaf");
         }
     }
-    // A map that gives two tasks one GPU: one task binds the leaf, the other is refused.
+    // A map that gives two tasks one GPU: one task binds the leaf, the other is refused. A leaf
+    // lock lives as long as its task, so the tasks stay a while: a task that had already ended
+    // would have left the leaf free for the other to bind, one after the other.
     let twice = format!("--gpu-bind=map_gpu:{0},{0}", smalls[0]);
-    let o = srun(&c, &["--flexmig", "-n2", "--gres=gpu:1g.5gb:2", &twice, "bash", "-c", &show]);
+    let stay = format!("{show}; sleep 3");
+    let o = srun(&c, &["--flexmig", "-n2", "--gres=gpu:1g.5gb:2", &twice, "bash", "-c", &stay]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already bound"), "{}", text(&o));
     assert!(parse_tasks(&String::from_utf8_lossy(&o.stdout)).len() <= 1, "two tasks ran on one leaf: {}", text(&o));
 }
