@@ -73,9 +73,10 @@ def worker():
     compare = json.loads(os.environ.get("BENCH_COMPARE", "[]"))
     dev = torch.device("cuda", 0)
     torch.cuda.set_device(dev)
-    if distributed and compare:
+    if distributed and compare and os.environ.get("BENCH_DEVICE_ID") != "1":
         # No device_id: each group's communicator is then made by its own ncclCommInitRank (not
-        # split from the default one), so its environment applies.
+        # split from the default one). With --device-id they are split from it (ncclCommSplit),
+        # as PyTorch does for a user's new_group; either way the environment at creation applies.
         dist.init_process_group("nccl")
     elif distributed:
         dist.init_process_group("nccl", device_id=dev)
@@ -246,6 +247,8 @@ def run(a):
             env["BENCH_BUCKET_VIEW"] = "1"
         if a.buffers_off:
             env["BENCH_BUFFERS_OFF"] = "1"
+        if a.device_id:
+            env["BENCH_DEVICE_ID"] = "1"
         if a.variant != "single":
             env.update(leaf_launch.placement_env(a, rank, k, port))
         if a.variant == "patched":
@@ -318,6 +321,7 @@ def main():
     r.add_argument("--tag", default="")
     r.add_argument("--bucket-view", action="store_true", help="DDP with gradient_as_bucket_view=True")
     r.add_argument("--buffers-off", action="store_true", help=f"with --compare: also the reference {NOBUF!r} and each exchange as NAME-{NOBUF}, with broadcast_buffers=False (models with buffers)")
+    r.add_argument("--device-id", action="store_true", help="with --compare: init_process_group(device_id=...), so the compared groups are split from the default one")
     r.add_argument("--compare", type=compare_spec, default=[], help="NAME=K=V[,K=V][;...]: exchanges timed side by side through a comm hook")
     leaf_launch.add_placement_args(r)
     r.add_argument("--log", default="/tmp/flexmig-bench/ddp-logs")

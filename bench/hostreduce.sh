@@ -29,7 +29,8 @@
 # for DDP_IMPLS ("single auto compare"; also "nccl", "hostreduce", and "compare-bv": compare with
 # DDP's gradient_as_bucket_view=True; kind "ddp"), DDP_COMPARE (the
 # exchanges "compare" times side by side), DDP_BUFFERS_OFF (1: "compare" also with DDP's
-# broadcast_buffers=False, ddp_step.py --buffers-off); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
+# broadcast_buffers=False, ddp_step.py --buffers-off), DDP_DEVICE_ID (1: "compare"'s groups split
+# from a default group made with device_id, ddp_step.py --device-id); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
 # all-reduces of these sizes also beside compute, kind "overlap"); AUTO (1: the all-reduces also through a
 # FLEXMIG_HOSTREDUCE=auto group, impl "auto"). Phase "table" (before "ddp") builds
 # $OUTDIR/select.json with bench/hostreduce_table.py from this run's host and beside-compute
@@ -147,7 +148,10 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
           compare-bv) variant=patched lib="$HRLIB $PATCHED" mode=off extra=(--compare "$DDP_COMPARE" --bucket-view) ;;
           *) echo "DDP_IMPLS: unknown $impl"; exit 2 ;;
         esac
-        case $impl in compare*) [ "${DDP_BUFFERS_OFF:-0}" = 1 ] && extra+=(--buffers-off) ;; esac
+        case $impl in compare*)
+          [ "${DDP_BUFFERS_OFF:-0}" = 1 ] && extra+=(--buffers-off)
+          [ "${DDP_DEVICE_ID:-0}" = 1 ] && extra+=(--device-id) ;;
+        esac
         $PY "$REPO/bench/ddp_step.py" run --model "$model" --variant $variant --ranks "$k" --plugin-max-channels 2 --lib "$lib" \
           --env FLEXMIG_HOSTREDUCE=$mode --env FLEXMIG_HOSTREDUCE_DEBUG=1 "${extra[@]}" --tag "$impl" --mps --log "$WORK/ddp-logs" --timeout "${TIMEOUT:-240}" \
           | tee -a "$LOG" | $PY "$B" ddp-lines "$MACHINE" "$impl" | tee -a "$J" | cut -c1-220

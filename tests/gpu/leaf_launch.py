@@ -41,8 +41,9 @@ def leaf_gpu(rank, gpus):
 
 def group_with_env(torch, dist, dev, ranks, env):
     """A new process group of `ranks` whose NCCL communicator is made while `env` is set (so
-    that, e.g., its FLEXMIG_HOSTREDUCE applies to it), the environment restored afterwards. The
-    default group must have been made without device_id, or NCCL would split this one from it."""
+    that, e.g., its FLEXMIG_HOSTREDUCE applies to it), the environment restored afterwards. Made
+    by ncclCommInitRank where the default group has no device_id, else split from it
+    (ncclCommSplit); the host-reduce library reads the environment at either."""
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
