@@ -69,7 +69,7 @@ fn origins() -> &'static Mutex<HashMap<usize, Origin>> {
 
 /// The identity a communicator split from one of hash `parent`, at its split number `split`, with
 /// `color`, is set up under (in place of an ncclUniqueId).
-pub fn split_id(parent: u64, split: u64, color: i32) -> Vec<u8> {
+fn split_id(parent: u64, split: u64, color: i32) -> Vec<u8> {
     let mut id = Vec::with_capacity(24);
     id.extend_from_slice(&parent.to_le_bytes());
     id.extend_from_slice(&split.to_le_bytes());

@@ -118,6 +118,11 @@ fn none(_: usize) -> Vec<(String, String)> {
     vec![]
 }
 
+/// `key=value` in the environment of `rank` alone.
+fn only(rank: usize, key: &'static str, value: &'static str) -> impl Fn(usize) -> Vec<(String, String)> {
+    move |r| if r == rank { vec![(key.to_string(), value.to_string())] } else { vec![] }
+}
+
 fn shm_files(dir: &tempfile::TempDir) -> Vec<String> {
     std::fs::read_dir(dir.path().join("shm")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
@@ -142,33 +147,24 @@ fn the_host_path_takes_what_it_supports_and_gets_every_byte_right() {
     assert_eq!(shm_files(&dir), Vec::<String>::new(), "no segment left behind");
 }
 
+/// Two ranks whose both calls NCCL makes, right, with `says` in every rank's log.
+fn all_through_nccl(env: &[(&str, &str)], env_of: impl Fn(usize) -> Vec<(String, String)>, says: &str) {
+    let (ranks, _d) = job(2, same("f32:sum:5000,f32:sum:5000"), env, env_of);
+    for o in &ranks {
+        assert_eq!(o.calls(), vec![(0, true); 2], "{}{}", o.out, o.err);
+        assert!(o.err.contains(says), "{says:?} not in: {}", o.err);
+    }
+}
+
 #[test]
 fn off_a_captured_stream_and_launch_blocking_leave_the_calls_to_nccl() {
-    let calls = "f32:sum:5000,f32:sum:5000";
-    let (ranks, _d) = job(2, same(calls), &[("FLEXMIG_HOSTREDUCE", "off")], none);
-    for o in &ranks {
-        assert_eq!(o.calls(), vec![(0, true); 2], "{}{}", o.out, o.err);
-        assert!(o.err.contains("path=nccl (FLEXMIG_HOSTREDUCE=off)"), "{}", o.err);
-    }
+    all_through_nccl(&[("FLEXMIG_HOSTREDUCE", "off")], none, "path=nccl (FLEXMIG_HOSTREDUCE=off)");
     // A stream being captured into a CUDA graph: the host path is set up, each call goes to NCCL.
-    let (ranks, _d) = job(2, same(calls), &[("FLEXMIG_HOSTREDUCE", "on"), ("FAKE_CUDA_CAPTURING", "1")], none);
-    for o in &ranks {
-        assert_eq!(o.calls(), vec![(0, true); 2], "{}{}", o.out, o.err);
-        assert!(o.err.contains("0 all-reduces on the host path, 2 through NCCL"), "{}", o.err);
-    }
+    all_through_nccl(&[("FLEXMIG_HOSTREDUCE", "on"), ("FAKE_CUDA_CAPTURING", "1")], none, "0 all-reduces on the host path, 2 through NCCL");
     // CUDA_LAUNCH_BLOCKING=1 on one rank: every rank's communicator stays with NCCL.
-    let blocking = |r: usize| if r == 1 { vec![("CUDA_LAUNCH_BLOCKING".to_string(), "1".to_string())] } else { vec![] };
-    let (ranks, _d) = job(2, same(calls), &[("FLEXMIG_HOSTREDUCE", "on")], blocking);
-    for o in &ranks {
-        assert_eq!(o.calls(), vec![(0, true); 2], "{}{}", o.out, o.err);
-        assert!(o.err.contains("path=nccl (CUDA_LAUNCH_BLOCKING=1 on rank 1)"), "{}", o.err);
-    }
+    all_through_nccl(&[("FLEXMIG_HOSTREDUCE", "on")], only(1, "CUDA_LAUNCH_BLOCKING", "1"), "path=nccl (CUDA_LAUNCH_BLOCKING=1 on rank 1)");
     // No current CUDA context when the communicator is made: NCCL.
-    let (ranks, _d) = job(2, same(calls), &[("FLEXMIG_HOSTREDUCE", "on"), ("FAKE_CUDA_NO_CONTEXT", "1")], none);
-    for o in &ranks {
-        assert_eq!(o.calls(), vec![(0, true); 2], "{}{}", o.out, o.err);
-        assert!(o.err.contains("path=nccl (no current CUDA context)"), "{}", o.err);
-    }
+    all_through_nccl(&[("FLEXMIG_HOSTREDUCE", "on"), ("FAKE_CUDA_NO_CONTEXT", "1")], none, "path=nccl (no current CUDA context)");
 }
 
 #[test]
@@ -200,15 +196,10 @@ fn auto_takes_the_host_path_only_inside_the_table_s_winning_sizes() {
 #[test]
 fn a_dead_peer_fails_the_others_within_seconds_and_leaves_no_segment() {
     let calls = "f32:sum:200000,f32:sum:200000,f32:sum:200000";
-    let die = |r: usize| {
-        if r == 2 {
-            vec![("KILL_RANK".to_string(), "2".to_string()), ("KILL_BEFORE".to_string(), "1".to_string())]
-        } else {
-            vec![]
-        }
-    };
+    // Rank 2 kills itself before its second call.
+    let die = [("FLEXMIG_HOSTREDUCE", "on"), SMALL_SLOTS, ("KILL_RANK", "2"), ("KILL_BEFORE", "1")];
     let t0 = Instant::now();
-    let (ranks, dir) = job(3, same(calls), &[("FLEXMIG_HOSTREDUCE", "on"), SMALL_SLOTS], die);
+    let (ranks, dir) = job(3, same(calls), &die, none);
     assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     assert_eq!(ranks[2].code, None, "rank 2 was killed: {}", ranks[2].err);
     for o in &ranks[..2] {
@@ -286,8 +277,8 @@ fn communicators_split_from_one_get_the_host_path_each_with_a_segment_of_its_own
 
     // A rank without a color (rank 1) takes no part: the child is {0, 2}; the parent still works
     // for all three.
-    let nocolor = |r: usize| if r == 1 { vec![("NOCOLOR_RANK".to_string(), "1".to_string())] } else { vec![] };
-    let (ranks, _d) = job(3, same("f32:sum:20000"), &split, nocolor);
+    let nocolor = [&split[..], &[("NOCOLOR_RANK", "1")]].concat();
+    let (ranks, _d) = job(3, same("f32:sum:20000"), &nocolor, none);
     assert!(ranks[1].out.contains("NOCOLOR"), "{}", ranks[1].out);
     assert_eq!(ranks[1].calls(), vec![(0, true)], "{}{}", ranks[1].out, ranks[1].err);
     for o in [&ranks[0], &ranks[2]] {
