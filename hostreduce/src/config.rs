@@ -26,6 +26,8 @@ pub struct Config {
     pub shm_dir: PathBuf,
     pub table: Option<PathBuf>,
     pub debug: bool,
+    /// A directory for rank 0's pipeline timeline (see [`crate::trace`]); None: no timeline.
+    pub trace: Option<PathBuf>,
     /// CUDA_LAUNCH_BLOCKING=1: every call synchronous; the host path's waits would then block the
     /// caller's thread on work of the reducer threads, so it stays with NCCL.
     pub launch_blocking: bool,
@@ -84,6 +86,7 @@ impl Config {
             threads,
             shm_dir: get("FLEXMIG_HOSTREDUCE_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/shm")),
             table: get("FLEXMIG_HOSTREDUCE_TABLE").map(PathBuf::from),
+            trace: get("FLEXMIG_HOSTREDUCE_TRACE").map(PathBuf::from),
             debug: flag("FLEXMIG_HOSTREDUCE_DEBUG") || nccl_info,
             launch_blocking: flag("CUDA_LAUNCH_BLOCKING"),
             job: get("SLURM_JOB_ID").unwrap_or_else(|| "nojob".into()),

@@ -191,7 +191,7 @@ pub fn on_init(comm: Comm, nranks: usize, id: &[u8], rank: usize, config_blockin
         Decision::Host { settings, mode } => (settings, mode),
     };
     let path = segment_path(&cfg.shm_dir, &cfg.job, &cfg.step, fnv1a(id));
-    let built = build(comm, &path, rank, settings, mode, table, cfg.debug);
+    let built = build(comm, &path, rank, settings, mode, table, &cfg);
     // Every rank must take the same path: exchange the outcome.
     let ok = [built.is_ok() as u8];
     let all_ok = match exchange(comm, nranks, &ok) {
@@ -230,10 +230,11 @@ fn build(
     settings: pipeline::Settings,
     mode: Mode,
     table: Table,
-    debug: bool,
+    cfg: &Config,
 ) -> Result<GpuComm, String> {
+    let debug = cfg.debug;
     let cpus = reducer_cpus();
-    let local = Local { reducers: settings.threads, cpus: cpus.as_ref().map(|(_, c)| c.clone()) };
+    let local = Local { reducers: settings.threads, cpus: cpus.as_ref().map(|(_, c)| c.clone()), trace: cfg.trace.clone() };
     // Rank 0 says whether it made the segment before the others wait for it.
     let mut gate = |ok: bool| exchange(comm, settings.geometry.nranks, &[ok as u8]).is_ok_and(|all| all.iter().all(|b| b[0] == 1));
     let host = HostComm::setup_local(path, rank, settings, SETUP_TIMEOUT, local, &mut gate).map_err(|e| e.to_string())?;

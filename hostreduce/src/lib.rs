@@ -9,7 +9,8 @@
 //! - [`config`]: environment, the ranks' agreement at communicator creation;
 //! - [`numa`]: the reducer threads' CPUs (the GPU's NUMA node);
 //! - `interpose` with [`ffi::nccl`] and [`ffi::cuda`]: the preloaded NCCL entry points;
-//! - [`sim`]: the GPU side simulated with threads, for tests without a GPU.
+//! - [`sim`]: the GPU side simulated with threads, for tests without a GPU;
+//! - [`trace`]: a timeline of the pipeline's counters, for finding where a call's time goes.
 pub mod config;
 pub mod ffi;
 mod interpose;
@@ -18,3 +19,4 @@ pub mod pipeline;
 pub mod reduce;
 pub mod select;
 pub mod sim;
+pub mod trace;

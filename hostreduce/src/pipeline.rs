@@ -29,6 +29,7 @@
 
 use crate::ffi::shm::{process_alive, Counter, Geometry, Segment, ShmError};
 use crate::reduce::{self, DType, Op};
+use crate::trace::Tracer;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -267,6 +268,8 @@ pub struct Local {
     pub reducers: usize,
     /// CPUs the reducer threads are kept on (see [`crate::numa`]); None: anywhere.
     pub cpus: Option<Vec<usize>>,
+    /// Where rank 0 writes a timeline of the pipeline's counters (see [`crate::trace`]); None: none.
+    pub trace: Option<std::path::PathBuf>,
 }
 
 /// The settings every rank of a communicator must share.
@@ -310,6 +313,7 @@ pub struct HostComm {
     senders: Mutex<Vec<mpsc::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<ReducerStats>,
+    tracer: Mutex<Option<Tracer>>,
 }
 
 impl HostComm {
@@ -321,7 +325,7 @@ impl HostComm {
     /// # Errors
     /// [`SetupError`]; on rank 0 the name is removed before returning an error.
     pub fn setup(path: &std::path::Path, rank: usize, settings: Settings, timeout: Duration) -> Result<HostComm, SetupError> {
-        Self::setup_local(path, rank, settings, timeout, Local { reducers: settings.threads, cpus: None }, &mut |_| true)
+        Self::setup_local(path, rank, settings, timeout, Local { reducers: settings.threads, ..Local::default() }, &mut |_| true)
     }
 
     /// [`HostComm::setup`] with this rank's own choices in `local`, and a `gate` every rank passes
@@ -376,6 +380,7 @@ impl HostComm {
             }
         }
         let seg = Arc::new(seg);
+        let tracer = local.trace.as_deref().filter(|_| rank == 0).map(|dir| Tracer::start(seg.clone(), dir));
         let comm = HostComm {
             seg,
             settings,
@@ -383,6 +388,7 @@ impl HostComm {
             senders: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             stats: Arc::default(),
+            tracer: Mutex::new(tracer),
         };
         for t in 0..reducers {
             let (tx, rx) = mpsc::channel();
@@ -430,6 +436,9 @@ impl HostComm {
         let mut next = self.next_round.lock().unwrap();
         let first_round = *next;
         *next += chunks(bytes, self.settings.geometry.slot_bytes).count() as u64;
+        if let Some(t) = &*self.tracer.lock().unwrap() {
+            t.call(first_round, bytes);
+        }
         let job = Job { first_round, bytes, dtype, op, sig: signature(bytes, dtype, op) };
         for tx in self.senders.lock().unwrap().iter() {
             // A reducer only ends when its sender is dropped, so sending cannot fail here.
@@ -459,6 +468,12 @@ impl HostComm {
         }
         for h in threads {
             let _ = h.join();
+        }
+        if let Some(t) = self.tracer.lock().unwrap().take() {
+            match t.finish(self.settings.geometry) {
+                Ok(file) => eprintln!("flexmig-hostreduce: rank {}: pipeline timeline in {}", self.rank(), file.display()),
+                Err(e) => eprintln!("flexmig-hostreduce: rank {}: pipeline timeline not written: {e}", self.rank()),
+            }
         }
         self.seg.header().pids[self.rank()].store(0, Ordering::Release);
     }

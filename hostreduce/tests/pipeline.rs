@@ -34,8 +34,10 @@ fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(H
             let (path, barrier) = (path.clone(), barrier.clone());
             let n = reducers(rank);
             std::thread::spawn(move || {
-                let sim =
-                    make(HostComm::setup_local(&path, rank, settings, T, Local { reducers: n, cpus: None }, &mut |_| true).expect("setup"));
+                let sim = make(
+                    HostComm::setup_local(&path, rank, settings, T, Local { reducers: n, ..Local::default() }, &mut |_| true)
+                        .expect("setup"),
+                );
                 barrier.wait();
                 // Every rank is set up: the name is gone, the memory lives on in the mappings.
                 assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
@@ -192,7 +194,9 @@ fn reducer_threads_stay_on_the_cpus_they_are_given() {
     let cpu = *allowed.last().unwrap();
     let path = unique_path("pin");
     let settings = Settings { geometry: Geometry { nranks: 1, depth: 2, slot_bytes: 4096 }, threads: 1 };
-    let comm = HostComm::setup_local(&path, 0, settings, T, Local { reducers: 1, cpus: Some(vec![cpu]) }, &mut |_| true).unwrap();
+    let comm =
+        HostComm::setup_local(&path, 0, settings, T, Local { reducers: 1, cpus: Some(vec![cpu]), ..Local::default() }, &mut |_| true)
+            .unwrap();
     // Reducer threads are named hostreduce-<rank>.<thread>; other tests' rank-0 reducers run free.
     let pinned = || {
         std::fs::read_dir("/proc/self/task").unwrap().flatten().any(|t| {
@@ -268,7 +272,7 @@ fn when_rank_0_cannot_make_the_segment_every_rank_gives_up_at_once() {
                     let all = said.lock().unwrap().iter().all(|&b| b);
                     all
                 };
-                HostComm::setup_local(&path, rank, settings, long, Local { reducers: 1, cpus: None }, &mut gate).unwrap_err()
+                HostComm::setup_local(&path, rank, settings, long, Local { reducers: 1, ..Local::default() }, &mut gate).unwrap_err()
             })
         })
         .collect();
@@ -308,7 +312,8 @@ fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
             let path = path.clone();
             std::thread::spawn(move || {
                 let comm = flexmig_hostreduce::sim::with_mxcsr(flexmig_hostreduce::sim::MXCSR_FLUSH_TRUNCATE, || {
-                    HostComm::setup_local(&path, rank, settings, T, Local { reducers: 1, cpus: None }, &mut |_| true).expect("setup")
+                    HostComm::setup_local(&path, rank, settings, T, Local { reducers: 1, ..Local::default() }, &mut |_| true)
+                        .expect("setup")
                 });
                 let sim = SimRank::new(comm);
                 for dtype in [DType::F32, DType::Bf16] {
@@ -330,4 +335,71 @@ fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
         h.join().unwrap();
     }
     assert!(leftovers(&path).is_empty());
+}
+
+#[test]
+fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
+    let (k, depth, slot_bytes, calls) = (2, 2, 16384, 12);
+    let path = unique_path("trace");
+    let dir = std::env::temp_dir().join(format!("hr-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads: 1 };
+    let handles: Vec<_> = (0..k)
+        .map(|rank| {
+            let (path, dir) = (path.clone(), dir.clone());
+            std::thread::spawn(move || {
+                let local = Local { reducers: 1, trace: Some(dir), ..Local::default() };
+                let sim = SimRank::new(HostComm::setup_local(&path, rank, settings, T, local, &mut |_| true).expect("setup"));
+                for call in 0..calls {
+                    let (dtype, op, n) = test_call(call, slot_bytes);
+                    let recv = Arc::new(Mutex::new(vec![0u8; n * dtype.size()]));
+                    assert!(sim.all_reduce(Arc::new(test_input(SEED, call, rank, dtype, n)), recv, dtype, op).unwrap().wait(T));
+                }
+                // Dropping the communicator ends its reducers and, on rank 0, writes the timeline.
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "one timeline, rank 0's: {files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(format!("geometry {k} {depth} {slot_bytes}").as_str()));
+    // Calls: every one, rounds in order, each starting where the last one's chunks ended.
+    let mut rounds = 0u64;
+    let mut last_value = std::collections::HashMap::new();
+    let mut last_t = 0u64;
+    let mut starts = 0;
+    for l in lines {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f[0] == "call" {
+            let (dtype, _, n) = test_call(starts, slot_bytes);
+            assert_eq!(f[2].parse::<u64>().unwrap(), rounds, "{l}");
+            assert_eq!(f[3].parse::<usize>().unwrap(), n * dtype.size(), "{l}");
+            rounds += flexmig_hostreduce::pipeline::chunks(n * dtype.size(), slot_bytes).count() as u64;
+            starts += 1;
+            continue;
+        }
+        let (t, what, slot, rank, v): (u64, &str, usize, usize, u64) =
+            (f[0].parse().unwrap(), f[1], f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap());
+        assert!(t >= last_t, "times in order: {l}");
+        last_t = t;
+        assert!(["A", "R", "C"].contains(&what) && slot < depth && rank < k, "{l}");
+        // A counter only grows, and names a round of its own slot.
+        let prev = last_value.insert((what.to_string(), slot, rank), v).unwrap_or(0);
+        assert!(v > prev && (v - 1) % depth as u64 == slot as u64, "{l} after {prev}");
+    }
+    assert_eq!(starts, calls);
+    // Each slot's counters end at the last round that used it, for every rank.
+    for slot in 0..depth {
+        let last = (0..rounds).rev().find(|r| r % depth as u64 == slot as u64).unwrap() + 1;
+        assert_eq!(last_value[&("R".to_string(), slot, 0)], last, "reduced[{slot}]");
+        for rank in 0..k {
+            assert_eq!(last_value[&("A".to_string(), slot, rank)], last, "arrived[{slot}][{rank}]");
+            assert_eq!(last_value[&("C".to_string(), slot, rank)], last, "consumed[{slot}][{rank}]");
+        }
+    }
 }
