@@ -26,6 +26,9 @@ pub struct Config {
     pub shm_dir: PathBuf,
     pub table: Option<PathBuf>,
     pub debug: bool,
+    /// How far this rank's copies down may run ahead of the reduce, in rounds (see
+    /// [`crate::pipeline::enqueue`]); None: the depth. This rank's own choice.
+    pub lead: Option<usize>,
     /// A directory for rank 0's pipeline timeline (see [`crate::trace`]); None: no timeline.
     pub trace: Option<PathBuf>,
     /// CUDA_LAUNCH_BLOCKING=1: every call synchronous; the host path's waits would then block the
@@ -77,6 +80,9 @@ impl Config {
             number(get, "FLEXMIG_HOSTREDUCE_CHUNK", "bytes, a multiple of 4096 up to 1 GiB", |n| n > 0 && n % 4096 == 0 && n <= 1 << 30)?;
         let depth = number(get, "FLEXMIG_HOSTREDUCE_DEPTH", "slots in the ring, 2 to 64", |n| (2..=64).contains(&n))?;
         let threads = number(get, "FLEXMIG_HOSTREDUCE_THREADS", "reducer threads per rank, 1 to 64", |n| (1..=64).contains(&n))?;
+        let lead = number(get, "FLEXMIG_HOSTREDUCE_LEAD", "rounds a rank's copies down may run ahead of the reduce, 1 to 64", |n| {
+            (1..=64).contains(&n)
+        })?;
         let flag = |name: &str| matches!(get(name).as_deref().map(str::trim), Some("1") | Some("yes") | Some("true"));
         let nccl_info = matches!(get("NCCL_DEBUG").as_deref().map(str::trim), Some(v) if v.eq_ignore_ascii_case("info") || v.eq_ignore_ascii_case("trace"));
         Ok(Config {
@@ -87,6 +93,7 @@ impl Config {
             shm_dir: get("FLEXMIG_HOSTREDUCE_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/shm")),
             table: get("FLEXMIG_HOSTREDUCE_TABLE").map(PathBuf::from),
             trace: get("FLEXMIG_HOSTREDUCE_TRACE").map(PathBuf::from),
+            lead,
             debug: flag("FLEXMIG_HOSTREDUCE_DEBUG") || nccl_info,
             launch_blocking: flag("CUDA_LAUNCH_BLOCKING"),
             job: get("SLURM_JOB_ID").unwrap_or_else(|| "nojob".into()),
@@ -254,6 +261,7 @@ mod tests {
             ("FLEXMIG_HOSTREDUCE_CHUNK", "1048576"),
             ("FLEXMIG_HOSTREDUCE_DEPTH", "3"),
             ("FLEXMIG_HOSTREDUCE_THREADS", "2"),
+            ("FLEXMIG_HOSTREDUCE_LEAD", "2"),
             ("NCCL_DEBUG", "INFO"),
             ("CUDA_LAUNCH_BLOCKING", "1"),
             ("SLURM_JOB_ID", "77"),
@@ -261,7 +269,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((c.mode, c.slot_bytes, c.depth, c.threads, c.debug, c.launch_blocking), (Mode::On, 1 << 20, 3, Some(2), true, true));
-        assert_eq!((c.job.as_str(), c.step.as_str()), ("77", "0"));
+        assert_eq!((c.job.as_str(), c.step.as_str(), c.lead), ("77", "0", Some(2)));
         assert_eq!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE", "off")])).unwrap().mode, Mode::Off);
     }
 
@@ -272,6 +280,7 @@ mod tests {
         assert_eq!(e.to_string(), "FLEXMIG_HOSTREDUCE_CHUNK=1000: expected bytes, a multiple of 4096 up to 1 GiB");
         assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_DEPTH", "1")])).is_err());
         assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_THREADS", "zero")])).is_err());
+        assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_LEAD", "0")])).is_err());
     }
 
     #[test]

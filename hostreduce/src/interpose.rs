@@ -234,7 +234,7 @@ fn build(
 ) -> Result<GpuComm, String> {
     let debug = cfg.debug;
     let cpus = reducer_cpus();
-    let local = Local { reducers: settings.threads, cpus: cpus.as_ref().map(|(_, c)| c.clone()), trace: cfg.trace.clone() };
+    let local = Local { reducers: settings.threads, cpus: cpus.as_ref().map(|(_, c)| c.clone()), trace: cfg.trace.clone(), lead: cfg.lead };
     // Rank 0 says whether it made the segment before the others wait for it.
     let mut gate = |ok: bool| exchange(comm, settings.geometry.nranks, &[ok as u8]).is_ok_and(|all| all.iter().all(|b| b[0] == 1));
     let host = HostComm::setup_local(path, rank, settings, SETUP_TIMEOUT, local, &mut gate).map_err(|e| e.to_string())?;
@@ -353,8 +353,16 @@ fn enqueue(gc: &GpuComm, send: DevPtr, recv: DevPtr, bytes: usize, dtype: DType,
     cuda::stream_wait_stream(gc.up, stream, gc.fork).map_err(Enqueue::Cuda)?;
     let first = gc.host.start(bytes, dtype, op).map_err(Enqueue::Aborted)?;
     let mut call = GpuCall { seg: gc.host.segment(), seg_dev: gc.seg_dev, down: gc.down, up: gc.up, send, recv };
-    pipeline::enqueue(&mut call, gc.host.settings().geometry, gc.host.rank(), first, bytes, pipeline::signature(bytes, dtype, op))
-        .map_err(Enqueue::Cuda)?;
+    pipeline::enqueue(
+        &mut call,
+        gc.host.settings().geometry,
+        gc.host.rank(),
+        gc.host.lead(),
+        first,
+        bytes,
+        pipeline::signature(bytes, dtype, op),
+    )
+    .map_err(Enqueue::Cuda)?;
     // The caller's stream continues once both are through.
     cuda::stream_wait_stream(stream, gc.down, gc.join_down).map_err(Enqueue::Cuda)?;
     cuda::stream_wait_stream(stream, gc.up, gc.join_up).map_err(Enqueue::Cuda)

@@ -176,6 +176,11 @@ pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usi
 
 /// Enqueues one call's stream operations for `rank`, rounds from `first_round`.
 ///
+/// A copy down of round r waits until round `r - lead` is reduced (`lead` from 1 to the depth; at
+/// the depth that is only the slot being free): how far a rank's copies may run ahead of the
+/// slowest rank. Where copy engines serve the ranks' queued copies in turn, a rank far ahead
+/// delays the others' copies of the round everyone waits for.
+///
 /// The two sides are handed out interleaved, each chunk's copy down `depth - 1` chunks ahead of its
 /// copy up: where both streams end up on one hardware queue (CUDA maps streams onto a few), the
 /// queue runs them in this order, which still overlaps chunks and never waits for something queued
@@ -183,8 +188,17 @@ pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usi
 ///
 /// # Errors
 /// Whatever the streams return; the call is then broken and the communicator must be aborted.
-pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64, bytes: usize, sig: u64) -> Result<(), S::Error> {
+pub fn enqueue<S: Streams>(
+    s: &mut S,
+    g: Geometry,
+    rank: usize,
+    lead: usize,
+    first_round: u64,
+    bytes: usize,
+    sig: u64,
+) -> Result<(), S::Error> {
     let depth = g.depth as u64;
+    let lead = lead.clamp(1, g.depth) as u64;
     let all: Vec<_> = chunks(bytes, g.slot_bytes).collect();
     let ahead = g.depth - 1;
     let down = |s: &mut S, (c, off, len): (u64, usize, usize)| -> Result<(), S::Error> {
@@ -192,6 +206,11 @@ pub fn enqueue<S: Streams>(s: &mut S, g: Geometry, rank: usize, first_round: u64
         let slot = (r % depth) as usize;
         if r >= depth {
             s.wait_geq(Side::Down, slot, Counter::Reduced, r - depth + 1)?;
+        }
+        if lead < depth && r >= lead {
+            // Rounds of one slot may complete out of order (reducers move on piece by piece), so
+            // this wait does not stand in for the slot's own.
+            s.wait_geq(Side::Down, ((r - lead) % depth) as usize, Counter::Reduced, r - lead + 1)?;
         }
         s.write(Side::Down, slot, Counter::Sig(rank), sig)?;
         s.copy_down(off, slot, len)?;
@@ -270,6 +289,8 @@ pub struct Local {
     pub cpus: Option<Vec<usize>>,
     /// Where rank 0 writes a timeline of the pipeline's counters (see [`crate::trace`]); None: none.
     pub trace: Option<std::path::PathBuf>,
+    /// How far this rank's copies down may run ahead of the reduce (see [`enqueue`]); None: the depth.
+    pub lead: Option<usize>,
 }
 
 /// The settings every rank of a communicator must share.
@@ -314,6 +335,7 @@ pub struct HostComm {
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<ReducerStats>,
     tracer: Mutex<Option<Tracer>>,
+    lead: usize,
 }
 
 impl HostComm {
@@ -389,6 +411,7 @@ impl HostComm {
             threads: Mutex::new(Vec::new()),
             stats: Arc::default(),
             tracer: Mutex::new(tracer),
+            lead: local.lead.unwrap_or(g.depth).clamp(1, g.depth),
         };
         for t in 0..reducers {
             let (tx, rx) = mpsc::channel();
@@ -417,6 +440,10 @@ impl HostComm {
     }
     pub fn stats(&self) -> &ReducerStats {
         &self.stats
+    }
+    /// How far this rank's copies down run ahead of the reduce, for [`enqueue`].
+    pub fn lead(&self) -> usize {
+        self.lead
     }
 
     /// The abort state, if the communicator's host path is dead.
@@ -695,7 +722,7 @@ mod tests {
         let g = Geometry { nranks: 3, depth: 2, slot_bytes: 4096 };
         let mut rec = Record::default();
         // rounds 1, 2, 3 of rank 2: round 1 uses slot 1 for the first time, round 2 reuses slot 0
-        enqueue(&mut rec, g, 2, 1, 3 * 4096 - 100, 77).unwrap();
+        enqueue(&mut rec, g, 2, g.depth, 1, 3 * 4096 - 100, 77).unwrap();
         let side = |s| rec.0.iter().filter(|(x, _)| *x == s).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
         assert_eq!(
             side(Side::Down),
@@ -727,6 +754,24 @@ mod tests {
                 "write Consumed(2)[1]=4",
             ]
         );
+    }
+
+    #[test]
+    fn a_lead_below_the_depth_holds_each_copy_down_until_an_earlier_round_is_reduced() {
+        let g = Geometry { nranks: 2, depth: 4, slot_bytes: 4096 };
+        let mut rec = Record::default();
+        // rounds 0..5 of rank 1, copies down at most two rounds ahead of the reduce
+        enqueue(&mut rec, g, 1, 2, 0, 5 * 4096, 9).unwrap();
+        let waits: Vec<_> = rec.0.iter().filter(|(x, t)| *x == Side::Down && t.starts_with("wait")).map(|(_, t)| t.as_str()).collect();
+        // round 2 waits for round 0, round 3 for round 1, round 4 for round 2 and for its slot
+        assert_eq!(waits, ["wait Reduced[0]>=1", "wait Reduced[1]>=2", "wait Reduced[0]>=1", "wait Reduced[2]>=3"]);
+        // at the depth (and beyond: clamped) only the slot's own wait remains
+        for lead in [4, 9] {
+            let mut rec = Record::default();
+            enqueue(&mut rec, g, 1, lead, 0, 5 * 4096, 9).unwrap();
+            let waits: Vec<_> = rec.0.iter().filter(|(x, t)| *x == Side::Down && t.starts_with("wait")).map(|(_, t)| t.as_str()).collect();
+            assert_eq!(waits, ["wait Reduced[0]>=1"], "lead {lead}");
+        }
     }
 
     #[test]

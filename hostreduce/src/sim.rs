@@ -155,7 +155,8 @@ impl SimRank {
         let first = self.comm.start(bytes, dtype, op)?;
         let g = self.comm.settings().geometry;
         let mut calls = Calls { rank: self, send, recv };
-        let Ok(()) = pipeline::enqueue(&mut calls, g, self.comm.rank(), first, bytes, pipeline::signature(bytes, dtype, op));
+        let Ok(()) =
+            pipeline::enqueue(&mut calls, g, self.comm.rank(), self.comm.lead(), first, bytes, pipeline::signature(bytes, dtype, op));
         let (tx, rx) = mpsc::channel();
         for side in [Side::Down, Side::Up] {
             let tx = tx.clone();

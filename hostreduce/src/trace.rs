@@ -95,7 +95,9 @@ fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> Vec<Change> {
     let watch = followed(g.nranks, g.depth);
     let mut last: Vec<u64> = watch.iter().map(|w| seg.counter(w.1, w.3).load(Ordering::Acquire)).collect();
     let mut out = Vec::with_capacity(4096);
-    while !stop.load(Ordering::Acquire) {
+    loop {
+        // One more sweep once told to stop: the last changes before it are kept.
+        let last_sweep = stop.load(Ordering::Acquire);
         for (i, &(c, slot, rank, counter)) in watch.iter().enumerate() {
             let v = seg.counter(slot, counter).load(Ordering::Acquire);
             if v != last[i] {
@@ -105,7 +107,9 @@ fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> Vec<Change> {
                 }
             }
         }
+        if last_sweep {
+            return out;
+        }
         std::hint::spin_loop();
     }
-    out
 }

@@ -25,6 +25,11 @@ fn run_with(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostC
 
 /// As [`run_with`], rank r running `reducers(r)` reducer threads.
 fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank, reducers: &dyn Fn(usize) -> usize) {
+    run_local(k, depth, threads, calls, make, &|rank| Local { reducers: reducers(rank), ..Local::default() })
+}
+
+/// As [`run_with`], rank r with its own choices `local(r)`.
+fn run_local(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank, local: &dyn Fn(usize) -> Local) {
     let slot_bytes = 16384;
     let path = unique_path("pipe");
     let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads };
@@ -32,12 +37,9 @@ fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(H
     let handles: Vec<_> = (0..k)
         .map(|rank| {
             let (path, barrier) = (path.clone(), barrier.clone());
-            let n = reducers(rank);
+            let local = local(rank);
             std::thread::spawn(move || {
-                let sim = make(
-                    HostComm::setup_local(&path, rank, settings, T, Local { reducers: n, ..Local::default() }, &mut |_| true)
-                        .expect("setup"),
-                );
+                let sim = make(HostComm::setup_local(&path, rank, settings, T, local, &mut |_| true).expect("setup"));
                 barrier.wait();
                 // Every rank is set up: the name is gone, the memory lives on in the mappings.
                 assert!(leftovers(&path).is_empty(), "{:?} left after setup", leftovers(&path));
@@ -338,15 +340,23 @@ fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
 }
 
 #[test]
+fn copies_held_to_a_short_lead_still_give_every_byte() {
+    // Lead 1: each copy down waits for the round before it; ranks with different leads mix.
+    run_local(3, 4, 1, 40, SimRank::new, &|rank| Local { reducers: 1, lead: Some(1 + rank), ..Local::default() });
+    run_local(2, 3, 2, 40, SimRank::new_one_queue, &|_| Local { reducers: 2, lead: Some(1), ..Local::default() });
+}
+
+#[test]
 fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
     let (k, depth, slot_bytes, calls) = (2, 2, 16384, 12);
     let path = unique_path("trace");
     let dir = std::env::temp_dir().join(format!("hr-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads: 1 };
+    let barrier = Arc::new(Barrier::new(k));
     let handles: Vec<_> = (0..k)
         .map(|rank| {
-            let (path, dir) = (path.clone(), dir.clone());
+            let (path, dir, barrier) = (path.clone(), dir.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let local = Local { reducers: 1, trace: Some(dir), ..Local::default() };
                 let sim = SimRank::new(HostComm::setup_local(&path, rank, settings, T, local, &mut |_| true).expect("setup"));
@@ -355,7 +365,9 @@ fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
                     let recv = Arc::new(Mutex::new(vec![0u8; n * dtype.size()]));
                     assert!(sim.all_reduce(Arc::new(test_input(SEED, call, rank, dtype, n)), recv, dtype, op).unwrap().wait(T));
                 }
-                // Dropping the communicator ends its reducers and, on rank 0, writes the timeline.
+                // Every rank's last copy up has landed before rank 0 stops watching: dropping the
+                // communicator ends its reducers and, on rank 0, writes the timeline.
+                barrier.wait();
             })
         })
         .collect();
