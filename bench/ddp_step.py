@@ -267,7 +267,7 @@ def run(a):
     codes, text = leaf_launch.launch(HERE, envs, logs, a.timeout)
     res = leaf_launch.results(text)
     _, via = leaf_launch.transports(text)
-    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "bucket_view": a.bucket_view, "gpus": 1 if a.variant == "single" else max(a.gpus, len(a.placement or [])), "placement": a.placement, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
+    out = {"label": label, "model": a.model, "variant": a.variant, "ranks": k, "bucket_view": a.bucket_view, "groups": "split" if a.device_id else "own", "gpus": 1 if a.variant == "single" else max(a.gpus, len(a.placement or [])), "placement": a.placement, "plugin_max_channels": a.plugin_max_channels, "mps": a.mps, "env": a.env, "tag": a.tag, "exit": codes, "via": via, "ce_proxy": leaf_launch.ce_proxy(text)}
     if res and "compare" in res[0]:
         out.update(res[0])
         ceiling = out["compare"]["none"]["step_s"]

@@ -33,9 +33,9 @@
 # from a default group made with device_id, ddp_step.py --device-id); OVERLAP_SIZES ("": none; e.g. 4194304,33554432: the
 # all-reduces of these sizes also beside compute, kind "overlap"); AUTO (1: the all-reduces also through a
 # FLEXMIG_HOSTREDUCE=auto group, impl "auto"). Phase "table" (before "ddp") builds
-# $OUTDIR/select.json with bench/hostreduce_table.py from this run's host and beside-compute
-# records and the best NCCL ones of this run and the committed runs, and the DDP steps' "auto"
-# then decides by it (FLEXMIG_HOSTREDUCE_TABLE), so they measure the table this run makes.
+# $OUTDIR/select.json with bench/hostreduce_table.py from this run's records (the host path
+# against NCCL of the same launches, alone and beside compute), and the DDP steps' "auto" then
+# decides by it (FLEXMIG_HOSTREDUCE_TABLE), so they measure the table this run makes.
 set -uo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -118,8 +118,7 @@ if has ce && [ -n "${CE_RANKS:-}" ]; then
   done
 fi
 if has table; then
-  (cd "$OUTDIR" && $PY "$REPO/bench/hostreduce_table.py" --host "$J" --beside "$J" \
-    --nccl "$REPO"/bench/results/hostreduce/run*-*.jsonl "$J" --out "$OUTDIR/select.json") || { echo "table: failed"; exit 2; }
+  (cd "$OUTDIR" && $PY "$REPO/bench/hostreduce_table.py" --host "$J" --beside "$J" --out "$OUTDIR/select.json") || { echo "table: failed"; exit 2; }
   points=$(grep -c '"k":' "$OUTDIR/select.json")
   # No points: no host-path records in $J (phase main not run with this OUTDIR); "auto" would
   # silently be NCCL everywhere.

@@ -68,6 +68,13 @@ def report(path):
     hooked = [r for r in ddp if r.get("exchange", "").startswith("comm-hook")]
     if hooked:
         out.append(ddp_compare(hooked, plain))
+        if any(r.get("groups") == "split" for r in hooked) or run in SPLIT_GROUPS:
+            out.append("The compared groups were split from a default group made with `device_id` (`ncclCommSplit`, "
+                       "`DDP_DEVICE_ID=1`): the host path took split communicators.")
+            out.append("")
+    tl = [r for r in rows if r.get("kind") == "timeline"]
+    if tl:
+        out.append(timelines(tl))
     ab = [r for r in rows if r.get("kind") == "library-ab"]
     if ab:
         out.append(library_ab(ab))
@@ -206,6 +213,24 @@ def overlap_table(ov):
     return "\n".join(out)
 
 
+def timelines(tl):
+    """Rank 0's pipeline timelines (FLEXMIG_HOSTREDUCE_TRACE, bench/hostreduce_trace.py)."""
+    out = ["Where a call's time goes, from rank 0's timeline of the pipeline counters (FLEXMIG_HOSTREDUCE_TRACE, "
+           "bench/hostreduce_trace.py; medians over the calls of a size, microseconds): the call from the first copy down to "
+           "land to the last copy up; fill: to the first chunk reduced; drain: from the last chunk reduced; per chunk the spread "
+           "of the ranks' copies down, the reduce after the last one, the copies up after the reduce. The timeline's poller "
+           "takes a CPU: rates a little below untraced runs'.", ""]
+    out.append("| from | k | size | chunks | call | GB/s | fill | drain | copies down spread | reduce | copies up |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(tl, key=lambda r: (r["source"], r["k"], r["bytes"])):
+        if r["bytes"] < MIB:
+            continue
+        out.append(f"| {r['source']} | {r['k']} | {r['bytes'] / MIB:.1f}M | {r['chunks']} | {r['call_us']:.0f} | {r['algbw_GBps']:.2f} | "
+                   f"{r['fill_us']:.0f} | {r['drain_us']:.0f} | {r['down_spread_us']:.0f} | {r['reduce_us']:.0f} | {r['up_us']:.0f} |")
+    out.append("")
+    return "\n".join(out)
+
+
 REFS = ("none", "noop", "nobuf", "tiny", "tiny-nobuf")
 
 
@@ -306,9 +331,13 @@ def faults(rows):
 # bench/check.sh fails on a raw result there that is not one of them.
 RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto-ddp.jsonl", "run4-allreduce-bf16-ddp.jsonl",
         "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl", "run7-threads.jsonl", "run8-allreduce-ddp-buffers.jsonl",
-        "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl"]
+        "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run11-lead.jsonl", "run12-ddp-split.jsonl", "run12-timelines.jsonl",
+        "run13-session.jsonl"]
 # Runs of the current library and defaults, each in its own machine session.
-SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl"]
+SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run13-session.jsonl"]
+# Runs whose DDP compare split its groups from a device-bound default group, made before the
+# records said so ("groups": "split").
+SPLIT_GROUPS = ("run12", "run13")
 
 
 def plot(path, png):

@@ -2,20 +2,22 @@
 """Builds the host-reduction selection table (hostreduce/select.json, read by
 FLEXMIG_HOSTREDUCE=auto) from measured results of bench/hostreduce.sh.
 
-  hostreduce_table.py --host RUN.jsonl [...] --nccl RUN.jsonl [...] [--beside RUN.jsonl [...]]
+  hostreduce_table.py --host RUN.jsonl [...] [--beside RUN.jsonl [...]]
                       [--min-speedup 1.10] [--floor 0.95] [--out FILE]
 
---host: runs whose "hostreduce"/"default" records were made with the library's current default
-settings (the points' host rate is the WORST of them); --nccl: runs whose "nccl" records count
-(the points' NCCL rate is the BEST of them); --beside: runs whose kind "overlap" records (the
-same all-reduces beside compute) count, host the slowest and NCCL the fastest of them. A point is
-only written where host and NCCL were both measured alone and the host path's bytes were right in
-every record. The library takes the host path only for sizes inside runs of winning points
-(hostreduce/src/select.rs): host >= min_speedup x NCCL alone, or beside compute host that much
-faster and alone at least floor x NCCL, so a noisy win needs the margin to count and an
-all-reduce with nothing beside it keeps floor of NCCL's rate. hostreduce/tests/table.rs (cargo
-test) rebuilds every point of the committed table from the committed results it names and fails
-if one differs.
+--host: runs, each from its own machine session, whose "hostreduce"/"default" records were made
+with the library's current default settings. In each run a point's host rate is set against
+NCCL's rate of the same run (side by side in one launch: the same machine, link and load), the
+worst host and best NCCL record of the run where it has several; the point keeps the run where
+the host path fared worst against NCCL. --beside: runs whose kind "overlap" records (the same
+all-reduces beside compute) count, likewise the run where the host path fared worst (its slowest
+host and fastest NCCL record). A point is only written where a run measured host and NCCL alone
+and the host path's bytes were right in every record. The library takes the host path only for
+sizes inside runs of winning points (hostreduce/src/select.rs): host >= min_speedup x NCCL
+alone, or beside compute host that much faster and alone at least floor x NCCL, so a noisy win
+needs the margin to count and an all-reduce with nothing beside it keeps floor of NCCL's rate.
+hostreduce/tests/table.rs (cargo test) rebuilds every point of the committed table from the
+committed results it names and fails if one differs.
 """
 import argparse
 import json
@@ -44,36 +46,52 @@ def default(d):
     return d.get("variant", "default") == "default"
 
 
-def build(host_runs, nccl_runs, beside_runs, min_speedup, floor, machine):
-    host, nccl, wrong = {}, {}, set()
-    for d in records(host_runs, "allreduce"):
-        if d["impl"] != "hostreduce" or not default(d):
-            continue
-        if not d["correct"]:
-            wrong.add(key(d))
-        host[key(d)] = min(host.get(key(d), float("inf")), d["busbw_equiv_GBps"])
-    for d in records(nccl_runs, "allreduce"):
-        if d["impl"] != "nccl" or not default(d) or not d["correct"]:
-            continue
-        nccl[key(d)] = max(nccl.get(key(d), 0.0), d["busbw_equiv_GBps"])
+def build(host_runs, beside_runs, min_speedup, floor, machine):
+    wrong = set()
+    # key -> (host / NCCL, host, NCCL) of the run where the host path fared worst
+    alone = {}
+    for path in host_runs:
+        host, nccl = {}, {}
+        for d in records([path], "allreduce"):
+            if not default(d):
+                continue
+            if d["impl"] == "hostreduce":
+                if not d["correct"]:
+                    wrong.add(key(d))
+                host[key(d)] = min(host.get(key(d), float("inf")), d["busbw_equiv_GBps"])
+            elif d["impl"] == "nccl" and d["correct"]:
+                nccl[key(d)] = max(nccl.get(key(d), 0.0), d["busbw_equiv_GBps"])
+        for kk in host:
+            if kk in nccl and nccl[kk] > 0:
+                r = host[kk] / nccl[kk]
+                if kk not in alone or r < alone[kk][0]:
+                    alone[kk] = (r, host[kk], nccl[kk])
+    # key -> (NCCL's time / the host path's, host s, NCCL s) of the run where the host path fared worst
     beside = {}
-    for d in records(beside_runs, "overlap"):
-        if d["impl"] not in ("hostreduce", "nccl") or not default(d):
-            continue
-        b = beside.setdefault(key(d), {})
-        worst = max if d["impl"] == "hostreduce" else min
-        name = d["impl"] + "_s"
-        b[name] = round(worst(b.get(name, d["both_s"]), d["both_s"]), 6)
+    for path in beside_runs:
+        b = {}
+        for d in records([path], "overlap"):
+            if d["impl"] not in ("hostreduce", "nccl") or not default(d):
+                continue
+            e = b.setdefault(key(d), {})
+            worst = max if d["impl"] == "hostreduce" else min
+            e[d["impl"]] = worst(e.get(d["impl"], d["both_s"]), d["both_s"])
+        for kk, e in b.items():
+            if len(e) == 2 and e["hostreduce"] > 0:
+                r = e["nccl"] / e["hostreduce"]
+                if kk not in beside or r < beside[kk][0]:
+                    beside[kk] = (r, e["hostreduce"], e["nccl"])
     points = []
-    for kk in sorted(host):
-        if kk not in nccl or kk in wrong:
+    for kk in sorted(alone):
+        if kk in wrong:
             continue
         k, t, b = kk
-        p = {"k": k, "dtype": t, "bytes": b, "hostreduce_busbw_gbps": round(host[kk], 3), "nccl_busbw_gbps": round(nccl[kk], 3)}
-        if len(beside.get(kk, {})) == 2:
-            p["beside_compute"] = {"hostreduce_s": beside[kk]["hostreduce_s"], "nccl_s": beside[kk]["nccl_s"]}
+        _, h, n = alone[kk]
+        p = {"k": k, "dtype": t, "bytes": b, "hostreduce_busbw_gbps": round(h, 3), "nccl_busbw_gbps": round(n, 3)}
+        if kk in beside:
+            p["beside_compute"] = {"hostreduce_s": round(beside[kk][1], 6), "nccl_s": round(beside[kk][2], 6)}
         points.append(p)
-    source = "bench/hostreduce_table.py --host " + " ".join(os.path.basename(p) for p in host_runs) + " --nccl " + " ".join(os.path.basename(p) for p in nccl_runs)
+    source = "bench/hostreduce_table.py --host " + " ".join(os.path.basename(p) for p in host_runs)
     if beside_runs:
         source += " --beside " + " ".join(os.path.basename(p) for p in beside_runs)
     source += f" --min-speedup {min_speedup} --floor {floor}"
@@ -90,13 +108,12 @@ def machine_of(paths):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", nargs="+", required=True)
-    ap.add_argument("--nccl", nargs="+", required=True)
     ap.add_argument("--beside", nargs="+", default=[])
     ap.add_argument("--min-speedup", type=float, default=1.10)
     ap.add_argument("--floor", type=float, default=0.95)
     ap.add_argument("--out", default="-")
     a = ap.parse_args()
-    t = build(a.host, a.nccl, a.beside, a.min_speedup, a.floor, machine_of(a.host))
+    t = build(a.host, a.beside, a.min_speedup, a.floor, machine_of(a.host))
     text = json.dumps(t, indent=1) + "\n"
     if a.out == "-":
         sys.stdout.write(text)
