@@ -168,7 +168,7 @@ def across_sessions(paths):
     """The host path and auto against NCCL at 256 MiB, fp32, per machine session (runs of one
     library and defaults, each its own machine start): how far a rate carries between sessions."""
     out = ["The same library and defaults in separate machine sessions: fp32, 256 MiB, the host path's "
-           "busbw-equivalent GB/s and in brackets its ratio to NCCL in the same launch; auto's ratio (run8, run9: decided by the table committed before them; run10: by the one made from run8 and run9):", ""]
+           "busbw-equivalent GB/s and in brackets its ratio to NCCL in the same launch; auto's ratio (run8, run9: decided by the table committed before them; run10 and run13: by the one made from run8 and run9):", ""]
     out.append("| k | " + " | ".join(f"{p.split('-')[0]} host | {p.split('-')[0]} auto" for p in paths) + " |")
     out.append("|---|" + "---|---|" * len(paths))
     by = defaultdict(dict)
