@@ -26,6 +26,9 @@ pub struct Config {
     pub shm_dir: PathBuf,
     pub table: Option<PathBuf>,
     pub debug: bool,
+    /// The first and last chunk of a call, in bytes ([`crate::pipeline::chunk_lengths`]); 0: none.
+    /// All ranks must agree.
+    pub ramp: usize,
     /// How far this rank's copies down may run ahead of the reduce, in rounds (see
     /// [`crate::pipeline::enqueue`]); None: the depth. This rank's own choice.
     pub lead: Option<usize>,
@@ -80,6 +83,7 @@ impl Config {
             number(get, "FLEXMIG_HOSTREDUCE_CHUNK", "bytes, a multiple of 4096 up to 1 GiB", |n| n > 0 && n % 4096 == 0 && n <= 1 << 30)?;
         let depth = number(get, "FLEXMIG_HOSTREDUCE_DEPTH", "slots in the ring, 2 to 64", |n| (2..=64).contains(&n))?;
         let threads = number(get, "FLEXMIG_HOSTREDUCE_THREADS", "reducer threads per rank, 1 to 64", |n| (1..=64).contains(&n))?;
+        let ramp = number(get, "FLEXMIG_HOSTREDUCE_RAMP", "bytes, 0 or a multiple of 4096 up to 1 GiB", |n| n % 4096 == 0 && n <= 1 << 30)?;
         let lead = number(get, "FLEXMIG_HOSTREDUCE_LEAD", "rounds a rank's copies down may run ahead of the reduce, 1 to 64", |n| {
             (1..=64).contains(&n)
         })?;
@@ -94,6 +98,7 @@ impl Config {
             table: get("FLEXMIG_HOSTREDUCE_TABLE").map(PathBuf::from),
             trace: get("FLEXMIG_HOSTREDUCE_TRACE").map(PathBuf::from),
             lead,
+            ramp: ramp.unwrap_or(0),
             debug: flag("FLEXMIG_HOSTREDUCE_DEBUG") || nccl_info,
             launch_blocking: flag("CUDA_LAUNCH_BLOCKING"),
             job: get("SLURM_JOB_ID").unwrap_or_else(|| "nojob".into()),
@@ -140,6 +145,8 @@ pub struct PeerInfo {
     pub depth: u32,
     pub threads: u32,
     pub table: u64,
+    /// [`Settings::ramp`]; 0 from a peer of a version without it.
+    pub ramp: u32,
 }
 
 pub const PEER_INFO_BYTES: usize = 48;
@@ -160,6 +167,7 @@ impl PeerInfo {
         b[24..28].copy_from_slice(&self.depth.to_le_bytes());
         b[28..32].copy_from_slice(&self.threads.to_le_bytes());
         b[32..40].copy_from_slice(&self.table.to_le_bytes());
+        b[40..44].copy_from_slice(&self.ramp.to_le_bytes());
         b
     }
 
@@ -183,6 +191,7 @@ impl PeerInfo {
             depth: u32_at(24),
             threads: u32_at(28),
             table: u64_at(32),
+            ramp: u32_at(40),
         })
     }
 }
@@ -226,8 +235,8 @@ pub fn decide(gathered: &[Vec<u8>]) -> Decision {
     if let Some(r) = infos.iter().position(|i| i.launch_blocking) {
         return Decision::Nccl(format!("CUDA_LAUNCH_BLOCKING=1 on rank {r}"));
     }
-    if let Some(r) = infos.iter().position(|i| (i.slot_bytes, i.depth) != (first.slot_bytes, first.depth)) {
-        return Decision::Nccl(format!("chunk size or depth differ between rank 0 and rank {r}"));
+    if let Some(r) = infos.iter().position(|i| (i.slot_bytes, i.depth, i.ramp) != (first.slot_bytes, first.depth, first.ramp)) {
+        return Decision::Nccl(format!("chunk size, depth or ramp differ between rank 0 and rank {r}"));
     }
     if let Some(r) = infos.iter().position(|i| i.table != first.table) {
         return Decision::Nccl(format!("selection tables differ between rank 0 and rank {r}"));
@@ -238,7 +247,7 @@ pub fn decide(gathered: &[Vec<u8>]) -> Decision {
     }
     // Every rank runs the same number of reducer threads (the shares of a chunk are k x threads).
     let threads = infos.iter().map(|i| i.threads.max(1)).min().unwrap_or(1) as usize;
-    Decision::Host { settings: Settings { geometry, threads }, mode: first.mode }
+    Decision::Host { settings: Settings { geometry, threads, ramp: first.ramp as usize }, mode: first.mode }
 }
 
 #[cfg(test)]
@@ -262,6 +271,7 @@ mod tests {
             ("FLEXMIG_HOSTREDUCE_DEPTH", "3"),
             ("FLEXMIG_HOSTREDUCE_THREADS", "2"),
             ("FLEXMIG_HOSTREDUCE_LEAD", "2"),
+            ("FLEXMIG_HOSTREDUCE_RAMP", "262144"),
             ("NCCL_DEBUG", "INFO"),
             ("CUDA_LAUNCH_BLOCKING", "1"),
             ("SLURM_JOB_ID", "77"),
@@ -269,7 +279,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!((c.mode, c.slot_bytes, c.depth, c.threads, c.debug, c.launch_blocking), (Mode::On, 1 << 20, 3, Some(2), true, true));
-        assert_eq!((c.job.as_str(), c.step.as_str(), c.lead), ("77", "0", Some(2)));
+        assert_eq!((c.job.as_str(), c.step.as_str(), c.lead, c.ramp), ("77", "0", Some(2), 262144));
         assert_eq!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE", "off")])).unwrap().mode, Mode::Off);
     }
 
@@ -281,6 +291,7 @@ mod tests {
         assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_DEPTH", "1")])).is_err());
         assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_THREADS", "zero")])).is_err());
         assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_LEAD", "0")])).is_err());
+        assert!(Config::from_env(&env(&[("FLEXMIG_HOSTREDUCE_RAMP", "1000")])).is_err());
     }
 
     #[test]
@@ -295,7 +306,7 @@ mod tests {
     }
 
     fn info() -> PeerInfo {
-        PeerInfo { host: 7, mode: Mode::Auto, launch_blocking: false, slot_bytes: 2 << 20, depth: 4, threads: 2, table: 99 }
+        PeerInfo { host: 7, mode: Mode::Auto, launch_blocking: false, slot_bytes: 2 << 20, depth: 4, threads: 2, table: 99, ramp: 0 }
     }
 
     #[test]
@@ -329,6 +340,7 @@ mod tests {
         assert_eq!(why(all(&|_, i| i.mode = Mode::Off)), "FLEXMIG_HOSTREDUCE=off");
         assert_eq!(why(all(&|r, i| i.launch_blocking = r == 1)), "CUDA_LAUNCH_BLOCKING=1 on rank 1");
         assert!(why(all(&|r, i| i.depth = 4 + r as u32)).contains("rank 1"));
+        assert!(why(all(&|r, i| i.ramp = if r == 3 { 1 << 20 } else { 0 })).contains("rank 3"));
         assert!(why(all(&|r, i| i.table = r as u64)).contains("tables differ"));
         assert!(why(all(&|_, i| i.depth = 1)).contains("invalid"));
         let mut g = all(&|_, _| {});

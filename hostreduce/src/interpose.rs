@@ -180,6 +180,7 @@ pub fn on_init(comm: Comm, nranks: usize, id: &[u8], rank: usize, config_blockin
         depth: cfg.depth as u32,
         threads: cfg.threads.unwrap_or_else(|| default_threads(cpus, online, nranks)) as u32,
         table: table.fingerprint(),
+        ramp: cfg.ramp as u32,
     };
     let gathered = match exchange(comm, nranks, &info.encode()) {
         Ok(g) => g,
@@ -353,16 +354,8 @@ fn enqueue(gc: &GpuComm, send: DevPtr, recv: DevPtr, bytes: usize, dtype: DType,
     cuda::stream_wait_stream(gc.up, stream, gc.fork).map_err(Enqueue::Cuda)?;
     let first = gc.host.start(bytes, dtype, op).map_err(Enqueue::Aborted)?;
     let mut call = GpuCall { seg: gc.host.segment(), seg_dev: gc.seg_dev, down: gc.down, up: gc.up, send, recv };
-    pipeline::enqueue(
-        &mut call,
-        gc.host.settings().geometry,
-        gc.host.rank(),
-        gc.host.lead(),
-        first,
-        bytes,
-        pipeline::signature(bytes, dtype, op),
-    )
-    .map_err(Enqueue::Cuda)?;
+    pipeline::enqueue(&mut call, gc.host.settings(), gc.host.rank(), gc.host.lead(), first, bytes, pipeline::signature(bytes, dtype, op))
+        .map_err(Enqueue::Cuda)?;
     // The caller's stream continues once both are through.
     cuda::stream_wait_stream(stream, gc.down, gc.join_down).map_err(Enqueue::Cuda)?;
     cuda::stream_wait_stream(stream, gc.up, gc.join_up).map_err(Enqueue::Cuda)

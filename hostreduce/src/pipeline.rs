@@ -168,10 +168,38 @@ pub fn chunk_bytes(bytes: usize, slot_bytes: usize) -> usize {
     (bytes.div_ceil(TARGET_CHUNKS).div_ceil(4096) * 4096).clamp((slot_bytes / 4).max(4096).min(slot_bytes), slot_bytes)
 }
 
-/// The chunks of a call of `bytes` with slots of `slot_bytes`: (index, offset, length).
-pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+/// The lengths of a call's chunks: [`chunk_bytes`] each (the last the rest) or, with a `ramp`
+/// (bytes, a multiple of 4096; 0: none), chunks doubling from `ramp` up to that size at the
+/// start and halving back to it at the end, so that the first chunk's copies and reduce (the
+/// pipeline's fill, while the copies up wait) and the last one's (its drain) are short. A call too
+/// small for both ramps and one whole chunk between them has none. Every rank computes the same.
+pub fn chunk_lengths(bytes: usize, slot_bytes: usize, ramp: usize) -> Vec<usize> {
     let c = chunk_bytes(bytes, slot_bytes);
-    (0..bytes.div_ceil(c)).map(move |i| (i as u64, i * c, (bytes - i * c).min(c)))
+    let plain = || (0..bytes.div_ceil(c)).map(|i| (bytes - i * c).min(c)).collect();
+    let head: Vec<usize> =
+        if ramp == 0 { Vec::new() } else { std::iter::successors(Some(ramp), |l| Some(l * 2)).take_while(|&l| l < c).collect() };
+    let ends = 2 * head.iter().sum::<usize>();
+    if head.is_empty() || bytes < ends + c {
+        return plain();
+    }
+    let middle = bytes - ends;
+    let mut v = head.clone();
+    v.resize(v.len() + middle / c, c);
+    if middle % c > 0 {
+        v.push(middle % c);
+    }
+    v.extend(head.iter().rev());
+    v
+}
+
+/// The chunks of a call of `bytes` with slots of `slot_bytes` and first chunk `ramp` (see
+/// [`chunk_lengths`]): (index, offset, length).
+pub fn chunks(bytes: usize, slot_bytes: usize, ramp: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+    let mut offset = 0;
+    chunk_lengths(bytes, slot_bytes, ramp).into_iter().enumerate().map(move |(i, len)| {
+        offset += len;
+        (i as u64, offset - len, len)
+    })
 }
 
 /// Enqueues one call's stream operations for `rank`, rounds from `first_round`.
@@ -190,16 +218,17 @@ pub fn chunks(bytes: usize, slot_bytes: usize) -> impl Iterator<Item = (u64, usi
 /// Whatever the streams return; the call is then broken and the communicator must be aborted.
 pub fn enqueue<S: Streams>(
     s: &mut S,
-    g: Geometry,
+    settings: Settings,
     rank: usize,
     lead: usize,
     first_round: u64,
     bytes: usize,
     sig: u64,
 ) -> Result<(), S::Error> {
+    let g = settings.geometry;
     let depth = g.depth as u64;
     let lead = lead.clamp(1, g.depth) as u64;
-    let all: Vec<_> = chunks(bytes, g.slot_bytes).collect();
+    let all: Vec<_> = chunks(bytes, g.slot_bytes, settings.ramp).collect();
     let ahead = g.depth - 1;
     let down = |s: &mut S, (c, off, len): (u64, usize, usize)| -> Result<(), S::Error> {
         let r = first_round + c;
@@ -299,6 +328,8 @@ pub struct Settings {
     pub geometry: Geometry,
     /// Reducer threads per rank.
     pub threads: usize,
+    /// The first and last chunk of a call, in bytes (see [`chunk_lengths`]); 0: chunks of one size.
+    pub ramp: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -462,7 +493,7 @@ impl HostComm {
         }
         let mut next = self.next_round.lock().unwrap();
         let first_round = *next;
-        *next += chunks(bytes, self.settings.geometry.slot_bytes).count() as u64;
+        *next += chunk_lengths(bytes, self.settings.geometry.slot_bytes, self.settings.ramp).len() as u64;
         if let Some(t) = &*self.tracer.lock().unwrap() {
             t.call(first_round, bytes);
         }
@@ -564,7 +595,7 @@ impl Reducer {
         let depth = g.depth as u64;
         let shares = g.nranks * self.settings.threads;
         let size = job.dtype.size();
-        for (c, _, len) in chunks(job.bytes, g.slot_bytes) {
+        for (c, _, len) in chunks(job.bytes, g.slot_bytes, self.settings.ramp) {
             let r = job.first_round + c;
             let slot = (r % depth) as usize;
             let t0 = Instant::now();
@@ -693,11 +724,11 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_buffer() {
-        assert_eq!(chunks(10_000, 4096).collect::<Vec<_>>(), vec![(0, 0, 4096), (1, 4096, 4096), (2, 8192, 1808)]);
-        assert_eq!(chunks(4096, 4096).count(), 1);
-        assert_eq!(chunks(0, 4096).count(), 0);
+        assert_eq!(chunks(10_000, 4096, 0).collect::<Vec<_>>(), vec![(0, 0, 4096), (1, 4096, 4096), (2, 8192, 1808)]);
+        assert_eq!(chunks(4096, 4096, 0).count(), 1);
+        assert_eq!(chunks(0, 4096, 0).count(), 0);
         for bytes in [1, 4095, 4096, 100_000, 3 << 20, (16 << 20) + 2, 300 << 20] {
-            let c: Vec<_> = chunks(bytes, 8 << 20).collect();
+            let c: Vec<_> = chunks(bytes, 8 << 20, 0).collect();
             assert_eq!(c.iter().map(|x| x.2).sum::<usize>(), bytes);
             assert!(c.windows(2).all(|w| w[1].1 == w[0].1 + w[0].2 && w[1].0 == w[0].0 + 1));
         }
@@ -708,7 +739,7 @@ mod tests {
         const M: usize = 1 << 20;
         let slot = 8 * M;
         assert_eq!(chunk_bytes(M, slot), 2 * M, "small calls: one chunk of the minimum size");
-        assert_eq!(chunks(M, slot).count(), 1);
+        assert_eq!(chunks(M, slot, 0).count(), 1);
         assert_eq!(chunk_bytes(16 * M, slot), 2 * M);
         assert_eq!(chunk_bytes(32 * M, slot), 4 * M);
         assert_eq!(chunk_bytes(64 * M, slot), 8 * M);
@@ -718,11 +749,36 @@ mod tests {
     }
 
     #[test]
+    fn a_ramp_starts_and_ends_a_call_with_small_chunks() {
+        const K: usize = 1 << 10;
+        const M: usize = 1 << 20;
+        let slot = 8 * M;
+        assert_eq!(
+            chunk_lengths(16 * M, slot, 256 * K),
+            [256 * K, 512 * K, M, 2 * M, 2 * M, 2 * M, 2 * M, 2 * M, 2 * M, 512 * K, M, 512 * K, 256 * K]
+        );
+        assert_eq!(chunk_lengths(4 * M, slot, 256 * K), [2 * M, 2 * M], "too small for both ramps and a whole chunk");
+        assert_eq!(chunk_lengths(16 * M, slot, 2 * M), chunk_lengths(16 * M, slot, 0), "a ramp no smaller than the chunk is none");
+        for bytes in [4096, 5 << 20, (16 << 20) + 2, 25 << 20, 300 << 20] {
+            for ramp in [0, 4096, 256 * K, M] {
+                let l = chunk_lengths(bytes, slot, ramp);
+                assert_eq!(l.iter().sum::<usize>(), bytes, "{bytes} {ramp}");
+                assert!(l.iter().all(|&c| c > 0 && c <= slot), "{bytes} {ramp}: {l:?}");
+                if ramp > 0 && l.len() > chunk_lengths(bytes, slot, 0).len() {
+                    assert_eq!((l[0], l[l.len() - 1]), (ramp, ramp), "{bytes} {ramp}");
+                }
+                let c: Vec<_> = chunks(bytes, slot, ramp).collect();
+                assert!(c.windows(2).all(|w| w[1].1 == w[0].1 + w[0].2 && w[1].0 == w[0].0 + 1));
+            }
+        }
+    }
+
+    #[test]
     fn each_stream_waits_for_the_slot_then_copies_then_signals() {
         let g = Geometry { nranks: 3, depth: 2, slot_bytes: 4096 };
         let mut rec = Record::default();
         // rounds 1, 2, 3 of rank 2: round 1 uses slot 1 for the first time, round 2 reuses slot 0
-        enqueue(&mut rec, g, 2, g.depth, 1, 3 * 4096 - 100, 77).unwrap();
+        enqueue(&mut rec, Settings { geometry: g, threads: 1, ramp: 0 }, 2, g.depth, 1, 3 * 4096 - 100, 77).unwrap();
         let side = |s| rec.0.iter().filter(|(x, _)| *x == s).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
         assert_eq!(
             side(Side::Down),
@@ -761,14 +817,14 @@ mod tests {
         let g = Geometry { nranks: 2, depth: 4, slot_bytes: 4096 };
         let mut rec = Record::default();
         // rounds 0..5 of rank 1, copies down at most two rounds ahead of the reduce
-        enqueue(&mut rec, g, 1, 2, 0, 5 * 4096, 9).unwrap();
+        enqueue(&mut rec, Settings { geometry: g, threads: 1, ramp: 0 }, 1, 2, 0, 5 * 4096, 9).unwrap();
         let waits: Vec<_> = rec.0.iter().filter(|(x, t)| *x == Side::Down && t.starts_with("wait")).map(|(_, t)| t.as_str()).collect();
         // round 2 waits for round 0, round 3 for round 1, round 4 for round 2 and for its slot
         assert_eq!(waits, ["wait Reduced[0]>=1", "wait Reduced[1]>=2", "wait Reduced[0]>=1", "wait Reduced[2]>=3"]);
         // at the depth (and beyond: clamped) only the slot's own wait remains
         for lead in [4, 9] {
             let mut rec = Record::default();
-            enqueue(&mut rec, g, 1, lead, 0, 5 * 4096, 9).unwrap();
+            enqueue(&mut rec, Settings { geometry: g, threads: 1, ramp: 0 }, 1, lead, 0, 5 * 4096, 9).unwrap();
             let waits: Vec<_> = rec.0.iter().filter(|(x, t)| *x == Side::Down && t.starts_with("wait")).map(|(_, t)| t.as_str()).collect();
             assert_eq!(waits, ["wait Reduced[0]>=1"], "lead {lead}");
         }

@@ -153,10 +153,16 @@ impl SimRank {
     pub fn all_reduce(&self, send: SendBuf, recv: RecvBuf, dtype: DType, op: Op) -> Result<Completion, Abort> {
         let bytes = send.len();
         let first = self.comm.start(bytes, dtype, op)?;
-        let g = self.comm.settings().geometry;
         let mut calls = Calls { rank: self, send, recv };
-        let Ok(()) =
-            pipeline::enqueue(&mut calls, g, self.comm.rank(), self.comm.lead(), first, bytes, pipeline::signature(bytes, dtype, op));
+        let Ok(()) = pipeline::enqueue(
+            &mut calls,
+            self.comm.settings(),
+            self.comm.rank(),
+            self.comm.lead(),
+            first,
+            bytes,
+            pipeline::signature(bytes, dtype, op),
+        );
         let (tx, rx) = mpsc::channel();
         for side in [Side::Down, Side::Up] {
             let tx = tx.clone();

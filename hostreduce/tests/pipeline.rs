@@ -30,9 +30,12 @@ fn run_reducers(k: usize, depth: usize, threads: usize, calls: usize, make: fn(H
 
 /// As [`run_with`], rank r with its own choices `local(r)`.
 fn run_local(k: usize, depth: usize, threads: usize, calls: usize, make: fn(HostComm) -> SimRank, local: &dyn Fn(usize) -> Local) {
-    let slot_bytes = 16384;
+    run_settings(Settings { geometry: Geometry { nranks: k, depth, slot_bytes: 16384 }, threads, ramp: 0 }, calls, make, local)
+}
+
+fn run_settings(settings: Settings, calls: usize, make: fn(HostComm) -> SimRank, local: &dyn Fn(usize) -> Local) {
+    let (k, slot_bytes) = (settings.geometry.nranks, settings.geometry.slot_bytes);
     let path = unique_path("pipe");
-    let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads };
     let barrier = Arc::new(Barrier::new(k));
     let handles: Vec<_> = (0..k)
         .map(|rank| {
@@ -132,7 +135,7 @@ fn a_file_another_user_put_under_the_name_is_never_mapped_and_the_creator_leaves
 #[test]
 fn a_rank_that_never_attaches_leaves_nothing_behind() {
     let path = unique_path("noshow");
-    let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1, ramp: 0 };
     let err = HostComm::setup(&path, 0, settings, Duration::from_millis(200)).unwrap_err();
     assert!(matches!(err, SetupError::Shm(ShmError::AttachTimeout { attached: 1, nranks: 2, .. })), "{err}");
     assert!(leftovers(&path).is_empty(), "{:?}", leftovers(&path));
@@ -170,7 +173,7 @@ fn bad_geometry_is_refused() {
 #[test]
 fn abort_releases_a_waiting_peer() {
     let path = unique_path("abort");
-    let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: 2, depth: 2, slot_bytes: 4096 }, threads: 1, ramp: 0 };
     let p1 = path.clone();
     let aborter = std::thread::spawn(move || {
         let sim = SimRank::new(HostComm::setup(&p1, 1, settings, T).unwrap());
@@ -195,7 +198,7 @@ fn reducer_threads_stay_on_the_cpus_they_are_given() {
     assert!(allowed.len() >= 2, "this test needs two CPUs to tell a pinned thread from a free one, has {allowed:?}");
     let cpu = *allowed.last().unwrap();
     let path = unique_path("pin");
-    let settings = Settings { geometry: Geometry { nranks: 1, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: 1, depth: 2, slot_bytes: 4096 }, threads: 1, ramp: 0 };
     let comm =
         HostComm::setup_local(&path, 0, settings, T, Local { reducers: 1, cpus: Some(vec![cpu]), ..Local::default() }, &mut |_| true)
             .unwrap();
@@ -222,7 +225,7 @@ fn reducer_threads_stay_on_the_cpus_they_are_given() {
 /// rank's reducer saw it first), and the next call is refused.
 fn mismatch(odd: usize, its: (DType, Op, usize)) {
     let path = unique_path("mismatch");
-    let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 16384 }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 16384 }, threads: 1, ramp: 0 };
     let handles: Vec<_> = (0..3)
         .map(|rank| {
             let path = path.clone();
@@ -258,7 +261,7 @@ fn ranks_calling_another_size_type_or_operation_abort_instead_of_hanging() {
 fn when_rank_0_cannot_make_the_segment_every_rank_gives_up_at_once() {
     // A segment directory that does not exist stands for a full /dev/shm or a memory limit.
     let path = std::env::temp_dir().join(format!("flexmig-no-such-dir-{}", std::process::id())).join("seg");
-    let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 4096 }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: 3, depth: 2, slot_bytes: 4096 }, threads: 1, ramp: 0 };
     let said = Arc::new(Mutex::new(Vec::new()));
     let barrier = Arc::new(Barrier::new(3));
     let long = Duration::from_secs(30);
@@ -295,7 +298,7 @@ fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
     // set_flush_denormal(True) sets FTZ and DAZ); they must reduce in the default environment.
     let (k, slot_bytes, n) = (2, 16384, 3000);
     let path = unique_path("ftz");
-    let settings = Settings { geometry: Geometry { nranks: k, depth: 2, slot_bytes }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: k, depth: 2, slot_bytes }, threads: 1, ramp: 0 };
     // fp32 and bf16 with exponents 0-3: subnormals and the smallest normals, whose sums and
     // averages are subnormal or round
     let input = move |rank: usize, dtype: DType| -> Vec<u8> {
@@ -340,6 +343,23 @@ fn reducers_made_on_a_thread_that_flushes_denormals_reduce_exactly() {
 }
 
 #[test]
+fn calls_that_ramp_their_chunks_up_and_down_give_every_byte() {
+    // With 16 KiB slots and 4 KiB ramps, the multi-slot calls start and end with 4 KiB chunks.
+    let settings = Settings { geometry: Geometry { nranks: 3, depth: 3, slot_bytes: 16384 }, threads: 2, ramp: 4096 };
+    for call in [12, 18] {
+        let (dtype, _, n) = test_call(call, 16384);
+        let ramped = flexmig_hostreduce::pipeline::chunk_lengths(n * dtype.size(), 16384, 4096);
+        assert!(ramped.len() > flexmig_hostreduce::pipeline::chunk_lengths(n * dtype.size(), 16384, 0).len() && ramped[0] == 4096);
+    }
+    run_settings(settings, 36, SimRank::new, &|_| Local { reducers: 2, ..Local::default() });
+    run_settings(Settings { ramp: 8192, ..settings }, 36, SimRank::new_one_queue, &|_| Local {
+        reducers: 2,
+        lead: Some(2),
+        ..Local::default()
+    });
+}
+
+#[test]
 fn copies_held_to_a_short_lead_still_give_every_byte() {
     // Lead 1: each copy down waits for the round before it; ranks with different leads mix.
     run_local(3, 4, 1, 40, SimRank::new, &|rank| Local { reducers: 1, lead: Some(1 + rank), ..Local::default() });
@@ -352,7 +372,7 @@ fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
     let path = unique_path("trace");
     let dir = std::env::temp_dir().join(format!("hr-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads: 1 };
+    let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads: 1, ramp: 0 };
     let barrier = Arc::new(Barrier::new(k));
     let handles: Vec<_> = (0..k)
         .map(|rank| {
@@ -391,7 +411,7 @@ fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
             let (dtype, _, n) = test_call(starts, slot_bytes);
             assert_eq!(f[2].parse::<u64>().unwrap(), rounds, "{l}");
             assert_eq!(f[3].parse::<usize>().unwrap(), n * dtype.size(), "{l}");
-            rounds += flexmig_hostreduce::pipeline::chunks(n * dtype.size(), slot_bytes).count() as u64;
+            rounds += flexmig_hostreduce::pipeline::chunk_lengths(n * dtype.size(), slot_bytes, 0).len() as u64;
             starts += 1;
             continue;
         }

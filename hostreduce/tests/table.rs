@@ -67,7 +67,7 @@ fn every_point_of_the_built_in_table_comes_from_the_committed_results() {
         }
         for (k, h) in host {
             let Some(&n) = nccl.get(&k).filter(|n| **n > 0.0) else { continue };
-            if alone.get(&k).map_or(true, |a| h / n < a.0) {
+            if !matches!(alone.get(&k), Some(a) if a.0 <= h / n) {
                 alone.insert(k, (h / n, h, n));
             }
         }
@@ -89,7 +89,7 @@ fn every_point_of_the_built_in_table_comes_from_the_committed_results() {
             if h.is_nan() || n.is_nan() || h <= 0.0 {
                 continue;
             }
-            if beside.get(&k).map_or(true, |b| n / h < b.0) {
+            if !matches!(beside.get(&k), Some(b) if b.0 <= n / h) {
                 beside.insert(k, (n / h, h, n));
             }
         }

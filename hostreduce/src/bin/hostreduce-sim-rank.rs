@@ -28,7 +28,7 @@ fn main() {
         })
     };
     let (rank, nranks, slot_bytes, depth, threads, calls) = (num(1), num(2), num(3), num(4), num(5), num(6));
-    let settings = Settings { geometry: Geometry { nranks, depth, slot_bytes }, threads };
+    let settings = Settings { geometry: Geometry { nranks, depth, slot_bytes }, threads, ramp: 0 };
     let comm = match HostComm::setup(std::path::Path::new(&a[0]), rank, settings, Duration::from_millis(1500)) {
         Ok(c) => c,
         Err(e) => {
