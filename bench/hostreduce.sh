@@ -36,6 +36,9 @@
 # $OUTDIR/select.json with bench/hostreduce_table.py from this run's records (the host path
 # against NCCL of the same launches, alone and beside compute), and the DDP steps' "auto" then
 # decides by it (FLEXMIG_HOSTREDUCE_TABLE), so they measure the table this run makes.
+# TRACE=1: the main and DDP launches keep rank 0's pipeline timelines (FLEXMIG_HOSTREDUCE_TRACE,
+# in $WORK/trace-main and $WORK/trace-ddp; the poller takes a CPU, so rates are a little lower),
+# summarized by bench/hostreduce_trace.py into $OUTDIR/timelines.jsonl.
 set -uo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -96,7 +99,17 @@ trap 'mps_stop >/dev/null 2>&1' EXIT
 mps_start || { echo "MPS did not start"; exit 2; }
 # 25 MiB: DDP's default bucket.
 SIZES=${SIZES:-1048576,2097152,4194304,8388608,16777216,26214400,33554432,67108864,134217728,268435456}
+# with_trace PHASE: the timelines of that phase's launches go to $WORK/trace-PHASE (TRACE=1).
+with_trace() {
+  if [ "${TRACE:-0}" = 1 ]; then
+    mkdir -p "$WORK/trace-$1"
+    export FLEXMIG_HOSTREDUCE_TRACE="$WORK/trace-$1"
+  else
+    unset FLEXMIG_HOSTREDUCE_TRACE
+  fi
+}
 if has main; then
+  with_trace main
   for k in $RANKS; do
     $PY "$B" run --ranks "$k" --nccl "$PATCHED" --hostreduce "$HRLIB" --mps --mps-percent "${MPS_PERCENT:-14}" --sizes "$SIZES" \
       --dtypes "${DTYPES:-f32}" $([ "${AUTO:-1}" = 1 ] && echo --auto) --variants "${VARIANTS:-}" --variant-sizes "${VARIANT_SIZES:-}" \
@@ -108,6 +121,7 @@ if has main; then
     if [ "${STOP_ON_FAIL:-0}" = 1 ] && tail -1 "$J" | grep -q '"error"'; then echo "k=$k failed: stopping (STOP_ON_FAIL=1)"; exit 3; fi
   done
 fi
+unset FLEXMIG_HOSTREDUCE_TRACE
 if has ce && [ -n "${CE_RANKS:-}" ]; then
   # NCCL's copy-engine opt-in at its best measured setting (BENCHMARKS.md, "The ceiling"); only
   # its NCCL records are kept (impl "nccl-ce").
@@ -127,6 +141,7 @@ if has table; then
   echo "table: $FLEXMIG_HOSTREDUCE_TABLE, $points points" | tee -a "$LOG"
 fi
 if has ddp && [ -n "${DDP_RANKS:-}" ]; then
+  with_trace ddp
   # DDP steps (bench/ddp_step.py) with the plugin's default 2 channels. Per model and k: "single"
   # (one process with k times the SM share and the batch), DDP's own exchange through NCCL or the
   # host path ("nccl", "hostreduce", "auto": FLEXMIG_HOSTREDUCE off, on, auto), and "compare": one
@@ -159,4 +174,10 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
   done
 fi
 mps_stop
+if [ "${TRACE:-0}" = 1 ]; then
+  for phase in main ddp; do
+    set -- "$WORK/trace-$phase"/hostreduce-trace-*.txt
+    [ -e "$1" ] && $PY "$REPO/bench/hostreduce_trace.py" --source "$phase" "$@" >>"$OUTDIR/timelines.jsonl"
+  done
+fi
 echo "== done $(utc_now)" | tee -a "$LOG"

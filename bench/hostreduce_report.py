@@ -69,8 +69,8 @@ def report(path):
     if hooked:
         out.append(ddp_compare(hooked, plain))
         if any(r.get("groups") == "split" for r in hooked) or run in SPLIT_GROUPS:
-            out.append("The compared groups were split from a default group made with `device_id` (`ncclCommSplit`, "
-                       "`DDP_DEVICE_ID=1`): the host path took split communicators.")
+            out.append("Made with `DDP_DEVICE_ID=1`: the compared groups were split (`ncclCommSplit`) from a default group "
+                       "made with `device_id`; rank 0's path lines for them are in the run's console file.")
             out.append("")
     tl = [r for r in rows if r.get("kind") == "timeline"]
     if tl:
@@ -335,8 +335,8 @@ RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto
         "run13-session.jsonl"]
 # Runs of the current library and defaults, each in its own machine session.
 SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run13-session.jsonl"]
-# Runs whose DDP compare split its groups from a device-bound default group, made before the
-# records said so ("groups": "split").
+# Runs whose DDP compare split its groups from a device-bound default group (their command set
+# DDP_DEVICE_ID=1), made before the records said so ("groups": "split").
 SPLIT_GROUPS = ("run12", "run13")
 
 

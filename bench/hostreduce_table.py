@@ -5,8 +5,8 @@ FLEXMIG_HOSTREDUCE=auto) from measured results of bench/hostreduce.sh.
   hostreduce_table.py --host RUN.jsonl [...] [--beside RUN.jsonl [...]]
                       [--min-speedup 1.10] [--floor 0.95] [--out FILE]
 
---host: runs, each from its own machine session, whose "hostreduce"/"default" records were made
-with the library's current default settings. In each run a point's host rate is set against
+--host: runs (launches; best each from a machine session of its own) whose "hostreduce"/"default"
+records were made with the library's current default settings. In each run a point's host rate is set against
 NCCL's rate of the same run (side by side in one launch: the same machine, link and load), the
 worst host and best NCCL record of the run where it has several; the point keeps the run where
 the host path fared worst against NCCL. --beside: runs whose kind "overlap" records (the same
@@ -43,7 +43,7 @@ def key(d):
 
 
 def default(d):
-    return d.get("variant", "default") == "default"
+    return (d.get("variant") or "default") == "default"
 
 
 def build(host_runs, beside_runs, min_speedup, floor, machine):

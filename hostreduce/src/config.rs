@@ -145,12 +145,13 @@ pub struct PeerInfo {
     pub depth: u32,
     pub threads: u32,
     pub table: u64,
-    /// [`Settings::ramp`]; 0 from a peer of a version without it.
+    /// [`Settings::ramp`].
     pub ramp: u32,
 }
 
 pub const PEER_INFO_BYTES: usize = 48;
-const PEER_MAGIC: u32 = u32::from_le_bytes(*b"FHR1");
+// A new version whenever bytes get a meaning: a peer that would ignore them must not decide alike.
+const PEER_MAGIC: u32 = u32::from_le_bytes(*b"FHR2");
 
 impl PeerInfo {
     pub fn encode(&self) -> [u8; PEER_INFO_BYTES] {
@@ -306,7 +307,7 @@ mod tests {
     }
 
     fn info() -> PeerInfo {
-        PeerInfo { host: 7, mode: Mode::Auto, launch_blocking: false, slot_bytes: 2 << 20, depth: 4, threads: 2, table: 99, ramp: 0 }
+        PeerInfo { host: 7, mode: Mode::Auto, launch_blocking: false, slot_bytes: 2 << 20, depth: 4, threads: 2, table: 99, ramp: 1 << 18 }
     }
 
     #[test]
@@ -331,6 +332,7 @@ mod tests {
         let host = decide(&all(&|r, i| i.threads = if r == 2 { 1 } else { 3 }));
         let Decision::Host { settings, mode } = host else { panic!("{host:?}") };
         assert_eq!((settings.geometry, settings.threads, mode), (Geometry { nranks: 4, depth: 4, slot_bytes: 2 << 20 }, 1, Mode::Auto));
+        assert_eq!(settings.ramp, 1 << 18);
         let why = |g: Vec<Vec<u8>>| match decide(&g) {
             Decision::Nccl(w) => w,
             d => panic!("{d:?}"),
@@ -341,6 +343,10 @@ mod tests {
         assert_eq!(why(all(&|r, i| i.launch_blocking = r == 1)), "CUDA_LAUNCH_BLOCKING=1 on rank 1");
         assert!(why(all(&|r, i| i.depth = 4 + r as u32)).contains("rank 1"));
         assert!(why(all(&|r, i| i.ramp = if r == 3 { 1 << 20 } else { 0 })).contains("rank 3"));
+        // A peer of the version before ramps (its magic) is not taken for one without a ramp.
+        let mut g = all(&|_, _| {});
+        g[1][0..4].copy_from_slice(b"FHR1");
+        assert_eq!(why(g), "rank 1 sent no flexmig-hostreduce peer information");
         assert!(why(all(&|r, i| i.table = r as u64)).contains("tables differ"));
         assert!(why(all(&|_, i| i.depth = 1)).contains("invalid"));
         let mut g = all(&|_, _| {});

@@ -413,6 +413,7 @@ fn teardown(gc: GpuComm, comm: Comm, abort: bool) {
     for s in [gc.down, gc.up] {
         let _ = cuda::stream_synchronize(s);
     }
+    gc.host.finish_trace();
     let st = gc.host.stats();
     let ms = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e6;
     log(

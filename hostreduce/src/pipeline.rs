@@ -184,10 +184,11 @@ pub fn chunk_lengths(bytes: usize, slot_bytes: usize, ramp: usize) -> Vec<usize>
     }
     let middle = bytes - ends;
     let mut v = head.clone();
-    v.resize(v.len() + middle / c, c);
+    // The odd chunk right after the ramp up, so that the call ends halving down to `ramp`.
     if middle % c > 0 {
         v.push(middle % c);
     }
+    v.resize(v.len() + middle / c, c);
     v.extend(head.iter().rev());
     v
 }
@@ -237,8 +238,9 @@ pub fn enqueue<S: Streams>(
             s.wait_geq(Side::Down, slot, Counter::Reduced, r - depth + 1)?;
         }
         if lead < depth && r >= lead {
-            // Rounds of one slot may complete out of order (reducers move on piece by piece), so
-            // this wait does not stand in for the slot's own.
+            // Rounds of different slots may complete out of order (a reducer moves on to the next
+            // round while others finish pieces of this one), so round r - lead being reduced does
+            // not imply round r - depth is: the slot's own wait stays.
             s.wait_geq(Side::Down, ((r - lead) % depth) as usize, Counter::Reduced, r - lead + 1)?;
         }
         s.write(Side::Down, slot, Counter::Sig(rank), sig)?;
@@ -493,9 +495,10 @@ impl HostComm {
         }
         let mut next = self.next_round.lock().unwrap();
         let first_round = *next;
-        *next += chunk_lengths(bytes, self.settings.geometry.slot_bytes, self.settings.ramp).len() as u64;
+        let rounds = chunk_lengths(bytes, self.settings.geometry.slot_bytes, self.settings.ramp).len() as u64;
+        *next += rounds;
         if let Some(t) = &*self.tracer.lock().unwrap() {
-            t.call(first_round, bytes);
+            t.call(first_round, rounds, bytes);
         }
         let job = Job { first_round, bytes, dtype, op, sig: signature(bytes, dtype, op) };
         for tx in self.senders.lock().unwrap().iter() {
@@ -527,19 +530,25 @@ impl HostComm {
         for h in threads {
             let _ = h.join();
         }
+        self.seg.header().pids[self.rank()].store(0, Ordering::Release);
+    }
+
+    /// Writes rank 0's timeline, if one is kept: after [`HostComm::leave`] and once this rank's
+    /// streams are done, so that its last copies up are in it. Once; dropping does it otherwise.
+    pub fn finish_trace(&self) {
         if let Some(t) = self.tracer.lock().unwrap().take() {
             match t.finish(self.settings.geometry) {
                 Ok(file) => eprintln!("flexmig-hostreduce: rank {}: pipeline timeline in {}", self.rank(), file.display()),
                 Err(e) => eprintln!("flexmig-hostreduce: rank {}: pipeline timeline not written: {e}", self.rank()),
             }
         }
-        self.seg.header().pids[self.rank()].store(0, Ordering::Release);
     }
 }
 
 impl Drop for HostComm {
     fn drop(&mut self) {
         self.leave(Duration::from_secs(10), AbortReason::Unfinished);
+        self.finish_trace();
     }
 }
 
@@ -755,7 +764,7 @@ mod tests {
         let slot = 8 * M;
         assert_eq!(
             chunk_lengths(16 * M, slot, 256 * K),
-            [256 * K, 512 * K, M, 2 * M, 2 * M, 2 * M, 2 * M, 2 * M, 2 * M, 512 * K, M, 512 * K, 256 * K]
+            [256 * K, 512 * K, M, 512 * K, 2 * M, 2 * M, 2 * M, 2 * M, 2 * M, 2 * M, M, 512 * K, 256 * K]
         );
         assert_eq!(chunk_lengths(4 * M, slot, 256 * K), [2 * M, 2 * M], "too small for both ramps and a whole chunk");
         assert_eq!(chunk_lengths(16 * M, slot, 2 * M), chunk_lengths(16 * M, slot, 0), "a ramp no smaller than the chunk is none");

@@ -8,8 +8,9 @@
 //!
 //! ```text
 //! geometry <nranks> <depth> <slot_bytes>
-//! call <ns> <first round> <bytes>       (when rank 0 started the call: the CPU side, ahead of the GPU)
-//! <ns> A|R|C <slot> <rank> <value>      (arrived / reduced (rank 0) / consumed reached value = round + 1)
+//! call <ns> <first round> <rounds> <bytes>  (rank 0 started the call: the CPU side, ahead of the GPU)
+//! <ns> A|R|C <slot> <rank> <value>          (arrived / reduced (rank 0) / consumed reached round + 1)
+//! dropped <n>                               (changes past the cap, not kept)
 //! ```
 //!
 //! A debugging aid: the poller takes a CPU, and a change that comes and goes between two polls
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-/// Changes kept at most (about 24 MiB); later ones are dropped.
+/// Changes kept at most (40 MiB); later ones are counted, not kept.
 const MAX_EVENTS: usize = 1 << 20;
 
 /// One counter change: (ns since the tracer started, which, slot, rank, new value).
@@ -33,8 +34,8 @@ pub type Change = (u64, char, usize, usize, u64);
 pub struct Tracer {
     t0: Instant,
     stop: Arc<AtomicBool>,
-    poller: Mutex<Option<JoinHandle<Vec<Change>>>>,
-    calls: Mutex<Vec<(u64, u64, usize)>>,
+    poller: Mutex<Option<JoinHandle<(Vec<Change>, u64)>>>,
+    calls: Mutex<Vec<(u64, u64, u64, usize)>>,
     out: PathBuf,
 }
 
@@ -52,23 +53,26 @@ impl Tracer {
         Tracer { t0, stop, poller: Mutex::new(poller), calls: Mutex::new(Vec::new()), out }
     }
 
-    /// Notes that rank 0 started a call of `bytes` at round `first_round`.
-    pub fn call(&self, first_round: u64, bytes: usize) {
+    /// Notes that rank 0 started a call of `bytes` in `rounds` rounds from `first_round`.
+    pub fn call(&self, first_round: u64, rounds: u64, bytes: usize) {
         let t = self.t0.elapsed().as_nanos() as u64;
-        self.calls.lock().unwrap().push((t, first_round, bytes));
+        self.calls.lock().unwrap().push((t, first_round, rounds, bytes));
     }
 
     /// Stops the poller and writes the timeline of segment geometry `g`; returns the file written.
     pub fn finish(&self, g: crate::ffi::shm::Geometry) -> std::io::Result<PathBuf> {
         self.stop.store(true, Ordering::Release);
-        let changes = self.poller.lock().unwrap().take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let (changes, dropped) = self.poller.lock().unwrap().take().and_then(|h| h.join().ok()).unwrap_or_default();
         let mut f = std::io::BufWriter::new(std::fs::File::create(&self.out)?);
         writeln!(f, "geometry {} {} {}", g.nranks, g.depth, g.slot_bytes)?;
-        for (t, r, b) in self.calls.lock().unwrap().iter() {
-            writeln!(f, "call {t} {r} {b}")?;
+        for (t, r, n, b) in self.calls.lock().unwrap().iter() {
+            writeln!(f, "call {t} {r} {n} {b}")?;
         }
         for (t, c, slot, rank, v) in changes {
             writeln!(f, "{t} {c} {slot} {rank} {v}")?;
+        }
+        if dropped > 0 {
+            writeln!(f, "dropped {dropped}")?;
         }
         f.flush()?;
         Ok(self.out.clone())
@@ -90,11 +94,12 @@ fn followed(nranks: usize, depth: usize) -> Vec<(char, usize, usize, Counter)> {
     v
 }
 
-fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> Vec<Change> {
+fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> (Vec<Change>, u64) {
     let g = seg.geometry();
     let watch = followed(g.nranks, g.depth);
     let mut last: Vec<u64> = watch.iter().map(|w| seg.counter(w.1, w.3).load(Ordering::Acquire)).collect();
     let mut out = Vec::with_capacity(4096);
+    let mut dropped = 0u64;
     loop {
         // One more sweep once told to stop: the last changes before it are kept.
         let last_sweep = stop.load(Ordering::Acquire);
@@ -104,11 +109,13 @@ fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> Vec<Change> {
                 last[i] = v;
                 if out.len() < MAX_EVENTS {
                     out.push((t0.elapsed().as_nanos() as u64, c, slot, rank, v));
+                } else {
+                    dropped += 1;
                 }
             }
         }
         if last_sweep {
-            return out;
+            return (out, dropped);
         }
         std::hint::spin_loop();
     }

@@ -409,9 +409,11 @@ fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
         let f: Vec<&str> = l.split(' ').collect();
         if f[0] == "call" {
             let (dtype, _, n) = test_call(starts, slot_bytes);
+            let chunks = flexmig_hostreduce::pipeline::chunk_lengths(n * dtype.size(), slot_bytes, 0).len() as u64;
             assert_eq!(f[2].parse::<u64>().unwrap(), rounds, "{l}");
-            assert_eq!(f[3].parse::<usize>().unwrap(), n * dtype.size(), "{l}");
-            rounds += flexmig_hostreduce::pipeline::chunk_lengths(n * dtype.size(), slot_bytes, 0).len() as u64;
+            assert_eq!(f[3].parse::<u64>().unwrap(), chunks, "{l}");
+            assert_eq!(f[4].parse::<usize>().unwrap(), n * dtype.size(), "{l}");
+            rounds += chunks;
             starts += 1;
             continue;
         }

@@ -94,7 +94,7 @@ fn write_set_with(files: &[FileWrite], rename: &mut dyn FnMut(&Path, &Path) -> i
                 return Err(fail(f, "checking the set".into(), io::Error::new(io::ErrorKind::InvalidInput, "the path is given twice")));
             }
             if fs::symlink_metadata(&f.path).is_ok_and(|m| m.is_dir()) {
-                return Err(fail(f, "checking the target".into(), io::Error::new(io::ErrorKind::IsADirectory, "it is a directory")));
+                return Err(fail(f, "checking the target".into(), io::Error::new(io::ErrorKind::InvalidInput, "it is a directory")));
             }
             let dir = match f.path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
