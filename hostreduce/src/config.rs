@@ -246,6 +246,10 @@ pub fn decide(gathered: &[Vec<u8>]) -> Decision {
     if let Err(e) = geometry.check() {
         return Decision::Nccl(e.to_string());
     }
+    // Chunks must be whole elements of every type: the environment allows only such ramps.
+    if first.ramp % 4096 != 0 {
+        return Decision::Nccl(format!("ramp of {} bytes: not a multiple of 4096", first.ramp));
+    }
     // Every rank runs the same number of reducer threads (the shares of a chunk are k x threads).
     let threads = infos.iter().map(|i| i.threads.max(1)).min().unwrap_or(1) as usize;
     Decision::Host { settings: Settings { geometry, threads, ramp: first.ramp as usize }, mode: first.mode }
@@ -343,6 +347,7 @@ mod tests {
         assert_eq!(why(all(&|r, i| i.launch_blocking = r == 1)), "CUDA_LAUNCH_BLOCKING=1 on rank 1");
         assert!(why(all(&|r, i| i.depth = 4 + r as u32)).contains("rank 1"));
         assert!(why(all(&|r, i| i.ramp = if r == 3 { 1 << 20 } else { 0 })).contains("rank 3"));
+        assert!(why(all(&|_, i| i.ramp = 1000)).contains("not a multiple of 4096"));
         // A peer of the version before ramps (its magic) is not taken for one without a ramp.
         let mut g = all(&|_, _| {});
         g[1][0..4].copy_from_slice(b"FHR1");

@@ -29,12 +29,15 @@ const MAX_EVENTS: usize = 1 << 20;
 /// One counter change: (ns since the tracer started, which, slot, rank, new value).
 pub type Change = (u64, char, usize, usize, u64);
 
+/// What the poller saw: the changes kept, and how many more it dropped past the cap.
+type Seen = (Vec<Change>, u64);
+
 /// The poller of one communicator's segment, and the calls rank 0 started.
 #[derive(Debug)]
 pub struct Tracer {
     t0: Instant,
     stop: Arc<AtomicBool>,
-    poller: Mutex<Option<JoinHandle<(Vec<Change>, u64)>>>,
+    poller: Mutex<Option<JoinHandle<Seen>>>,
     calls: Mutex<Vec<(u64, u64, u64, usize)>>,
     out: PathBuf,
 }
@@ -94,7 +97,7 @@ fn followed(nranks: usize, depth: usize) -> Vec<(char, usize, usize, Counter)> {
     v
 }
 
-fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> (Vec<Change>, u64) {
+fn poll(seg: &Segment, t0: Instant, stop: &AtomicBool) -> Seen {
     let g = seg.geometry();
     let watch = followed(g.nranks, g.depth);
     let mut last: Vec<u64> = watch.iter().map(|w| seg.counter(w.1, w.3).load(Ordering::Acquire)).collect();
