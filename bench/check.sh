@@ -231,8 +231,26 @@ summary = [pn.strip(l) for l in b.splitlines() if l.startswith("|") and "(#host-
 bad, _ = pn.unquoted(pn.prose(section) + summary, committed, ratios_only=True)
 for tok, l in bad:
     problems.append(f"BENCHMARKS.md, host-side reduction: {tok} is quoted but {d}/report.md gives no such number: {l[:100]}")
+# Timeline summaries are what bench/hostreduce_trace.py makes of the committed timelines
+# (run*-timelines/<source>-*.txt beside run*-timelines.jsonl, in the order it was made).
+import json, subprocess
+traced = 0
+for name in sorted(os.listdir(d)):
+    if not name.endswith("-timelines.jsonl"):
+        continue
+    raw = os.path.join(d, name[: -len(".jsonl")])
+    want = [l for l in open(os.path.join(d, name)).read().splitlines() if l.strip()]
+    sources = list(dict.fromkeys(json.loads(l)["source"] for l in want))
+    got = []
+    for src in sources:
+        files = sorted(os.path.join(raw, f) for f in os.listdir(raw) if f.startswith(src + "-"))
+        got += subprocess.run([sys.executable, "bench/hostreduce_trace.py", "--source", src, *files],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    if got != want:
+        problems.append(f"{d}/{name} is not what bench/hostreduce_trace.py makes of {raw}/")
+    traced += 1
 assert not problems, "\n".join(problems)
-print(f"bench/check: {d}/report.md is reproduced from {len(hr.RUNS)} runs; BENCHMARKS.md quotes {len(quoted)} of its rows unchanged and only numbers it gives")
+print(f"bench/check: {d}/report.md is reproduced from {len(hr.RUNS)} runs ({traced} timeline summaries from their timelines); BENCHMARKS.md quotes {len(quoted)} of its rows unchanged and only numbers it gives")
 PY
 
 # 5. The numbers the other sections quote in prose (and the summary rows linking to them) are
