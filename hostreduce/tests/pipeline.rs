@@ -62,6 +62,9 @@ fn run_settings(settings: Settings, calls: usize, make: fn(HostComm) -> SimRank,
                     );
                 }
                 assert_eq!(sim.comm.aborted(), None);
+                // No communicator goes before every rank's last copy up has landed (rank 0's
+                // timeline, where kept, is written when its communicator goes).
+                barrier.wait();
             })
         })
         .collect();
@@ -369,31 +372,10 @@ fn copies_held_to_a_short_lead_still_give_every_byte() {
 #[test]
 fn rank_zero_writes_a_timeline_of_every_counter_it_saw_change() {
     let (k, depth, slot_bytes, calls) = (2, 2, 16384, 12);
-    let path = unique_path("trace");
     let dir = std::env::temp_dir().join(format!("hr-trace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let settings = Settings { geometry: Geometry { nranks: k, depth, slot_bytes }, threads: 1, ramp: 0 };
-    let barrier = Arc::new(Barrier::new(k));
-    let handles: Vec<_> = (0..k)
-        .map(|rank| {
-            let (path, dir, barrier) = (path.clone(), dir.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let local = Local { reducers: 1, trace: Some(dir), ..Local::default() };
-                let sim = SimRank::new(HostComm::setup_local(&path, rank, settings, T, local, &mut |_| true).expect("setup"));
-                for call in 0..calls {
-                    let (dtype, op, n) = test_call(call, slot_bytes);
-                    let recv = Arc::new(Mutex::new(vec![0u8; n * dtype.size()]));
-                    assert!(sim.all_reduce(Arc::new(test_input(SEED, call, rank, dtype, n)), recv, dtype, op).unwrap().wait(T));
-                }
-                // Every rank's last copy up has landed before rank 0 stops watching: dropping the
-                // communicator ends its reducers and, on rank 0, writes the timeline.
-                barrier.wait();
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    run_settings(settings, calls, SimRank::new, &|_| Local { reducers: 1, trace: Some(dir.clone()), ..Local::default() });
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "one timeline, rank 0's: {files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
