@@ -168,7 +168,7 @@ def across_sessions(paths):
     """The host path and auto against NCCL at 256 MiB, fp32, per machine session (runs of one
     library and defaults, each its own machine start): how far a rate carries between sessions."""
     out = ["The same library and defaults in separate machine sessions: fp32, 256 MiB, the host path's "
-           "busbw-equivalent GB/s and in brackets its ratio to NCCL in the same launch; auto's ratio (run8, run9: decided by the table committed before them; run10 and run13: by the one made from run8 and run9):", ""]
+           "busbw-equivalent GB/s and in brackets its ratio to NCCL in the same launch; auto's ratio (run8, run9: decided by the table committed before them; run10 and run13: by the one made from run8 and run9; run14: by the one from run8 to run11 and run13):", ""]
     out.append("| k | " + " | ".join(f"{p.split('-')[0]} host | {p.split('-')[0]} auto" for p in paths) + " |")
     out.append("|---|" + "---|---|" * len(paths))
     by = defaultdict(dict)
@@ -332,9 +332,10 @@ def faults(rows):
 RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto-ddp.jsonl", "run4-allreduce-bf16-ddp.jsonl",
         "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl", "run7-threads.jsonl", "run8-allreduce-ddp-buffers.jsonl",
         "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run11-lead.jsonl", "run12-ddp-split.jsonl", "run12-timelines.jsonl",
-        "run13-session.jsonl"]
+        "run13-session.jsonl", "run14-session.jsonl"]
 # Runs of the current library and defaults, each in its own machine session.
-SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run13-session.jsonl"]
+SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run13-session.jsonl",
+            "run14-session.jsonl"]
 # Runs whose DDP compare split its groups from a device-bound default group (their command set
 # DDP_DEVICE_ID=1), made before the records said so ("groups": "split").
 SPLIT_GROUPS = ("run12", "run13")
