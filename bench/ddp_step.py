@@ -23,7 +23,9 @@ DDP's bucketing without any exchange) and "tiny" (the hook all-reduces one eleme
 through NCCL: the ranks wait for each other per bucket, but move no data). Gradients are checked
 per NAME. --buffers-off adds "nobuf" and "tiny-nobuf" (noop and tiny with DDP's
 broadcast_buffers=False: no broadcast of the module's buffers, BatchNorm's statistics, from rank 0
-before each forward; "none" skips it too) and every NAME again as NAME-nobuf. Each mode's timed
+before each forward; "none" skips it too), "sync-nobuf" (nobuf with one element all-reduced before
+each forward: the wait for all ranks that the broadcast imposes, without its bytes and without
+flattening the buffers) and every NAME again as NAME-nobuf. Each mode's timed
 steps follow one untimed step in its own setting.
 Prints `RESULT {json}`.
 """
@@ -38,6 +40,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "..", "tests", "gpu"))
 import leaf_launch  # noqa: E402
 BATCH = {"resnet": 32, "transformer": 16}
 NOBUF = "nobuf"  # a --compare mode with DDP's broadcast_buffers=False
+# Reference modes, not exchanges: a --compare NAME must be none of these.
+REFS = ("none", "noop", "tiny", "sync")
 
 
 def build(model, torch):
@@ -124,7 +128,7 @@ def worker():
         if os.environ.get("BENCH_BUFFERS_OFF") == "1" and any(True for _ in net.module.buffers()):
             # The same exchanges with DDP's broadcast_buffers=False (an option of the user's code:
             # no broadcast of BatchNorm's running statistics from rank 0 before every forward).
-            modes += [NOBUF, "tiny-" + NOBUF] + [name + "-" + NOBUF for name, _ in compare]
+            modes += [NOBUF, "tiny-" + NOBUF, "sync-" + NOBUF] + [name + "-" + NOBUF for name, _ in compare]
 
         rounds = {m: [] for m in modes}
 
@@ -187,7 +191,7 @@ def compare_hook(net, compare, torch, dist, dev):
     def hook(st, bucket):
         buf = bucket.buffer()
         mode = st["mode"]
-        if mode == "noop":
+        if mode in ("noop", "sync"):
             fut = torch.futures.Future()
             fut.set_result(buf)
             return fut
@@ -198,7 +202,14 @@ def compare_hook(net, compare, torch, dist, dev):
         work = dist.all_reduce(buf, group=st["groups"][mode], async_op=True)
         return work.get_future().then(lambda f: f.value()[0])
 
+    def before_forward(_module, _inputs):
+        # "sync": every rank waits for all before the forward, as DDP's buffer broadcast makes
+        # them wait for rank 0, but with one element and no buffers to flatten and copy back.
+        if state["mode"] == "sync":
+            dist.all_reduce(state["tiny"], group=state["tiny_group"])
+
     net.register_comm_hook(state, hook)
+    net.register_forward_pre_hook(before_forward)
     return state
 
 
@@ -293,13 +304,12 @@ def run(a):
 
 def compare_spec(text):
     """'nccl=FLEXMIG_HOSTREDUCE=off;t2=FLEXMIG_HOSTREDUCE=on,FLEXMIG_HOSTREDUCE_THREADS=2' to
-    [(name, {K: V})]; the names none, noop, tiny and nobuf, and any NAME-nobuf, are the
-    references."""
+    [(name, {K: V})]; the names of REFS and nobuf, and any NAME-nobuf, are the references."""
     out = []
     for entry in filter(None, text.split(";")):
         name, _, kvs = entry.partition("=")
-        if not name or name in ("none", "noop", "tiny", NOBUF) or name.endswith("-" + NOBUF) or not kvs:
-            raise argparse.ArgumentTypeError(f"{entry!r}: want NAME=K=V[,K=V], NAME not none/noop/tiny/{NOBUF} nor ending in -{NOBUF}")
+        if not name or name in REFS + (NOBUF,) or name.endswith("-" + NOBUF) or not kvs:
+            raise argparse.ArgumentTypeError(f"{entry!r}: want NAME=K=V[,K=V], NAME not {'/'.join(REFS + (NOBUF,))} nor ending in -{NOBUF}")
         out.append((name, dict(kv.split("=", 1) for kv in kvs.split(","))))
     return out
 

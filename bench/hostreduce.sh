@@ -147,7 +147,8 @@ if has ddp && [ -n "${DDP_RANKS:-}" ]; then
   # host path ("nccl", "hostreduce", "auto": FLEXMIG_HOSTREDUCE off, on, auto), and "compare": one
   # launch timing, taking turns, the exchanges of DDP_COMPARE through a comm hook that does what
   # DDP's default one does, with the references none (no exchange), noop and tiny (and with
-  # DDP_BUFFERS_OFF=1 nobuf, tiny-nobuf and every exchange again without DDP's buffer broadcast).
+  # DDP_BUFFERS_OFF=1 nobuf, tiny-nobuf, sync-nobuf and every exchange again without DDP's buffer
+  # broadcast).
   DDP_COMPARE=${DDP_COMPARE:-"nccl=FLEXMIG_HOSTREDUCE=off;hostreduce=FLEXMIG_HOSTREDUCE=on;auto=FLEXMIG_HOSTREDUCE=auto"}
   for model in ${DDP_MODELS:-resnet}; do
     for k in $DDP_RANKS; do
