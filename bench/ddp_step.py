@@ -23,9 +23,9 @@ DDP's bucketing without any exchange) and "tiny" (the hook all-reduces one eleme
 through NCCL: the ranks wait for each other per bucket, but move no data). Gradients are checked
 per NAME. --buffers-off adds "nobuf" and "tiny-nobuf" (noop and tiny with DDP's
 broadcast_buffers=False: no broadcast of the module's buffers, BatchNorm's statistics, from rank 0
-before each forward; "none" skips it too), "sync-nobuf" (nobuf with one element all-reduced before
-each forward: the wait for all ranks that the broadcast imposes, without its bytes and without
-flattening the buffers) and every NAME again as NAME-nobuf. Each mode's timed
+before each forward; "none" skips it too), "sync-nobuf" (nobuf with one element broadcast from
+rank 0 before each forward: the wait for rank 0 that the buffer broadcast imposes, without its
+bytes and without flattening the buffers) and every NAME again as NAME-nobuf. Each mode's timed
 steps follow one untimed step in its own setting.
 Prints `RESULT {json}`.
 """
@@ -203,10 +203,10 @@ def compare_hook(net, compare, torch, dist, dev):
         return work.get_future().then(lambda f: f.value()[0])
 
     def before_forward(_module, _inputs):
-        # "sync": every rank waits for all before the forward, as DDP's buffer broadcast makes
-        # them wait for rank 0, but with one element and no buffers to flatten and copy back.
+        # "sync": the ranks wait for rank 0 before the forward, as DDP's buffer broadcast (from
+        # rank 0) makes them, but with one element and no buffers to flatten and copy back.
         if state["mode"] == "sync":
-            dist.all_reduce(state["tiny"], group=state["tiny_group"])
+            dist.broadcast(state["tiny"], src=0, group=state["tiny_group"])
 
     net.register_comm_hook(state, hook)
     net.register_forward_pre_hook(before_forward)

@@ -250,7 +250,7 @@ def ddp_compare(hooked, plain):
            "none = no_sync, the ceiling; noop = the hook returns the bucket (DDP's bucketing, no exchange); tiny = one element "
            "all-reduced per bucket (ranks wait for each other, move nothing)"
            + ("; nobuf = noop with DDP's broadcast_buffers=False, and NAME-nobuf each exchange so" if "nobuf" in refs else "")
-           + ("; sync-nobuf = nobuf with one element all-reduced before each forward (the broadcast's wait without its bytes)"
+           + ("; sync-nobuf = nobuf with one element broadcast from rank 0 before each forward (the buffer broadcast's wait without its bytes)"
               if "sync-nobuf" in refs else "")
            + ("; noop, timed right after none with no untimed step between, broadcast in 9 of its 10 steps"
               if "nobuf" in refs and any("settle_steps" not in r for r in hooked) else "")
