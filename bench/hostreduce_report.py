@@ -123,8 +123,8 @@ def allreduce_tables(ar, copy):
         out.append(f"auto against NCCL at all {len(autos)} points: lowest {lo:.2f}x (k={k}, {dtype}, {s // MIB}M), "
                    f"median {autos[len(autos) // 2][0]:.2f}x, {below} below 0.95x.")
         out.append("")
-    if copy:
-        big = 256 * MIB
+    big = 256 * MIB
+    if copy and any("hostreduce" in d.get(big, {}) and "nccl" in d.get(big, {}) for d in t.values()):
         out.append("At 256 MiB, against the bounds (ring: L/k; host path: 2(k-1)/k^2 x L):")
         out.append("")
         out.append("| k | type | NCCL SHM | host path | host / NCCL | host bound, L both-ways | % | host bound, L one-way | % |")
@@ -334,7 +334,7 @@ def faults(rows):
 RUNS = ["run1-allreduce.jsonl", "run2-allreduce-ddp.jsonl", "run3-allreduce-auto-ddp.jsonl", "run4-allreduce-bf16-ddp.jsonl",
         "run5-allreduce-overlap-ddp.jsonl", "run6-faults-library-ab.jsonl", "run7-threads.jsonl", "run8-allreduce-ddp-buffers.jsonl",
         "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run11-lead.jsonl", "run12-ddp-split.jsonl", "run12-timelines.jsonl",
-        "run13-session.jsonl", "run14-session.jsonl"]
+        "run13-session.jsonl", "run14-session.jsonl", "run15-lead-sync.jsonl"]
 # Runs of the current library and defaults, each in its own machine session.
 SESSIONS = ["run8-allreduce-ddp-buffers.jsonl", "run9-allreduce-faults.jsonl", "run10-auto-table.jsonl", "run13-session.jsonl",
             "run14-session.jsonl"]
